@@ -1,0 +1,1 @@
+"""The serving core: everything between a decoded request and a backend call."""

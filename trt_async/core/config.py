@@ -1,0 +1,195 @@
+"""Server and model configuration, decoded from YAML into msgspec Structs.
+
+The seed server's file works unchanged: three sections (``embedding_models``,
+``reranking_models``, ``nli_models``) map a name to ``model_name``, ``model_path`` and
+``tokenizer_path``. Everything else is optional with defaults that suit the backend.
+Unknown keys are errors, so a typo fails at start-up instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+import yaml
+
+#: Environment variable naming the config file for ``granian --factory trt_async.app:create_app``.
+CONFIG_ENV = "TRT_ASYNC_CONFIG"
+
+BackendName = Literal["onnxruntime", "tensorrt", "auto"]
+Pooling = Literal["cls", "mean", "none"]
+Precision = Literal["fp32", "fp16", "bf16"]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+_T = TypeVar("_T")
+
+
+class ModelKind(str, enum.Enum):
+    """What a model is served as; the config section it sits in decides."""
+
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+    NLI = "nli"
+
+    @property
+    def section(self) -> str:
+        return _SECTIONS[self]
+
+
+_SECTIONS = {
+    ModelKind.EMBEDDING: "embedding_models",
+    ModelKind.RERANKER: "reranking_models",
+    ModelKind.NLI: "nli_models",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file and key path in the message."""
+
+
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One served model. Only ``model_path`` is required."""
+
+    model_path: str
+    #: The seed's display name; the section key is the name clients use.
+    model_name: str | None = None
+    #: Folder (or file) holding tokenizer.json; defaults to the model folder. Hub ids
+    #: cannot be fetched: point at a local folder.
+    tokenizer_path: str | None = None
+    backend: BackendName = "auto"
+    #: Longest input in tokens, special tokens included. Default: from config.json, capped at 512.
+    max_length: Positive | None = None
+    #: Bucket grid. Defaults depend on the backend (see ``trt_async.core.model``).
+    batch_sizes: list[Positive] | None = None
+    lengths: list[Positive] | None = None
+    max_batch_tokens: Positive = 16384
+    #: Embedding pooling; default from the export manifest or sentence-transformers' config.
+    pooling: Pooling | None = None
+    normalize: bool = True
+    #: Reranker score: sigmoid of the logit (Cohere/TEI convention) or the raw logit.
+    score_activation: Literal["sigmoid", "none"] = "sigmoid"
+    #: NLI label names by class index. Default: ``id2label`` from the model's config.json.
+    labels: dict[int, str] | None = None
+    #: Truncate over-long inputs unless a request says otherwise (TEI's ``auto_truncate``).
+    truncate: bool = True
+    intra_op_threads: Positive | None = None
+    device: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: TensorRT: capture one CUDA graph per bucket (``false`` runs plain enqueues).
+    graphs: bool = True
+    precision: Precision = "fp16"
+    #: TensorRT: rebuild a plan whose manifest does not match, or refuse to start.
+    rebuild: Literal["auto", "never"] = "auto"
+    gpu_memory_budget_gib: NonNegativeFloat | None = None
+    #: Backpressure: beyond these a request is answered 429 at once.
+    max_queue_items: Positive = 8192
+    max_queue_tokens: Positive = 2_000_000
+    #: A request waiting longer than this in the queue is answered 503.
+    queue_timeout_s: NonNegativeFloat = 30.0
+    #: A queue whose oldest item waited this long is served next, even if another is fuller.
+    max_queue_delay_ms: NonNegativeFloat = 50.0
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "0.0.0.0"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8887
+    api_key: str | None = None
+    #: Most inputs in one request (OpenAI allows 2048).
+    max_client_batch_size: Positive = 2048
+    max_body_bytes: Positive = 16 * 1024 * 1024
+    #: Folders under which ``POST /models/load`` may load model folders.
+    model_roots: list[str] = msgspec.field(default_factory=list)
+    #: Seconds queued and running work may take to finish after SIGTERM.
+    drain_seconds: NonNegativeFloat = 30.0
+    #: Consecutive failed batches after which a model reports unhealthy.
+    unhealthy_after_failures: Positive = 3
+    log_format: Literal["json", "text"] = "text"
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    embedding_models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    reranking_models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    nli_models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+
+    def models(self) -> list[tuple[str, ModelKind, ModelConfig]]:
+        """Every configured model with its kind, in file order."""
+        out: list[tuple[str, ModelKind, ModelConfig]] = []
+        for kind in ModelKind:
+            section: dict[str, ModelConfig] = getattr(self, kind.section)
+            out.extend((name, kind, cfg) for name, cfg in section.items())
+        return out
+
+
+def _resolve_paths(config: Config, base: Path) -> None:
+    """Relative paths in a file are relative to that file's folder, as users expect."""
+    for _, _, model in config.models():
+        model.model_path = str(_resolve(model.model_path, base))
+        if model.tokenizer_path is not None:
+            model.tokenizer_path = str(_resolve(model.tokenizer_path, base))
+    config.server.model_roots = [str(_resolve(r, base)) for r in config.server.model_roots]
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    """Decode and check a YAML document; errors name ``source`` and the key path."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    # Models are decoded one by one so that an error names the model, not ``[...]``.
+    models: dict[str, dict[str, ModelConfig]] = {}
+    for kind in ModelKind:
+        section = raw.get(kind.section) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: at {kind.section}: expected a mapping of model names")
+        models[kind.section] = {
+            str(name): _convert(spec, ModelConfig, source, f"{kind.section}.{name}")
+            for name, spec in section.items()
+        }
+    rest = {k: v for k, v in raw.items() if k not in models}
+    config = _convert(rest, Config, source, "")
+    for section_name, section_models in models.items():
+        setattr(config, section_name, section_models)
+    names: dict[str, str] = {}
+    for name, kind, _ in config.models():
+        if name in names:
+            raise ConfigError(
+                f"{source}: model name {name!r} appears in both {names[name]} and "
+                f"{kind.section}; names must be unique"
+            )
+        names[name] = kind.section
+    if base is not None:
+        _resolve_paths(config, base)
+    return config
+
+
+def _convert(raw: object, type_: type[_T], source: str, prefix: str) -> _T:
+    try:
+        return msgspec.convert(raw, type_, strict=True)
+    except msgspec.ValidationError as exc:
+        # msgspec says "Expected `int`, got `str` - at `$.max_length`": put the key path first.
+        what, _, where = str(exc).rpartition(" - at `")
+        if not what:
+            what, where = str(exc), "$"
+        key = ".".join(p for p in (prefix, where.rstrip("`").removeprefix("$").lstrip(".")) if p)
+        raise ConfigError(f"{source}: at {key or 'top level'}: {what}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
+    return parse_config(text, source=str(p), base=p.resolve().parent)

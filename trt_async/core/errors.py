@@ -1,0 +1,98 @@
+"""Errors the core raises; the HTTP layer maps each to a status and a dialect's body.
+
+They carry what a client needs to fix the request, never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ServingError(Exception):
+    """Base of every error a client may see. ``param`` names the offending field."""
+
+    status = 500
+    #: TEI's error_type for this error.
+    kind = "Backend"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidInput(ServingError):
+    """Input that cannot be served as given (422 unless a subclass says otherwise)."""
+
+    status = 422
+    kind = "Validation"
+
+
+class EmptyInput(InvalidInput):
+    status = 400
+    kind = "Empty"
+
+
+class InputTooLong(InvalidInput):
+    kind = "Validation"
+
+    def __init__(self, index: int, length: int, max_length: int, *, param: str = "input") -> None:
+        super().__init__(
+            f"input {index} must have less than {max_length + 1} tokens. Given: {length}. "
+            "Shorten it or send truncate=true.",
+            param=param,
+        )
+
+
+class TooManyInputs(InvalidInput):
+    status = 413
+
+    def __init__(self, count: int, limit: int, *, param: str = "input") -> None:
+        super().__init__(
+            f"batch size {count} > maximum allowed batch size {limit}; split the request",
+            param=param,
+        )
+
+
+class WrongModelKind(InvalidInput):
+    status = 400
+
+    def __init__(self, model: str, kind: str, hint: str) -> None:
+        super().__init__(f"model {model!r} is a {kind} model: {hint}", param="model")
+
+
+class ModelNotFound(ServingError):
+    status = 404
+    kind = "Validation"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        names = ", ".join(sorted(known)) or "none"
+        super().__init__(f"model {name!r} not found; served models: {names}", param="model")
+        self.name = name
+
+
+class Overloaded(ServingError):
+    status = 429
+    kind = "Overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(ServingError):
+    """Not ready, shutting down, unloaded while queued, or waited past the queue timeout."""
+
+    status = 503
+    kind = "Unhealthy"
+
+
+class BackendFailure(ServingError):
+    """A batch failed in the backend; ``error_id`` is logged with the traceback."""
+
+    status = 500
+    kind = "Backend"
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"inference failed (error id {error_id}); the server logged the cause")
+        self.error_id = error_id
