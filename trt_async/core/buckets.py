@@ -59,7 +59,9 @@ class BucketGrid:
         """The smallest padded length that holds ``n_tokens``."""
         i = bisect.bisect_left(self.lengths, n_tokens)
         if i == len(self.lengths):
-            raise ValueError(f"{n_tokens} tokens exceed the grid's longest length {self.max_length}")
+            raise ValueError(
+                f"{n_tokens} tokens exceed the grid's longest length {self.max_length}"
+            )
         return self.lengths[i]
 
     def batch_for(self, n_items: int) -> int:

@@ -146,7 +146,9 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     # Models are decoded one by one so that an error names the model, not ``[...]``.
     models: dict[str, dict[str, ModelConfig]] = {}
     for kind in ModelKind:

@@ -49,7 +49,9 @@ def read_manifest(path: Path) -> ExportManifest:
     try:
         return msgspec.json.decode(path.read_bytes(), type=ExportManifest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ModelDirError(f"{path}: not a valid export manifest ({exc}); re-run trt-async export") from None
+        raise ModelDirError(
+            f"{path}: not a valid export manifest ({exc}); re-run trt-async export"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class ModelFiles:
     st_pooling: Literal["cls", "mean"] | None = None
 
     @classmethod
-    def resolve(cls, model_path: str | Path, tokenizer_path: str | Path | None = None) -> ModelFiles:
+    def resolve(
+        cls, model_path: str | Path, tokenizer_path: str | Path | None = None
+    ) -> ModelFiles:
         path = Path(model_path)
         plan: Path | None = None
         onnx: Path | None = None

@@ -1,0 +1,128 @@
+"""What turns a backend's output into an answer: pooling, normalisation, scores, labels.
+
+Batch reductions (:func:`make_reducer`) run in the worker thread right after the backend,
+so the event loop only sees small per-item rows. Per-request finishing (normalise,
+Matryoshka truncation, activations, zero-shot) is vectorised numpy on those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+#: ``reduce(output, attention_mask) -> rows``: one float32 row per item of the batch.
+Reducer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def make_reducer(pooling: Literal["cls", "mean", "none"]) -> Reducer:
+    if pooling == "cls":
+        return _pool_cls
+    if pooling == "mean":
+        return _pool_mean
+    return _pool_none
+
+
+def _pool_cls(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.array(output[:, 0, :], dtype=np.float32)
+
+
+def _pool_mean(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    weights = mask.astype(np.float32)
+    sums = np.einsum("bld,bl->bd", output.astype(np.float32, copy=False), weights)
+    counts = np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
+    return (sums / counts).astype(np.float32, copy=False)
+
+
+def _pool_none(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if output.ndim != 2:
+        raise ValueError(
+            f"pooling 'none' needs a (batch, features) output, got shape {output.shape}; "
+            "set pooling: mean or cls for a last_hidden_state output"
+        )
+    return np.array(output, dtype=np.float32)
+
+
+def l2_normalize(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+def finish_embeddings(rows: np.ndarray, *, normalize: bool, dimensions: int | None) -> np.ndarray:
+    """Matryoshka truncation to ``dimensions`` first, then (re-)normalisation."""
+    if dimensions is not None:
+        rows = rows[:, :dimensions]
+    return l2_normalize(rows) if normalize else rows
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # Split by sign so large magnitudes neither overflow nor lose precision.
+    out = np.empty_like(x, dtype=np.float64)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def cosine_scores(query: np.ndarray, documents: np.ndarray) -> np.ndarray:
+    """Cosine of one query vector against each document vector (vLLM's score for embedders)."""
+    q = l2_normalize(query.reshape(1, -1))
+    d = l2_normalize(documents)
+    return (d @ q.T).ravel()
+
+
+def label_index(labels: Mapping[int, str], prefix: str) -> int | None:
+    """Position of the first label starting with ``prefix`` (case-insensitive), as transformers."""
+    for index in sorted(labels):
+        if labels[index].lower().startswith(prefix):
+            return index
+    return None
+
+
+def zero_shot_scores(
+    logits: np.ndarray, labels: Mapping[int, str], *, multi_label: bool
+) -> np.ndarray:
+    """Scores per (text, candidate) from NLI logits shaped ``(texts, candidates, classes)``.
+
+    As transformers' zero-shot pipeline: single-label is a softmax of the entailment logit
+    across candidates; multi-label (or one candidate) is, per candidate, a softmax over
+    [contradiction, entailment]. Positions come from the label map; where the map has no
+    contradiction label the pipeline's fallback (0, or the last class if entailment is 0)
+    is used.
+    """
+    entail = label_index(labels, "entail")
+    if entail is None:
+        raise ValueError(f"no entailment label in {dict(labels)}; zero-shot needs an NLI model")
+    n_classes = logits.shape[-1]
+    if multi_label or logits.shape[1] == 1:
+        contra = label_index(labels, "contradict")
+        if contra is None:
+            contra = n_classes - 1 if entail == 0 else 0
+        pair = logits[..., [contra, entail]]
+        return softmax(pair, axis=-1)[..., 1]
+    return softmax(logits[..., entail], axis=-1)
+
+
+def top_labels(probs: np.ndarray, labels: Mapping[int, str]) -> list[list[tuple[str, float]]]:
+    """Per row, (label, score) pairs sorted by score, highest first."""
+    out = []
+    for row in probs:
+        order = np.argsort(-row, kind="stable")
+        out.append([(labels.get(int(i), f"LABEL_{int(i)}"), float(row[i])) for i in order])
+    return out
+
+
+def predictions(logits: np.ndarray, labels: Mapping[int, str]) -> list[str]:
+    return [labels.get(int(i), f"LABEL_{int(i)}") for i in np.argmax(logits, axis=-1)]
+
+
+def ordered_labels(labels: Mapping[int, str], n: int) -> Sequence[str]:
+    return [labels.get(i, f"LABEL_{i}") for i in range(n)]

@@ -1,0 +1,464 @@
+"""A served model: tokenizer + scheduler + backend + heads, and the tasks clients ask for.
+
+:class:`ModelRuntime` is the machinery for one model folder (shared by every configured
+name that points at the same folder with the same runtime options). :class:`ServedModel`
+is a configured name with a kind; its task methods (``embed``, ``rerank``, ``classify``,
+``zero_shot``, ``tokenize``) are what every API dialect translates to. Dialects never
+reach past this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from trt_async.backends import KNOWN_INPUTS, Backend, BackendInfo, create_backend, resolve_backend
+from trt_async.core import heads
+from trt_async.core.buckets import BucketGrid
+from trt_async.core.config import ModelConfig, ModelKind
+from trt_async.core.errors import EmptyInput, InvalidInput, Unavailable, WrongModelKind
+from trt_async.core.modeldir import ModelDirError, ModelFiles
+from trt_async.core.runner import BatchRunner
+from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, ScheduleResult
+from trt_async.core.tokenizer import Direction, Encoding, TextInput, TextTokenizer, TokenInfo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: One pool for all tokenisation: tokenizers parallelises inside a call, so a couple of
+#: threads keep the loop free without oversubscribing the cores.
+_TOKENIZE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+
+
+class ModelState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    DRAINING = "draining"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Seconds spent per stage of one request (reported in ``x-*-time`` headers)."""
+
+    tokenize_s: float
+    queue_s: float
+    inference_s: float
+    total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    vectors: np.ndarray
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """Scores per document, in the order sent (callers sort)."""
+
+    scores: np.ndarray
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    logits: np.ndarray
+    #: Label names by class index.
+    labels: Mapping[int, str]
+    tokens: int
+    timings: Timings
+
+    def probabilities(self) -> np.ndarray:
+        return heads.softmax(self.logits.astype(np.float64))
+
+    def predictions(self) -> list[str]:
+        return heads.predictions(self.logits, self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroShotResult:
+    #: ``(texts, candidate labels)``: probability of each candidate label for each text.
+    scores: np.ndarray
+    tokens: int
+    timings: Timings
+
+
+# -- defaults ---------------------------------------------------------------------------------
+
+
+def default_lengths(backend: str, max_length: int) -> list[int]:
+    """Padded lengths: fine-grained on the CPU (cost is linear in padding), coarser on the
+    GPU (each length is a captured graph; small padding costs little there)."""
+    if backend == "tensorrt":
+        steps = [16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096, 8192]
+    else:
+        steps = [*range(8, 129, 8), *range(144, 257, 16), *range(288, 8193, 32)]
+    lengths = [n for n in steps if n < max_length]
+    return [*lengths, max_length]
+
+
+def default_batch_sizes(backend: str) -> list[int]:
+    # ONNX Runtime takes any shape, so every batch size is a bucket and no padding rows are
+    # computed; a CUDA graph per size is costly, and a few padded rows are nearly free there.
+    if backend == "tensorrt":
+        return [1, 2, 4, 8, 16, 32, 64]
+    return list(range(1, 33))
+
+
+def model_max_length(config: ModelConfig, files: ModelFiles) -> int:
+    if config.max_length is not None:
+        return config.max_length
+    if files.manifest is not None and files.manifest.max_length:
+        return min(files.manifest.max_length, 8192)
+    positions = files.hf_config.get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-family models reserve pad_token_id + 1 positions.
+        reserved = 0
+        if files.hf_config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+            reserved = int(files.hf_config.get("pad_token_id", 1)) + 1
+        return min(positions - reserved, 8192)
+    return 512
+
+
+def label_map(config: ModelConfig, files: ModelFiles) -> dict[int, str]:
+    if config.labels is not None:
+        return dict(config.labels)
+    if files.manifest is not None and files.manifest.id2label:
+        return dict(files.manifest.id2label)
+    raw = files.hf_config.get("id2label") or {}
+    return {int(k): str(v) for k, v in raw.items()}
+
+
+# -- runtime ------------------------------------------------------------------------------------
+
+
+class ModelRuntime:
+    """Tokenizer, backend, runner and scheduler for one model folder."""
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        config: ModelConfig,
+        *,
+        backend: Backend | None = None,
+        observer: BatchObserver | None = None,
+        label: str = "model",
+    ) -> None:
+        self.files = files
+        self.config = config
+        self.max_length = model_max_length(config, files)
+        self.backend_name = resolve_backend(config, files) if backend is None else "custom"
+        self.backend = backend or create_backend(self.backend_name, files, config)
+        io = self.backend.io
+        unknown = [name for name in io.inputs if name not in KNOWN_INPUTS]
+        if "input_ids" not in io.inputs or unknown:
+            raise ModelDirError(
+                f"{files.onnx or files.plan}: graph inputs {list(io.inputs)} are not what the "
+                f"server feeds ({', '.join(KNOWN_INPUTS)}); re-export with trt-async export"
+            )
+        self.io = io
+        self.task = files.manifest.task if files.manifest is not None else None
+        self.pooling = self._pooling(io.output)
+        self.labels = label_map(config, files)
+        self.tokenizer = TextTokenizer(
+            files.tokenizer, self.max_length, with_type_ids="token_type_ids" in io.inputs
+        )
+        lengths = config.lengths or default_lengths(self.backend_name, self.max_length)
+        if max(lengths) < self.max_length:
+            lengths = [*lengths, self.max_length]
+        lengths = [n for n in lengths if n <= self.max_length]
+        self.grid = BucketGrid(
+            config.batch_sizes or default_batch_sizes(self.backend_name),
+            lengths,
+            max(config.max_batch_tokens, max(lengths)),
+        )
+        self.runner = BatchRunner(
+            self.backend, heads.make_reducer(self.pooling), self.tokenizer.pad_id, label
+        )
+        self.scheduler = Scheduler(
+            self.runner,
+            self.grid,
+            QueueLimits(
+                max_items=config.max_queue_items,
+                max_tokens=config.max_queue_tokens,
+                timeout_s=config.queue_timeout_s,
+                max_delay_s=config.max_queue_delay_ms / 1000,
+            ),
+            observer=observer,
+        )
+        self.output_dim: int | None = None
+
+    def _pooling(self, output: str) -> str:
+        if self.config.pooling is not None:
+            return self.config.pooling
+        if output in ("sentence_embedding", "logits"):
+            return "none"
+        if self.files.manifest is not None and self.files.manifest.pooling != "none":
+            return self.files.manifest.pooling
+        return self.files.st_pooling or "cls"
+
+    @property
+    def is_embedder(self) -> bool:
+        """True when the graph gives vectors (hidden states or pooled embeddings), not logits."""
+        return self.io.output != "logits" and self.task not in ("rerank", "nli")
+
+    async def start(self) -> None:
+        """Prepare every bucket on the backend's thread, then run one real item as a check."""
+        await self.runner.call(lambda: self.backend.prepare(self.grid))
+        probe = self.tokenizer.encode(["warm up"], truncate=True)
+        result = await self.scheduler.submit(probe)
+        self.output_dim = int(result.rows.shape[-1])
+
+    async def close(self) -> None:
+        self.scheduler.close("model unloaded")
+        await self.runner.call(self.backend.close)
+        self.runner.shutdown()
+
+    def info(self) -> BackendInfo:
+        return self.backend.info()
+
+
+# -- served model -------------------------------------------------------------------------------
+
+
+class ServedModel:
+    """A configured name and kind over a runtime; the one API every dialect calls."""
+
+    def __init__(self, name: str, kind: ModelKind, config: ModelConfig, runtime: ModelRuntime):
+        self.name = name
+        self.kind = kind
+        self.config = config
+        self.runtime = runtime
+        self.state = ModelState.LOADING
+        self.reason: str | None = None
+        self.created = int(time.time())
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return self.runtime.max_length
+
+    @property
+    def labels(self) -> Mapping[int, str]:
+        return self.runtime.labels
+
+    def _check_ready(self) -> None:
+        if self.state not in (ModelState.READY, ModelState.UNHEALTHY):
+            raise Unavailable(
+                f"model {self.name!r} is {self.state.value}"
+                + (f": {self.reason}" if self.reason else "")
+            )
+
+    async def _off_loop(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(_TOKENIZE_POOL, fn)
+
+    async def _encode(
+        self,
+        inputs: Sequence[TextInput] | Sequence[Sequence[int]],
+        truncate: bool | None,
+        direction: Direction,
+        param: str,
+    ) -> tuple[list[Encoding], float]:
+        if len(inputs) == 0:
+            raise EmptyInput("input is empty; send at least one text", param=param)
+        trunc = self.config.truncate if truncate is None else truncate
+        tok = self.runtime.tokenizer
+        start = time.perf_counter()
+        first = inputs[0]
+        if isinstance(first, str | tuple):
+            texts: list[TextInput] = []
+            for i, x in enumerate(inputs):
+                if not isinstance(x, str | tuple):
+                    raise InvalidInput(f"input {i}: mixes token ids and text", param=param)
+                texts.append(x)
+            encodings = await self._off_loop(
+                lambda: tok.encode(texts, truncate=trunc, direction=direction, param=param)
+            )
+        else:
+            id_lists: list[Sequence[int]] = []
+            for i, x in enumerate(inputs):
+                if isinstance(x, str | tuple):
+                    raise InvalidInput(f"input {i}: mixes token ids and text", param=param)
+                id_lists.append(x)
+            encodings = tok.encode_ids(id_lists, truncate=trunc, direction=direction, param=param)
+        return encodings, time.perf_counter() - start
+
+    async def _run(
+        self,
+        inputs: Sequence[TextInput] | Sequence[Sequence[int]],
+        truncate: bool | None,
+        direction: Direction = "right",
+        param: str = "input",
+    ) -> tuple[ScheduleResult, Timings]:
+        self._check_ready()
+        start = time.perf_counter()
+        encodings, tokenize_s = await self._encode(inputs, truncate, direction, param)
+        result = await self.runtime.scheduler.submit(encodings)
+        timings = Timings(
+            tokenize_s=tokenize_s,
+            queue_s=result.queue_s,
+            inference_s=result.inference_s,
+            total_s=time.perf_counter() - start,
+        )
+        return result, timings
+
+    def _require_embedder(self, hint: str) -> None:
+        if not self.runtime.is_embedder:
+            raise WrongModelKind(self.name, self.kind.value, hint)
+
+    def _require_logits(self, hint: str) -> None:
+        if self.runtime.is_embedder:
+            raise WrongModelKind(self.name, self.kind.value, hint)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def embed(
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+    ) -> EmbedResult:
+        """Embeddings, normalised unless told otherwise, cut to ``dimensions`` (Matryoshka)."""
+        self._require_embedder("it scores pairs; use a rerank or classification route")
+        dim = self.runtime.output_dim
+        if dimensions is not None and (dimensions < 1 or (dim is not None and dimensions > dim)):
+            raise InvalidInput(
+                f"dimensions must be between 1 and {dim} for model {self.name!r}; got {dimensions}",
+                param="dimensions",
+            )
+        result, timings = await self._run(inputs, truncate, direction)
+        norm = self.config.normalize if normalize is None else normalize
+        vectors = heads.finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
+        return EmbedResult(vectors.astype(np.float32, copy=False), result.tokens, timings)
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        raw_scores: bool = False,
+        truncate: bool | None = None,
+    ) -> ScoreResult:
+        """Relevance of each document to ``query``.
+
+        A cross-encoder scores (query, document) pairs (sigmoid of the logit unless raw
+        scores are asked for or configured); an embedding model scores the cosine of the
+        two vectors, so an embedder can rerank too.
+        """
+        if not documents:
+            raise EmptyInput("documents is empty; send at least one document", param="documents")
+        if not query:
+            raise EmptyInput("query is an empty string", param="query")
+        if self.runtime.is_embedder:
+            result, timings = await self._run([query, *documents], truncate, param="documents")
+            scores = heads.cosine_scores(result.rows[0], result.rows[1:])
+            return ScoreResult(scores, result.tokens, timings)
+        pairs = [(query, doc) for doc in documents]
+        result, timings = await self._run(pairs, truncate, param="documents")
+        logits = result.rows[:, 0].astype(np.float64)
+        activate = not raw_scores and self.config.score_activation == "sigmoid"
+        return ScoreResult(heads.sigmoid(logits) if activate else logits, result.tokens, timings)
+
+    async def classify(
+        self,
+        inputs: Sequence[str] | Sequence[tuple[str, str]],
+        *,
+        truncate: bool | None = None,
+        param: str = "inputs",
+    ) -> ClassifyResult:
+        """Logits for texts or (premise, hypothesis) pairs; labels from the model's label map."""
+        self._require_logits("it gives embeddings; use /v1/embeddings or /embed")
+        result, timings = await self._run(inputs, truncate, param=param)
+        return ClassifyResult(result.rows, self.labels, result.tokens, timings)
+
+    async def zero_shot(
+        self,
+        texts: Sequence[str],
+        candidate_labels: Sequence[str],
+        *,
+        hypothesis_template: str = "This example is {}.",
+        multi_label: bool = False,
+        truncate: bool | None = None,
+    ) -> ZeroShotResult:
+        """Zero-shot classification from NLI logits, as transformers' pipeline computes it."""
+        self._require_logits("zero-shot needs an NLI model")
+        if heads.label_index(self.labels, "entail") is None:
+            raise WrongModelKind(
+                self.name,
+                self.kind.value,
+                f"its labels {sorted(self.labels.values())} have no entailment label",
+            )
+        if not candidate_labels:
+            raise EmptyInput("candidate_labels is empty", param="candidate_labels")
+        if "{}" not in hypothesis_template:
+            raise InvalidInput(
+                "hypothesis_template must contain {} where the label goes",
+                param="hypothesis_template",
+            )
+        hypotheses = [hypothesis_template.format(label) for label in candidate_labels]
+        pairs = [(text, h) for text in texts for h in hypotheses]
+        result, timings = await self._run(pairs, truncate, param="text")
+        logits = result.rows.reshape(len(texts), len(candidate_labels), -1)
+        scores = heads.zero_shot_scores(logits, self.labels, multi_label=multi_label)
+        return ZeroShotResult(scores, result.tokens, timings)
+
+    async def tokenize(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True
+    ) -> list[list[TokenInfo]]:
+        if not texts:
+            raise EmptyInput("inputs is empty", param="inputs")
+        tok = self.runtime.tokenizer
+        return await self._off_loop(
+            lambda: tok.tokens(texts, add_special_tokens=add_special_tokens)
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Status and statistics for the model listing (JSON-ready)."""
+        rt = self.runtime
+        stats = rt.scheduler.stats
+        info = rt.info()
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "reason": self.reason,
+            "backend": info.name,
+            "device": info.device,
+            "max_length": rt.max_length,
+            "dimensions": rt.output_dim if rt.is_embedder else None,
+            "labels": [rt.labels[i] for i in sorted(rt.labels)] if not rt.is_embedder else None,
+            "buckets": {"batch_sizes": list(rt.grid.batch_sizes), "lengths": list(rt.grid.lengths)},
+            "stats": {
+                "queued_items": stats.queued_items,
+                "queued_tokens": stats.queued_tokens,
+                "running_batches": stats.running_batches,
+                "batches": sum(stats.batches.values()),
+                "items": stats.items_run,
+                "real_tokens": stats.real_tokens,
+                "padded_tokens": stats.padded_tokens,
+                "padding_efficiency": round(stats.padding_efficiency, 4),
+                "cancelled_items": stats.cancelled_items,
+                "rejected_requests": stats.rejected_requests,
+                "timed_out_requests": stats.timed_out_requests,
+                "failed_batches": stats.failed_batches,
+            },
+            "memory": dict(info.memory),
+        }

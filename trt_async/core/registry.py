@@ -1,0 +1,192 @@
+"""The set of served models: load at start-up or at run time, look up, unload, close.
+
+Configured names that point at the same folder with the same runtime options share one
+:class:`ModelRuntime` (one session or engine, one queue): the embedded default serves
+all-MiniLM-L6-v2 both as an embedder and as a reranker this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from trt_async.core.config import Config, ModelConfig, ModelKind
+from trt_async.core.errors import InvalidInput, ModelNotFound
+from trt_async.core.model import ModelRuntime, ModelState, ServedModel
+from trt_async.core.modeldir import ModelFiles
+from trt_async.core.scheduler import BatchObserver
+
+log = logging.getLogger(__name__)
+
+#: Options that change the runtime; the rest (normalize, activation, ...) are per name.
+_RUNTIME_KEYS = (
+    "model_path",
+    "tokenizer_path",
+    "backend",
+    "max_length",
+    "batch_sizes",
+    "lengths",
+    "max_batch_tokens",
+    "pooling",
+    "labels",
+    "intra_op_threads",
+    "device",
+    "graphs",
+    "precision",
+    "rebuild",
+    "gpu_memory_budget_gib",
+    "max_queue_items",
+    "max_queue_tokens",
+    "queue_timeout_s",
+    "max_queue_delay_ms",
+)
+
+ObserverFactory = Callable[[str], BatchObserver]
+
+
+def _runtime_key(config: ModelConfig) -> tuple[object, ...]:
+    return tuple(
+        tuple(v) if isinstance(v, list) else tuple(sorted(v.items())) if isinstance(v, dict) else v
+        for v in (getattr(config, k) for k in _RUNTIME_KEYS)
+    )
+
+
+class ModelRegistry:
+    """Owns every :class:`ServedModel` and the runtimes behind them."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        observer_factory: ObserverFactory | None = None,
+        unhealthy_after: int | None = None,
+    ) -> None:
+        self.config = config
+        self._models: dict[str, ServedModel] = {}
+        self._runtimes: dict[tuple[object, ...], tuple[ModelRuntime, int]] = {}
+        self._observer_factory = observer_factory
+        self._unhealthy_after = unhealthy_after or config.server.unhealthy_after_failures
+        self._lock = asyncio.Lock()
+        self.started_at = time.time()
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def get(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name, self._models)
+        self._refresh_health(model)
+        return model
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        for model in list(self._models.values()):
+            self._refresh_health(model)
+            yield model
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def names_by_kind(self) -> dict[ModelKind, list[str]]:
+        out: dict[ModelKind, list[str]] = {kind: [] for kind in ModelKind}
+        for model in self._models.values():
+            out[model.kind].append(model.name)
+        return out
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._models) and all(
+            m.state is ModelState.READY
+            for m in self  # refreshes health
+        )
+
+    def not_ready_reasons(self) -> dict[str, str]:
+        return {
+            m.name: f"{m.state.value}" + (f": {m.reason}" if m.reason else "")
+            for m in self
+            if m.state is not ModelState.READY
+        }
+
+    def _refresh_health(self, model: ServedModel) -> None:
+        failures = model.runtime.scheduler.stats.consecutive_failures
+        if model.state is ModelState.READY and failures >= self._unhealthy_after:
+            model.state = ModelState.UNHEALTHY
+            model.reason = f"{failures} consecutive batches failed; see the server log"
+        elif model.state is ModelState.UNHEALTHY and failures == 0:
+            model.state, model.reason = ModelState.READY, None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load and warm every configured model; the first failure stops start-up."""
+        for name, kind, config in self.config.models():
+            await self.load(name, kind, config)
+
+    async def load(self, name: str, kind: ModelKind, config: ModelConfig) -> ServedModel:
+        async with self._lock:
+            if name in self._models:
+                raise InvalidInput(f"model {name!r} is already loaded; unload it first")
+            key = _runtime_key(config)
+            shared = self._runtimes.get(key)
+            if shared is not None:
+                runtime, refs = shared
+                self._runtimes[key] = (runtime, refs + 1)
+            else:
+                started = time.perf_counter()
+                runtime = await asyncio.to_thread(self._build_runtime, name, config)
+                try:
+                    await runtime.start()
+                except BaseException:
+                    await runtime.close()
+                    raise
+                self._runtimes[key] = (runtime, 1)
+                log.info(
+                    "model ready: name=%s backend=%s buckets=%d load_s=%.2f",
+                    name,
+                    runtime.info().name,
+                    sum(1 for _ in runtime.grid.buckets()),
+                    time.perf_counter() - started,
+                )
+            model = ServedModel(name, kind, config, runtime)
+            model.state = ModelState.READY
+            self._models[name] = model
+            return model
+
+    def _build_runtime(self, name: str, config: ModelConfig) -> ModelRuntime:
+        files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
+        observer = self._observer_factory(name) if self._observer_factory else None
+        return ModelRuntime(files, config, observer=observer, label=name)
+
+    async def unload(self, name: str) -> None:
+        """Stop taking requests for ``name``, let its queue drain, then free its runtime."""
+        async with self._lock:
+            model = self.get(name)
+            model.state = ModelState.DRAINING
+            key = _runtime_key(model.config)
+            runtime, refs = self._runtimes[key]
+            if refs > 1:
+                self._runtimes[key] = (runtime, refs - 1)
+            else:
+                await runtime.scheduler.drain()
+                await runtime.close()
+                del self._runtimes[key]
+            model.state = ModelState.UNLOADED
+            del self._models[name]
+
+    async def close(self, deadline_s: float = 0.0) -> None:
+        """Drain everything for up to ``deadline_s``, fail what is left with 503, free all."""
+        for model in self._models.values():
+            model.state = ModelState.DRAINING
+        runtimes = [rt for rt, _ in self._runtimes.values()]
+        if deadline_s > 0 and runtimes:
+            waits = [asyncio.ensure_future(rt.scheduler.drain()) for rt in runtimes]
+            _, pending = await asyncio.wait(waits, timeout=deadline_s)
+            for fut in pending:
+                fut.cancel()
+        for runtime in runtimes:
+            await runtime.close()
+        self._runtimes.clear()
+        for model in self._models.values():
+            model.state = ModelState.UNLOADED

@@ -1,0 +1,383 @@
+"""The length-bucket scheduler: one per served model runtime.
+
+Requests become items (one per text or pair). Items wait in one FIFO per padded length of
+the bucket grid. Whenever the backend is free a batch starts at once: no fixed batching
+delay, so a lone request runs as batch 1. While the backend is busy items accumulate, and
+the next batch takes the fullest length queue (items over what ``max_batch_tokens``
+allows at that length); a queue whose oldest item has waited ``max_queue_delay`` is served
+first so long inputs are never starved by a stream of short ones. A batch is padded to
+the smallest grid batch size that holds it, so backends only ever see grid shapes.
+
+Everything here runs on the event loop and is O(items) bookkeeping; the backend work
+happens in :class:`~trt_async.core.runner.BatchRunner`'s thread. This module knows no
+backend library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
+from trt_async.core.runner import BatchOutput
+from trt_async.core.tokenizer import Encoding
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    async def run(self, bucket: Bucket, items: Sequence[Encoding]) -> BatchOutput: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    max_items: int = 8192
+    max_tokens: int = 2_000_000
+    #: Seconds a request may wait before its first item starts; then it fails with 503.
+    timeout_s: float = 30.0
+    #: Seconds after which the oldest queued item's length queue is served next.
+    max_delay_s: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleResult:
+    """Rows in input order, with where the request's time went."""
+
+    rows: np.ndarray
+    tokens: int
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters a metrics layer reads; all monotonic except the queue gauges."""
+
+    queued_items: int = 0
+    queued_tokens: int = 0
+    running_batches: int = 0
+    batches: Counter[Bucket] = field(default_factory=Counter)
+    items_run: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    cancelled_items: int = 0
+    rejected_requests: int = 0
+    timed_out_requests: int = 0
+    failed_batches: int = 0
+    consecutive_failures: int = 0
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+class BatchObserver(Protocol):
+    def batch_done(
+        self, bucket: Bucket, items: int, real_tokens: int, seconds: float, ok: bool
+    ) -> None: ...
+
+
+class _Request:
+    __slots__ = (
+        "deadline_handle",
+        "enqueued",
+        "first_start",
+        "future",
+        "last_end",
+        "queued",
+        "remaining",
+        "rows",
+        "size",
+        "tokens",
+    )
+
+    def __init__(self, future: asyncio.Future[None], n: int, tokens: int, now: float) -> None:
+        self.future = future
+        self.rows: np.ndarray | None = None
+        self.size = n
+        self.remaining = n
+        self.queued = n
+        self.tokens = tokens
+        self.enqueued = now
+        self.first_start: float | None = None
+        self.last_end = now
+        self.deadline_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def dead(self) -> bool:
+        return self.future.done()
+
+
+@dataclass(slots=True)
+class _Item:
+    request: _Request
+    index: int
+    encoding: Encoding
+    enqueued: float
+
+
+class Scheduler:
+    """Groups items into grid buckets and keeps up to ``concurrency`` batches running."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        grid: BucketGrid,
+        limits: QueueLimits | None = None,
+        *,
+        concurrency: int = 1,
+        observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.grid = grid
+        self.limits = limits or QueueLimits()
+        self.stats = SchedulerStats()
+        self._runner = runner
+        self._concurrency = concurrency
+        self._observer = observer
+        self._clock = clock
+        self._queues: dict[int, deque[_Item]] = {length: deque() for length in grid.lengths}
+        self._live: dict[int, int] = dict.fromkeys(grid.lengths, 0)
+        self._capacity = {length: grid.capacity(length) for length in grid.lengths}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: str | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def submit(self, encodings: Sequence[Encoding]) -> ScheduleResult:
+        """Run ``encodings`` and return one output row per item, in order.
+
+        Raises :class:`Overloaded` at once when the queue bounds would be exceeded, and
+        :class:`Unavailable` if the request waits past the queue timeout or the scheduler
+        is closing. If the awaiting task is cancelled (client gone), its queued items leave
+        the queue and are never computed.
+        """
+        if self._closed is not None:
+            raise Unavailable(self._closed)
+        n = len(encodings)
+        tokens = sum(len(e) for e in encodings)
+        stats = self.stats
+        if (
+            stats.queued_items + n > self.limits.max_items
+            or stats.queued_tokens + tokens > self.limits.max_tokens
+        ):
+            stats.rejected_requests += 1
+            raise Overloaded(
+                f"queue full ({stats.queued_items} items, {stats.queued_tokens} tokens queued; "
+                f"limits {self.limits.max_items} items, {self.limits.max_tokens} tokens); "
+                "retry later",
+                retry_after_s=1.0,
+            )
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        request = _Request(loop.create_future(), n, tokens, now)
+        for index, encoding in enumerate(encodings):
+            length = self.grid.length_for(len(encoding))
+            self._queues[length].append(_Item(request, index, encoding, now))
+            self._live[length] += 1
+        stats.queued_items += n
+        stats.queued_tokens += tokens
+        self._idle.clear()
+        if self.limits.timeout_s > 0:
+            request.deadline_handle = loop.call_later(self.limits.timeout_s, self._expire, request)
+        self._dispatch()
+        try:
+            await request.future
+        except asyncio.CancelledError:
+            self._abandon(request)
+            raise
+        finally:
+            if request.deadline_handle is not None:
+                request.deadline_handle.cancel()
+        assert request.rows is not None
+        start = request.first_start if request.first_start is not None else request.last_end
+        return ScheduleResult(
+            rows=request.rows,
+            tokens=tokens,
+            queue_s=start - request.enqueued,
+            inference_s=request.last_end - start,
+        )
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.stats.queued_items or self.stats.running_batches)
+
+    async def drain(self) -> None:
+        """Wait until every queued and running item is done."""
+        await self._idle.wait()
+
+    def close(self, reason: str) -> None:
+        """Refuse new work, and fail what is still queued (running batches finish)."""
+        self._closed = reason
+        for queue in self._queues.values():
+            while queue:
+                item = queue.popleft()
+                if not item.request.dead:
+                    self._fail(item.request, Unavailable(reason))
+        self._update_idle()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self.stats.running_batches < self._concurrency and self.stats.queued_items > 0:
+            picked = self._take_batch()
+            if picked is None:
+                break
+            bucket, items = picked
+            self.stats.running_batches += 1
+            task = asyncio.get_running_loop().create_task(self._run(bucket, items))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._update_idle()
+
+    def _pick_length(self, now: float) -> int | None:
+        best: int | None = None
+        best_key: tuple[float, float] = (-1.0, 0.0)
+        oldest: int | None = None
+        oldest_at = float("inf")
+        for length, queue in self._queues.items():
+            # Cancelled requests' items are dropped lazily here rather than searched for.
+            while queue and queue[0].request.dead:
+                queue.popleft()
+            if not queue or self._live[length] == 0:
+                continue
+            head_at = queue[0].enqueued
+            if head_at < oldest_at:
+                oldest, oldest_at = length, head_at
+            fill = min(self._live[length], self._capacity[length]) / self._capacity[length]
+            key = (fill, -head_at)
+            if key > best_key:
+                best, best_key = length, key
+        if oldest is not None and now - oldest_at >= self.limits.max_delay_s:
+            return oldest
+        return best
+
+    def _take_batch(self) -> tuple[Bucket, list[_Item]] | None:
+        length = self._pick_length(self._clock())
+        if length is None:
+            return None
+        queue = self._queues[length]
+        take = min(self._live[length], self._capacity[length])
+        items: list[_Item] = []
+        while queue and len(items) < take:
+            item = queue.popleft()
+            if item.request.dead:
+                continue
+            items.append(item)
+        self._live[length] -= len(items)
+        tokens = 0
+        start = self._clock()
+        for item in items:
+            request = item.request
+            request.queued -= 1
+            if request.first_start is None:
+                request.first_start = start
+            tokens += len(item.encoding)
+        self.stats.queued_items -= len(items)
+        self.stats.queued_tokens -= tokens
+        return Bucket(self.grid.batch_for(len(items)), length), items
+
+    async def _run(self, bucket: Bucket, items: list[_Item]) -> None:
+        stats = self.stats
+        real = sum(len(item.encoding) for item in items)
+        start = self._clock()
+        ok = False
+        try:
+            output = await self._runner.run(bucket, [item.encoding for item in items])
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception(
+                "batch failed: error_id=%s bucket=%dx%d items=%d",
+                error_id,
+                bucket.batch,
+                bucket.length,
+                len(items),
+            )
+            stats.failed_batches += 1
+            stats.consecutive_failures += 1
+            for item in items:
+                if not item.request.dead:
+                    self._fail(item.request, BackendFailure(error_id))
+        else:
+            ok = True
+            stats.consecutive_failures = 0
+            end = self._clock()
+            for row, item in zip(output.rows, items, strict=False):
+                request = item.request
+                if request.dead:
+                    continue
+                if request.rows is None:
+                    request.rows = np.empty((request.size, *row.shape), dtype=row.dtype)
+                request.rows[item.index] = row
+                request.remaining -= 1
+                request.last_end = end
+                if request.remaining == 0:
+                    request.future.set_result(None)
+        finally:
+            seconds = self._clock() - start
+            stats.running_batches -= 1
+            stats.batches[bucket] += 1
+            stats.items_run += len(items)
+            stats.real_tokens += real
+            stats.padded_tokens += bucket.tokens
+            if self._observer is not None:
+                self._observer.batch_done(bucket, len(items), real, seconds, ok)
+            self._dispatch()
+
+    def _expire(self, request: _Request) -> None:
+        if request.dead or request.first_start is not None:
+            return  # already running: a started request is allowed to finish
+        self.stats.timed_out_requests += 1
+        self._fail(
+            request,
+            Unavailable(
+                f"request waited {self.limits.timeout_s:g} s in the queue without starting; "
+                "the server is overloaded, retry later"
+            ),
+        )
+
+    def _abandon(self, request: _Request) -> None:
+        if not request.future.done():
+            request.future.cancel()
+        self._release_queued(request)
+
+    def _fail(self, request: _Request, error: Exception) -> None:
+        if not request.future.done():
+            request.future.set_exception(error)
+            # Nobody may await a request failed during close(); don't warn about it.
+            request.future.add_done_callback(_consume_exception)
+        self._release_queued(request)
+
+    def _release_queued(self, request: _Request) -> None:
+        """Take a dead request's still-queued items out of the counters (and so the queue)."""
+        if request.queued == 0:
+            return
+        for length, queue in self._queues.items():
+            for item in queue:
+                if item.request is request:
+                    self._live[length] -= 1
+                    self.stats.queued_tokens -= len(item.encoding)
+        self.stats.queued_items -= request.queued
+        self.stats.cancelled_items += request.queued
+        request.queued = 0
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        if self.stats.queued_items == 0 and self.stats.running_batches == 0:
+            self._idle.set()
+
+
+def _consume_exception(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

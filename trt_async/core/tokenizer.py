@@ -1,0 +1,147 @@
+"""Rust ``tokenizers`` behind one small class: texts, pairs and pre-tokenised ids.
+
+Three tokenizer instances are kept (truncate right, truncate left, no truncation) because
+truncation is state on a ``Tokenizer`` and requests choose it; sharing one and toggling it
+would race between worker threads. The caller runs :meth:`TextTokenizer.encode` off the
+event loop: ``encode_batch`` releases the GIL and parallelises in Rust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Encoding as _RustEncoding
+from tokenizers import Tokenizer
+
+from trt_async.core.errors import EmptyInput, InputTooLong, InvalidInput
+
+TextInput = str | tuple[str, str]
+Direction = Literal["right", "left"]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """One item ready for the scheduler: token ids and, if the model takes them, type ids."""
+
+    ids: Sequence[int]
+    type_ids: Sequence[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """One token as TEI's ``/tokenize`` reports it (offsets are character offsets)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class TextTokenizer:
+    """Encodes texts, (query, document) pairs and raw id lists for one model."""
+
+    def __init__(self, path: Path, max_length: int, *, with_type_ids: bool) -> None:
+        self.max_length = max_length
+        self.with_type_ids = with_type_ids
+        self._right = self._load(path)
+        self._right.enable_truncation(max_length, strategy="longest_first", direction="right")
+        self._left = self._load(path)
+        self._left.enable_truncation(max_length, strategy="longest_first", direction="left")
+        self._full = self._load(path)
+        self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
+        self.pad_id = self._pad_id(self._full)
+
+    @staticmethod
+    def _load(path: Path) -> Tokenizer:
+        tok = Tokenizer.from_file(str(path))
+        # Some tokenizer.json files (all-MiniLM-L6-v2's among them) pad every text to a fixed
+        # length; the scheduler pads per bucket, so padding here would only cost compute.
+        tok.no_padding()
+        tok.no_truncation()
+        return tok
+
+    @staticmethod
+    def _pad_id(tok: Tokenizer) -> int:
+        for name in ("[PAD]", "<pad>", "<|padding|>"):
+            token_id = tok.token_to_id(name)
+            if token_id is not None:
+                return token_id
+        return 0
+
+    def encode(
+        self,
+        inputs: Sequence[TextInput],
+        *,
+        truncate: bool,
+        direction: Direction = "right",
+        param: str = "input",
+    ) -> list[Encoding]:
+        """Tokenise with special tokens; raise :class:`InputTooLong` if not truncating."""
+        for i, text in enumerate(inputs):
+            parts = text if isinstance(text, tuple) else (text,)
+            if any(not p for p in parts):
+                raise EmptyInput(f"input {i} is an empty string; send non-empty text", param=param)
+        tok = (self._right if direction == "right" else self._left) if truncate else self._full
+        encoded: list[_RustEncoding] = tok.encode_batch(list(inputs), add_special_tokens=True)
+        if not truncate:
+            for i, enc in enumerate(encoded):
+                if len(enc.ids) > self.max_length:
+                    raise InputTooLong(i, len(enc.ids), self.max_length, param=param)
+        if self.with_type_ids:
+            return [Encoding(enc.ids, enc.type_ids) for enc in encoded]
+        return [Encoding(enc.ids) for enc in encoded]
+
+    def encode_ids(
+        self,
+        inputs: Sequence[Sequence[int]],
+        *,
+        truncate: bool,
+        direction: Direction = "right",
+        param: str = "input",
+    ) -> list[Encoding]:
+        """Pre-tokenised ids (OpenAI allows them), taken as the whole sequence with specials."""
+        out: list[Encoding] = []
+        for i, ids in enumerate(inputs):
+            if len(ids) == 0:
+                raise EmptyInput(f"input {i} is an empty token list", param=param)
+            bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise InvalidInput(
+                    f"input {i} holds token id {bad}, outside this model's vocabulary "
+                    f"[0, {self.vocab_size})",
+                    param=param,
+                )
+            if len(ids) > self.max_length:
+                if not truncate:
+                    raise InputTooLong(i, len(ids), self.max_length, param=param)
+                ids = ids[: self.max_length] if direction == "right" else ids[-self.max_length :]
+            ids = list(ids)
+            out.append(Encoding(ids, [0] * len(ids) if self.with_type_ids else None))
+        return out
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[TokenInfo]]:
+        """Tokens with offsets for TEI's ``/tokenize`` (not truncated: it reports what was sent)."""
+        result: list[list[TokenInfo]] = []
+        for enc in self._full.encode_batch(list(texts), add_special_tokens=add_special_tokens):
+            row = []
+            for tid, text, special, (start, stop) in zip(
+                enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets, strict=True
+            ):
+                row.append(
+                    TokenInfo(
+                        id=tid,
+                        text=text,
+                        special=bool(special),
+                        start=None if special else start,
+                        stop=None if special else stop,
+                    )
+                )
+            result.append(row)
+        return result
