@@ -1,0 +1,205 @@
+"""The length-bucket scheduler, driven through the real runner with a fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.fake_backend import FakeBackend
+from trt_async.core.buckets import BucketGrid
+from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
+from trt_async.core.heads import make_reducer
+from trt_async.core.runner import BatchRunner
+from trt_async.core.scheduler import QueueLimits, Scheduler
+from trt_async.core.tokenizer import Encoding
+
+GRID = BucketGrid([1, 2, 4, 8], [8, 16, 32, 64], max_batch_tokens=128)
+
+
+def make(limits: QueueLimits | None = None, backend: FakeBackend | None = None):
+    backend = backend or FakeBackend()
+    backend.prepare(GRID)
+    runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
+    return Scheduler(runner, GRID, limits), backend
+
+
+def item(tag: int, length: int) -> Encoding:
+    """An item whose first token is ``tag`` (so tests can see where it ran)."""
+    return Encoding([tag] + [1] * (length - 1))
+
+
+def expected_row(enc: Encoding) -> tuple[float, float]:
+    return float(sum(enc.ids)), float(len(enc.ids))
+
+
+async def wait_started(backend: FakeBackend) -> None:
+    for _ in range(500):
+        if backend.started.is_set():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("the backend never started")
+
+
+async def test_lone_request_runs_at_once_as_batch_one() -> None:
+    scheduler, backend = make()
+    result = await asyncio.wait_for(scheduler.submit([item(7, 5)]), timeout=2)
+    assert len(backend.executed) == 1
+    bucket, _ = backend.executed[0]
+    assert (bucket.batch, bucket.length) == (1, 8)
+    assert tuple(result.rows[0, :2]) == expected_row(item(7, 5))
+    assert result.tokens == 5
+
+
+async def test_burst_fills_batches_within_max_batch_tokens_and_keeps_order() -> None:
+    scheduler, backend = make()
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    # While the backend is busy, 40 single-item requests of mixed lengths arrive.
+    requests = [[item(100 + i, [3, 12, 30, 60][i % 4])] for i in range(40)]
+    tasks = [asyncio.ensure_future(scheduler.submit(r)) for r in requests]
+    await asyncio.sleep(0.01)
+    assert scheduler.stats.queued_items == 40
+    backend.gate.set()
+    results = await asyncio.gather(first, *tasks)
+    for req, res in zip(requests, results[1:], strict=True):
+        assert tuple(res.rows[0, :2]) == expected_row(req[0])
+    batches = backend.executed[1:]
+    for bucket, _ in batches:
+        assert bucket.tokens <= GRID.max_batch_tokens
+    # 10 items per length; capacity is 8 at lengths <= 16, 4 at 32, 2 at 64.
+    sizes = sorted(b.batch for b, _ in batches)
+    assert max(sizes) == 8
+    assert len(batches) == 2 + 2 + 3 + 5  # 8+2 (len 8), 8+2 (len 16), 4+4+2 (32), 2*5 (64)
+
+
+async def test_oversize_request_is_split_and_reassembled_in_order() -> None:
+    scheduler, backend = make()
+    encodings = [item(10 + i, 1 + (i * 7) % 60) for i in range(50)]
+    result = await scheduler.submit(encodings)
+    assert result.rows.shape == (50, 4)
+    for enc, row in zip(encodings, result.rows, strict=True):
+        assert tuple(row[:2]) == expected_row(enc)
+    assert len(backend.executed) > 1
+    assert all(b.batch <= GRID.max_batch for b, _ in backend.executed)
+
+
+async def test_padding_rows_never_leak_into_results() -> None:
+    scheduler, backend = make()
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    tasks = [asyncio.ensure_future(scheduler.submit([item(50 + i, 4)])) for i in range(3)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await first
+    results = await asyncio.gather(*tasks)
+    bucket, _ = backend.executed[1]
+    assert bucket.batch == 4  # three items padded to the grid's batch 4
+    assert [tuple(r.rows[0, :2]) for r in results] == [(50.0 + i + 3, 4.0) for i in range(3)]
+
+
+async def test_cancelled_request_items_never_run() -> None:
+    scheduler, backend = make()
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    doomed = asyncio.ensure_future(scheduler.submit([item(900 + i, 5) for i in range(6)]))
+    kept = asyncio.ensure_future(scheduler.submit([item(500, 5)]))
+    await asyncio.sleep(0.01)
+    assert scheduler.stats.queued_items == 7
+    doomed.cancel()
+    await asyncio.sleep(0)
+    assert scheduler.stats.queued_items == 1
+    assert scheduler.stats.cancelled_items == 6
+    backend.gate.set()
+    await first
+    assert tuple((await kept).rows[0, :2]) == expected_row(item(500, 5))
+    ran = {tag for _, tags in backend.executed for tag in tags}
+    assert not ran & set(range(900, 906))
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+
+
+async def test_backend_failure_fails_only_that_batch() -> None:
+    backend = FakeBackend(fail_when=lambda ids: bool((ids[:, 0] == 666).any()))
+    scheduler, backend = make(backend=backend)
+    with pytest.raises(BackendFailure) as info:
+        await scheduler.submit([item(666, 40)])
+    assert info.value.error_id and info.value.error_id in info.value.message
+    good = await scheduler.submit([item(5, 3)])
+    assert tuple(good.rows[0, :2]) == expected_row(item(5, 3))
+    assert scheduler.stats.failed_batches == 1
+    assert scheduler.stats.consecutive_failures == 0
+
+
+async def test_full_queue_answers_overloaded_immediately() -> None:
+    scheduler, backend = make(QueueLimits(max_items=4, max_tokens=10_000))
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    queued = asyncio.ensure_future(scheduler.submit([item(2, 3) for _ in range(4)]))  # noqa: RUF006 (awaited below)
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await scheduler.submit([item(3, 3)])
+    assert scheduler.stats.rejected_requests == 1
+    backend.gate.set()
+    await first
+    assert (await queued).rows.shape[0] == 4
+
+
+async def test_queue_timeout_answers_unavailable() -> None:
+    scheduler, backend = make(QueueLimits(timeout_s=0.05))
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    with pytest.raises(Unavailable, match="waited"):
+        await scheduler.submit([item(2, 3)])
+    assert scheduler.stats.queued_items == 0
+    backend.gate.set()
+    await first
+
+
+async def test_old_long_item_is_not_starved_by_short_ones() -> None:
+    scheduler, backend = make(QueueLimits(max_delay_s=0.0))
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    long_one = asyncio.ensure_future(scheduler.submit([item(77, 60)]))
+    await asyncio.sleep(0.005)
+    shorts = [asyncio.ensure_future(scheduler.submit([item(2, 3)])) for _ in range(16)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, long_one, *shorts)
+    # The long item waited longest, so it runs right after the first batch.
+    assert backend.executed[1][1][0] == 77
+
+
+async def test_close_fails_queued_work_with_unavailable() -> None:
+    scheduler, backend = make()
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    queued = asyncio.ensure_future(scheduler.submit([item(2, 3)]))
+    await asyncio.sleep(0.01)
+    scheduler.close("shutting down")
+    backend.gate.set()
+    assert (await first).rows.shape == (1, 4)  # running work finishes
+    with pytest.raises(Unavailable, match="shutting down"):
+        await queued
+    with pytest.raises(Unavailable):
+        await scheduler.submit([item(3, 3)])
+
+
+def test_grid_capacity_and_buckets() -> None:
+    assert GRID.capacity(8) == 8
+    assert GRID.capacity(32) == 4
+    assert GRID.capacity(64) == 2
+    assert GRID.length_for(9) == 16
+    assert GRID.batch_for(3) == 4
+    assert all(b.tokens <= 128 for b in GRID.buckets())
+    with pytest.raises(ValueError):
+        BucketGrid([2, 4], [8], 64)  # no batch size 1
+    with pytest.raises(ValueError):
+        GRID.batch_for(9)

@@ -1,0 +1,56 @@
+"""``trt-async``: serve, export, build, bench.
+
+Each subcommand lives beside the code it drives and registers its own arguments; this
+module only assembles them, so ``trt-async --help`` stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from trt_async import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from perf.bench import add_bench_parser
+    from trt_async.http.serve import add_serve_parser
+    from trt_async.tools.build_engine import add_build_parser
+    from trt_async.tools.export import add_export_parser
+
+    parser = argparse.ArgumentParser(
+        prog="trt-async",
+        description="Serve embedding, reranker and NLI models on TensorRT (GPU) "
+        "or ONNX Runtime (CPU).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_serve_parser(subparsers)
+    add_export_parser(subparsers)
+    add_build_parser(subparsers)
+    add_bench_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
