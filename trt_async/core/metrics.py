@@ -1,0 +1,180 @@
+"""Prometheus metrics for the whole server, on one ``CollectorRegistry``.
+
+Counters that the scheduler already keeps (queue depth, tokens, failures, graph replays)
+are read at scrape time by a custom collector, so the hot path pays nothing for them.
+Distributions (batch sizes, durations) are observed as they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trt_async.core.buckets import Bucket
+
+if TYPE_CHECKING:
+    from trt_async.core.model import ServedModel, Timings
+
+PREFIX = "trt_async"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
+    0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+_LENGTH_BUCKETS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 8192)
+
+
+class Metrics:
+    """Every metric family of the server; ``render()`` gives the exposition text."""
+
+    def __init__(self, models: Callable[[], Iterable[ServedModel]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests by route, model and status",
+            ["route", "model", "status"], registry=r,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            f"{PREFIX}_request_duration_seconds", "Request time in the server",
+            ["route", "model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            f"{PREFIX}_queue_duration_seconds", "Time from enqueue to the first batch start",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokenize_seconds = Histogram(
+            f"{PREFIX}_tokenization_duration_seconds", "Tokenisation time per request",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference_seconds = Histogram(
+            f"{PREFIX}_inference_duration_seconds",
+            "Time from a request's first batch start to its last batch end",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            f"{PREFIX}_batch_duration_seconds", "Backend time per batch (pack, run, pool)",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size", "Real items per batch",
+            ["model"], buckets=_BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_length = Histogram(
+            f"{PREFIX}_batch_padded_length", "Padded sequence length per batch",
+            ["model"], buckets=_LENGTH_BUCKETS, registry=r,
+        )  # fmt: skip
+        r.register(_SchedulerCollector(models))
+
+    def batch_observer(self, model: str) -> _BatchObserver:
+        return _BatchObserver(self, model)
+
+    def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, model, str(status)).inc()
+        self.request_seconds.labels(route, model).observe(seconds)
+
+    def observe_timings(self, model: str, timings: Timings) -> None:
+        self.queue_seconds.labels(model).observe(timings.queue_s)
+        self.tokenize_seconds.labels(model).observe(timings.tokenize_s)
+        self.inference_seconds.labels(model).observe(timings.inference_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _BatchObserver:
+    """Feeds one runtime's batches into the histograms (a scheduler ``BatchObserver``)."""
+
+    __slots__ = ("_length", "_seconds", "_size")
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._seconds = metrics.batch_seconds.labels(model)
+        self._size = metrics.batch_size.labels(model)
+        self._length = metrics.batch_length.labels(model)
+
+    def batch_done(
+        self, bucket: Bucket, items: int, real_tokens: int, seconds: float, ok: bool
+    ) -> None:
+        self._seconds.observe(seconds)
+        self._size.observe(items)
+        self._length.observe(bucket.length)
+
+
+class _SchedulerCollector(Collector):
+    """Reads scheduler and backend counters at scrape time."""
+
+    def __init__(self, models: Callable[[], Iterable[ServedModel]]) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        p = PREFIX
+        queue_items = GaugeMetricFamily(f"{p}_queue_items", "Items waiting", labels=["model"])
+        queue_tokens = GaugeMetricFamily(f"{p}_queue_tokens", "Tokens waiting", labels=["model"])
+        running = GaugeMetricFamily(f"{p}_running_batches", "Batches running", labels=["model"])
+        efficiency = GaugeMetricFamily(
+            f"{p}_padding_efficiency", "Real tokens over padded tokens run", labels=["model"]
+        )
+        healthy = GaugeMetricFamily(
+            f"{p}_model_healthy", "1 when the model is ready and healthy", labels=["model"]
+        )
+        tokens = CounterMetricFamily(
+            f"{p}_tokens", "Tokens run, real or padded", labels=["model", "kind"]
+        )
+        batches = CounterMetricFamily(
+            f"{p}_batches", "Batches run per bucket", labels=["model", "batch", "length"]
+        )
+        items = CounterMetricFamily(f"{p}_items", "Items run", labels=["model"])
+        events = CounterMetricFamily(
+            f"{p}_scheduler_events",
+            "Cancelled items, rejected (429) and timed-out (503) requests, failed batches",
+            labels=["model", "event"],
+        )
+        launches = CounterMetricFamily(
+            f"{p}_gpu_launches", "GPU batches by how they ran (graph replay or plain enqueue)",
+            labels=["model", "mode"],
+        )  # fmt: skip
+        seen: set[int] = set()
+        for model in self._models():
+            name = model.name
+            healthy.add_metric([name], 1.0 if model.state.value == "ready" else 0.0)
+            runtime = model.runtime
+            if id(runtime) in seen:
+                continue  # names sharing a runtime share its queue: count it once
+            seen.add(id(runtime))
+            s = runtime.scheduler.stats
+            queue_items.add_metric([name], s.queued_items)
+            queue_tokens.add_metric([name], s.queued_tokens)
+            running.add_metric([name], s.running_batches)
+            efficiency.add_metric([name], s.padding_efficiency)
+            tokens.add_metric([name, "real"], s.real_tokens)
+            tokens.add_metric([name, "padded"], s.padded_tokens)
+            items.add_metric([name], s.items_run)
+            for bucket, count in sorted(s.batches.items()):
+                batches.add_metric([name, str(bucket.batch), str(bucket.length)], count)
+            events.add_metric([name, "cancelled_items"], s.cancelled_items)
+            events.add_metric([name, "rejected_requests"], s.rejected_requests)
+            events.add_metric([name, "timed_out_requests"], s.timed_out_requests)
+            events.add_metric([name, "failed_batches"], s.failed_batches)
+            details = runtime.info().details
+            for mode, key in (("graph", "replays"), ("enqueue", "enqueues")):
+                value = details.get(key)
+                if isinstance(value, int):
+                    launches.add_metric([name, mode], value)
+        yield from (
+            queue_items, queue_tokens, running, efficiency, healthy,
+            tokens, batches, items, events, launches,
+        )  # fmt: skip
