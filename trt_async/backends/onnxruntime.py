@@ -24,7 +24,10 @@ from trt_async.core.modeldir import ModelDirError, ModelFiles
 
 log = logging.getLogger(__name__)
 
-_ORT_INT_TYPES = {"tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
+_ORT_INT_TYPES: dict[str, np.dtype] = {
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+}
 
 
 class OnnxRuntimeBackend:

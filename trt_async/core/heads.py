@@ -25,12 +25,13 @@ def make_reducer(pooling: Literal["cls", "mean", "none"]) -> Reducer:
 
 
 def _pool_cls(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return np.array(output[:, 0, :], dtype=np.float32)
+    rows: np.ndarray = np.array(output[:, 0, :], dtype=np.float32)
+    return rows
 
 
 def _pool_mean(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask.astype(np.float32)
-    sums = np.einsum("bld,bl->bd", output.astype(np.float32, copy=False), weights)
+    sums: np.ndarray = np.einsum("bld,bl->bd", output.astype(np.float32, copy=False), weights)
     counts = np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
     return (sums / counts).astype(np.float32, copy=False)
 
@@ -41,7 +42,8 @@ def _pool_none(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
             f"pooling 'none' needs a (batch, features) output, got shape {output.shape}; "
             "set pooling: mean or cls for a last_hidden_state output"
         )
-    return np.array(output, dtype=np.float32)
+    rows: np.ndarray = np.array(output, dtype=np.float32)
+    return rows
 
 
 def l2_normalize(rows: np.ndarray) -> np.ndarray:
@@ -68,7 +70,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(shifted)
+    e: np.ndarray = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)
 
 
@@ -76,7 +78,8 @@ def cosine_scores(query: np.ndarray, documents: np.ndarray) -> np.ndarray:
     """Cosine of one query vector against each document vector (vLLM's score for embedders)."""
     q = l2_normalize(query.reshape(1, -1))
     d = l2_normalize(documents)
-    return (d @ q.T).ravel()
+    scores: np.ndarray = (d @ q.T).ravel()
+    return scores
 
 
 def label_index(labels: Mapping[int, str], prefix: str) -> int | None:

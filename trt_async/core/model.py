@@ -23,7 +23,7 @@ import numpy as np
 from trt_async.backends import KNOWN_INPUTS, Backend, BackendInfo, create_backend, resolve_backend
 from trt_async.core import heads
 from trt_async.core.buckets import BucketGrid
-from trt_async.core.config import ModelConfig, ModelKind
+from trt_async.core.config import ModelConfig, ModelKind, Pooling
 from trt_async.core.errors import EmptyInput, InvalidInput, Unavailable, WrongModelKind
 from trt_async.core.modeldir import ModelDirError, ModelFiles
 from trt_async.core.runner import BatchRunner
@@ -202,7 +202,7 @@ class ModelRuntime:
         )
         self.output_dim: int | None = None
 
-    def _pooling(self, output: str) -> str:
+    def _pooling(self, output: str) -> Pooling:
         if self.config.pooling is not None:
             return self.config.pooling
         if output in ("sentence_embedding", "logits"):
@@ -451,6 +451,9 @@ class ServedModel:
                 "queued_tokens": stats.queued_tokens,
                 "running_batches": stats.running_batches,
                 "batches": sum(stats.batches.values()),
+                "batches_by_bucket": {
+                    f"{b.batch}x{b.length}": n for b, n in sorted(stats.batches.items())
+                },
                 "items": stats.items_run,
                 "real_tokens": stats.real_tokens,
                 "padded_tokens": stats.padded_tokens,

@@ -1,0 +1,851 @@
+"""Faithful fakes of ``cuda.bindings.runtime`` and ``tensorrt`` for tests without a GPU.
+
+They follow the documented behaviour the backend relies on:
+
+* CUDA calls return ``(cudaError_t, *values)`` tuples; a failed call also becomes the
+  thread's sticky "last error" until ``cudaGetLastError`` reads it.
+* Memory is real (ctypes buffers) with real addresses; copies move bytes, and a copy or a
+  kernel that touches memory outside an allocation of the right kind fails.
+* Work on a stream is deferred until the stream or an event is synchronised, so a missing
+  wait shows up as stale data.
+* While a stream captures, its work is recorded instead of run; ``cudaGraphLaunch``
+  replays the recording with the pointers and shapes fixed at capture time. Allocating or
+  synchronising during capture invalidates it, as in CUDA; the legacy stream 0 cannot
+  capture.
+* The engine needs every input shape and every tensor address before ``execute_async_v3``
+  (it returns False otherwise), rejects shapes outside its optimisation profile, needs
+  user-managed device memory when created that way, and its first enqueue after a shape
+  change cannot be captured. Its "network" is an embedding lookup: ``last_hidden_state``
+  = ``table[ids] * mask``, ``sentence_embedding`` = masked mean of that, ``logits`` =
+  the masked mean times a matrix.
+* Capture can be made to fail for chosen (batch, length) shapes, either by the enqueue
+  returning False or by invalidating the capture so that ``cudaStreamEndCapture`` fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------
+# CUDA runtime
+
+
+class cudaError_t(enum.IntEnum):
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
+    cudaErrorInvalidDevice = 101
+    cudaErrorInvalidResourceHandle = 400
+    cudaErrorIllegalAddress = 700
+    cudaErrorStreamCaptureUnsupported = 900
+    cudaErrorStreamCaptureInvalidated = 901
+
+
+class cudaMemcpyKind(enum.IntEnum):
+    cudaMemcpyHostToHost = 0
+    cudaMemcpyHostToDevice = 1
+    cudaMemcpyDeviceToHost = 2
+
+
+class cudaStreamCaptureMode(enum.IntEnum):
+    cudaStreamCaptureModeGlobal = 0
+    cudaStreamCaptureModeThreadLocal = 1
+    cudaStreamCaptureModeRelaxed = 2
+
+
+_OK = cudaError_t.cudaSuccess
+
+
+class FakeStream:
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+        self.pending: list[Callable[[], None]] = []
+        self.capture: list[Callable[[], None]] | None = None
+        self.capture_invalid = False
+        self.capture_thread: int | None = None
+        self.destroyed = False
+
+    def __int__(self) -> int:
+        return self.handle
+
+
+@dataclass
+class FakeGraph:
+    ops: list[Callable[[], None]]
+    destroyed: bool = False
+
+
+@dataclass
+class FakeEvent:
+    stream: FakeStream | None = None
+    marker: int = 0
+    destroyed: bool = False
+
+
+@dataclass
+class FakeDeviceProp:
+    name: bytes
+    major: int
+    minor: int
+    totalGlobalMem: int
+
+
+class FakeCudaRuntime:
+    """Stands in for the ``cuda.bindings.runtime`` module."""
+
+    cudaError_t = cudaError_t
+    cudaMemcpyKind = cudaMemcpyKind
+    cudaStreamCaptureMode = cudaStreamCaptureMode
+    cudaHostAllocDefault = 0
+    cudaStreamNonBlocking = 1
+    cudaEventBlockingSync = 1
+    cudaEventDisableTiming = 2
+
+    def __init__(
+        self,
+        *,
+        devices: int = 1,
+        name: str = "NVIDIA H100 80GB HBM3",
+        capability: tuple[int, int] = (9, 0),
+        total_memory: int = 80 << 30,
+    ) -> None:
+        self.devices = devices
+        self.name = name
+        self.capability = capability
+        self.total_memory = total_memory
+        self.used = 0
+        self.host: dict[int, Any] = {}
+        self.device: dict[int, Any] = {}
+        self.streams: dict[int, FakeStream] = {}
+        self._next_stream = 0x1000
+        self._local = threading.local()
+        self.calls: Counter[str] = Counter()
+        self.graphs: list[FakeGraph] = []
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def last_error(self) -> cudaError_t:
+        return getattr(self._local, "last", _OK)
+
+    def _fail(self, err: cudaError_t, *values: Any) -> tuple[Any, ...]:
+        self._local.last = err
+        return (err, *values)
+
+    def _capturing_here(self) -> FakeStream | None:
+        me = threading.get_ident()
+        return next(
+            (s for s in self.streams.values() if s.capture is not None and s.capture_thread == me),
+            None,
+        )
+
+    def _unsafe_during_capture(self) -> tuple[Any, ...] | None:
+        """CUDA forbids allocation and synchronisation while this thread captures."""
+        stream = self._capturing_here()
+        if stream is None:
+            return None
+        stream.capture_invalid = True
+        return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
+
+    @staticmethod
+    def _within(registry: dict[int, Any], ptr: int, nbytes: int) -> bool:
+        return any(
+            base <= ptr and ptr + nbytes <= base + ctypes.sizeof(buf)
+            for base, buf in registry.items()
+        )
+
+    def check_device_range(self, ptr: int, nbytes: int) -> bool:
+        return self._within(self.device, ptr, nbytes)
+
+    def stream_by_handle(self, handle: int) -> FakeStream | None:
+        return self.streams.get(handle)
+
+    def submit(self, stream: Any, op: Callable[[], None]) -> cudaError_t:
+        """Queue ``op`` on ``stream``: recorded while capturing, deferred otherwise."""
+        s = self.streams.get(int(stream))
+        if s is None or s.destroyed:
+            return self._fail(cudaError_t.cudaErrorInvalidResourceHandle)[0]
+        if s.capture is not None:
+            if s.capture_invalid:
+                return self._fail(cudaError_t.cudaErrorStreamCaptureInvalidated)[0]
+            s.capture.append(op)
+        else:
+            s.pending.append(op)
+        return _OK
+
+    def invalidate_capture(self, stream: FakeStream) -> None:
+        stream.capture_invalid = True
+        self._local.last = cudaError_t.cudaErrorStreamCaptureInvalidated
+
+    def _drain(self, s: FakeStream, upto: int | None = None) -> None:
+        n = len(s.pending) if upto is None else upto
+        ops, s.pending = s.pending[:n], s.pending[n:]
+        for op in ops:
+            op()
+
+    # -- errors and devices --------------------------------------------------------------
+    def cudaGetErrorName(self, err: cudaError_t) -> tuple[Any, bytes]:
+        return (_OK, err.name.encode())
+
+    def cudaGetErrorString(self, err: cudaError_t) -> tuple[Any, bytes]:
+        return (_OK, f"fake description of {err.name}".encode())
+
+    def cudaGetLastError(self) -> tuple[Any]:
+        err = self.last_error
+        self._local.last = _OK
+        return (err,)
+
+    def cudaGetDeviceCount(self) -> tuple[Any, int]:
+        if self.devices == 0:
+            return self._fail(cudaError_t.cudaErrorNoDevice, 0)
+        return (_OK, self.devices)
+
+    def cudaSetDevice(self, index: int) -> tuple[Any]:
+        if not 0 <= index < self.devices:
+            return self._fail(cudaError_t.cudaErrorInvalidDevice)
+        self._local.device = index
+        self.calls["cudaSetDevice"] += 1
+        return (_OK,)
+
+    def cudaGetDeviceProperties(self, index: int) -> tuple[Any, Any]:
+        if not 0 <= index < self.devices:
+            return self._fail(cudaError_t.cudaErrorInvalidDevice, None)
+        name = self.name.encode() + b"\0" * 8
+        return (_OK, FakeDeviceProp(name, *self.capability, self.total_memory))
+
+    def cudaMemGetInfo(self) -> tuple[Any, int, int]:
+        return (_OK, self.total_memory - self.used, self.total_memory)
+
+    # -- memory --------------------------------------------------------------------------
+    def _alloc(self, registry: dict[int, Any], nbytes: int, device: bool) -> tuple[Any, ...]:
+        bad = self._unsafe_during_capture()
+        if bad is not None:
+            return (*bad, 0)
+        if device and self.used + nbytes > self.total_memory:
+            return self._fail(cudaError_t.cudaErrorMemoryAllocation, 0)
+        buf = (ctypes.c_byte * nbytes)()
+        ptr = ctypes.addressof(buf)
+        registry[ptr] = buf
+        if device:
+            self.used += nbytes
+        return (_OK, ptr)
+
+    def cudaMalloc(self, nbytes: int) -> tuple[Any, ...]:
+        self.calls["cudaMalloc"] += 1
+        return self._alloc(self.device, nbytes, device=True)
+
+    def cudaHostAlloc(self, nbytes: int, flags: int) -> tuple[Any, ...]:
+        self.calls["cudaHostAlloc"] += 1
+        return self._alloc(self.host, nbytes, device=False)
+
+    def cudaFree(self, ptr: int) -> tuple[Any]:
+        buf = self.device.pop(ptr, None)
+        if buf is None:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
+        self.used -= ctypes.sizeof(buf)
+        return (_OK,)
+
+    def cudaFreeHost(self, ptr: int) -> tuple[Any]:
+        if self.host.pop(ptr, None) is None:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
+        return (_OK,)
+
+    def cudaMemcpyAsync(
+        self, dst: int, src: int, count: int, kind: cudaMemcpyKind, stream: Any
+    ) -> tuple[Any]:
+        if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
+            ok = self._within(self.device, dst, count) and self._within(self.host, src, count)
+        elif kind == cudaMemcpyKind.cudaMemcpyDeviceToHost:
+            ok = self._within(self.host, dst, count) and self._within(self.device, src, count)
+        else:
+            ok = False
+        if not ok:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
+        err = self.submit(stream, lambda: ctypes.memmove(dst, src, count))
+        self.calls["cudaMemcpyAsync"] += 1
+        return (err,)
+
+    # -- streams and events --------------------------------------------------------------
+    def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, FakeStream]:
+        self._next_stream += 0x10
+        s = FakeStream(self._next_stream)
+        self.streams[s.handle] = s
+        return (_OK, s)
+
+    def cudaStreamDestroy(self, stream: FakeStream) -> tuple[Any]:
+        stream.destroyed = True
+        self.streams.pop(stream.handle, None)
+        return (_OK,)
+
+    def cudaStreamSynchronize(self, stream: FakeStream) -> tuple[Any]:
+        if stream.capture is not None:
+            stream.capture_invalid = True
+            return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
+        self._drain(stream)
+        return (_OK,)
+
+    def cudaEventCreateWithFlags(self, flags: int) -> tuple[Any, FakeEvent]:
+        return (_OK, FakeEvent())
+
+    def cudaEventRecord(self, event: FakeEvent, stream: FakeStream) -> tuple[Any]:
+        if stream.capture is not None:
+            # Legal in CUDA, but only visible inside the graph: the backend must not rely on it.
+            return (self.submit(stream, lambda: None),)
+        event.stream, event.marker = stream, len(stream.pending)
+        return (_OK,)
+
+    def cudaEventSynchronize(self, event: FakeEvent) -> tuple[Any]:
+        bad = self._unsafe_during_capture()
+        if bad is not None:
+            return bad
+        if event.stream is not None:
+            self._drain(event.stream, event.marker)
+            event.marker = 0
+        self.calls["cudaEventSynchronize"] += 1
+        return (_OK,)
+
+    def cudaEventDestroy(self, event: FakeEvent) -> tuple[Any]:
+        event.destroyed = True
+        return (_OK,)
+
+    # -- graphs --------------------------------------------------------------------------
+    def cudaStreamBeginCapture(self, stream: FakeStream, mode: cudaStreamCaptureMode) -> tuple[Any]:
+        if int(stream) == 0 or stream.capture is not None:
+            return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
+        stream.capture, stream.capture_invalid = [], False
+        stream.capture_thread = threading.get_ident()
+        self.calls["cudaStreamBeginCapture"] += 1
+        return (_OK,)
+
+    def cudaStreamEndCapture(self, stream: FakeStream) -> tuple[Any, FakeGraph | None]:
+        if stream.capture is None:
+            return self._fail(cudaError_t.cudaErrorIllegalAddress, None)
+        ops, invalid = stream.capture, stream.capture_invalid
+        stream.capture, stream.capture_invalid, stream.capture_thread = None, False, None
+        if invalid:
+            return self._fail(cudaError_t.cudaErrorStreamCaptureInvalidated, None)
+        return (_OK, FakeGraph(list(ops)))
+
+    def cudaGraphInstantiate(self, graph: FakeGraph, flags: int) -> tuple[Any, FakeGraph | None]:
+        if graph.destroyed:
+            return self._fail(cudaError_t.cudaErrorInvalidValue, None)
+        exe = FakeGraph(list(graph.ops))
+        self.graphs.append(exe)
+        return (_OK, exe)
+
+    def cudaGraphDestroy(self, graph: FakeGraph) -> tuple[Any]:
+        graph.destroyed = True
+        return (_OK,)
+
+    def cudaGraphExecDestroy(self, graph: FakeGraph) -> tuple[Any]:
+        graph.destroyed = True
+        return (_OK,)
+
+    def cudaGraphLaunch(self, graph: FakeGraph, stream: FakeStream) -> tuple[Any]:
+        if graph.destroyed:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
+        ops = list(graph.ops)
+
+        def replay() -> None:
+            for op in ops:
+                op()
+
+        self.calls["cudaGraphLaunch"] += 1
+        return (self.submit(stream, replay),)
+
+
+# ---------------------------------------------------------------------------------------
+# TensorRT
+
+
+class TensorIOMode(enum.Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+    INT32 = 3
+    INT64 = 4
+    BF16 = 7
+
+
+_NP = {
+    DataType.FLOAT: np.float32,
+    DataType.HALF: np.float16,
+    DataType.INT32: np.int32,
+    DataType.INT64: np.int64,
+}
+_FROM_NP = {np.dtype(v): k for k, v in _NP.items()}
+
+
+class ExecutionContextAllocationStrategy(enum.Enum):
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
+
+
+class MemoryPoolType(enum.Enum):
+    WORKSPACE = 0
+
+
+class BuilderFlag(enum.Enum):
+    FP16 = 0
+    BF16 = 1
+    INT8 = 2
+
+
+class Logger:
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    def __init__(self, severity: int = 2) -> None:
+        self.severity = severity
+
+
+class IProgressMonitor:
+    def __init__(self) -> None:
+        pass
+
+
+_MAGIC = b"FAKETRT1"
+
+
+@dataclass
+class EngineSpec:
+    """What a fake plan holds: the network's IO and the numbers its kernel computes with."""
+
+    inputs: list[str]
+    output: str
+    input_dtype: str = "int64"
+    hidden: int = 8
+    labels: int = 3
+    vocab: int = 64
+    seed: int = 0
+    profile_min: list[int] = field(default_factory=lambda: [1, 1])
+    profile_opt: list[int] = field(default_factory=lambda: [4, 32])
+    profile_max: list[int] = field(default_factory=lambda: [32, 512])
+    version: str = "10.13.0.35"
+    table: list[list[float]] | None = None
+    extra_outputs: list[str] = field(default_factory=list)
+
+    def serialize(self) -> bytes:
+        return _MAGIC + json.dumps(asdict(self)).encode()
+
+    def embedding_table(self) -> np.ndarray:
+        if self.table is not None:
+            return np.asarray(self.table, dtype=np.float32)
+        return embedding_table(self.seed, self.vocab, self.hidden)
+
+    def classifier(self) -> np.ndarray:
+        rng = np.random.default_rng(self.seed + 1)
+        return rng.standard_normal((self.hidden, self.labels)).astype(np.float32)
+
+
+def embedding_table(seed: int, vocab: int, hidden: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((vocab, hidden)).astype(np.float32)
+
+
+def _kind(output: str) -> str:
+    if output in ("last_hidden_state", "token_embeddings"):
+        return "tokens"
+    return "logits" if output == "logits" else "pooled"
+
+
+class FakeEngine:
+    def __init__(self, spec: EngineSpec, module: FakeTensorRT) -> None:
+        self.spec = spec
+        self.module = module
+        self.table = spec.embedding_table()
+        self.outputs = [spec.output, *spec.extra_outputs]
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.spec.inputs) + len(self.outputs)
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return 1
+
+    def _activation_bytes(self) -> int:
+        b, n = self.spec.profile_max
+        return b * n * self.spec.hidden * 4 * 2
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        return self._activation_bytes()
+
+    def get_device_memory_size_for_profile_v2(self, profile: int) -> int:
+        assert profile == 0
+        return self._activation_bytes()
+
+    def get_tensor_name(self, index: int) -> str:
+        return [*self.spec.inputs, *self.outputs][index]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        if name in self.spec.inputs:
+            return TensorIOMode.INPUT
+        return TensorIOMode.OUTPUT if name in self.outputs else TensorIOMode.NONE
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        if name in self.spec.inputs:
+            return _FROM_NP[np.dtype(self.spec.input_dtype)]
+        return DataType.FLOAT
+
+    def output_shape(self, name: str, batch: int, length: int) -> tuple[int, ...]:
+        kind = _kind(name)
+        if kind == "tokens":
+            return (batch, length, self.spec.hidden)
+        return (batch, self.spec.labels if kind == "logits" else self.spec.hidden)
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.spec.inputs:
+            return (-1, -1)
+        return self.output_shape(name, -1, -1)
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
+        if name not in self.spec.inputs or profile != 0:
+            raise RuntimeError(f"{name} is not an input of profile {profile}")
+        s = self.spec
+        return (tuple(s.profile_min), tuple(s.profile_opt), tuple(s.profile_max))
+
+    def create_execution_context(
+        self,
+        strategy: ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy.STATIC,
+    ) -> FakeContext:
+        return FakeContext(self, strategy)
+
+    def compute(self, name: str, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        m = np.ones(ids.shape, np.float32) if mask is None else mask.astype(np.float32)
+        tokens = self.table[ids] * m[..., None]
+        kind = _kind(name)
+        if kind == "tokens":
+            return tokens
+        pooled = tokens.sum(1) / np.maximum(m.sum(1, keepdims=True), 1.0)
+        return pooled @ self.spec.classifier() if kind == "logits" else pooled
+
+
+class FakeContext:
+    def __init__(self, engine: FakeEngine, strategy: ExecutionContextAllocationStrategy) -> None:
+        self.engine = engine
+        self.strategy = strategy
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.addresses: dict[str, int] = {}
+        self.device_memory: tuple[int, int] | None = None
+        self._warm: tuple[tuple[str, tuple[int, int]], ...] | None = None
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        s = self.engine.spec
+        if name not in s.inputs or len(shape) != 2:
+            return False
+        bounds = zip(s.profile_min, shape, s.profile_max, strict=True)
+        if not all(lo <= d <= hi for lo, d, hi in bounds):
+            return False  # TensorRT logs an error and refuses shapes outside the profile
+        self.shapes[name] = (int(shape[0]), int(shape[1]))
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.engine.spec.inputs:
+            return self.shapes.get(name, (-1, -1))
+        if len(self.shapes) < len(self.engine.spec.inputs):
+            return self.engine.get_tensor_shape(name)
+        b, n = self.shapes[self.engine.spec.inputs[0]]
+        return self.engine.output_shape(name, b, n)
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = int(ptr)
+        return True
+
+    def set_device_memory(self, memory: int, size: int) -> None:
+        need = self.engine.get_device_memory_size_for_profile_v2(0)
+        cuda = self.engine.module.cuda
+        if size < need or not cuda.check_device_range(memory, size):
+            raise RuntimeError(f"device memory {size} < {need} or not device memory")
+        self.device_memory = (memory, size)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        module = self.engine.module
+        cuda = module.cuda
+        spec = self.engine.spec
+        stream = cuda.stream_by_handle(int(stream_handle))
+        if stream is None:
+            return False
+        if set(self.shapes) != set(spec.inputs):
+            return False  # "not all input shapes are specified"
+        names = [*spec.inputs, *self.engine.outputs]
+        if any(n not in self.addresses for n in names):
+            return False  # "address is not set for tensor"
+        if (
+            self.strategy is ExecutionContextAllocationStrategy.USER_MANAGED
+            and self.device_memory is None
+        ):
+            return False
+        shapes = tuple(sorted(self.shapes.items()))
+        b, n = self.shapes[spec.inputs[0]]
+        if stream.capture is not None:
+            if shapes != self._warm:
+                cuda.invalidate_capture(stream)  # set-up work of a new shape is not capturable
+                return False
+            mode = module.fail_capture.get((b, n))
+            if mode == "enqueue":
+                cuda.invalidate_capture(stream)
+                return False
+            if mode == "invalidate":
+                cuda.invalidate_capture(stream)
+                return True
+        itemsize = np.dtype(spec.input_dtype).itemsize
+        in_ptrs = {name: self.addresses[name] for name in spec.inputs}
+        out_ptrs = {name: self.addresses[name] for name in self.engine.outputs}
+        for ptr in in_ptrs.values():
+            if not cuda.check_device_range(ptr, b * n * itemsize):
+                return False
+        out_shapes = {name: self.engine.output_shape(name, b, n) for name in out_ptrs}
+        for name, ptr in out_ptrs.items():
+            if not cuda.check_device_range(ptr, int(np.prod(out_shapes[name])) * 4):
+                return False
+        engine = self.engine
+
+        def kernel() -> None:
+            def view(ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+                count = int(np.prod(shape))
+                raw = (ctypes.c_byte * (count * np.dtype(dtype).itemsize)).from_address(ptr)
+                return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+            ids = view(in_ptrs["input_ids"], (b, n), spec.input_dtype)
+            mask = (
+                view(in_ptrs["attention_mask"], (b, n), spec.input_dtype)
+                if "attention_mask" in in_ptrs
+                else None
+            )
+            for name, ptr in out_ptrs.items():
+                view(ptr, out_shapes[name], np.float32)[...] = engine.compute(name, ids, mask)
+            module.kernel_runs[(b, n)] += 1
+
+        err = cuda.submit(stream, kernel)
+        if err != _OK:
+            return False
+        if stream.capture is None:
+            self._warm = shapes
+        module.enqueues[(b, n)] += 1
+        return True
+
+
+class FakeRuntime:
+    def __init__(self, module: FakeTensorRT, logger: Logger) -> None:
+        self.module = module
+
+    def deserialize_cuda_engine(self, plan: bytes) -> FakeEngine | None:
+        data = bytes(plan)
+        if not data.startswith(_MAGIC):
+            return None
+        spec = EngineSpec(**json.loads(data[len(_MAGIC) :]))
+        if spec.version != self.module.__version__:
+            return None  # TensorRT refuses plans from another version
+        self.module.deserialized += 1
+        return FakeEngine(spec, self.module)
+
+
+@dataclass
+class FakeTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: DataType
+
+
+class FakeNetwork:
+    def __init__(self) -> None:
+        self.inputs: list[FakeTensor] = []
+        self.outputs: list[FakeTensor] = []
+        self.table: np.ndarray | None = None
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.outputs)
+
+    def get_input(self, i: int) -> FakeTensor:
+        return self.inputs[i]
+
+    def get_output(self, i: int) -> FakeTensor:
+        return self.outputs[i]
+
+
+class FakeOnnxParser:
+    """Reads a real ONNX file's IO (and an ``embeddings`` initializer) with the onnx package."""
+
+    def __init__(self, network: FakeNetwork, logger: Logger) -> None:
+        self.network = network
+        self.errors: list[str] = []
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, i: int) -> str:
+        return self.errors[i]
+
+    def parse_from_file(self, path: str) -> bool:
+        import onnx
+        from onnx import numpy_helper
+
+        try:
+            model = onnx.load(path)
+        except Exception as exc:
+            self.errors.append(f"cannot read {path}: {exc}")
+            return False
+        elem = {
+            onnx.TensorProto.INT64: DataType.INT64,
+            onnx.TensorProto.INT32: DataType.INT32,
+            onnx.TensorProto.FLOAT: DataType.FLOAT,
+        }
+
+        def tensor(v: Any) -> FakeTensor:
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim
+            )
+            return FakeTensor(v.name, dims, elem[v.type.tensor_type.elem_type])
+
+        inits = {i.name for i in model.graph.initializer}
+        self.network.inputs = [tensor(v) for v in model.graph.input if v.name not in inits]
+        self.network.outputs = [tensor(v) for v in model.graph.output]
+        for init in model.graph.initializer:
+            if init.name == "embeddings":
+                self.network.table = numpy_helper.to_array(init).astype(np.float32)
+        return True
+
+
+class FakeProfile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+    def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
+        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+
+
+class FakeBuilderConfig:
+    def __init__(self) -> None:
+        self.flags: set[BuilderFlag] = set()
+        self.pools: dict[MemoryPoolType, int] = {}
+        self.profiles: list[FakeProfile] = []
+        self.progress_monitor: Any = None
+
+    def set_memory_pool_limit(self, pool: MemoryPoolType, size: int) -> None:
+        self.pools[pool] = size
+
+    def set_flag(self, flag: BuilderFlag) -> None:
+        self.flags.add(flag)
+
+    def add_optimization_profile(self, profile: FakeProfile) -> int:
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+
+class FakeBuilder:
+    def __init__(self, module: FakeTensorRT, logger: Logger) -> None:
+        self.module = module
+
+    def create_network(self, flags: int = 0) -> FakeNetwork:
+        return FakeNetwork()
+
+    def create_builder_config(self) -> FakeBuilderConfig:
+        return FakeBuilderConfig()
+
+    def create_optimization_profile(self) -> FakeProfile:
+        return FakeProfile()
+
+    def build_serialized_network(
+        self, network: FakeNetwork, config: FakeBuilderConfig
+    ) -> bytes | None:
+        if not config.profiles:
+            return None  # dynamic inputs need an optimisation profile
+        profile = config.profiles[0]
+        for t in network.inputs:
+            if -1 in t.shape and t.name not in profile.shapes:
+                return None
+        monitor = config.progress_monitor
+        phases = [("Building engine", None, 2), ("Tactic selection", "Building engine", 3)]
+        if monitor is not None:
+            monitor.phase_start(*phases[0])
+            monitor.phase_start(*phases[1])
+            for step in range(3):
+                if not monitor.step_complete("Tactic selection", step):
+                    return None
+            monitor.phase_finish("Tactic selection")
+            monitor.step_complete("Building engine", 0)
+            monitor.step_complete("Building engine", 1)
+            monitor.phase_finish("Building engine")
+        first = profile.shapes[network.inputs[0].name]
+        out = network.outputs[0]
+        hidden = out.shape[-1]
+        spec = EngineSpec(
+            inputs=[t.name for t in network.inputs],
+            output=out.name,
+            input_dtype=np.dtype(_NP[network.inputs[0].dtype]).name,
+            hidden=hidden,
+            vocab=network.table.shape[0] if network.table is not None else 64,
+            profile_min=list(first[0]),
+            profile_opt=list(first[1]),
+            profile_max=list(first[2]),
+            version=self.module.__version__,
+            table=network.table.tolist() if network.table is not None else None,
+            extra_outputs=[t.name for t in network.outputs[1:]],
+        )
+        self.module.builds.append({"flags": set(config.flags), "profile": first})
+        return spec.serialize()
+
+
+class FakeTensorRT(SimpleNamespace):
+    """Stands in for the ``tensorrt`` module; bound to one fake CUDA runtime."""
+
+    TensorIOMode = TensorIOMode
+    DataType = DataType
+    ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy
+    MemoryPoolType = MemoryPoolType
+    BuilderFlag = BuilderFlag
+    Logger = Logger
+    IProgressMonitor = IProgressMonitor
+
+    def __init__(self, cuda: FakeCudaRuntime, version: str = "10.13.0.35") -> None:
+        super().__init__()
+        self.cuda = cuda
+        self.__version__ = version
+        #: (batch, length) -> "enqueue" | "invalidate": how capture fails for that shape.
+        self.fail_capture: dict[tuple[int, int], str] = {}
+        self.enqueues: Counter[tuple[int, int]] = Counter()
+        self.kernel_runs: Counter[tuple[int, int]] = Counter()
+        self.builds: list[dict[str, Any]] = []
+        self.deserialized = 0
+
+    @staticmethod
+    def nptype(dtype: DataType) -> type:
+        return _NP[dtype]
+
+    def Runtime(self, logger: Logger) -> FakeRuntime:
+        return FakeRuntime(self, logger)
+
+    def Builder(self, logger: Logger) -> FakeBuilder:
+        return FakeBuilder(self, logger)
+
+    def OnnxParser(self, network: FakeNetwork, logger: Logger) -> FakeOnnxParser:
+        return FakeOnnxParser(network, logger)
+
+
+def write_plan(path: Path, spec: EngineSpec) -> Path:
+    path.write_bytes(spec.serialize())
+    return path

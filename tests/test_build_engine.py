@@ -1,0 +1,327 @@
+"""``trt-async build`` and start-up plan checks, on fakes of tensorrt and the CUDA runtime.
+
+The graphs are real ONNX files (an embedding lookup times the attention mask), so the
+fake builder reads real inputs, outputs and weights, and ONNX Runtime gives the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fake_trt import BuilderFlag, FakeCudaRuntime, FakeTensorRT
+from trt_async.backends.tensorrt import PlanMismatch, TensorRTBackend
+from trt_async.backends.tensorrt.cuda import Cuda
+from trt_async.backends.tensorrt.plan import GRAPHS_ENV, read_plan_manifest
+from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.core.config import ModelConfig
+from trt_async.core.modeldir import ModelFiles
+from trt_async.tools.build_engine import (
+    BuildError,
+    BuildProgress,
+    add_build_parser,
+    build_engine,
+    optimisation_profile,
+    run_build,
+)
+
+onnx = pytest.importorskip("onnx", reason="test graphs are written with onnx (export extra)")
+
+GRID = BucketGrid([1, 2, 4], [8, 16, 32], max_batch_tokens=64)
+H = 6
+
+
+def write_model(folder: Path, *, seed: int = 0, external: bool = False) -> Path:
+    """A model folder whose graph is ``last_hidden_state = embeddings[input_ids] * mask``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = np.random.default_rng(seed).standard_normal((40, H)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["embeddings", "input_ids"], ["tokens"]),
+            helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["maskf", "axes"], ["mask3"]),
+            helper.make_node("Mul", ["tokens", "mask3"], ["last_hidden_state"]),
+        ],
+        "lookup",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "seq", 6]
+            )
+        ],
+        [
+            numpy_helper.from_array(table, "embeddings"),
+            numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=external,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def fakes(**cuda: object) -> tuple[FakeTensorRT, FakeCudaRuntime]:
+    rt = FakeCudaRuntime(**cuda)  # type: ignore[arg-type]
+    return FakeTensorRT(rt), rt
+
+
+@pytest.mark.parametrize(
+    ("precision", "flags"),
+    [("fp16", {BuilderFlag.FP16}), ("bf16", {BuilderFlag.BF16}), ("fp32", set())],
+)
+def test_build_writes_plan_and_manifest(tmp_path: Path, precision: str, flags: set) -> None:
+    model = write_model(tmp_path / "mini", external=True)
+    trt, rt = fakes()
+    bar_out, log = io.StringIO(), io.StringIO()
+    result = build_engine(
+        model,
+        precision=precision,  # type: ignore[arg-type]
+        batch_sizes=[16, 1, 4],
+        lengths=[128, 16, 64],
+        workspace_gib=1.5,
+        output_dir=tmp_path / "graphs" / "mini",
+        progress=BuildProgress(bar_out),
+        trt_module=trt,
+        cuda=Cuda(rt),
+        log=log,
+    )
+    assert result.plan == tmp_path / "graphs" / "mini" / f"model.{precision}.plan"
+    assert trt.Runtime(None).deserialize_cuda_engine(result.plan.read_bytes()) is not None
+    assert trt.builds[0]["flags"] == flags
+    assert trt.builds[0]["profile"] == ((1, 16), (4, 64), (16, 128))
+    m = read_plan_manifest(result.manifest_path)
+    assert m is not None and m == result.manifest
+    assert (m.tensorrt_version, m.gpu_name, m.compute_capability) == (
+        "10.13.0.35",
+        "NVIDIA H100 80GB HBM3",
+        "9.0",
+    )
+    assert m.precision == precision and m.batch_sizes == [1, 4, 16] and m.lengths == [16, 64, 128]
+    assert (m.profile_min, m.profile_opt, m.profile_max) == ([1, 16], [4, 64], [16, 128])
+    assert [(t.name, t.dtype) for t in m.inputs] == [
+        ("input_ids", "int64"),
+        ("attention_mask", "int64"),
+    ]
+    assert [(t.name, t.dtype, t.shape) for t in m.outputs] == [
+        ("last_hidden_state", "float32", [-1, -1, 6])
+    ]
+    assert m.onnx_sha256 == hashlib.sha256((model / "model.onnx").read_bytes()).hexdigest()
+    data = (model / "model.onnx.data").read_bytes()
+    assert m.onnx_data_sha256 == hashlib.sha256(data).hexdigest()
+    assert m.workspace_gib == 1.5
+    assert "Building engine (2 steps)" in bar_out.getvalue()
+    assert "Building engine done" in bar_out.getvalue()
+    assert f"built {result.plan}" in log.getvalue() and " s\n" in log.getvalue()
+
+
+def test_optimisation_profile_spans_the_grid() -> None:
+    assert optimisation_profile([1, 2, 4, 8, 16, 32], [16, 32, 64, 128, 256, 512]) == (
+        (1, 16),
+        (8, 128),
+        (32, 512),
+    )
+    assert optimisation_profile([1], [7]) == ((1, 7), (1, 7), (1, 7))
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    bar = BuildProgress(out, width=10)
+    bar.start("Building", None, 4)
+    bar.start("Tactics", "Building", 5)
+    assert bar.step("Tactics", 1)
+    assert bar.render() == "Building > Tactics [####------] 2/5"
+    bar.finish("Tactics")
+    assert bar.render() == "Building [----------] 0/4"
+    bar.cancelled = True
+    assert not bar.step("Building", 0)  # returning False asks TensorRT to stop
+    bar.finish("Building")
+    assert "\r" in out.getvalue()
+
+
+def test_build_refuses_a_folder_without_onnx(tmp_path: Path) -> None:
+    trt, rt = fakes()
+    with pytest.raises(BuildError, match="trt-async export"):
+        build_engine(tmp_path, trt_module=trt, cuda=Cuda(rt))
+
+
+def test_build_reports_parser_errors(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"not a protobuf")
+    trt, rt = fakes()
+    with pytest.raises(BuildError, match="cannot parse the graph"):
+        build_engine(tmp_path, trt_module=trt, cuda=Cuda(rt), log=io.StringIO())
+
+
+def test_plans_go_under_the_graphs_env_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "elsewhere"))
+    model = write_model(tmp_path / "bge")
+    trt, rt = fakes()
+    result = build_engine(model, trt_module=trt, cuda=Cuda(rt), progress=False, log=io.StringIO())
+    assert result.plan == tmp_path / "elsewhere" / "bge" / "model.fp16.plan"
+
+
+def backend_for(
+    model: Path, trt: FakeTensorRT, rt: FakeCudaRuntime, **config: object
+) -> TensorRTBackend:
+    files = ModelFiles.resolve(model)
+    cfg = ModelConfig(model_path=str(model), backend="tensorrt", **config)  # type: ignore[arg-type]
+    return TensorRTBackend(files, cfg, trt_module=trt, cuda_runtime=rt, build_progress=False)
+
+
+def test_first_start_builds_then_reuses_and_matches_onnxruntime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="the numerical reference (cpu extra)")
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    model = write_model(tmp_path / "mini")
+    trt, rt = fakes()
+    backend = backend_for(model, trt, rt)
+    backend.prepare(GRID)
+    assert backend.rebuilt_because and backend.rebuilt_because[0].startswith("no plan at")
+    assert (tmp_path / "graphs" / "mini" / "model.fp16.plan").is_file()
+    assert backend.io.output == "last_hidden_state"
+
+    session = ort.InferenceSession(str(model / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for bucket in GRID.buckets():
+        bufs = backend.inputs(bucket)
+        bufs["input_ids"][...] = rng.integers(0, 40, (bucket.batch, bucket.length))
+        bufs["attention_mask"][...] = rng.integers(0, 2, (bucket.batch, bucket.length))
+        feed = {k: np.array(v) for k, v in bufs.items()}
+        out = backend.execute(bucket)
+        (expected,) = session.run(["last_hidden_state"], feed)
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    backend.close()
+
+    again = backend_for(model, trt, rt)
+    again.prepare(GRID)
+    assert again.rebuilt_because == [] and len(trt.builds) == 1
+    again.close()
+
+
+def _stale(tmp_path: Path, change: str) -> tuple[TensorRTBackend, FakeTensorRT, BucketGrid, str]:
+    """A model with a plan built for GRID, then one thing changed; returns a new backend."""
+    model = write_model(tmp_path / "mini")
+    trt, rt = fakes()
+    build_engine(
+        model,
+        batch_sizes=GRID.batch_sizes,
+        lengths=GRID.lengths,
+        trt_module=trt,
+        cuda=Cuda(rt),
+        progress=False,
+        log=io.StringIO(),
+    )
+    grid = GRID
+    if change == "onnx":
+        write_model(model, seed=1)
+        reason = "model.onnx changed"
+    elif change == "gpu":
+        rt = FakeCudaRuntime(name="NVIDIA A100-SXM4-80GB", capability=(8, 0))
+        trt = FakeTensorRT(rt)
+        reason = "built for NVIDIA H100 80GB HBM3 (sm 9.0), running on NVIDIA A100"
+    elif change == "tensorrt":
+        trt = FakeTensorRT(rt, version="10.14.1.48")
+        reason = "built with TensorRT 10.13.0.35, running 10.14.1.48"
+    else:
+        grid = BucketGrid([1, 2], [8, 64], max_batch_tokens=128)
+        reason = "buckets 1x64, 2x64 fall outside the profile 1x8..4x32"
+    trt.builds.clear()
+    return backend_for(model, trt, rt, rebuild="auto"), trt, grid, reason
+
+
+@pytest.mark.parametrize("change", ["onnx", "gpu", "tensorrt", "grid"])
+def test_stale_plan_is_rebuilt_when_auto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    backend, trt, grid, reason = _stale(tmp_path, change)
+    backend.prepare(grid)
+    assert len(trt.builds) == 1
+    assert any(reason in r for r in backend.rebuilt_because), backend.rebuilt_because
+    out = backend.execute(Bucket(1, grid.lengths[0]))
+    assert out.shape == (1, grid.lengths[0], 6)
+    backend.close()
+
+
+@pytest.mark.parametrize("change", ["onnx", "gpu", "tensorrt", "grid"])
+def test_stale_plan_is_refused_when_never(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    backend, trt, grid, reason = _stale(tmp_path, change)
+    backend.config.rebuild = "never"
+    with pytest.raises(PlanMismatch, match="rebuild is 'never'") as info:
+        backend.prepare(grid)
+    assert reason in str(info.value) and "trt-async build" in str(info.value)
+    assert trt.builds == []
+
+
+def test_io_before_prepare_uses_a_valid_plan_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    model = write_model(tmp_path / "mini")
+    trt, rt = fakes()
+    narrow = dict(batch_sizes=[1, 2], lengths=[8])
+    build_engine(model, **narrow, trt_module=trt, cuda=Cuda(rt), progress=False, log=io.StringIO())  # type: ignore[arg-type]
+    backend = backend_for(model, trt, rt)
+    assert backend.io.inputs == ("input_ids", "attention_mask")
+    assert len(trt.builds) == 1  # any valid plan answers the IO question
+    backend.prepare(GRID)  # the real grid is wider: now it is rebuilt
+    assert len(trt.builds) == 2 and "outside the profile" in backend.rebuilt_because[0]
+    backend.close()
+
+
+def test_cli_parser() -> None:
+    parser = argparse.ArgumentParser(prog="trt-async")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["build", "models/x", "--precision", "bf16", "--batch-sizes", "1,8", "--lengths", "32,64"]
+    )
+    assert args.func is run_build
+    assert (args.precision, args.batch_sizes, args.lengths) == ("bf16", [1, 8], [32, 64])
+    assert args.output_dir is None and args.workspace_gib is None and not args.no_progress
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "m", "--lengths", "a,b"])
+
+
+def test_io_before_prepare_without_a_plan_parses_the_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    model = write_model(tmp_path / "mini")
+    trt, rt = fakes()
+    backend = backend_for(model, trt, rt)
+    io_ = backend.io
+    assert (io_.inputs, io_.output, io_.input_dtype) == (
+        ("input_ids", "attention_mask"),
+        "last_hidden_state",
+        np.dtype(np.int64),
+    )
+    assert trt.builds == []  # building waits for prepare, which knows the grid
+    backend.prepare(GRID)
+    assert len(trt.builds) == 1 and trt.builds[0]["profile"] == ((1, 8), (2, 16), (4, 32))
+    backend.close()

@@ -1,0 +1,653 @@
+"""The TensorRT backend: one execution context, one CUDA graph per bucket.
+
+``prepare`` deserialises (or first builds) the plan, allocates every buffer up front and,
+for each bucket of the grid, sets the input shapes, runs one plain enqueue (TensorRT does
+set-up work on the first enqueue after a shape change, which must not be captured), then
+captures H2D copies + ``execute_async_v3`` + D2H copies into a CUDA graph. ``execute``
+replays the graph and waits on an event in the calling worker thread.
+
+Memory: device input/output buffers and the activation scratch are shared by all buckets,
+sized for the largest; pinned host buffers are per bucket, so a bucket's output view stays
+valid until that bucket runs again. Sharing is safe because all buckets run on one
+execution context and one stream, strictly one at a time: ``execute`` must only be called
+from one worker thread at a time (the core's :class:`~trt_async.core.runner.BatchRunner`
+guarantees this; a lock enforces it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trt_async.backends import KNOWN_INPUTS, KNOWN_OUTPUTS, BackendUnavailable
+from trt_async.backends.base import BackendInfo, ModelIO, Progress
+from trt_async.backends.tensorrt.cuda import Cuda, CudaError, DeviceInfo, host_array
+from trt_async.backends.tensorrt.plan import (
+    PlanManifest,
+    graphs_dir,
+    grid_outside_profile,
+    mismatches,
+    onnx_hashes,
+    plan_paths,
+    read_plan_manifest,
+)
+from trt_async.backends.tensorrt.trt_api import (
+    ICudaEngine,
+    IExecutionContext,
+    IRuntime,
+    dims,
+    io_mode_is_input,
+    load_tensorrt,
+)
+from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.core.config import ModelConfig
+from trt_async.core.modeldir import ModelFiles
+
+log = logging.getLogger(__name__)
+
+_GIB = float(1 << 30)
+
+
+class TensorRTError(RuntimeError):
+    """The TensorRT backend cannot serve this model as configured; the message says why."""
+
+
+class PlanMismatch(TensorRTError):
+    """The built plan does not match the model, GPU, TensorRT or grid, and rebuild is off."""
+
+
+class MemoryBudgetExceeded(TensorRTError):
+    """The grid's buffers do not fit ``gpu_memory_budget_gib``."""
+
+
+class _CaptureFailed(Exception):
+    pass
+
+
+@dataclass
+class _BucketState:
+    bucket: Bucket
+    inputs: dict[str, np.ndarray]
+    input_ptrs: dict[str, int]
+    input_nbytes: dict[str, int]
+    output: np.ndarray
+    output_ptr: int
+    output_nbytes: int
+    graph: Any | None = None
+    fallback: str | None = None
+
+
+@dataclass
+class _Device:
+    """Everything allocated on the device or pinned, for orderly release."""
+
+    stream: Any | None = None
+    event: Any | None = None
+    scratch: int | None = None
+    inputs: dict[str, int] = field(default_factory=dict)
+    output: int | None = None
+    pinned: list[int] = field(default_factory=list)
+
+
+class TensorRTBackend:
+    """Runs fixed-shape buckets through a TensorRT engine, by CUDA graph replay when possible.
+
+    ``trt_module`` and ``cuda_runtime`` replace the ``tensorrt`` and
+    ``cuda.bindings.runtime`` modules (tests pass faithful fakes); by default both are
+    imported on first use.
+    """
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        config: ModelConfig,
+        *,
+        trt_module: Any | None = None,
+        cuda_runtime: Any | None = None,
+        plans_dir: str | Path | None = None,
+        build_progress: bool = True,
+    ) -> None:
+        self.files = files
+        self.config = config
+        self._trt_module = trt_module
+        self._cuda_runtime = cuda_runtime
+        self._cuda: Cuda | None = None
+        self.plans_dir = (
+            Path(plans_dir) if plans_dir is not None else graphs_dir() / files.root.name
+        )
+        self._build_progress = build_progress
+        self._io: ModelIO | None = None
+        self._runtime: IRuntime | None = None
+        self._engine: ICudaEngine | None = None
+        self._context: IExecutionContext | None = None
+        self._plan_path: Path | None = None
+        self._plan_bytes = 0
+        self._manifest: PlanManifest | None = None
+        self._hashes: tuple[object, tuple[str, str | None]] | None = None
+        self._gpu: DeviceInfo | None = None
+        self._states: dict[Bucket, _BucketState] = {}
+        self._dev = _Device()
+        self._memory: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.local()
+        self._closed = False
+        #: Why the plan was rebuilt at start-up (empty when it was used as is).
+        self.rebuilt_because: list[str] = []
+        #: Batches served by CUDA graph replay and by plain ``execute_async_v3``.
+        self.replays = 0
+        self.enqueues = 0
+
+    # -- module access ----------------------------------------------------------------
+    @property
+    def trt(self) -> Any:
+        if self._trt_module is None:
+            try:
+                self._trt_module = load_tensorrt()
+            except ImportError as exc:
+                raise BackendUnavailable(str(exc)) from None
+        return self._trt_module
+
+    @property
+    def cuda(self) -> Cuda:
+        if self._cuda is None:
+            try:
+                self._cuda = Cuda(self._cuda_runtime)
+            except ImportError as exc:
+                raise BackendUnavailable(str(exc)) from None
+        return self._cuda
+
+    def _gpu_info(self) -> DeviceInfo:
+        if self._gpu is None:
+            self.cuda.set_device(self.config.device)
+            self._gpu = self.cuda.device_info(self.config.device)
+        return self._gpu
+
+    # -- plan resolution --------------------------------------------------------------
+    def _stale_reasons(self, grid: BucketGrid | None) -> list[str]:
+        assert self.files.onnx is not None
+        plan, manifest_path = plan_paths(self.plans_dir, self.config.precision)
+        if not plan.is_file():
+            return [f"no plan at {plan}"]
+        manifest = read_plan_manifest(manifest_path)
+        if manifest is None:
+            return [f"no readable manifest at {manifest_path}"]
+        gpu = self._gpu_info()
+        onnx_sha, data_sha = self._onnx_hashes(self.files.onnx)
+        return mismatches(
+            manifest,
+            onnx_sha256=onnx_sha,
+            onnx_data_sha256=data_sha,
+            tensorrt_version=str(self.trt.__version__),
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+            precision=self.config.precision,
+            grid=grid,
+        )
+
+    def _onnx_hashes(self, onnx: Path) -> tuple[str, str | None]:
+        # Hashing gigabytes takes seconds: once per file version, not per check.
+        data = onnx.with_name(onnx.name + ".data")
+        key = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (onnx, data) if p.is_file())
+        if self._hashes is None or self._hashes[0] != key:
+            self._hashes = (key, onnx_hashes(onnx))
+        return self._hashes[1]
+
+    def _ensure_plan(self, grid: BucketGrid) -> tuple[Path, bool]:
+        """The plan to load and whether it was just built.
+
+        A seed-style plan file is used as is; a managed plan is rebuilt when stale.
+        """
+        if self.files.onnx is None:
+            if self.files.plan is None:
+                raise TensorRTError(f"{self.files.root}: neither model.onnx nor a plan file")
+            return self.files.plan, False
+        plan, manifest_path = plan_paths(self.plans_dir, self.config.precision)
+        reasons = self._stale_reasons(grid)
+        if reasons:
+            why = "; ".join(reasons)
+            if self.config.rebuild == "never":
+                raise PlanMismatch(
+                    f"{plan}: cannot be used ({why}) and rebuild is 'never'; run `trt-async "
+                    f"build {self.files.root} --precision {self.config.precision}` or set "
+                    "rebuild: auto"
+                )
+            log.warning("building TensorRT plan %s: %s", plan, why)
+            from trt_async.tools.build_engine import build_engine
+
+            build_engine(
+                self.files.onnx,
+                precision=self.config.precision,
+                batch_sizes=grid.batch_sizes,
+                lengths=grid.lengths,
+                output_dir=self.plans_dir,
+                device=self.config.device,
+                progress=self._build_progress,
+                trt_module=self.trt,
+                cuda=self.cuda,
+            )
+            self.rebuilt_because = reasons
+        self._manifest = read_plan_manifest(manifest_path)
+        return plan, bool(reasons)
+
+    def _deserialize(self, plan: Path) -> ICudaEngine:
+        trt = self.trt
+        data = plan.read_bytes()
+        runtime: IRuntime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        # The runtime must outlive its engines: keep it.
+        self._runtime = runtime
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise TensorRTError(
+                f"{plan}: TensorRT {trt.__version__} cannot deserialize this plan (built with "
+                "another TensorRT version or for another GPU?); rebuild it with trt-async build"
+            )
+        self._plan_path, self._plan_bytes = plan, len(data)
+        return engine
+
+    # -- IO ----------------------------------------------------------------------------
+    def _io_from_engine(self, engine: ICudaEngine) -> ModelIO:
+        trt = self.trt
+        inputs: list[str] = []
+        outputs: list[str] = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            (inputs if io_mode_is_input(trt, engine.get_tensor_mode(name)) else outputs).append(
+                name
+            )
+        dtype = (
+            np.dtype(trt.nptype(engine.get_tensor_dtype("input_ids")))
+            if "input_ids" in inputs
+            else None
+        )
+        return self._make_io(inputs, outputs, dtype)
+
+    def _make_io(
+        self, inputs: list[str], outputs: list[str], dtype: np.dtype[Any] | None
+    ) -> ModelIO:
+        unknown = [n for n in inputs if n not in KNOWN_INPUTS]
+        if unknown or "input_ids" not in inputs or dtype is None:
+            raise TensorRTError(
+                f"engine inputs {inputs}: expected input_ids plus any of attention_mask, "
+                "token_type_ids"
+            )
+        preferred = self.files.manifest.output if self.files.manifest is not None else None
+        candidates = [preferred] if preferred else []
+        candidates += [n for n in KNOWN_OUTPUTS if n != preferred]
+        output = next((n for n in candidates if n in outputs), outputs[0] if outputs else None)
+        if output is None:
+            raise TensorRTError("engine has no output tensor")
+        if dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+            raise TensorRTError(f"input_ids is {dtype}; expected int32 or int64")
+        ordered = tuple(n for n in KNOWN_INPUTS if n in inputs)
+        return ModelIO(inputs=ordered, output=output, input_dtype=dtype)
+
+    @property
+    def io(self) -> ModelIO:
+        """The graph's IO. Asked for before ``prepare`` (the grid is not known yet), it comes
+        from a plan that is still valid, or else from parsing the ONNX graph: building is
+        left to ``prepare``, which runs in the worker thread and reports progress."""
+        if self._io is None:
+            if self._engine is None and self.files.onnx is not None and self._stale_reasons(None):
+                self._io = self._io_from_network()
+            else:
+                if self._engine is None:
+                    plan = self.files.plan if self.files.onnx is None else None
+                    if plan is None:
+                        plan = plan_paths(self.plans_dir, self.config.precision)[0]
+                    self._engine = self._deserialize(plan)
+                self._io = self._io_from_engine(self._engine)
+        return self._io
+
+    def _io_from_network(self) -> ModelIO:
+        trt = self.trt
+        assert self.files.onnx is not None
+        logger = trt.Logger(trt.Logger.WARNING)
+        network = trt.Builder(logger).create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(self.files.onnx)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise TensorRTError(f"{self.files.onnx}: TensorRT cannot parse the graph: {errors}")
+        tensors = {
+            network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)
+        }
+        outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+        dtype = np.dtype(trt.nptype(tensors["input_ids"].dtype)) if "input_ids" in tensors else None
+        return self._make_io(list(tensors), outputs, dtype)
+
+    # -- preparation -------------------------------------------------------------------
+    def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
+        if self._closed:
+            raise TensorRTError("backend is closed")
+        if self._states:
+            raise TensorRTError("prepare() was already called")
+        try:
+            self._prepare(grid, progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, grid: BucketGrid, progress: Progress | None) -> None:
+        cu, trt = self.cuda, self.trt
+        self._gpu_info()  # also selects config.device for this thread
+        self._thread.device_set = True
+        plan, built = self._ensure_plan(grid)
+        if self._engine is None or built or plan != self._plan_path:
+            self._engine = self._deserialize(plan)
+        engine = self._engine
+        io = self._io = self._io_from_engine(engine)
+
+        lo, _, hi = (dims(d) for d in engine.get_tensor_profile_shape("input_ids", 0))
+        outside = grid_outside_profile(grid, (lo[0], lo[1]), (hi[0], hi[1]))
+        if outside:
+            raise TensorRTError(
+                f"{plan}: buckets {', '.join(outside)} (batch x length) fall outside the "
+                f"engine's optimisation profile {lo[0]}x{lo[1]}..{hi[0]}x{hi[1]}; keep "
+                "batch_sizes/lengths within it or rebuild the plan for this grid"
+            )
+
+        # One activation scratch that we allocate and account for (TensorRT >= 10.1); older
+        # bindings lack set_device_memory(ptr, size), so the context allocates its own.
+        context = None
+        if hasattr(trt, "ExecutionContextAllocationStrategy"):
+            strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            context = engine.create_execution_context(strategy)
+        user_managed = context is not None and hasattr(context, "set_device_memory")
+        if not user_managed:
+            context = engine.create_execution_context()
+        if context is None:
+            raise TensorRTError("TensorRT could not create an execution context")
+        self._context = context
+        scratch = int(
+            engine.get_device_memory_size_for_profile_v2(0)
+            if user_managed
+            else engine.device_memory_size_v2
+        )
+
+        # Shapes first, so the budget check sees every size before anything is allocated.
+        buckets = list(grid.buckets())
+        out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(io.output)))
+        in_dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in io.inputs}
+        out_shapes: dict[Bucket, tuple[int, ...]] = {}
+        for b in buckets:
+            self._set_shapes(b)
+            shape = dims(context.get_tensor_shape(io.output))
+            if any(d < 0 for d in shape):
+                raise TensorRTError(f"output {io.output} shape {shape} unresolved for {b}")
+            out_shapes[b] = shape
+        in_bytes = {n: max(b.tokens for b in buckets) * in_dtypes[n].itemsize for n in io.inputs}
+        out_bytes = max(int(np.prod(s)) for s in out_shapes.values()) * out_dtype.itemsize
+        pinned = sum(
+            b.tokens * sum(d.itemsize for d in in_dtypes.values())
+            + int(np.prod(out_shapes[b])) * out_dtype.itemsize
+            for b in buckets
+        )
+        device_buffers = sum(in_bytes.values()) + out_bytes
+        self._memory = {
+            "engine": self._plan_bytes,
+            "activations": scratch,
+            "device_buffers": device_buffers,
+            "pinned_buffers": pinned,
+            "total_device": self._plan_bytes + scratch + device_buffers,
+        }
+        self._check_budget()
+
+        dev = self._dev
+        dev.stream = cu.stream_create()
+        dev.event = cu.event_create()
+        if user_managed:
+            dev.scratch = cu.malloc(scratch)
+            context.set_device_memory(dev.scratch, scratch)
+        for n in io.inputs:
+            dev.inputs[n] = cu.malloc(in_bytes[n])
+        dev.output = cu.malloc(out_bytes)
+
+        for b in buckets:
+            st = self._allocate_bucket(b, in_dtypes, out_shapes[b], out_dtype)
+            self._states[b] = st
+        total = len(buckets)
+        for i, b in enumerate(buckets):
+            self._prepare_bucket(self._states[b])
+            if progress is not None:
+                how = "graph" if self._states[b].graph is not None else "plain"
+                progress(i + 1, total, f"bucket {b.batch}x{b.length} ({how})")
+
+        fallbacks = {b: st.fallback for b, st in self._states.items() if st.fallback}
+        if fallbacks:
+            log.warning(
+                "CUDA graph capture failed for %d of %d buckets, which run as plain enqueues: %s",
+                len(fallbacks),
+                total,
+                "; ".join(f"{b.batch}x{b.length}: {why}" for b, why in fallbacks.items()),
+            )
+        log.info(
+            "TensorRT ready on %s: %d buckets, %d graphs, %.2f GiB device memory",
+            self._gpu.name if self._gpu else "?",
+            total,
+            total - len(fallbacks),
+            self._memory["total_device"] / _GIB,
+        )
+
+    def _check_budget(self) -> None:
+        budget = self.config.gpu_memory_budget_gib
+        need = self._memory["total_device"]
+        if budget is None or need <= budget * _GIB:
+            return
+        m = self._memory
+        raise MemoryBudgetExceeded(
+            f"the bucket grid needs {need / _GIB:.3f} GiB on cuda:{self.config.device} "
+            f"(engine {m['engine'] / _GIB:.3f} + activations {m['activations'] / _GIB:.3f} + "
+            f"I/O buffers {m['device_buffers'] / _GIB:.3f}) but gpu_memory_budget_gib is "
+            f"{budget}; lower max_batch_tokens, batch_sizes or lengths, or raise the budget"
+        )
+
+    def _allocate_bucket(
+        self,
+        b: Bucket,
+        in_dtypes: Mapping[str, np.dtype[Any]],
+        out_shape: tuple[int, ...],
+        out_dtype: np.dtype[Any],
+    ) -> _BucketState:
+        cu = self.cuda
+        arrays: dict[str, np.ndarray] = {}
+        ptrs: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        for n, dt in in_dtypes.items():
+            sizes[n] = b.tokens * dt.itemsize
+            ptrs[n] = cu.host_alloc(sizes[n])
+            self._dev.pinned.append(ptrs[n])
+            arrays[n] = host_array(ptrs[n], (b.batch, b.length), dt)
+            # Warm-up content: a live mask everywhere avoids 0/0 in pooled graphs.
+            arrays[n].fill(1 if n == "attention_mask" else 0)
+        out_nbytes = int(np.prod(out_shape)) * out_dtype.itemsize
+        out_ptr = cu.host_alloc(out_nbytes)
+        self._dev.pinned.append(out_ptr)
+        output = host_array(out_ptr, out_shape, out_dtype)
+        return _BucketState(b, arrays, ptrs, sizes, output, out_ptr, out_nbytes)
+
+    def _set_shapes(self, b: Bucket) -> None:
+        assert self._context is not None and self._io is not None
+        for n in self._io.inputs:
+            if not self._context.set_input_shape(n, (b.batch, b.length)):
+                raise TensorRTError(f"TensorRT refused shape {b.batch}x{b.length} for {n}")
+
+    def _bind(self, st: _BucketState) -> None:
+        assert self._context is not None and self._io is not None
+        self._set_shapes(st.bucket)
+        for n in self._io.inputs:
+            self._context.set_tensor_address(n, self._dev.inputs[n])
+        assert self._dev.output is not None
+        self._context.set_tensor_address(self._io.output, self._dev.output)
+
+    def _enqueue(self, st: _BucketState) -> bool:
+        """H2D copies, inference, D2H copy on the stream; False when TensorRT refuses."""
+        cu, dev = self.cuda, self._dev
+        assert self._context is not None and dev.output is not None and dev.stream is not None
+        for n, ptr in st.input_ptrs.items():
+            cu.memcpy_htod_async(dev.inputs[n], ptr, st.input_nbytes[n], dev.stream)
+        if not self._context.execute_async_v3(int(dev.stream)):
+            return False
+        cu.memcpy_dtoh_async(st.output_ptr, dev.output, st.output_nbytes, dev.stream)
+        return True
+
+    def _wait(self) -> None:
+        # Recorded after the launch: an event recorded inside a graph is not visible outside.
+        self.cuda.event_record(self._dev.event, self._dev.stream)
+        self.cuda.event_synchronize(self._dev.event)
+
+    def _prepare_bucket(self, st: _BucketState) -> None:
+        self._bind(st)
+        # The first enqueue after a shape change does set-up work that must not be captured.
+        if not self._enqueue(st):
+            raise TensorRTError(
+                f"execute_async_v3 failed for bucket {st.bucket.batch}x{st.bucket.length}"
+            )
+        self._wait()
+        if not self.config.graphs:
+            return
+        try:
+            st.graph = self._capture(st)
+            self.cuda.graph_launch(st.graph, self._dev.stream)  # prove the graph runs
+            self._wait()
+        except (_CaptureFailed, CudaError) as exc:
+            # A failed capture leaves a sticky error behind; clear it before going on.
+            self.cuda.get_last_error()
+            if st.graph is not None:
+                self._destroy_graph(st)
+            st.fallback = str(exc)
+
+    def _capture(self, st: _BucketState) -> Any:
+        cu, stream = self.cuda, self._dev.stream
+        cu.begin_capture(stream)
+        failure: str | None = None
+        try:
+            if not self._enqueue(st):
+                failure = "execute_async_v3 returned False during capture"
+        except CudaError as exc:
+            failure = str(exc)
+        # Capture must always be ended, or the stream stays in capture mode.
+        try:
+            graph = cu.end_capture(stream)
+        except CudaError as exc:
+            raise _CaptureFailed(f"{failure}; {exc}" if failure else str(exc)) from None
+        try:
+            if failure is not None:
+                raise _CaptureFailed(failure)
+            return cu.graph_instantiate(graph)
+        finally:
+            if graph is not None:
+                cu.graph_destroy(graph)
+
+    # -- execution ---------------------------------------------------------------------
+    def inputs(self, bucket: Bucket) -> Mapping[str, np.ndarray]:
+        return self._state(bucket).inputs
+
+    def _state(self, bucket: Bucket) -> _BucketState:
+        st = self._states.get(bucket)
+        if st is None:
+            raise TensorRTError(f"bucket {bucket.batch}x{bucket.length} was not prepared")
+        return st
+
+    def _ensure_thread_device(self) -> None:
+        # The current device is per host thread; the worker thread may not be prepare's.
+        if not getattr(self._thread, "device_set", False):
+            self.cuda.set_device(self.config.device)
+            self._thread.device_set = True
+
+    def execute(self, bucket: Bucket) -> np.ndarray:
+        st = self._state(bucket)
+        with self._lock:
+            self._ensure_thread_device()
+            if st.graph is not None:
+                self.cuda.graph_launch(st.graph, self._dev.stream)
+                self.replays += 1
+            else:
+                self._run_plain(st)
+            self._wait()
+        return st.output
+
+    def execute_plain(self, bucket: Bucket) -> np.ndarray:
+        """Run ``bucket`` without its graph (for measuring what the graph saves)."""
+        st = self._state(bucket)
+        with self._lock:
+            self._ensure_thread_device()
+            self._run_plain(st)
+            self._wait()
+        return st.output
+
+    def _run_plain(self, st: _BucketState) -> None:
+        self._bind(st)
+        if not self._enqueue(st):
+            raise TensorRTError(
+                f"execute_async_v3 failed for bucket {st.bucket.batch}x{st.bucket.length}"
+            )
+        self.enqueues += 1
+
+    # -- reporting and teardown ----------------------------------------------------------
+    def info(self) -> BackendInfo:
+        gpu = self._gpu
+        fallbacks = {
+            f"{b.batch}x{b.length}": st.fallback for b, st in self._states.items() if st.fallback
+        }
+        details: dict[str, object] = {
+            "precision": self.config.precision,
+            "plan": str(self._plan_path) if self._plan_path else None,
+            "graphs": sum(1 for st in self._states.values() if st.graph is not None),
+            "buckets": len(self._states),
+            "graph_fallbacks": fallbacks,
+            "replays": self.replays,
+            "enqueues": self.enqueues,
+        }
+        if self._trt_module is not None:
+            details["tensorrt"] = str(self._trt_module.__version__)
+        if gpu is not None:
+            details["compute_capability"] = gpu.compute_capability
+        if self.rebuilt_because:
+            details["rebuilt_because"] = list(self.rebuilt_because)
+        if self._manifest is not None:
+            details["plan_built_at"] = self._manifest.built_at
+        device = f"cuda:{self.config.device}" + (f" ({gpu.name})" if gpu else "")
+        return BackendInfo(
+            name="tensorrt", device=device, memory=dict(self._memory), details=details
+        )
+
+    def _destroy_graph(self, st: _BucketState) -> None:
+        graph, st.graph = st.graph, None
+        try:
+            self.cuda.graph_exec_destroy(graph)
+        except CudaError as exc:
+            log.warning("releasing a CUDA graph failed: %s", exc)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._cuda is None:
+            return
+        cu, dev = self._cuda, self._dev
+        with self._lock:
+            for st in self._states.values():
+                if st.graph is not None:
+                    self._destroy_graph(st)
+            self._states.clear()
+            self._context = None  # before its scratch memory goes
+            releases: list[tuple[Any, Any]] = [(cu.free_host, p) for p in dev.pinned]
+            releases += [(cu.free, p) for p in dev.inputs.values()]
+            releases += [(cu.free, p) for p in (dev.output, dev.scratch) if p is not None]
+            if dev.event is not None:
+                releases.append((cu.event_destroy, dev.event))
+            if dev.stream is not None:
+                releases.append((cu.stream_destroy, dev.stream))
+            for release, handle in releases:
+                try:
+                    release(handle)
+                except CudaError as exc:
+                    log.warning("releasing CUDA resources failed: %s", exc)
+            self._dev = _Device()
+            self._engine = None
+            self._runtime = None

@@ -1,0 +1,1 @@
+"""Offline build tools: ONNX export and TensorRT engine build."""
