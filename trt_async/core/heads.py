@@ -33,7 +33,8 @@ def _pool_mean(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask.astype(np.float32)
     sums: np.ndarray = np.einsum("bld,bl->bd", output.astype(np.float32, copy=False), weights)
     counts = np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
-    return (sums / counts).astype(np.float32, copy=False)
+    rows: np.ndarray = (sums / counts).astype(np.float32, copy=False)
+    return rows
 
 
 def _pool_none(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -48,7 +49,8 @@ def _pool_none(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def l2_normalize(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    return rows / np.maximum(norms, 1e-12)
+    unit: np.ndarray = rows / np.maximum(norms, 1e-12)
+    return unit
 
 
 def finish_embeddings(rows: np.ndarray, *, normalize: bool, dimensions: int | None) -> np.ndarray:
@@ -70,8 +72,9 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = x - x.max(axis=axis, keepdims=True)
-    e: np.ndarray = np.exp(shifted)
-    return e / e.sum(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    probs: np.ndarray = e / e.sum(axis=axis, keepdims=True)
+    return probs
 
 
 def cosine_scores(query: np.ndarray, documents: np.ndarray) -> np.ndarray:
