@@ -122,6 +122,9 @@ def default_batch_sizes(backend: str) -> list[int]:
 def model_max_length(config: ModelConfig, files: ModelFiles) -> int:
     if config.max_length is not None:
         return config.max_length
+    if files.st_max_length is not None:
+        # What sentence-transformers truncates at for this model: users compare against it.
+        return files.st_max_length
     if files.manifest is not None and files.manifest.max_length:
         return min(files.manifest.max_length, 8192)
     positions = files.hf_config.get("max_position_embeddings")

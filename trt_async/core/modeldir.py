@@ -66,6 +66,8 @@ class ModelFiles:
     manifest: ExportManifest | None = None
     #: sentence-transformers' pooling mode, if the folder has one (1_Pooling/config.json).
     st_pooling: Literal["cls", "mean"] | None = None
+    #: sentence-transformers' truncation length (sentence_bert_config.json), if any.
+    st_max_length: int | None = None
 
     @classmethod
     def resolve(
@@ -134,6 +136,7 @@ class ModelFiles:
             hf_config=hf_config,
             manifest=manifest,
             st_pooling=_sentence_transformers_pooling(root),
+            st_max_length=_sentence_transformers_max_length(root),
         )
 
 
@@ -150,3 +153,14 @@ def _sentence_transformers_pooling(root: Path) -> Literal["cls", "mean"] | None:
     if data.get("pooling_mode_mean_tokens"):
         return "mean"
     return None
+
+
+def _sentence_transformers_max_length(root: Path) -> int | None:
+    cfg = root / "sentence_bert_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        value = json.loads(cfg.read_text(encoding="utf-8")).get("max_seq_length")
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, int) and value > 0 else None
