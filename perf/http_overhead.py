@@ -1,0 +1,157 @@
+"""What the HTTP layer costs at saturation: items/s through HTTP against the core alone.
+
+A (HTTP): ``concurrency`` clients in one ``httpx.AsyncClient`` send single-text
+``POST /v1/embeddings`` requests to a real ``trt-async serve`` process (granian, one worker).
+B (core): the same number of tasks call :meth:`ServedModel.embed` with one text each, in
+this process. Rounds alternate A and B so drift (thermal, other load) hits both alike; the
+ratio of medians is printed. Client and server share the machine's cores in A: on a small
+machine that cost is part of what is measured.
+
+    python -m perf.http_overhead [--config FILE] [--concurrency 64] [--seconds 5] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from perf.corpus import corpus_dir
+from trt_async.core.config import CONFIG_ENV, Config, ModelKind, load_config
+from trt_async.core.model import ServedModel
+from trt_async.core.registry import ModelRegistry
+
+Call = Callable[[str], Awaitable[None]]
+
+
+def _texts() -> list[str]:
+    lines = (corpus_dir() / "en.txt").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _config(path: Path | None) -> Config:
+    if path is not None:
+        return load_config(path)
+    from trt_async.tools.embedded import embedded_config, embedded_model_dir
+
+    return embedded_config(embedded_model_dir())
+
+
+async def _saturate(call: Call, texts: list[str], concurrency: int, seconds: float) -> float:
+    """Items per second with ``concurrency`` workers each sending one text at a time."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < stop:
+            await call(texts[i % len(texts)])
+            done += 1
+            i += concurrency
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return done / (time.perf_counter() - start)
+
+
+async def _wait_ready(url: str, proc: asyncio.subprocess.Process, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise SystemExit(f"server exited with {proc.returncode} before it was ready")
+            try:
+                if (await http.get(f"{url}/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit("server not ready in time")
+
+
+async def run(args: argparse.Namespace) -> None:
+    config = _config(args.config)
+    name = args.model or next(n for n, k, _ in config.models() if k is ModelKind.EMBEDDING)
+    texts = _texts()
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in (CONFIG_ENV, "TRT_ASYNC_API_KEY")}
+    cmd = [sys.executable, "-m", "trt_async", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if args.config is not None:
+        cmd += ["--config", str(args.config)]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    registry = ModelRegistry(config)
+    try:
+        await _wait_ready(url, proc)
+        await registry.start()
+        model: ServedModel = registry.get(name)
+        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+
+            async def via_http(text: str) -> None:
+                # base64, as the official SDK asks by default.
+                body = {"model": name, "input": text, "encoding_format": "base64"}
+                r = await http.post("/v1/embeddings", json=body)
+                r.raise_for_status()
+
+            async def via_core(text: str) -> None:
+                await model.embed([text])
+
+            print(f"model {name}, concurrency {args.concurrency}, {args.seconds:g} s per run")
+            for call in (via_http, via_core):  # warm-up: connections, thread pools, caches
+                await _saturate(call, texts, args.concurrency, 1.0)
+            http_rates: list[float] = []
+            core_rates: list[float] = []
+            for r in range(args.rounds):
+                a = await _saturate(via_http, texts, args.concurrency, args.seconds)
+                b = await _saturate(via_core, texts, args.concurrency, args.seconds)
+                http_rates.append(a)
+                core_rates.append(b)
+                print(f"round {r + 1}: http {a:8.1f} items/s   core {b:8.1f} items/s   {a / b:.3f}")
+        ratio = statistics.median(http_rates) / statistics.median(core_rates)
+        print(
+            f"median: http {statistics.median(http_rates):.1f} items/s, core "
+            f"{statistics.median(core_rates):.1f} items/s; ratio {ratio:.3f} "
+            f"(HTTP costs {100 * (1 - ratio):.1f}%)"
+        )
+    finally:
+        await registry.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=60)
+        except TimeoutError:
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, help="config file (default: the embedded one)")
+    parser.add_argument("--model", help="embedding model (default: the first one)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

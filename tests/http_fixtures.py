@@ -1,0 +1,151 @@
+"""Fixtures for the HTTP tests: one app serving every kind of model, and references.
+
+Loaded with ``pytest_plugins = ["tests.http_fixtures"]`` so the session fixtures are
+shared by every HTTP test module (one app start per run).
+
+Served models:
+
+* ``all-MiniLM-L6-v2`` (embedder) and ``all-MiniLM-L6-v2-rerank`` (cosine reranker), the
+  embedded default;
+* ``bert-rerank``: the tiny BERT cross-encoder (one label);
+* ``bert-nli`` (contradiction, entailment, neutral) and ``xlmr-nli`` (entailment, neutral,
+  contradiction): tiny NLI classifiers;
+* ``bert-nli-tight``: ``bert-nli`` again with a queue of two items, for 429s and failures
+  that must not touch the other models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.models import ExportedModel
+from trt_async.app import create_app
+from trt_async.core.config import Config, ModelConfig
+from trt_async.core.registry import ModelRegistry
+from trt_async.tools.embedded import embedded_config
+
+EMBEDDER = "all-MiniLM-L6-v2"
+COSINE_RERANKER = "all-MiniLM-L6-v2-rerank"
+BASE_URL = "http://testserver.local"
+MAX_CLIENT_BATCH = 64
+MAX_BODY_BYTES = 256 * 1024
+API_KEY = "test-secret-key"
+
+
+def http_config(
+    minilm_model_dir: Path,
+    bert_rerank_dir: ExportedModel,
+    bert_nli_dir: ExportedModel,
+    xlmr_nli_dir: ExportedModel,
+    model_roots: Sequence[Path] = (),
+) -> Config:
+    config = embedded_config(minilm_model_dir)
+    config.reranking_models["bert-rerank"] = ModelConfig(model_path=os.fspath(bert_rerank_dir))
+    config.nli_models["bert-nli"] = ModelConfig(model_path=os.fspath(bert_nli_dir))
+    config.nli_models["xlmr-nli"] = ModelConfig(model_path=os.fspath(xlmr_nli_dir))
+    config.nli_models["bert-nli-tight"] = ModelConfig(
+        model_path=os.fspath(bert_nli_dir), max_queue_items=2
+    )
+    config.server.max_client_batch_size = MAX_CLIENT_BATCH
+    config.server.max_body_bytes = MAX_BODY_BYTES
+    config.server.model_roots = [str(r) for r in model_roots]
+    config.server.drain_seconds = 5
+    return config
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The only folder ``POST /models/load`` may read from."""
+    return tmp_path_factory.mktemp("model_root")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def http_app(
+    minilm_model_dir: Path,
+    bert_rerank_dir: ExportedModel,
+    bert_nli_dir: ExportedModel,
+    xlmr_nli_dir: ExportedModel,
+    model_root: Path,
+) -> AsyncIterator[tuple[Litestar, AsyncTestClient[Litestar]]]:
+    os.environ.pop("TRT_ASYNC_API_KEY", None)
+    config = http_config(
+        minilm_model_dir, bert_rerank_dir, bert_nli_dir, xlmr_nli_dir, [model_root]
+    )
+    app = create_app(config)
+    async with AsyncTestClient(app, base_url=BASE_URL, timeout=60) as client:
+        yield app, client
+
+
+@pytest.fixture
+def client(http_app: tuple[Litestar, AsyncTestClient[Litestar]]) -> AsyncTestClient[Litestar]:
+    return http_app[1]
+
+
+@pytest.fixture
+def registry(http_app: tuple[Litestar, AsyncTestClient[Litestar]]) -> ModelRegistry:
+    reg: ModelRegistry = http_app[0].state["registry"]
+    return reg
+
+
+# -- references -----------------------------------------------------------------------------
+
+
+def hf_embeddings(hf_dir: Path, texts: Sequence[str]) -> np.ndarray:
+    """Mean-pooled, normalised sentence embeddings from transformers' forward pass."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModel.from_pretrained(str(hf_dir)).eval()
+    batch = tok(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    vectors = pooled.numpy().astype(np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def hf_logits(hf_dir: Path, pairs: Sequence[tuple[str, str]] | Sequence[str]) -> np.ndarray:
+    """Logits of a sequence classifier for texts or (first, second) pairs."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    if pairs and isinstance(pairs[0], tuple):
+        first = [p[0] for p in pairs]
+        second = [p[1] for p in pairs]
+        batch = tok(first, second, padding=True, truncation=True, return_tensors="pt")
+    else:
+        batch = tok(list(pairs), padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits.numpy().astype(np.float64)
+
+
+def timing_headers_ok(headers: Any) -> bool:
+    names = (
+        "x-compute-time",
+        "x-compute-tokens",
+        "x-queue-time",
+        "x-inference-time",
+        "x-tokenization-time",
+        "x-total-time",
+    )
+    if not all(n in headers for n in names):
+        return False
+    values = {n: float(headers[n]) for n in names}
+    return (
+        values["x-compute-tokens"] > 0
+        and values["x-total-time"] >= values["x-inference-time"] >= 0
+        and values["x-queue-time"] >= 0
+    )

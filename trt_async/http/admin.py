@@ -1,0 +1,144 @@
+"""Probes (``/health``, ``/ready``) and model management (load, unload, status).
+
+Loading reads only folders under ``server.model_roots``: a path is resolved (symlinks
+followed) before the check, so ``..`` or a link cannot reach outside a root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.exceptions import HTTPException
+
+from trt_async.core.config import ModelConfig, ModelKind
+from trt_async.core.errors import InvalidInput, ServingError
+from trt_async.core.modeldir import ModelDirError
+from trt_async.http.auth import PUBLIC_OPT
+from trt_async.http.common import AnyRequest, JsonBody, error_responses, get_registry
+from trt_async.http.errors import Dialect
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    models: dict[str, str]
+
+
+class LoadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    kind: ModelKind
+    model_path: str
+    #: Any other model option of the config file (``max_length``, ``backend``, ...).
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class UnloadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+
+
+class ModelStatus(msgspec.Struct):
+    ready: bool
+    models: list[dict[str, Any]]
+
+
+class Unloaded(msgspec.Struct):
+    unloaded: str
+
+
+class Forbidden(ServingError):
+    status = 403
+    kind = "Validation"
+
+
+class Conflict(ServingError):
+    status = 409
+    kind = "Validation"
+
+
+def _inside_roots(path: str, roots: list[str], param: str) -> str:
+    if not roots:
+        raise Forbidden(
+            "loading models at run time is disabled; list allowed folders in server.model_roots",
+            param=param,
+        )
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        if real.is_relative_to(os.path.realpath(root)):
+            return str(real)
+    raise Forbidden(f"{param} {path!r} is outside server.model_roots", param=param)
+
+
+class HealthController(Controller):
+    tags = ["probes"]  # noqa: RUF012 - Litestar reads class attributes
+    opt = {"dialect": Dialect.DETAIL, PUBLIC_OPT: True}  # noqa: RUF012
+
+    @get("/health", summary="Liveness: 200 while the process serves HTTP")
+    async def health(self) -> Health:
+        return Health("ok")
+
+    @get(
+        "/ready",
+        summary="Readiness: 200 when every model is ready, else 503 with the reasons",
+        responses={503: error_responses(Dialect.DETAIL, 503)[503]},
+    )
+    async def ready(self, request: AnyRequest) -> Response[Readiness]:
+        registry = request.app.state.get("registry")
+        if registry is None:
+            return Response(Readiness("starting", {}), status_code=503)
+        if registry.ready:
+            return Response(Readiness("ready", {m.name: m.state.value for m in registry}))
+        reasons = registry.not_ready_reasons() or {"server": "no model loaded"}
+        return Response(Readiness("not ready", reasons), status_code=503)
+
+
+class ManagementController(Controller):
+    path = "/models"
+    tags = ["management"]  # noqa: RUF012 - Litestar reads class attributes
+    opt = {"dialect": Dialect.DETAIL}  # noqa: RUF012
+
+    @post(
+        "/load",
+        status_code=201,
+        summary="Load a model folder under server.model_roots",
+        responses=error_responses(Dialect.DETAIL, 400, 401, 403, 409, 422),
+    )
+    async def load(self, request: AnyRequest, data: JsonBody[LoadRequest]) -> dict[str, Any]:
+        registry = get_registry(request)
+        roots = registry.config.server.model_roots
+        if any(m.name == data.name for m in registry):
+            raise Conflict(f"model {data.name!r} is already loaded; unload it first", param="name")
+        raw = {**data.options, "model_path": _inside_roots(data.model_path, roots, "model_path")}
+        tokenizer = raw.get("tokenizer_path")
+        if isinstance(tokenizer, str):
+            raw["tokenizer_path"] = _inside_roots(tokenizer, roots, "options.tokenizer_path")
+        try:
+            config = msgspec.convert(raw, ModelConfig, strict=True)
+        except msgspec.ValidationError as exc:
+            raise InvalidInput(f"options: {exc}", param="options") from None
+        try:
+            model = await registry.load(data.name, data.kind, config)
+        except ModelDirError as exc:
+            raise HTTPException(str(exc), status_code=400) from None
+        return model.describe()
+
+    @post(
+        "/unload",
+        status_code=200,
+        summary="Unload a model once its queue has drained",
+        responses=error_responses(Dialect.DETAIL, 401, 404, 422),
+    )
+    async def unload(self, request: AnyRequest, data: JsonBody[UnloadRequest]) -> Unloaded:
+        await get_registry(request).unload(data.name)
+        return Unloaded(data.name)
+
+    @get("/status", summary="Every model's state, buckets and queue statistics")
+    async def status(self, request: AnyRequest) -> ModelStatus:
+        registry = get_registry(request)
+        return ModelStatus(registry.ready, [m.describe() for m in registry])

@@ -1,0 +1,179 @@
+"""OpenAI's embeddings API: ``POST /v1/embeddings`` and ``GET /v1/models``.
+
+``encoding_format="base64"`` (what the official SDK sends by default) is little-endian
+float32. A body with an extra ``query`` field is the seed's rerank route: ``data[i]`` then
+carries the score of document ``i`` as a one-element embedding.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Literal
+
+import msgspec
+import numpy as np
+from litestar import Controller, Response, get, post
+
+from trt_async.core.config import ModelKind
+from trt_async.core.errors import InvalidInput, WrongModelKind
+from trt_async.core.model import ServedModel
+from trt_async.http.common import (
+    AnyRequest,
+    JsonBody,
+    check_batch,
+    error_responses,
+    get_registry,
+    timing_headers,
+)
+from trt_async.http.errors import Dialect
+
+#: A text, a list of texts, one token-id list, or a list of token-id lists. msgspec allows a
+#: single array type in a union, so lists are checked for consistency after decoding.
+EmbeddingInput = str | list[str | int | list[int]]
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    input: EmbeddingInput
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    user: str | None = None
+    #: The seed's rerank route: score ``input`` (the documents) against this query.
+    query: str | None = None
+    #: Extension: truncate over-long inputs (default: the model's ``truncate`` setting).
+    truncate: bool | None = None
+
+
+class Embedding(msgspec.Struct):
+    embedding: list[float] | str
+    index: int
+    object: str = "embedding"
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(msgspec.Struct):
+    data: list[Embedding]
+    model: str
+    usage: Usage
+    object: str = "list"
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    created: int
+    owned_by: str = "trt_async"
+    object: str = "model"
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+def split_input(value: EmbeddingInput, param: str = "input") -> list[str] | list[list[int]]:
+    """Texts or token-id lists; mixing them is refused, as OpenAI does."""
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        return []
+    if all(isinstance(x, str) for x in value):
+        return [x for x in value if isinstance(x, str)]
+    if all(isinstance(x, int) for x in value):
+        return [[x for x in value if isinstance(x, int)]]
+    if all(isinstance(x, list) for x in value):
+        return [x for x in value if isinstance(x, list)]
+    raise InvalidInput(
+        "input must be a string, a list of strings, a list of token ids or a list of "
+        "token-id lists; this list mixes them",
+        param=param,
+    )
+
+
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
+    out: list[float] = vector.tolist()
+    return out
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["openai"]  # noqa: RUF012 - Litestar reads class attributes
+    opt = {"dialect": Dialect.OPENAI}  # noqa: RUF012
+
+    @post(
+        "/embeddings",
+        status_code=200,
+        summary="Create embeddings (OpenAI)",
+        description=(
+            "Embeddings of `input` with the named model. With an extra `query` field, each "
+            "`data[i].embedding` is instead `[score]` of document `input[i]` (the seed's "
+            "rerank route)."
+        ),
+        responses=error_responses(Dialect.OPENAI),
+    )
+    async def embeddings(
+        self, request: AnyRequest, data: JsonBody[EmbeddingRequest]
+    ) -> Response[EmbeddingResponse]:
+        model = get_registry(request).get(data.model)
+        inputs = split_input(data.input)
+        check_batch(request, len(inputs))
+        if data.query is not None or model.kind is ModelKind.RERANKER:
+            return await self._rerank(model, data, inputs)
+        if model.kind is ModelKind.NLI:
+            raise WrongModelKind(
+                model.name, model.kind.value, "use /infer/{model}, /predict or /v1/zero-shot"
+            )
+        result = await model.embed(inputs, dimensions=data.dimensions, truncate=data.truncate)
+        fmt = data.encoding_format
+        body = EmbeddingResponse(
+            data=[Embedding(encode_vector(v, fmt), i) for i, v in enumerate(result.vectors)],
+            model=model.name,
+            usage=Usage(result.tokens, result.tokens),
+        )
+        return Response(body, headers=timing_headers(result.timings, result.tokens))
+
+    async def _rerank(
+        self,
+        model: ServedModel,
+        data: EmbeddingRequest,
+        inputs: list[str] | list[list[int]],
+    ) -> Response[EmbeddingResponse]:
+        if data.query is None:
+            raise InvalidInput(
+                f"model {model.name!r} is a reranker: send the query in a `query` field "
+                "and the documents as `input`",
+                param="query",
+            )
+        documents = [x for x in inputs if isinstance(x, str)]
+        if len(documents) != len(inputs):
+            raise InvalidInput("reranking takes documents as text, not token ids", param="input")
+        if model.kind is ModelKind.NLI:
+            raise WrongModelKind(model.name, model.kind.value, "it cannot rerank")
+        # Raw logits, as the seed answers; an embedder gives cosine similarities.
+        result = await model.rerank(data.query, documents, raw_scores=True, truncate=data.truncate)
+        scores = result.scores.astype(np.float32).reshape(-1, 1)
+        fmt = data.encoding_format
+        body = EmbeddingResponse(
+            data=[Embedding(encode_vector(s, fmt), i) for i, s in enumerate(scores)],
+            model=model.name,
+            usage=Usage(result.tokens, result.tokens),
+        )
+        return Response(body, headers=timing_headers(result.timings, result.tokens))
+
+    @get("/models", summary="List served models (OpenAI)")
+    async def list_models(self, request: AnyRequest) -> ModelList:
+        return ModelList([ModelCard(m.name, m.created) for m in get_registry(request)])
+
+    @get(
+        "/models/{model_id:str}",
+        summary="Describe one served model (OpenAI)",
+        responses=error_responses(Dialect.OPENAI, 404),
+    )
+    async def get_model(self, request: AnyRequest, model_id: str) -> ModelCard:
+        model = get_registry(request).get(model_id)
+        return ModelCard(model.name, model.created)

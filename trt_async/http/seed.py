@@ -1,0 +1,143 @@
+"""The seed server's native API: ``GET /models`` and ``POST /infer/{model}``.
+
+Bodies and answers keep the seed's shapes exactly; errors use its FastAPI ``{"detail"}``.
+The reranker answer is the raw logit, as the seed's example shows (9.51, 7.24).
+"""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, Response, get, post
+
+from trt_async.core.config import ModelKind
+from trt_async.core.errors import EmptyInput, InvalidInput
+from trt_async.http.common import (
+    AnyRequest,
+    JsonBody,
+    check_batch,
+    elapsed_ms,
+    error_responses,
+    get_registry,
+    timing_headers,
+)
+from trt_async.http.errors import Dialect
+
+
+class ModelLists(msgspec.Struct):
+    embedding_models: list[str]
+    reranking_models: list[str]
+    nli_models: list[str]
+
+
+class ModelsResponse(msgspec.Struct):
+    models: ModelLists
+
+
+class InferRequest(msgspec.Struct, kw_only=True):
+    """One body for the three kinds; which fields are needed depends on the model's kind.
+
+    embedding: ``documents``; reranker: ``query`` and ``documents``; NLI: ``premises`` and
+    ``hypotheses`` (one hypothesis per premise).
+    """
+
+    documents: str | list[str] | None = None
+    query: str | None = None
+    premises: str | list[str] | None = None
+    hypotheses: str | list[str] | None = None
+    model: str | None = None
+    #: Extension: truncate over-long inputs (default: the model's ``truncate`` setting).
+    truncate: bool | None = None
+
+
+class EmbedInferResponse(msgspec.Struct):
+    embeddings: list[list[float]]
+    elapsed_ms: float
+
+
+class RerankInferResponse(msgspec.Struct):
+    scores: list[float]
+    elapsed_ms: float
+
+
+class NLIInferResponse(msgspec.Struct):
+    predictions: list[str]
+    logits: list[list[float]]
+    elapsed_ms: float
+
+
+def _as_list(value: str | list[str] | None, param: str) -> list[str]:
+    if value is None:
+        raise InvalidInput(f"{param} is required for this model", param=param)
+    return [value] if isinstance(value, str) else value
+
+
+class SeedController(Controller):
+    tags = ["seed"]  # noqa: RUF012 - Litestar reads class attributes
+    opt = {"dialect": Dialect.DETAIL}  # noqa: RUF012
+
+    @get("/models", summary="Served models by kind (seed shape)")
+    async def list_models(self, request: AnyRequest) -> ModelsResponse:
+        by_kind = get_registry(request).names_by_kind()
+        return ModelsResponse(
+            ModelLists(
+                embedding_models=by_kind[ModelKind.EMBEDDING],
+                reranking_models=by_kind[ModelKind.RERANKER],
+                nli_models=by_kind[ModelKind.NLI],
+            )
+        )
+
+    @post(
+        "/infer/{model:str}",
+        status_code=200,
+        summary="Embed, rerank or classify with the named model (seed API)",
+        responses=error_responses(Dialect.DETAIL),
+    )
+    async def infer(
+        self, request: AnyRequest, model: str, data: JsonBody[InferRequest]
+    ) -> Response[EmbedInferResponse | RerankInferResponse | NLIInferResponse]:
+        served = get_registry(request).get(model)
+        if served.kind is ModelKind.NLI:
+            premises = _as_list(data.premises, "premises")
+            hypotheses = _as_list(data.hypotheses, "hypotheses")
+            if len(premises) != len(hypotheses):
+                raise InvalidInput(
+                    f"premises and hypotheses must have the same length; got {len(premises)} "
+                    f"and {len(hypotheses)}",
+                    param="hypotheses",
+                )
+            check_batch(request, len(premises), "premises")
+            result = await served.classify(
+                list(zip(premises, hypotheses, strict=True)), truncate=data.truncate
+            )
+            return Response(
+                NLIInferResponse(
+                    predictions=result.predictions(),
+                    logits=result.logits.astype(float).tolist(),
+                    elapsed_ms=elapsed_ms(result.timings),
+                ),
+                headers=timing_headers(result.timings, result.tokens),
+            )
+        documents = _as_list(data.documents, "documents")
+        check_batch(request, len(documents), "documents")
+        if served.kind is ModelKind.RERANKER or data.query is not None:
+            if data.query is None:
+                raise InvalidInput("query is required for a reranker", param="query")
+            if not documents:
+                raise EmptyInput("documents is empty", param="documents")
+            scores = await served.rerank(
+                data.query, documents, raw_scores=True, truncate=data.truncate
+            )
+            return Response(
+                RerankInferResponse(
+                    scores=scores.scores.astype(float).tolist(),
+                    elapsed_ms=elapsed_ms(scores.timings),
+                ),
+                headers=timing_headers(scores.timings, scores.tokens),
+            )
+        embedded = await served.embed(documents, truncate=data.truncate)
+        return Response(
+            EmbedInferResponse(
+                embeddings=embedded.vectors.tolist(), elapsed_ms=elapsed_ms(embedded.timings)
+            ),
+            headers=timing_headers(embedded.timings, embedded.tokens),
+        )

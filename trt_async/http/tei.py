@@ -1,0 +1,242 @@
+"""Hugging Face text-embeddings-inference routes: ``/embed``, ``/predict``, ``/tokenize``,
+``/info`` (TEI's ``/rerank`` dialect lives in :mod:`trt_async.http.rerank`).
+
+TEI serves one model; here a ``model`` body field or query parameter picks one, and the
+first model of the right kind is the default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, cast
+
+import msgspec
+import numpy as np
+from litestar import Controller, Response, get, post
+
+from trt_async import __version__
+from trt_async.core import heads
+from trt_async.core.config import ModelKind
+from trt_async.core.errors import InvalidInput
+from trt_async.core.model import ServedModel
+from trt_async.http.common import (
+    AnyRequest,
+    JsonBody,
+    check_batch,
+    error_responses,
+    pick_model,
+    server_config,
+    timing_headers,
+)
+from trt_async.http.errors import Dialect
+from trt_async.http.openai_api import EmbeddingInput, split_input
+
+Direction = Literal["left", "right", "Left", "Right"]
+_EMBED_KINDS = (ModelKind.EMBEDDING,)
+_PREDICT_KINDS = (ModelKind.NLI, ModelKind.RERANKER)
+_ALL_KINDS = (ModelKind.EMBEDDING, ModelKind.RERANKER, ModelKind.NLI)
+
+
+class EmbedRequest(msgspec.Struct, kw_only=True):
+    inputs: EmbeddingInput
+    truncate: bool | None = None
+    truncation_direction: Direction = "right"
+    normalize: bool = True
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    prompt_name: str | None = None
+    model: str | None = None
+
+
+#: A text, a ``[text, text]`` pair, or a batch of texts and pairs (``[[text]]``,
+#: ``[[text, text]]``). A flat list of two texts is a pair, as TEI reads it.
+PredictInput = str | list[str | list[str]]
+
+
+class PredictRequest(msgspec.Struct, kw_only=True):
+    inputs: PredictInput
+    raw_scores: bool = False
+    truncate: bool | None = None
+    truncation_direction: Direction = "right"
+    model: str | None = None
+
+
+class Prediction(msgspec.Struct):
+    label: str
+    score: float
+
+
+class TokenizeRequest(msgspec.Struct, kw_only=True):
+    inputs: str | list[str]
+    add_special_tokens: bool = True
+    model: str | None = None
+
+
+class SimpleToken(msgspec.Struct):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class Info(msgspec.Struct):
+    model_id: str
+    model_dtype: str
+    model_type: dict[str, dict[str, Any]]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    model_sha: str | None = None
+    sha: str | None = None
+    docker_label: str | None = None
+
+
+def _direction(value: Direction) -> Literal["left", "right"]:
+    return "left" if value.lower() == "left" else "right"
+
+
+def _predict_inputs(value: PredictInput) -> tuple[list[str | tuple[str, str]], bool]:
+    """The items and whether the answer is a batch (a list per item)."""
+    if isinstance(value, str):
+        return [value], False
+    if len(value) == 2 and all(isinstance(x, str) for x in value):
+        return [(str(value[0]), str(value[1]))], False
+    items: list[str | tuple[str, str]] = []
+    for i, x in enumerate(value):
+        if isinstance(x, str):
+            items.append(x)
+        elif len(x) == 1:
+            items.append(x[0])
+        elif len(x) == 2:
+            items.append((x[0], x[1]))
+        else:
+            raise InvalidInput(
+                f"inputs[{i}] has {len(x)} texts; send one text or a [premise, hypothesis] pair",
+                param="inputs",
+            )
+    return items, True
+
+
+def _model_type(model: ServedModel) -> dict[str, dict[str, Any]]:
+    rt = model.runtime
+    if rt.is_embedder and model.kind is ModelKind.EMBEDDING:
+        return {"embedding": {"pooling": rt.pooling}}
+    labels = {str(i): name for i, name in sorted(rt.labels.items())} or {"0": "LABEL_0"}
+    if model.kind is ModelKind.RERANKER:
+        return {"reranker": {"id2label": labels}}
+    return {"classifier": {"id2label": labels}}
+
+
+def _dtype(model: ServedModel) -> str:
+    if model.runtime.info().name == "tensorrt":
+        return {"fp16": "float16", "bf16": "bfloat16"}.get(model.config.precision, "float32")
+    return "float32"
+
+
+class TEIController(Controller):
+    tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
+    opt = {"dialect": Dialect.TEI}  # noqa: RUF012
+
+    @post(
+        "/embed",
+        status_code=200,
+        summary="Embeddings as a bare array (TEI)",
+        responses=error_responses(Dialect.TEI),
+    )
+    async def embed(
+        self, request: AnyRequest, data: JsonBody[EmbedRequest], model: str | None = None
+    ) -> Response[list[list[float]]]:
+        served = pick_model(request, data.model or model, _EMBED_KINDS, "/embed")
+        if data.prompt_name is not None:
+            raise InvalidInput(
+                f"model {served.name!r} has no prompts; prompt_name cannot be used",
+                param="prompt_name",
+            )
+        inputs = split_input(data.inputs, "inputs")
+        check_batch(request, len(inputs), "inputs")
+        result = await served.embed(
+            inputs,
+            normalize=data.normalize,
+            dimensions=data.dimensions,
+            truncate=data.truncate,
+            direction=_direction(data.truncation_direction),
+        )
+        vectors: list[list[float]] = result.vectors.tolist()
+        return Response(vectors, headers=timing_headers(result.timings, result.tokens))
+
+    @post(
+        "/predict",
+        status_code=200,
+        summary="Classify texts or [premise, hypothesis] pairs (TEI)",
+        description=(
+            "Labels sorted by score: a softmax over the model's labels (a sigmoid for a "
+            "one-label model) unless `raw_scores`. A single input answers one list, a batch "
+            "a list per input."
+        ),
+        responses=error_responses(Dialect.TEI),
+    )
+    async def predict(
+        self, request: AnyRequest, data: JsonBody[PredictRequest], model: str | None = None
+    ) -> Response[list[Prediction] | list[list[Prediction]]]:
+        served = pick_model(request, data.model or model, _PREDICT_KINDS, "/predict")
+        items, batched = _predict_inputs(data.inputs)
+        check_batch(request, len(items), "inputs")
+        # Texts and pairs may mix in one TEI batch; the tokenizer takes both.
+        result = await served.classify(cast("list[str]", items), truncate=data.truncate)
+        logits = result.logits.astype(np.float64)
+        if data.raw_scores:
+            scores = logits
+        elif logits.shape[-1] == 1:
+            scores = heads.sigmoid(logits)
+        else:
+            scores = heads.softmax(logits)
+        ranked = [
+            [Prediction(label, score) for label, score in row]
+            for row in heads.top_labels(scores, result.labels)
+        ]
+        body: list[Prediction] | list[list[Prediction]] = ranked if batched else ranked[0]
+        return Response(body, headers=timing_headers(result.timings, result.tokens))
+
+    @post(
+        "/tokenize",
+        status_code=200,
+        summary="Tokens with character offsets (TEI)",
+        responses=error_responses(Dialect.TEI, 400, 401, 404, 413, 422),
+    )
+    async def tokenize(
+        self, request: AnyRequest, data: JsonBody[TokenizeRequest], model: str | None = None
+    ) -> list[list[SimpleToken]]:
+        served = pick_model(request, data.model or model, _ALL_KINDS, "/tokenize")
+        texts = [data.inputs] if isinstance(data.inputs, str) else data.inputs
+        check_batch(request, len(texts), "inputs")
+        rows = await served.tokenize(texts, add_special_tokens=data.add_special_tokens)
+        return [
+            [SimpleToken(t.id, t.text, t.special, t.start, t.stop) for t in row] for row in rows
+        ]
+
+    @get(
+        "/info",
+        summary="Model and server facts (TEI)",
+        responses=error_responses(Dialect.TEI, 401, 404),
+    )
+    async def info(self, request: AnyRequest, model: str | None = None) -> Info:
+        served = pick_model(request, model, _ALL_KINDS, "/info")
+        server = server_config(request)
+        cfg = served.config
+        return Info(
+            model_id=served.name,
+            model_dtype=_dtype(served),
+            model_type=_model_type(served),
+            max_concurrent_requests=cfg.max_queue_items,
+            max_input_length=served.max_length,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_batch_requests=max(served.runtime.grid.batch_sizes),
+            max_client_batch_size=server.max_client_batch_size,
+            auto_truncate=cfg.truncate,
+            tokenization_workers=2,
+            version=__version__,
+        )

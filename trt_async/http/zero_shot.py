@@ -1,0 +1,98 @@
+"""Zero-shot classification with an NLI model: ``POST /v1/zero-shot``.
+
+Computed as transformers' ``zero-shot-classification`` pipeline: each (text, "This example
+is {label}.") pair is scored; single-label takes a softmax of entailment across labels,
+multi-label a softmax over [contradiction, entailment] per label. Labels come back sorted by
+score per text, as the pipeline returns them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+from litestar import Controller, Response, post
+
+from trt_async.core.config import ModelKind
+from trt_async.core.errors import EmptyInput, InvalidInput
+from trt_async.http.common import (
+    AnyRequest,
+    JsonBody,
+    check_batch,
+    error_responses,
+    pick_model,
+    require_kind,
+    timing_headers,
+)
+from trt_async.http.errors import Dialect
+
+
+class ZeroShotRequest(msgspec.Struct, kw_only=True):
+    candidate_labels: list[str]
+    text: str | None = None
+    texts: list[str] | None = None
+    model: str | None = None
+    hypothesis_template: str = "This example is {}."
+    multi_label: bool = False
+    truncate: bool | None = None
+
+
+class ZeroShotResult(msgspec.Struct):
+    index: int
+    sequence: str
+    labels: list[str]
+    scores: list[float]
+
+
+class ZeroShotUsage(msgspec.Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class ZeroShotResponse(msgspec.Struct):
+    model: str
+    data: list[ZeroShotResult]
+    usage: ZeroShotUsage
+    object: str = "list"
+
+
+class ZeroShotController(Controller):
+    tags = ["zero-shot"]  # noqa: RUF012 - Litestar reads class attributes
+    opt = {"dialect": Dialect.OPENAI}  # noqa: RUF012
+
+    @post(
+        "/v1/zero-shot",
+        status_code=200,
+        summary="Zero-shot classification with an NLI model",
+        responses=error_responses(Dialect.OPENAI),
+    )
+    async def zero_shot(
+        self, request: AnyRequest, data: JsonBody[ZeroShotRequest]
+    ) -> Response[ZeroShotResponse]:
+        if (data.text is None) == (data.texts is None):
+            raise InvalidInput("send exactly one of text and texts", param="text")
+        texts = [data.text] if data.text is not None else list(data.texts or [])
+        check_batch(request, len(texts) * max(1, len(data.candidate_labels)), "texts")
+        model = pick_model(request, data.model, (ModelKind.NLI,), "/v1/zero-shot")
+        require_kind(model, (ModelKind.NLI,), "zero-shot needs an NLI model")
+        if not texts:
+            raise EmptyInput("texts is empty", param="texts")
+        result = await model.zero_shot(
+            texts,
+            data.candidate_labels,
+            hypothesis_template=data.hypothesis_template,
+            multi_label=data.multi_label,
+            truncate=data.truncate,
+        )
+        out: list[ZeroShotResult] = []
+        for i, (text, row) in enumerate(zip(texts, result.scores, strict=True)):
+            order = np.argsort(-row, kind="stable")
+            out.append(
+                ZeroShotResult(
+                    index=i,
+                    sequence=text,
+                    labels=[data.candidate_labels[j] for j in order],
+                    scores=[float(row[j]) for j in order],
+                )
+            )
+        body = ZeroShotResponse(model.name, out, ZeroShotUsage(result.tokens, result.tokens))
+        return Response(body, headers=timing_headers(result.timings, result.tokens))
