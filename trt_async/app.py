@@ -18,11 +18,18 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from trt_async import __version__
 from trt_async.core.config import CONFIG_ENV, Config, load_config
+from trt_async.core.metrics import Metrics
 from trt_async.core.registry import ModelRegistry
 from trt_async.http.admin import HealthController, ManagementController
 from trt_async.http.auth import make_api_key_guard
 from trt_async.http.common import REGISTRY_KEY
 from trt_async.http.errors import exception_handlers
+from trt_async.http.observability import (
+    METRICS_STATE_KEY,
+    RequestContextMiddleware,
+    configure_logging,
+    metrics_endpoint,
+)
 from trt_async.http.openai_api import OpenAIController
 from trt_async.http.rerank import RerankController
 from trt_async.http.seed import SeedController
@@ -54,9 +61,16 @@ def resolve_config(config: Config | None = None) -> Config:
 def create_app(config: Config | None = None) -> Litestar:
     config = resolve_config(config)
 
+    configure_logging(config.server.log_format)
+    metrics = Metrics(lambda: list(app.state.get(REGISTRY_KEY) or ()))
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        registry = ModelRegistry(config)
+        registry = ModelRegistry(
+            config,
+            observer_factory=metrics.batch_observer,
+            timings_observer=metrics.observe_timings,
+        )
         try:
             await registry.start()
         except BaseException:
@@ -70,8 +84,9 @@ def create_app(config: Config | None = None) -> Litestar:
         finally:
             await registry.close(deadline_s=config.server.drain_seconds)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
+            metrics_endpoint,
             SeedController,
             OpenAIController,
             RerankController,
@@ -81,6 +96,7 @@ def create_app(config: Config | None = None) -> Litestar:
             ManagementController,
         ],
         lifespan=[lifespan],
+        middleware=[RequestContextMiddleware(metrics)],
         exception_handlers=exception_handlers(),
         guards=make_api_key_guard(config.server.api_key, public_prefixes=(DOCS_PATH,)),
         request_max_body_size=config.server.max_body_bytes,
@@ -96,3 +112,5 @@ def create_app(config: Config | None = None) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
         ),
     )
+    app.state[METRICS_STATE_KEY] = metrics
+    return app

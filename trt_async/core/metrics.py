@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from trt_async.core.model import ServedModel, Timings
 
 PREFIX = "trt_async"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Litestar appends the charset to text types itself.
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
@@ -119,6 +120,10 @@ class _SchedulerCollector(Collector):
 
     def __init__(self, models: Callable[[], Iterable[ServedModel]]) -> None:
         self._models = models
+
+    def describe(self) -> Iterator[Metric]:
+        # Collected lazily: the models are not loaded when the collector is registered.
+        return iter(())
 
     def collect(self) -> Iterator[Metric]:
         p = PREFIX

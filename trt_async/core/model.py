@@ -241,8 +241,17 @@ class ModelRuntime:
 class ServedModel:
     """A configured name and kind over a runtime; the one API every dialect calls."""
 
-    def __init__(self, name: str, kind: ModelKind, config: ModelConfig, runtime: ModelRuntime):
+    def __init__(
+        self,
+        name: str,
+        kind: ModelKind,
+        config: ModelConfig,
+        runtime: ModelRuntime,
+        *,
+        on_timings: Callable[[Timings], None] | None = None,
+    ):
         self.name = name
+        self._on_timings = on_timings
         self.kind = kind
         self.config = config
         self.runtime = runtime
@@ -318,6 +327,8 @@ class ServedModel:
             inference_s=result.inference_s,
             total_s=time.perf_counter() - start,
         )
+        if self._on_timings is not None:
+            self._on_timings(timings)
         return result, timings
 
     def _require_embedder(self, hint: str) -> None:

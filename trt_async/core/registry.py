@@ -8,6 +8,7 @@ all-MiniLM-L6-v2 both as an embedder and as a reranker this way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from trt_async.core.config import Config, ModelConfig, ModelKind
 from trt_async.core.errors import InvalidInput, ModelNotFound
-from trt_async.core.model import ModelRuntime, ModelState, ServedModel
+from trt_async.core.model import ModelRuntime, ModelState, ServedModel, Timings
 from trt_async.core.modeldir import ModelFiles
 from trt_async.core.scheduler import BatchObserver
 
@@ -45,6 +46,7 @@ _RUNTIME_KEYS = (
 )
 
 ObserverFactory = Callable[[str], BatchObserver]
+TimingsObserver = Callable[[str, Timings], None]
 
 
 def _runtime_key(config: ModelConfig) -> tuple[object, ...]:
@@ -62,12 +64,14 @@ class ModelRegistry:
         config: Config,
         *,
         observer_factory: ObserverFactory | None = None,
+        timings_observer: TimingsObserver | None = None,
         unhealthy_after: int | None = None,
     ) -> None:
         self.config = config
         self._models: dict[str, ServedModel] = {}
         self._runtimes: dict[tuple[object, ...], tuple[ModelRuntime, int]] = {}
         self._observer_factory = observer_factory
+        self._timings_observer = timings_observer
         self._unhealthy_after = unhealthy_after or config.server.unhealthy_after_failures
         self._lock = asyncio.Lock()
         self.started_at = time.time()
@@ -149,7 +153,12 @@ class ModelRegistry:
                     sum(1 for _ in runtime.grid.buckets()),
                     time.perf_counter() - started,
                 )
-            model = ServedModel(name, kind, config, runtime)
+            on_timings = (
+                functools.partial(self._timings_observer, name)
+                if self._timings_observer is not None
+                else None
+            )
+            model = ServedModel(name, kind, config, runtime, on_timings=on_timings)
             model.state = ModelState.READY
             self._models[name] = model
             return model

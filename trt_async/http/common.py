@@ -16,6 +16,7 @@ from trt_async.core.errors import ModelNotFound, TooManyInputs, Unavailable, Wro
 from trt_async.core.model import ServedModel, Timings
 from trt_async.core.registry import ModelRegistry
 from trt_async.http.errors import DIALECT_STATE_KEY, ERROR_MODELS, Dialect
+from trt_async.http.observability import MODEL_STATE_KEY
 
 REGISTRY_KEY = "registry"
 AnyRequest = Request[Any, Any, State]
@@ -29,6 +30,13 @@ def get_registry(request: AnyRequest) -> ModelRegistry:
     if registry is None:
         raise Unavailable("the server is starting; no model is loaded yet")
     return registry
+
+
+def get_model(request: AnyRequest, name: str) -> ServedModel:
+    """Look a model up, and note its name for the access log and metrics."""
+    model = get_registry(request).get(name)
+    request.scope.setdefault("state", {})[MODEL_STATE_KEY] = model.name
+    return model
 
 
 def server_config(request: AnyRequest) -> ServerConfig:
@@ -55,11 +63,11 @@ def pick_model(
     """The named model, or (for routes where ``model`` is optional) the first of a kind."""
     registry = get_registry(request)
     if name:
-        return registry.get(name)
+        return get_model(request, name)
     for kind in kinds:
         names = registry.names_by_kind()[kind]
         if names:
-            return registry.get(names[0])
+            return get_model(request, names[0])
     wanted = " or ".join(k.value for k in kinds)
     raise ModelNotFound(f"<default {wanted} model for {route}>", (m.name for m in registry))
 

@@ -22,6 +22,7 @@ from trt_async.http.common import (
     JsonBody,
     check_batch,
     error_responses,
+    get_model,
     get_registry,
     timing_headers,
 )
@@ -119,7 +120,7 @@ class OpenAIController(Controller):
     async def embeddings(
         self, request: AnyRequest, data: JsonBody[EmbeddingRequest]
     ) -> Response[EmbeddingResponse]:
-        model = get_registry(request).get(data.model)
+        model = get_model(request, data.model)
         inputs = split_input(data.input)
         check_batch(request, len(inputs))
         if data.query is not None or model.kind is ModelKind.RERANKER:

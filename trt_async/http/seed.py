@@ -17,6 +17,7 @@ from trt_async.http.common import (
     check_batch,
     elapsed_ms,
     error_responses,
+    get_model,
     get_registry,
     timing_headers,
 )
@@ -95,7 +96,7 @@ class SeedController(Controller):
     async def infer(
         self, request: AnyRequest, model: str, data: JsonBody[InferRequest]
     ) -> Response[EmbedInferResponse | RerankInferResponse | NLIInferResponse]:
-        served = get_registry(request).get(model)
+        served = get_model(request, model)
         if served.kind is ModelKind.NLI:
             premises = _as_list(data.premises, "premises")
             hypotheses = _as_list(data.hypotheses, "hypotheses")

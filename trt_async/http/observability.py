@@ -1,0 +1,157 @@
+"""Per-request plumbing: request ids, access logs, Prometheus metrics, client disconnects.
+
+A client that goes away while its request waits must not cost a batch slot, and neither
+granian nor Litestar cancels a handler on disconnect. So once the body has been read, a
+watcher waits on ``receive()`` (which then only yields ``http.disconnect``) and cancels the
+handler's task; the scheduler removes that request's queued items as the cancellation
+passes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from litestar import Response, get
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+
+from trt_async.core.metrics import CONTENT_TYPE, Metrics
+from trt_async.http.auth import PUBLIC_OPT
+
+access_log = logging.getLogger("trt_async.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+METRICS_STATE_KEY = "metrics"
+MODEL_STATE_KEY = "model"
+#: nginx's status for "client closed the request", used in logs and metrics only.
+CLIENT_CLOSED = 499
+
+
+class RequestContextMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        start = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        # Echo a caller's id when it looks sane, so logs can be joined across services.
+        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
+        request_id = request_id or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        body_read = asyncio.Event()
+        disconnected = False
+        task = asyncio.current_task()
+
+        async def receive_wrapper() -> ReceiveMessage:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                ]
+            await send(message)
+
+        async def watch_disconnect() -> None:
+            nonlocal disconnected
+            await body_read.wait()
+            message = await receive()
+            if message["type"] == "http.disconnect" and task is not None:
+                disconnected = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch_disconnect()) if task is not None else None
+        try:
+            await next_app(scope, receive_wrapper, send_wrapper)
+        except asyncio.CancelledError:
+            if not disconnected or task is None:
+                raise
+            task.uncancel()
+            status = CLIENT_CLOSED
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            seconds = time.perf_counter() - start
+            route = str(scope.get("path_template") or scope["path"])
+            model = str(state.get(MODEL_STATE_KEY, ""))
+            self.metrics.observe_request(route, model, status, seconds)
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope.get("method", ""),
+                    "path": scope["path"],
+                    "route": route,
+                    "model": model,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+            )
+
+
+@get("/metrics", opt={PUBLIC_OPT: True}, include_in_schema=False, sync_to_thread=False)
+def metrics_endpoint(request: Any) -> Response[bytes]:
+    """Prometheus text exposition of every metric."""
+    metrics: Metrics = request.app.state[METRICS_STATE_KEY]
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts level logger message key=value ...``: greppable, one line per event."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED)
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        if extras:
+            line = f"{line} {extras}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+    """Route ``trt_async`` logs through one handler in the configured format."""
+    logger = logging.getLogger("trt_async")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else KeyValueFormatter())
+    logger.handlers = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
