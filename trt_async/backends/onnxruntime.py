@@ -45,6 +45,9 @@ class OnnxRuntimeBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = config.intra_op_threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin on every core between batches and starve
+        # the event loop and the tokenizer, which share those cores in a server.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(files.onnx), options, providers=["CPUExecutionProvider"]
