@@ -88,8 +88,11 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_queue_tokens: Positive = 2_000_000
     #: A request waiting longer than this in the queue is answered 503.
     queue_timeout_s: NonNegativeFloat = 30.0
-    #: A queue whose oldest item waited this long is served next, even if another is fuller.
+    #: Waiting this long doubles a queue's claim on the next batch, so none starves.
     max_queue_delay_ms: NonNegativeFloat = 50.0
+    #: Fixed cost of one batch in token-equivalents, for choosing batches; default by
+    #: backend (small on the CPU, where cost grows with tokens; large on the GPU).
+    batch_overhead_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

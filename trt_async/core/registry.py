@@ -43,6 +43,7 @@ _RUNTIME_KEYS = (
     "max_queue_tokens",
     "queue_timeout_s",
     "max_queue_delay_ms",
+    "batch_overhead_tokens",
 )
 
 ObserverFactory = Callable[[str], BatchObserver]

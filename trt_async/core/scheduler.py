@@ -3,10 +3,11 @@
 Requests become items (one per text or pair). Items wait in one FIFO per padded length of
 the bucket grid. Whenever the backend is free a batch starts at once: no fixed batching
 delay, so a lone request runs as batch 1. While the backend is busy items accumulate, and
-the next batch takes the fullest length queue (items over what ``max_batch_tokens``
-allows at that length); a queue whose oldest item has waited ``max_queue_delay`` is served
-first so long inputs are never starved by a stream of short ones. A batch is padded to
-the smallest grid batch size that holds it, so backends only ever see grid shapes.
+the next batch is the one with the most real tokens per unit of cost (a per-batch
+overhead plus its padded tokens, under ``max_batch_tokens``), merging sparse neighbouring
+length queues when that pays, and weighted by how long its oldest item has waited so long
+inputs are never starved by a stream of short ones. A batch is padded to the smallest grid
+batch size that holds it, so backends only ever see grid shapes.
 
 Everything here runs on the event loop and is O(items) bookkeeping; the backend work
 happens in :class:`~trt_async.core.runner.BatchRunner`'s thread. This module knows no
@@ -44,7 +45,7 @@ class QueueLimits:
     max_tokens: int = 2_000_000
     #: Seconds a request may wait before its first item starts; then it fails with 503.
     timeout_s: float = 30.0
-    #: Seconds after which the oldest queued item's length queue is served next.
+    #: Waiting this long doubles a length queue's claim on the next batch (see _pick_length).
     max_delay_s: float = 0.05
 
 
@@ -135,6 +136,7 @@ class Scheduler:
         limits: QueueLimits | None = None,
         *,
         concurrency: int = 1,
+        batch_overhead_tokens: int = 32,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -147,6 +149,9 @@ class Scheduler:
         self._clock = clock
         self._queues: dict[int, deque[_Item]] = {length: deque() for length in grid.lengths}
         self._live: dict[int, int] = dict.fromkeys(grid.lengths, 0)
+        self._live_tokens: dict[int, int] = dict.fromkeys(grid.lengths, 0)
+        self._overhead = float(batch_overhead_tokens)
+        self._max_delay = max(self.limits.max_delay_s, 1e-6)
         self._capacity = {length: grid.capacity(length) for length in grid.lengths}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed: str | None = None
@@ -186,6 +191,7 @@ class Scheduler:
             length = self.grid.length_for(len(encoding))
             self._queues[length].append(_Item(request, index, encoding, now))
             self._live[length] += 1
+            self._live_tokens[length] += len(encoding)
         stats.queued_items += n
         stats.queued_tokens += tokens
         self._idle.clear()
@@ -242,40 +248,64 @@ class Scheduler:
         self._update_idle()
 
     def _pick_length(self, now: float) -> int | None:
+        """The padded length of the next batch: the best real tokens per unit of cost.
+
+        A candidate batch at length ``L`` takes queue ``L`` first, then fills up from the
+        next shorter queues down to ``L / 2`` (merging sparse queues pads each merged item at
+        most 2x). Its cost is modelled as ``overhead + batch * L`` token-equivalents, so on
+        the CPU (small overhead) exact lengths win while on the GPU (large per-launch
+        overhead) fuller batches do. Waiting raises a candidate's score in proportion to
+        how long its oldest item has waited, relative to ``max_delay_s``, so no queue
+        starves while the others stay busy.
+        """
+        live = [length for length in self.grid.lengths if self._live[length] > 0]
         best: int | None = None
-        best_key: tuple[float, float] = (-1.0, 0.0)
-        oldest: int | None = None
-        oldest_at = float("inf")
-        for length, queue in self._queues.items():
+        best_score = -1.0
+        for i in range(len(live) - 1, -1, -1):
+            target = live[i]
+            queue = self._queues[target]
             # Cancelled requests' items are dropped lazily here rather than searched for.
             while queue and queue[0].request.dead:
                 queue.popleft()
-            if not queue or self._live[length] == 0:
+            if not queue:
                 continue
-            head_at = queue[0].enqueued
-            if head_at < oldest_at:
-                oldest, oldest_at = length, head_at
-            fill = min(self._live[length], self._capacity[length]) / self._capacity[length]
-            key = (fill, -head_at)
-            if key > best_key:
-                best, best_key = length, key
-        if oldest is not None and now - oldest_at >= self.limits.max_delay_s:
-            return oldest
+            room = self._capacity[target]
+            count = 0
+            tokens = 0.0
+            for length in live[i::-1]:
+                if length * 2 < target or room == 0:
+                    break
+                take = min(room, self._live[length])
+                tokens += self._live_tokens[length] * take / self._live[length]
+                count += take
+                room -= take
+            cost = self._overhead + self.grid.batch_for(count) * target
+            waited = now - queue[0].enqueued
+            score = tokens / cost * (1.0 + waited / self._max_delay)
+            if score > best_score:
+                best, best_score = target, score
         return best
 
     def _take_batch(self) -> tuple[Bucket, list[_Item]] | None:
         length = self._pick_length(self._clock())
         if length is None:
             return None
-        queue = self._queues[length]
-        take = min(self._live[length], self._capacity[length])
+        room = self._capacity[length]
         items: list[_Item] = []
-        while queue and len(items) < take:
-            item = queue.popleft()
-            if item.request.dead:
-                continue
-            items.append(item)
-        self._live[length] -= len(items)
+        for source in reversed(self.grid.lengths[: self.grid.lengths.index(length) + 1]):
+            if source * 2 < length or len(items) == room:
+                break
+            queue = self._queues[source]
+            count = tokens = 0
+            while queue and len(items) < room:
+                item = queue.popleft()
+                if item.request.dead:
+                    continue
+                items.append(item)
+                count += 1
+                tokens += len(item.encoding)
+            self._live[source] -= count
+            self._live_tokens[source] -= tokens
         tokens = 0
         start = self._clock()
         for item in items:
@@ -367,6 +397,7 @@ class Scheduler:
             for item in queue:
                 if item.request is request:
                     self._live[length] -= 1
+                    self._live_tokens[length] -= len(item.encoding)
                     self.stats.queued_tokens -= len(item.encoding)
         self.stats.queued_items -= request.queued
         self.stats.cancelled_items += request.queued
