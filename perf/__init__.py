@@ -1,0 +1,1 @@
+"""Load harness and performance scripts for trt_async (``trt-async bench``)."""

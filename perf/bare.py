@@ -1,0 +1,158 @@
+"""The bare backend: ONNX Runtime driven directly, without HTTP, queues or asyncio.
+
+It is what the server is measured against. A :class:`BareBackend` builds the same
+tokenizer, bucket grid and :class:`~trt_async.backends.onnxruntime.OnnxRuntimeBackend` as
+the server's runtime for a model config, then runs batches in the calling thread: fill the
+bucket's buffers (``pack``), ``execute``, pool. Tokenisation is done before the clock
+starts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trt_async.backends.onnxruntime import OnnxRuntimeBackend
+from trt_async.core import heads
+from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.core.config import ModelConfig, Pooling
+from trt_async.core.model import default_batch_sizes, default_lengths, model_max_length
+from trt_async.core.modeldir import ModelFiles
+from trt_async.core.runner import pack
+from trt_async.core.tokenizer import Encoding, TextTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class BareRun:
+    items: int
+    batches: int
+    seconds: float
+    real_tokens: int
+    padded_tokens: int
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_bucket(key: str) -> Bucket:
+    batch, length = key.lower().split("x")
+    return Bucket(int(batch), int(length))
+
+
+class BareBackend:
+    """One model's tokenizer, grid and ONNX Runtime backend, run synchronously."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
+        self.max_length = model_max_length(config, files)
+        self.backend = OnnxRuntimeBackend(files, config)
+        self.tokenizer = TextTokenizer(
+            files.tokenizer,
+            self.max_length,
+            with_type_ids="token_type_ids" in self.backend.io.inputs,
+        )
+        lengths = config.lengths or default_lengths("onnxruntime", self.max_length)
+        if max(lengths) < self.max_length:
+            lengths = [*lengths, self.max_length]
+        lengths = [n for n in lengths if n <= self.max_length]
+        self.grid = BucketGrid(
+            config.batch_sizes or default_batch_sizes("onnxruntime"),
+            lengths,
+            max(config.max_batch_tokens, max(lengths)),
+        )
+        # The same choice as ModelRuntime._pooling.
+        pooling: Pooling
+        if config.pooling is not None:
+            pooling = config.pooling
+        elif self.backend.io.output in ("sentence_embedding", "logits"):
+            pooling = "none"
+        elif files.manifest is not None and files.manifest.pooling != "none":
+            pooling = files.manifest.pooling
+        else:
+            pooling = files.st_pooling or "cls"
+        self.reduce = heads.make_reducer(pooling)
+        self.backend.prepare(self.grid)
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return self.tokenizer.encode(list(texts), truncate=True)
+
+    def run_batch(self, bucket: Bucket, items: Sequence[Encoding]) -> np.ndarray:
+        """Pack, execute, pool: what the server's batch job does, minus the thread hop."""
+        buffers = self.backend.inputs(bucket)
+        mask = pack(buffers, items, self.tokenizer.pad_id)
+        out = self.backend.execute(bucket)
+        n = len(items)
+        return self.reduce(out[:n], mask[:n])
+
+    def batch_one_latencies(self, encodings: Iterable[Encoding]) -> list[float]:
+        """Seconds of each item run alone (batch 1, its own padded length)."""
+        out: list[float] = []
+        for enc in encodings:
+            bucket = Bucket(1, self.grid.length_for(len(enc)))
+            start = time.perf_counter()
+            self.run_batch(bucket, [enc])
+            out.append(time.perf_counter() - start)
+        return out
+
+    def ideal_batches(self, encodings: Sequence[Encoding]) -> list[tuple[Bucket, list[Encoding]]]:
+        """Items grouped by padded length in arrival order, in batches as full as allowed."""
+        queues: dict[int, list[Encoding]] = defaultdict(list)
+        for enc in encodings:
+            queues[self.grid.length_for(len(enc))].append(enc)
+        batches: list[tuple[Bucket, list[Encoding]]] = []
+        for length, items in sorted(queues.items()):
+            cap = self.grid.capacity(length)
+            for i in range(0, len(items), cap):
+                chunk = items[i : i + cap]
+                batches.append((Bucket(self.grid.batch_for(len(chunk)), length), chunk))
+        return batches
+
+    def replay_batches(
+        self, histogram: Mapping[str, int], encodings: Sequence[Encoding]
+    ) -> list[tuple[Bucket, list[Encoding]]]:
+        """The batch shapes a server ran (``{"BxL": count}``), filled with real encodings.
+
+        Each bucket of padded length L takes items that pad to L (cycled from
+        ``encodings``); if none does, the longest shorter ones. Compute on the CPU depends on
+        the shapes only, so the bare backend does the same work the server did.
+        """
+        by_length: dict[int, deque[Encoding]] = defaultdict(deque)
+        for enc in encodings:
+            by_length[self.grid.length_for(len(enc))].append(enc)
+        batches: list[tuple[Bucket, list[Encoding]]] = []
+        for key, count in histogram.items():
+            bucket = parse_bucket(key)
+            pool = by_length.get(bucket.length)
+            if not pool:
+                shorter = [n for n in by_length if n < bucket.length and by_length[n]]
+                pool = by_length[max(shorter)] if shorter else deque(encodings)
+            for _ in range(count):
+                items: list[Encoding] = []
+                for _ in range(bucket.batch):
+                    enc = pool[0]
+                    pool.rotate(-1)
+                    items.append(enc)
+                batches.append((bucket, items))
+        return batches
+
+    def run(self, batches: Sequence[tuple[Bucket, Sequence[Encoding]]]) -> BareRun:
+        start = time.perf_counter()
+        for bucket, items in batches:
+            self.run_batch(bucket, items)
+        seconds = time.perf_counter() - start
+        return BareRun(
+            items=sum(len(items) for _, items in batches),
+            batches=len(batches),
+            seconds=seconds,
+            real_tokens=sum(len(e) for _, items in batches for e in items),
+            padded_tokens=sum(b.tokens for b, _ in batches),
+        )
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,272 @@
+"""The load harness on synthetic data: corpus, workloads, load generator, report, plots.
+
+No server and no model: the HTTP side is an ``httpx.MockTransport`` whose handler answers
+like our server (OpenAI and Cohere shapes, timing headers) with a known delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from perf import plots, report
+from perf.corpus import Corpus, word_count
+from perf.loadgen import PhaseResult, Record, run_closed, run_open, send
+from perf.server import extract_model_stats
+from perf.workload import MIXES, Targets, build_requests, retarget
+
+TARGETS = Targets("emb", "rr", "nli")
+
+
+def test_corpus_is_deterministic_and_has_both_languages() -> None:
+    a = Corpus().source(7)
+    b = Corpus().source(7)
+    texts_a = [a.realistic() for _ in range(300)]
+    assert texts_a == [b.realistic() for _ in range(300)]
+    assert texts_a != [Corpus().source(8).realistic() for _ in range(300)]
+    assert any("\u4e00" <= ch <= "\u9fff" for t in texts_a for ch in t)
+    assert any(t.isascii() for t in texts_a)
+    long = [a.long() for _ in range(20)]
+    assert all(word_count(t) >= 250 for t in long)
+    words = sorted(word_count(t) for t in texts_a)
+    assert 10 <= words[len(words) // 2] <= 60  # median near 25 words
+    assert words[-1] > 3 * words[len(words) // 2]  # a long tail
+
+
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_build_requests(mix: str) -> None:
+    reqs = build_requests(mix, TARGETS, 20, seed=3)
+    assert reqs == build_requests(mix, TARGETS, 20, seed=3)
+    assert len(reqs) == 20
+    for r in reqs:
+        body = json.loads(r.body)
+        if mix == "rerank":
+            assert r.path == "/v1/rerank"
+            assert 10 <= len(body["documents"]) <= 100
+            assert r.items == len(body["documents"])
+            assert body["model"] == "rr" and body["query"]
+        elif mix == "nli":
+            assert r.path == "/infer/nli"
+            assert len(body["premises"]) == len(body["hypotheses"]) == r.items == 8
+        else:
+            assert r.path == "/v1/embeddings" and body["model"] == "emb"
+            n = 32 if mix == "docs32" else 1
+            assert r.items == n
+            assert (len(body["input"]) if n > 1 else 1) == n
+
+
+def test_rerank_documents_between_10_and_100() -> None:
+    sizes = [r.items for r in build_requests("rerank", TARGETS, 200, seed=1)]
+    assert min(sizes) >= 10 and max(sizes) <= 100 and len(set(sizes)) > 20
+
+
+def test_retarget_keeps_the_stream() -> None:
+    reqs = build_requests("docs32", TARGETS, 5, seed=1)
+    other = retarget(reqs, "emb-serial")
+    for a, b in zip(reqs, other, strict=True):
+        ja, jb = json.loads(a.body), json.loads(b.body)
+        assert jb.pop("model") == "emb-serial"
+        ja.pop("model")
+        assert ja == jb and a.items == b.items
+
+
+def test_mix_needing_a_model_refuses_without_it() -> None:
+    with pytest.raises(ValueError, match="NLI"):
+        build_requests("nli", Targets("emb"), 1, seed=1)
+
+
+# -- load generator against a mock server ----------------------------------------------------
+
+
+def _server(delay_s: float = 0.002, fail_every: int = 0) -> httpx.MockTransport:
+    count = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal count
+        count += 1
+        await asyncio.sleep(delay_s)
+        if fail_every and count % fail_every == 0:
+            return httpx.Response(429, json={"error": {"message": "busy"}})
+        body = json.loads(request.content)
+        headers = {
+            "x-queue-time": "0.5",
+            "x-tokenization-time": "0.1",
+            "x-inference-time": "1.2",
+            "x-total-time": "1.9",
+        }
+        if request.url.path == "/v1/rerank":
+            docs = body["documents"]
+            results = [{"index": i, "relevance_score": 0.5} for i in range(len(docs))]
+            payload = {"results": results, "usage": {"total_tokens": 10 * len(docs)}}
+            return httpx.Response(200, json=payload, headers=headers)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "embedding": [0.0] * 4, "index": i} for i in range(len(inputs))
+        ]
+        usage = {"prompt_tokens": 7 * len(inputs), "total_tokens": 7 * len(inputs)}
+        return httpx.Response(200, json={"data": data, "usage": usage}, headers=headers)
+
+    return httpx.MockTransport(handler)
+
+
+def _client(transport: httpx.MockTransport) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=transport, base_url="http://bench.test")
+
+
+async def test_send_reads_rows_usage_and_timing_headers() -> None:
+    async with _client(_server()) as client:
+        spec = build_requests("docs32", TARGETS, 1, seed=1)[0]
+        record = await send(client, spec)
+    assert record.ok and record.items == 32 and record.tokens == 7 * 32
+    assert record.server == {"queue": 0.5, "tokenize": 0.1, "inference": 1.2, "total": 1.9}
+    assert record.latency > 0
+
+
+async def test_send_flags_a_short_answer() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [{"embedding": [1.0], "index": 0}]})
+
+    async with _client(httpx.MockTransport(handler)) as client:
+        record = await send(client, build_requests("docs32", TARGETS, 1, seed=1)[0])
+    assert not record.ok and record.error == "1 rows for 32 items"
+
+
+async def test_closed_loop_is_bounded_by_count_and_keeps_concurrency() -> None:
+    in_flight = 0
+    peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.005)
+        in_flight -= 1
+        return httpx.Response(200, json={"data": [{"index": 0}], "usage": {"total_tokens": 3}})
+
+    reqs = build_requests("short", TARGETS, 10, seed=1)
+    async with _client(httpx.MockTransport(handler)) as client:
+        result = await run_closed(client, reqs, concurrency=8, duration_s=30, max_requests=50)
+    assert len(result.records) == 50  # the 10-request stream is reused
+    assert peak == 8
+    assert result.wall_s < 5
+    assert all(r.ok for r in result.records)
+
+
+async def test_closed_loop_is_bounded_by_time() -> None:
+    reqs = build_requests("short", TARGETS, 10, seed=1)
+    start = time.perf_counter()
+    async with _client(_server(delay_s=0.01)) as client:
+        result = await run_closed(client, reqs, concurrency=2, duration_s=0.3, max_requests=10**6)
+    assert time.perf_counter() - start < 1.0
+    assert 10 < len(result.records) < 100
+
+
+async def test_open_loop_poisson_rate_and_drops() -> None:
+    reqs = build_requests("short", TARGETS, 10, seed=1)
+    async with _client(_server(delay_s=0.001)) as client:
+        result = await run_open(client, reqs, rate=200, duration_s=1.0, max_requests=10**6, seed=1)
+        slow = await run_open(
+            httpx.AsyncClient(transport=_server(delay_s=0.5), base_url="http://x"),
+            reqs,
+            rate=200,
+            duration_s=0.3,
+            max_requests=10**6,
+            max_outstanding=5,
+        )
+    assert 140 <= len(result.records) <= 260  # Poisson(200) over 1 s
+    assert result.dropped == 0
+    assert len(slow.records) == 5 and slow.dropped > 20
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _synthetic(n: int = 1000, errors: int = 10) -> PhaseResult:
+    records = [
+        Record(start=i * 0.01, end=i * 0.01 + 0.001 * (1 + i % 100), status=200, items=2,
+               tokens=20, server={"queue": 1.0, "inference": 2.0})
+        for i in range(n)
+    ]  # fmt: skip
+    records += [Record(start=0.5, end=0.6, status=429, items=2) for _ in range(errors)]
+    records.append(Record(start=0.5, end=0.6, status=0, items=2, error="timeout"))
+    return PhaseResult(records, wall_s=10.0, client_cpu_s=1.0)
+
+
+def test_summary_counts_add_up_and_percentiles_are_ordered() -> None:
+    s = report.summarise(_synthetic(), name="x", mode="closed", concurrency=4)
+    assert s["requests"] == s["ok"] + sum(s["errors"].values()) == 1011
+    assert s["errors"] == {"0 timeout": 1, "429": 10}
+    assert s["items"] == 2000 and s["tokens"] == 20000
+    assert s["items_per_s"] == 200.0 and s["requests_per_s"] == 100.0
+    assert s["tokens_per_s"] == 2000.0
+    lat = s["latency_ms"]
+    order = [lat["p50"], lat["p90"], lat["p99"], lat["p99.9"], lat["max"]]
+    assert order == sorted(order)
+    assert lat["p50"] == pytest.approx(50.5, abs=1) and lat["max"] == pytest.approx(100)
+    assert s["server_ms"]["queue"]["mean"] == 1.0 and s["server_ms"]["inference"]["p50"] == 2.0
+    assert "tokenize" not in s["server_ms"]
+    assert s["client_cpu_share"] == 0.1
+
+
+def test_summary_of_a_phase_without_success() -> None:
+    s = report.summarise(PhaseResult([Record(0, 1, 503, 1)], 1.0, 0.1))
+    assert s["ok"] == 0 and s["latency_ms"] is None and s["errors"] == {"503": 1}
+
+
+def test_padding_from_stats() -> None:
+    before = {"real_tokens": 100, "padded_tokens": 200, "batches": 2, "items": 4,
+              "batches_by_bucket": {"2x50": 2}}  # fmt: skip
+    after = {"real_tokens": 1000, "padded_tokens": 1200, "batches": 12, "items": 44,
+             "batches_by_bucket": {"2x50": 2, "4x64": 10}}  # fmt: skip
+    p = report.padding_from_stats(before, after)
+    assert p["efficiency"] == 0.9 and p["batches"] == 10 and p["mean_batch_items"] == 4.0
+    assert p["batches_by_bucket"] == {"4x64": 10}
+    missing = report.padding_from_stats(None, None, "no route")
+    assert missing == {"available": False, "reason": "no route"}
+
+
+def test_compare_ratio() -> None:
+    c = report.compare("x", "A", "B", [{"items_per_s": 10}, {"items_per_s": 20}],
+                       [{"items_per_s": 30}, {"items_per_s": 60}])  # fmt: skip
+    assert c["ratio_b_over_a"] == 3.0 and c["round_ratios"] == [3.0, 3.0]
+
+
+def test_extract_model_stats_from_any_listing() -> None:
+    listing = {"ready": True, "models": [
+        {"name": "a", "stats": {"real_tokens": 1, "padded_tokens": 2}},
+        {"name": "b", "stats": {"queued_items": 0}},
+    ]}  # fmt: skip
+    assert extract_model_stats(listing) == {"a": {"real_tokens": 1, "padded_tokens": 2}}
+    assert extract_model_stats({"data": [{"id": "x"}]}) == {}
+
+
+def test_markdown_json_and_plots(tmp_path: Path) -> None:
+    phases = []
+    for c in (1, 4, 16):
+        s = report.summarise(_synthetic(200, 0), name=f"sweep c={c}", target="ours",
+                             mix="realistic", mode="closed", concurrency=c, sweep=True)  # fmt: skip
+        s["padding"] = {"available": True, "efficiency": 0.9}
+        phases.append(s)
+    comp = report.compare("a vs b", "A", "B", [{"items_per_s": 1.0}], [{"items_per_s": 3.0}])
+    drawn = [
+        plots.latency_vs_throughput(phases, tmp_path / "lt.png"),
+        plots.percentiles_vs_concurrency(phases, tmp_path / "pc.png"),
+        plots.batch_histogram({"4x64": 3, "8x32": 5, "4x32": 1}, tmp_path / "bh.png"),
+        plots.comparisons_bars([comp], tmp_path / "cmp.png"),
+    ]
+    for path in drawn:
+        assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.batch_histogram({}, tmp_path / "none.png") is None
+    rep = {"run": "t", "phases": phases, "comparisons": [comp], "plots": ["lt.png"],
+           "goals": [{"goal": "g", "measured": 3.0, "target": "≥ 3", "met": True}]}  # fmt: skip
+    paths = report.write(rep, tmp_path)
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "| sweep c=16 | ours | realistic | c=16 |" in md
+    assert "| a vs b | A | B | items_per_s |" in md and "![lt](lt.png)" in md
+    assert msgspec.json.decode(paths["json"].read_bytes())["phases"][0]["ok"] == 200
