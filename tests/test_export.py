@@ -26,9 +26,9 @@ from tests.models import (
     write_bert_classifier,
 )
 from trt_async.core.config import ModelKind, parse_config
-from trt_async.core.modeldir import ExportManifest, ModelFiles, read_manifest
+from trt_async.core.modeldir import ExportManifest, ModelFiles, position_limit, read_manifest
 from trt_async.tools import embedded, export
-from trt_async.tools.export import ExportError, export_model, model_max_length
+from trt_async.tools.export import ExportError, export_model
 
 torch = pytest.importorskip("torch", reason="references need the export extra")
 transformers = pytest.importorskip("transformers", reason="references need the export extra")
@@ -197,10 +197,10 @@ def test_xlmr_tokenizer_matches_transformers(xlmr_nli_dir: ExportedModel) -> Non
 
 
 def test_model_max_length_reserves_roberta_offsets() -> None:
-    assert model_max_length({"model_type": "xlm-roberta", "max_position_embeddings": 514,
+    assert position_limit({"model_type": "xlm-roberta", "max_position_embeddings": 514,
                              "pad_token_id": 1}) == 512  # fmt: skip
-    assert model_max_length({"model_type": "bert", "max_position_embeddings": 512}) == 512
-    assert model_max_length({"model_type": "bert"}) is None
+    assert position_limit({"model_type": "bert", "max_position_embeddings": 512}) == 512
+    assert position_limit({"model_type": "bert"}) is None
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from trt_async.core import heads
 from trt_async.core.buckets import BucketGrid
 from trt_async.core.config import ModelConfig, ModelKind, Pooling
 from trt_async.core.errors import EmptyInput, InvalidInput, Unavailable, WrongModelKind
-from trt_async.core.modeldir import ModelDirError, ModelFiles
+from trt_async.core.modeldir import ModelDirError, ModelFiles, position_limit
 from trt_async.core.runner import BatchRunner
 from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, ScheduleResult
 from trt_async.core.tokenizer import Direction, Encoding, TextInput, TextTokenizer, TokenInfo
@@ -134,13 +134,9 @@ def model_max_length(config: ModelConfig, files: ModelFiles) -> int:
         return files.st_max_length
     if files.manifest is not None and files.manifest.max_length:
         return min(files.manifest.max_length, 8192)
-    positions = files.hf_config.get("max_position_embeddings")
-    if isinstance(positions, int) and positions > 0:
-        # RoBERTa-family models reserve pad_token_id + 1 positions.
-        reserved = 0
-        if files.hf_config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
-            reserved = int(files.hf_config.get("pad_token_id", 1)) + 1
-        return min(positions - reserved, 8192)
+    limit = position_limit(files.hf_config)
+    if limit is not None:
+        return min(limit, 8192)
     return 512
 
 

@@ -9,6 +9,7 @@ works too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,44 @@ ONNX_NAME = "model.onnx"
 PLAN_SUFFIXES = (".trt", ".plan", ".engine")
 
 Task = Literal["embed", "rerank", "nli"]
+
+
+#: Model types whose position ids start after the padding index (fairseq heritage): they
+#: reserve ``pad_token_id + 1`` of ``max_position_embeddings`` (XLM-R large: 514 -> 512).
+OFFSET_POSITION_MODELS = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "data2vec-text",
+        "longformer",
+        "mpnet",
+        "ibert",
+        "markuplm",
+        "luke",
+        "roberta-prelayernorm",
+    }
+)
+
+
+def position_limit(hf_config: dict[str, Any]) -> int | None:
+    """Longest input in tokens, special tokens included, that the position table allows."""
+    positions = hf_config.get("max_position_embeddings")
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if hf_config.get("model_type") in OFFSET_POSITION_MODELS:
+        pad = hf_config.get("pad_token_id")
+        positions -= (pad if isinstance(pad, int) else 1) + 1
+    return positions
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 class ModelDirError(Exception):

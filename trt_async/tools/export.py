@@ -13,7 +13,6 @@ import this module without them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import inspect
 import json
@@ -33,7 +32,14 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from trt_async.core.modeldir import MANIFEST_NAME, ONNX_NAME, ExportManifest, Task
+from trt_async.core.modeldir import (
+    MANIFEST_NAME,
+    ONNX_NAME,
+    ExportManifest,
+    Task,
+    position_limit,
+    sha256_file,
+)
 
 Exporter = Literal["torchscript", "dynamo"]
 
@@ -43,23 +49,6 @@ TOLERANCE = 1e-3
 TORCHSCRIPT_OPSET = 17
 #: Above this the weights go to ``model.onnx.data`` (protobuf's hard limit is 2 GiB).
 EXTERNAL_DATA_BYTES = 1 << 30
-#: Model types whose position ids start after the padding index (fairseq heritage): they
-#: reserve ``pad_token_id + 1`` of ``max_position_embeddings`` (XLM-R large: 514 -> 512).
-_OFFSET_POSITION_MODELS = frozenset(
-    {
-        "roberta",
-        "xlm-roberta",
-        "xlm-roberta-xl",
-        "camembert",
-        "data2vec-text",
-        "longformer",
-        "mpnet",
-        "ibert",
-        "markuplm",
-        "luke",
-        "roberta-prelayernorm",
-    }
-)
 _WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -129,7 +118,7 @@ def export_model(
 
     step(f"load {src.name} ({task})")
     model, input_names = _load_model(src, task, hf_config, progress)
-    max_length = model_max_length(hf_config)
+    max_length = position_limit(hf_config)
     output_name = "last_hidden_state" if task == "embed" else "logits"
     batches = _sample_batches(src / "tokenizer.json", task, input_names, max_length, hf_config)
     step(f"loaded: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
@@ -181,25 +170,6 @@ def export_model(
     tmp_manifest.replace(dst / MANIFEST_NAME)
     step(f"done: {dst}")
     return manifest
-
-
-def model_max_length(hf_config: dict[str, Any]) -> int | None:
-    """Longest input in tokens, special tokens included, that the position table allows."""
-    positions = _int_or_none(hf_config.get("max_position_embeddings"))
-    if positions is None:
-        return None
-    if hf_config.get("model_type") in _OFFSET_POSITION_MODELS:
-        pad = _int_or_none(hf_config.get("pad_token_id"))
-        positions -= (pad if pad is not None else 1) + 1
-    return positions
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- checks ---------------------------------------------------------------------------------

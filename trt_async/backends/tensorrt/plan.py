@@ -7,7 +7,6 @@ a manifest beside each plan recording those facts; start-up compares them with t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import msgspec
 
 from trt_async.core.buckets import BucketGrid
 from trt_async.core.config import Precision
+from trt_async.core.modeldir import sha256_file
 
 #: Base folder for built plans (``<base>/<model-name>/``).
 GRAPHS_ENV = "TRT_ASYNC_GRAPHS"
@@ -58,14 +58,6 @@ def graphs_dir() -> Path:
 def plan_paths(out_dir: Path, precision: str) -> tuple[Path, Path]:
     """The plan and its manifest; one per precision so fp16 and fp32 builds coexist."""
     return out_dir / f"model.{precision}.plan", out_dir / f"model.{precision}.json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def onnx_hashes(onnx: Path) -> tuple[str, str | None]:
