@@ -247,19 +247,20 @@ class Scheduler:
             task.add_done_callback(self._tasks.discard)
         self._update_idle()
 
-    def _pick_length(self, now: float) -> int | None:
-        """The padded length of the next batch: the best real tokens per unit of cost.
+    def _pick(self, now: float) -> tuple[int, int] | None:
+        """The next batch as (padded length, shortest queue merged into it).
 
-        A candidate batch at length ``L`` takes queue ``L`` first, then fills up from the
-        next shorter queues down to ``L / 2`` (merging sparse queues pads each merged item at
-        most 2x). Its cost is modelled as ``overhead + batch * L`` token-equivalents, so on
-        the CPU (small overhead) exact lengths win while on the GPU (large per-launch
-        overhead) fuller batches do. Waiting raises a candidate's score in proportion to
-        how long its oldest item has waited, relative to ``max_delay_s``, so no queue
-        starves while the others stay busy.
+        A candidate batch at length ``L`` takes queue ``L`` first and may fill up from the
+        next shorter queues, down to ``L / 2`` at most (so a merged item is padded at most
+        2x); every merge depth, including none, is a candidate of its own. Its cost is
+        modelled as ``overhead + batch * L`` token-equivalents and the candidate with the
+        most real tokens per unit of cost wins: on the CPU (small overhead) that keeps
+        lengths exact unless queues are sparse, on the GPU (large per-launch overhead) it
+        fills batches. A candidate's score grows with how long the oldest item of queue
+        ``L`` has waited, relative to ``max_delay_s``, so no queue starves.
         """
         live = [length for length in self.grid.lengths if self._live[length] > 0]
-        best: int | None = None
+        best: tuple[int, int] | None = None
         best_score = -1.0
         for i in range(len(live) - 1, -1, -1):
             target = live[i]
@@ -269,6 +270,7 @@ class Scheduler:
                 queue.popleft()
             if not queue:
                 continue
+            urgency = 1.0 + (now - queue[0].enqueued) / self._max_delay
             room = self._capacity[target]
             count = 0
             tokens = 0.0
@@ -279,21 +281,21 @@ class Scheduler:
                 tokens += self._live_tokens[length] * take / self._live[length]
                 count += take
                 room -= take
-            cost = self._overhead + self.grid.batch_for(count) * target
-            waited = now - queue[0].enqueued
-            score = tokens / cost * (1.0 + waited / self._max_delay)
-            if score > best_score:
-                best, best_score = target, score
+                cost = self._overhead + self.grid.batch_for(count) * target
+                score = tokens / cost * urgency
+                if score > best_score:
+                    best, best_score = (target, length), score
         return best
 
     def _take_batch(self) -> tuple[Bucket, list[_Item]] | None:
-        length = self._pick_length(self._clock())
-        if length is None:
+        picked = self._pick(self._clock())
+        if picked is None:
             return None
+        length, shortest = picked
         room = self._capacity[length]
         items: list[_Item] = []
         for source in reversed(self.grid.lengths[: self.grid.lengths.index(length) + 1]):
-            if source * 2 < length or len(items) == room:
+            if source < shortest or len(items) == room:
                 break
             queue = self._queues[source]
             count = tokens = 0
