@@ -28,12 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
+import msgspec
 import numpy as np
 
 from perf import plots, report
 from perf.corpus import Corpus
-from perf.loadgen import PhaseResult, make_client, run_closed, run_open
+from perf.loadgen import LoadClient, PhaseResult, make_client, run_closed, run_open
 from perf.server import (
     ServerProcess,
     StatsReader,
@@ -181,7 +182,7 @@ class Bench:
 
     async def phase(
         self,
-        client: httpx.AsyncClient,
+        client: LoadClient,
         stats: StatsReader | None,
         requests: Sequence[RequestSpec],
         *,
@@ -243,9 +244,7 @@ class Bench:
 
     # -- plan steps ------------------------------------------------------------------------
 
-    async def sweep(
-        self, client: httpx.AsyncClient, stats: StatsReader, peer: httpx.AsyncClient | None
-    ) -> None:
+    async def sweep(self, client: LoadClient, stats: StatsReader, peer: LoadClient | None) -> None:
         base = self.requests("realistic")
         peer_reqs = retarget(base, self.args.peer_model or self.targets.embedding)
         for c in self.plan.concurrency:
@@ -259,7 +258,7 @@ class Bench:
                     level=c, sweep=True,
                 )  # fmt: skip
 
-    async def open_loop(self, client: httpx.AsyncClient, stats: StatsReader) -> None:
+    async def open_loop(self, client: LoadClient, stats: StatsReader) -> None:
         rates = self.plan.rates
         if rates == []:
             return  # --rates '': no open-loop phases
@@ -276,7 +275,7 @@ class Bench:
                 target="ours", mode="open", level=rate, sweep=True,
             )  # fmt: skip
 
-    async def mixes(self, client: httpx.AsyncClient, stats: StatsReader) -> None:
+    async def mixes(self, client: LoadClient, stats: StatsReader) -> None:
         for mix in self.plan.mixes:
             if mix == "rerank" and not self.targets.rerank:
                 self.notes.append("rerank mix skipped: no reranking model is served")
@@ -293,7 +292,7 @@ class Bench:
     async def ab(
         self,
         key: str,
-        arms: tuple[tuple[str, httpx.AsyncClient, StatsReader | None, list[RequestSpec]], ...],
+        arms: tuple[tuple[str, LoadClient, StatsReader | None, list[RequestSpec]], ...],
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Alternating rounds A B, B A, A B...; returns each arm's round summaries."""
         rounds: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
@@ -310,7 +309,7 @@ class Bench:
                 rounds[arm].append(summary)
         return rounds
 
-    async def compare_grid(self, client: httpx.AsyncClient, stats: StatsReader, key: str) -> None:
+    async def compare_grid(self, client: LoadClient, stats: StatsReader, key: str) -> None:
         assert self.variants is not None
         other = self.variants.serial if key == "a" else self.variants.padmax
         if other is None:
@@ -361,7 +360,7 @@ class Bench:
                 )
             )
 
-    async def compare_bare(self, client: httpx.AsyncClient, stats: StatsReader) -> None:
+    async def compare_bare(self, client: LoadClient, stats: StatsReader) -> None:
         from perf.bare import BareBackend
 
         model_cfg = self.model_configs.get(self.targets.embedding)
@@ -377,7 +376,7 @@ class Bench:
         finally:
             bare.close()
 
-    async def _compare_bare(self, client: httpx.AsyncClient, stats: StatsReader, bare: Any) -> None:
+    async def _compare_bare(self, client: LoadClient, stats: StatsReader, bare: Any) -> None:
         base = self.requests("realistic")
         texts = [t for r in base for t in r.texts]
         encodings = bare.encode(texts)
@@ -430,7 +429,7 @@ class Bench:
         await self._latency_one(client, stats, bare, base)
 
     async def _latency_one(
-        self, client: httpx.AsyncClient, stats: StatsReader, bare: Any, base: list[RequestSpec]
+        self, client: LoadClient, stats: StatsReader, bare: Any, base: list[RequestSpec]
     ) -> None:
         """The c=1 goal: server p50 against a bare batch-1 call plus an HTTP round trip.
 
@@ -456,7 +455,7 @@ class Bench:
         http: list[float] = []
         for _ in range(max(n, 20)):
             t = time.perf_counter()
-            await client.get("/health")
+            await client.get("/health")  # same pool and client as the load
             http.append(time.perf_counter() - t)
         http_ms = float(np.median(http)) * 1000
         if not server_p50:
@@ -482,9 +481,9 @@ class Bench:
 
     async def compare_peer(
         self,
-        client: httpx.AsyncClient,
+        client: LoadClient,
         stats: StatsReader,
-        peer: httpx.AsyncClient,
+        peer: LoadClient,
     ) -> None:
         base = self.requests("realistic")
         peer_reqs = retarget(base, self.args.peer_model or self.targets.embedding)
@@ -553,13 +552,20 @@ class Bench:
             )
         return self.assemble(load_s)
 
-    async def _resolve_models(self, client: httpx.AsyncClient) -> None:
+    async def _resolve_models(self, client: LoadClient) -> None:
         if self.targets.embedding:
             return
         try:
-            response = await client.get("/v1/models")
-            ids = [m["id"] for m in response.json().get("data", [])]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            _, body = await client.get("/v1/models")
+            ids = [m["id"] for m in msgspec.json.decode(body).get("data", [])]
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            msgspec.DecodeError,
+            LookupError,
+            TypeError,
+            AttributeError,
+        ):
             ids = []
         if not ids:
             raise SystemExit("trt-async bench: give --model (GET /v1/models listed no model)")
@@ -780,7 +786,7 @@ def _configured(config: Config, args: argparse.Namespace) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import logging
 
-    # One line per request from httpx would drown the progress lines.
+    # One line per request from httpx (server start-up) would drown the progress lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not args.url and not args.serve:
         print("trt-async bench: give --url URL or --serve", file=sys.stderr)
@@ -823,10 +829,23 @@ def run_bench(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+            for kept in (out / "server.yaml", out / "server.log"):
+                _home_as_tilde(kept)
     paths = report.write(result, out)
     print(report.markdown(result))
     print(f"\nwrote {paths['json']}, {paths['markdown']} and {len(result['plots'])} plots")
     return 0
+
+
+def _home_as_tilde(path: Path) -> None:
+    """Once the server has stopped, show the home folder as ``~`` in a file kept with the
+    results (the model cache lives there), so result folders name no machine's paths."""
+    home = str(Path.home())
+    if len(home) < 2 or not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if home in text:
+        path.write_text(text.replace(home, "~"), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,11 +1,13 @@
 """What the HTTP layer costs at saturation: items/s through HTTP against the core alone.
 
-A (HTTP): ``concurrency`` clients in one ``httpx.AsyncClient`` send single-text
-``POST /v1/embeddings`` requests to a real ``trt-async serve`` process (granian, one worker).
+A (HTTP): ``concurrency`` clients sharing one pooled ``aiohttp`` session (the load
+generator's :class:`~perf.loadgen.LoadClient`) send single-text ``POST /v1/embeddings``
+requests to a real ``trt-async serve`` process (granian, one worker).
 B (core): the same number of tasks call :meth:`ServedModel.embed` with one text each, in
 this process. Rounds alternate A and B so drift (thermal, other load) hits both alike; the
 ratio of medians is printed. Client and server share the machine's cores in A: on a small
-machine that cost is part of what is measured.
+machine that cost is part of what is measured, so the client's CPU seconds per request are
+printed too.
 
     python -m perf.http_overhead [--config FILE] [--concurrency 64] [--seconds 5] [--rounds 3]
 """
@@ -23,9 +25,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
+import aiohttp
+import msgspec
 
 from perf.corpus import corpus_dir
+from perf.loadgen import LoadClient
 from trt_async.core.config import CONFIG_ENV, Config, ModelKind, load_config
 from trt_async.core.model import ServedModel
 from trt_async.core.registry import ModelRegistry
@@ -71,18 +75,19 @@ async def _saturate(call: Call, texts: list[str], concurrency: int, seconds: flo
     return done / (time.perf_counter() - start)
 
 
-async def _wait_ready(url: str, proc: asyncio.subprocess.Process, timeout: float = 180) -> None:
+async def _wait_ready(
+    http: LoadClient, proc: asyncio.subprocess.Process, timeout: float = 180
+) -> None:
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise SystemExit(f"server exited with {proc.returncode} before it was ready")
-            try:
-                if (await http.get(f"{url}/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise SystemExit(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if (await http.get("/ready"))[0] == 200:
+                return
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        await asyncio.sleep(0.2)
     raise SystemExit("server not ready in time")
 
 
@@ -102,17 +107,20 @@ async def run(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{port}"
     registry = ModelRegistry(config)
     try:
-        await _wait_ready(url, proc)
-        await registry.start()
-        model: ServedModel = registry.get(name)
-        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+        async with LoadClient(url, args.concurrency, timeout_s=60) as http:
+            await _wait_ready(http, proc)
+            await registry.start()
+            model: ServedModel = registry.get(name)
+            session = http.session
+            target = http.url("/v1/embeddings")
+            encode = msgspec.json.Encoder().encode
 
             async def via_http(text: str) -> None:
                 # base64, as the official SDK asks by default.
-                body = {"model": name, "input": text, "encoding_format": "base64"}
-                r = await http.post("/v1/embeddings", json=body)
-                r.raise_for_status()
+                body = encode({"model": name, "input": text, "encoding_format": "base64"})
+                async with session.post(target, data=body) as r:
+                    await r.read()
+                    r.raise_for_status()
 
             async def via_core(text: str) -> None:
                 await model.embed([text])
@@ -123,11 +131,17 @@ async def run(args: argparse.Namespace) -> None:
             http_rates: list[float] = []
             core_rates: list[float] = []
             for r in range(args.rounds):
+                cpu = time.process_time()
                 a = await _saturate(via_http, texts, args.concurrency, args.seconds)
+                cpu_http = time.process_time() - cpu
                 b = await _saturate(via_core, texts, args.concurrency, args.seconds)
                 http_rates.append(a)
                 core_rates.append(b)
-                print(f"round {r + 1}: http {a:8.1f} items/s   core {b:8.1f} items/s   {a / b:.3f}")
+                client_ms = 1000 * cpu_http / max(a * args.seconds, 1)
+                print(
+                    f"round {r + 1}: http {a:8.1f} items/s   core {b:8.1f} items/s   "
+                    f"{a / b:.3f}   (client CPU {client_ms:.2f} ms a request)"
+                )
         ratio = statistics.median(http_rates) / statistics.median(core_rates)
         print(
             f"median: http {statistics.median(http_rates):.1f} items/s, core "

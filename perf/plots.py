@@ -6,6 +6,7 @@ None when the report holds nothing to draw (a note says why in the report).
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,24 +38,51 @@ def _group(phases: Sequence[Phase], mode: str) -> dict[str, list[Phase]]:
     return groups
 
 
+def _level(p: Phase) -> float:
+    return float(p.get("concurrency") or p.get("rate") or 0.0)
+
+
+def _level_label(p: Phase) -> str:
+    if p.get("mode") == "open":
+        return f"{p.get('rate', 0):g}/s"
+    return f"c={p.get('concurrency')}"
+
+
 def latency_vs_throughput(phases: Sequence[Phase], path: Path) -> Path | None:
-    """p50 and p99 latency against achieved items/s, one curve per target and mix."""
+    """p50 and p99 latency against achieved items/s, one colour per target and mix.
+
+    Points are joined in order of offered load (concurrency, or arrival rate for the open
+    loop) and labelled with it, so a curve that bends back (more load, less throughput)
+    shows as such.
+    """
     groups = {
-        **_group(phases, "closed"),
-        **{f"{k} (open)": v for k, v in _group(phases, "open").items()},
+        **{f"{k}, closed loop": v for k, v in _group(phases, "closed").items()},
+        **{f"{k}, open loop (Poisson)": v for k, v in _group(phases, "open").items()},
     }
     if not groups:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, group in groups.items():
-        group = sorted(group, key=lambda p: p["items_per_s"])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (label, group) in enumerate(groups.items()):
+        group = sorted(group, key=_level)
+        colour = colours[n % len(colours)]
         x = [p["items_per_s"] for p in group]
         for key, style in (("p50", "-o"), ("p99", "--^")):
-            ax.plot(x, [p["latency_ms"][key] for p in group], style, label=f"{label} {key}")
+            y = [p["latency_ms"][key] for p in group]
+            ax.plot(x, y, style, color=colour, label=f"{label}: {key}")
+        for p in group:
+            ax.annotate(
+                _level_label(p),
+                (p["items_per_s"], p["latency_ms"]["p50"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color=colour,
+            )
     ax.set_xlabel("throughput (items/s)")
-    ax.set_ylabel("latency (ms)")
+    ax.set_ylabel("latency (ms, log scale)")
     ax.set_yscale("log")
-    ax.set_title("Latency against throughput")
+    ax.set_title("Latency against throughput (points labelled with the offered load)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -65,24 +93,32 @@ def percentiles_vs_concurrency(phases: Sequence[Phase], path: Path) -> Path | No
     groups = _group(phases, "closed")
     if not groups:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    levels: set[int] = set()
     for label, group in groups.items():
         group = sorted(group, key=lambda p: p["concurrency"])
         x = [p["concurrency"] for p in group]
+        levels.update(x)
         for key in _PCT:
-            ax.plot(x, [p["latency_ms"][key] for p in group], "-o", label=f"{label} {key}")
+            ax.plot(x, [p["latency_ms"][key] for p in group], "-o", label=f"{label}: {key}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("concurrency (requests in flight)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("Latency percentiles against concurrency")
+    ticks = sorted(levels)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("concurrency (requests in flight, log scale)")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title("Latency percentiles against concurrency (closed loop)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
 
 def batch_histogram(histogram: Mapping[str, int], path: Path, title: str = "") -> Path | None:
-    """Batches run by batch size (rows), from ``{"BxL": count}`` bucket counts."""
+    """Batches run by batch size (rows), from ``{"BxL": count}`` bucket counts.
+
+    Left: how many batches of each size; right: the share of all items that ran in batches
+    of each size (rows x count: what an item saw), with both means in the title.
+    """
     by_size: Counter[int] = Counter()
     for bucket, count in histogram.items():
         try:
@@ -93,12 +129,22 @@ def batch_histogram(histogram: Mapping[str, int], path: Path, title: str = "") -
     if not by_size:
         return None
     sizes = sorted(by_size)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(sizes, [by_size[s] for s in sizes], width=0.8)
-    ax.set_xlabel("batch size (items per batch)")
-    ax.set_ylabel("batches")
-    ax.set_title(title or "Batch sizes the scheduler formed")
-    ax.grid(True, axis="y", alpha=0.3)
+    batches = sum(by_size.values())
+    items = sum(s * c for s, c in by_size.items())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(sizes, [by_size[s] for s in sizes], width=0.8)
+    left.set_xlabel("batch size (rows per batch)")
+    left.set_ylabel("batches")
+    left.set_title(f"batches by size (mean {items / batches:.1f} rows)", fontsize=10)
+    left.grid(True, axis="y", alpha=0.3)
+    shares = [100 * s * by_size[s] / items for s in sizes]
+    weighted = sum(s * s * by_size[s] for s in sizes) / items
+    right.bar(sizes, shares, width=0.8, color="tab:green")
+    right.set_xlabel("batch size (rows per batch)")
+    right.set_ylabel("share of items (%)")
+    right.set_title(f"items by the size of their batch (mean {weighted:.1f})", fontsize=10)
+    right.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title or "Batch sizes the scheduler formed")
     return _save(fig, path)
 
 
@@ -106,14 +152,26 @@ def comparisons_bars(comparisons: Sequence[Mapping[str, Any]], path: Path) -> Pa
     """A against B (mean of the rounds, with each round as a dot) for every comparison."""
     if not comparisons:
         return None
-    fig, axes = plt.subplots(1, len(comparisons), figsize=(3.2 * len(comparisons), 4))
+    fig, axes = plt.subplots(1, len(comparisons), figsize=(4 * len(comparisons), 4.4))
     axes_list = list(axes) if len(comparisons) > 1 else [axes]
     for ax, c in zip(axes_list, comparisons, strict=True):
         ax.bar([0, 1], [c["a_mean"], c["b_mean"]], color=["tab:gray", "tab:blue"])
         for i, key in enumerate(("a_rounds", "b_rounds")):
-            ax.plot([i] * len(c[key]), c[key], "k.", alpha=0.7)
-        ax.set_xticks([0, 1], [c["a"], c["b"]], fontsize=7, rotation=10)
+            label = "each round" if i == 0 else None
+            ax.plot([i] * len(c[key]), c[key], "k.", alpha=0.7, label=label)
+        ax.set_xticks([0, 1], [textwrap.fill(str(c["a"]), 16), textwrap.fill(str(c["b"]), 16)])
+        ax.tick_params(axis="x", labelsize=8)
         ratio = c.get("ratio_b_over_a")
-        ax.set_title(f"{c['name']}\nB/A = {ratio:.2f}" if ratio else c["name"], fontsize=9)
-        ax.set_ylabel(c["metric"].replace("_", " "))
+        name = textwrap.fill(str(c["name"]), 30)
+        ax.set_title(f"{name}\nB/A = {ratio:.2f}" if ratio else name, fontsize=9)
+        ax.set_ylabel(_metric_label(str(c["metric"])))
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("A/B comparisons: mean of alternating rounds (bars) and each round (dots)")
     return _save(fig, path)
+
+
+def _metric_label(metric: str) -> str:
+    return {"items_per_s": "throughput (items/s)", "requests_per_s": "requests/s"}.get(
+        metric, metric.replace("_", " ")
+    )

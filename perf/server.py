@@ -19,8 +19,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
 import msgspec
 import yaml
@@ -28,6 +29,9 @@ import yaml
 from trt_async.core.config import Config, ModelConfig
 from trt_async.core.model import model_max_length
 from trt_async.core.modeldir import ModelFiles
+
+if TYPE_CHECKING:
+    from perf.loadgen import LoadClient
 
 #: Routes that may list models with their statistics, tried in order.
 STATS_ROUTES = ("/models/status", "/v1/models/status", "/status", "/models", "/v1/models")
@@ -223,7 +227,7 @@ def extract_model_stats(payload: Any) -> dict[str, dict[str, Any]]:
 class StatsReader:
     """Finds which listing route carries model statistics, then reads snapshots from it."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: LoadClient) -> None:
         self.client = client
         self.route: str | None = None
         self.reason = ""
@@ -235,14 +239,14 @@ class StatsReader:
         routes = (self.route,) if self.route else STATS_ROUTES
         for route in routes:
             try:
-                response = await self.client.get(route)
-            except httpx.HTTPError:
+                status, body = await self.client.get(route)
+            except (aiohttp.ClientError, TimeoutError):
                 continue
-            if response.status_code != 200:
+            if status != 200:
                 continue
             try:
-                stats = extract_model_stats(response.json())
-            except ValueError:
+                stats = extract_model_stats(msgspec.json.decode(body))
+            except msgspec.DecodeError:
                 continue
             if stats:
                 self.route = route

@@ -1,24 +1,29 @@
 """The load harness on synthetic data: corpus, workloads, load generator, report, plots.
 
-No server and no model: the HTTP side is an ``httpx.MockTransport`` whose handler answers
-like our server (OpenAI and Cohere shapes, timing headers) with a known delay.
+No model: the HTTP side is a tiny aiohttp server on a free loopback port, in the test's own
+loop, whose handler answers like our server (OpenAI and Cohere shapes, timing headers) with a
+known delay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from perf import plots, report
+from perf.bench import _home_as_tilde
 from perf.corpus import Corpus, word_count
-from perf.loadgen import PhaseResult, Record, run_closed, run_open, send
-from perf.server import extract_model_stats
+from perf.loadgen import LoadClient, PhaseResult, Record, make_client, run_closed, run_open, send
+from perf.server import StatsReader, extract_model_stats
 from perf.workload import MIXES, Targets, build_requests, retarget
 
 TARGETS = Targets("emb", "rr", "nli")
@@ -81,107 +86,178 @@ def test_mix_needing_a_model_refuses_without_it() -> None:
         build_requests("nli", Targets("emb"), 1, seed=1)
 
 
-# -- load generator against a mock server ----------------------------------------------------
+# -- load generator against a tiny in-process server -------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _server(delay_s: float = 0.002, fail_every: int = 0) -> httpx.MockTransport:
+@contextlib.asynccontextmanager
+async def _serve(handler: Handler, connections: int = 64) -> AsyncIterator[LoadClient]:
+    """An aiohttp server on a free loopback port answering every POST with ``handler``, and
+    a :class:`LoadClient` pointed at it."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with make_client(str(server.make_url("")), connections) as client:
+            yield client
+    finally:
+        await server.close()
+
+
+def _answer(delay_s: float = 0.002, fail_every: int = 0) -> Handler:
+    """Answers like our server: OpenAI and Cohere shapes, usage, timing headers."""
     count = 0
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: web.Request) -> web.StreamResponse:
         nonlocal count
         count += 1
         await asyncio.sleep(delay_s)
         if fail_every and count % fail_every == 0:
-            return httpx.Response(429, json={"error": {"message": "busy"}})
-        body = json.loads(request.content)
+            return web.json_response({"error": {"message": "busy"}}, status=429)
+        assert request.content_type == "application/json"
+        body = json.loads(await request.read())
         headers = {
             "x-queue-time": "0.5",
             "x-tokenization-time": "0.1",
             "x-inference-time": "1.2",
             "x-total-time": "1.9",
         }
-        if request.url.path == "/v1/rerank":
+        if request.path == "/v1/rerank":
             docs = body["documents"]
             results = [{"index": i, "relevance_score": 0.5} for i in range(len(docs))]
             payload = {"results": results, "usage": {"total_tokens": 10 * len(docs)}}
-            return httpx.Response(200, json=payload, headers=headers)
+            return web.json_response(payload, headers=headers)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [
             {"object": "embedding", "embedding": [0.0] * 4, "index": i} for i in range(len(inputs))
         ]
         usage = {"prompt_tokens": 7 * len(inputs), "total_tokens": 7 * len(inputs)}
-        return httpx.Response(200, json={"data": data, "usage": usage}, headers=headers)
+        return web.json_response({"data": data, "usage": usage}, headers=headers)
 
-    return httpx.MockTransport(handler)
-
-
-def _client(transport: httpx.MockTransport) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=transport, base_url="http://bench.test")
+    return handler
 
 
 async def test_send_reads_rows_usage_and_timing_headers() -> None:
-    async with _client(_server()) as client:
+    async with _serve(_answer()) as client:
         spec = build_requests("docs32", TARGETS, 1, seed=1)[0]
         record = await send(client, spec)
+        rerank = await send(client, build_requests("rerank", TARGETS, 1, seed=1)[0])
     assert record.ok and record.items == 32 and record.tokens == 7 * 32
     assert record.server == {"queue": 0.5, "tokenize": 0.1, "inference": 1.2, "total": 1.9}
     assert record.latency > 0
+    assert rerank.ok and rerank.tokens == 10 * rerank.items
 
 
 async def test_send_flags_a_short_answer() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"data": [{"embedding": [1.0], "index": 0}]})
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"data": [{"embedding": [1.0], "index": 0}]})
 
-    async with _client(httpx.MockTransport(handler)) as client:
+    async with _serve(handler) as client:
         record = await send(client, build_requests("docs32", TARGETS, 1, seed=1)[0])
     assert not record.ok and record.error == "1 rows for 32 items"
+
+
+async def test_send_counts_errors_by_status_and_transport() -> None:
+    async def garbled(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"not json", content_type="application/json")
+
+    spec = build_requests("short", TARGETS, 1, seed=1)[0]
+    async with _serve(_answer(delay_s=0, fail_every=1)) as client:
+        busy = await send(client, spec)
+    async with _serve(garbled) as client:
+        unreadable = await send(client, spec)
+    async with (
+        _serve(_answer(delay_s=0.5)) as client,
+        LoadClient(client.base_url, 4, timeout_s=0.1) as impatient,
+    ):
+        timed_out = await send(impatient, spec)
+    async with LoadClient("http://127.0.0.1:1", 4) as nowhere:
+        refused = await send(nowhere, spec)
+    assert (busy.status, busy.error) == (429, "HTTP 429")
+    assert unreadable.status == 200 and unreadable.error == "unreadable body"
+    assert (timed_out.status, timed_out.error) == (0, "timeout")
+    assert refused.status == 0 and refused.error and not refused.ok
+
+
+async def test_base_url_prefix_and_api_key_are_kept() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.headers.get("authorization")))
+        return web.json_response({"data": [{"index": 0}]})
+
+    spec = build_requests("short", TARGETS, 1, seed=1)[0]
+    async with (
+        _serve(handler) as client,
+        make_client(client.base_url + "/api/", 2, api_key="k") as prefixed,
+    ):
+        record = await send(prefixed, spec)
+        status, _ = await prefixed.get("/health")
+    assert record.ok and status == 200
+    assert seen == [("/api/v1/embeddings", "Bearer k"), ("/api/health", "Bearer k")]
 
 
 async def test_closed_loop_is_bounded_by_count_and_keeps_concurrency() -> None:
     in_flight = 0
     peak = 0
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: web.Request) -> web.StreamResponse:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
         await asyncio.sleep(0.005)
         in_flight -= 1
-        return httpx.Response(200, json={"data": [{"index": 0}], "usage": {"total_tokens": 3}})
+        return web.json_response({"data": [{"index": 0}], "usage": {"total_tokens": 3}})
 
     reqs = build_requests("short", TARGETS, 10, seed=1)
-    async with _client(httpx.MockTransport(handler)) as client:
+    async with _serve(handler) as client:
         result = await run_closed(client, reqs, concurrency=8, duration_s=30, max_requests=50)
     assert len(result.records) == 50  # the 10-request stream is reused
     assert peak == 8
     assert result.wall_s < 5
-    assert all(r.ok for r in result.records)
+    assert all(r.ok and r.tokens == 3 for r in result.records)
 
 
 async def test_closed_loop_is_bounded_by_time() -> None:
     reqs = build_requests("short", TARGETS, 10, seed=1)
-    start = time.perf_counter()
-    async with _client(_server(delay_s=0.01)) as client:
+    async with _serve(_answer(delay_s=0.01)) as client:
+        start = time.perf_counter()
         result = await run_closed(client, reqs, concurrency=2, duration_s=0.3, max_requests=10**6)
-    assert time.perf_counter() - start < 1.0
+        elapsed = time.perf_counter() - start
+    assert elapsed < 1.0
     assert 10 < len(result.records) < 100
 
 
 async def test_open_loop_poisson_rate_and_drops() -> None:
     reqs = build_requests("short", TARGETS, 10, seed=1)
-    async with _client(_server(delay_s=0.001)) as client:
+    async with _serve(_answer(delay_s=0.001)) as client:
         result = await run_open(client, reqs, rate=200, duration_s=1.0, max_requests=10**6, seed=1)
+    async with _serve(_answer(delay_s=0.5)) as client:
         slow = await run_open(
-            httpx.AsyncClient(transport=_server(delay_s=0.5), base_url="http://x"),
-            reqs,
-            rate=200,
-            duration_s=0.3,
-            max_requests=10**6,
-            max_outstanding=5,
+            client, reqs, rate=200, duration_s=0.3, max_requests=10**6, max_outstanding=5
         )
     assert 140 <= len(result.records) <= 260  # Poisson(200) over 1 s
     assert result.dropped == 0
     assert len(slow.records) == 5 and slow.dropped > 20
+
+
+async def test_stats_reader_finds_the_stats_route() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path != "/models/status":
+            return web.json_response({"detail": "not found"}, status=404)
+        stats = {"real_tokens": 9, "padded_tokens": 10}
+        return web.json_response({"models": [{"name": "emb", "stats": stats}]})
+
+    async with _serve(handler) as client:
+        reader = StatsReader(client)
+        assert await reader.snapshot() == {"emb": {"real_tokens": 9, "padded_tokens": 10}}
+        assert reader.route == "/models/status"
+
+    async with _serve(_answer(delay_s=0, fail_every=1)) as client:
+        reader = StatsReader(client)
+        assert await reader.snapshot() is None and "real_tokens" in reader.reason
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -244,6 +320,14 @@ def test_extract_model_stats_from_any_listing() -> None:
     ]}  # fmt: skip
     assert extract_model_stats(listing) == {"a": {"real_tokens": 1, "padded_tokens": 2}}
     assert extract_model_stats({"data": [{"id": "x"}]}) == {}
+
+
+def test_kept_files_name_no_home_folder(tmp_path: Path) -> None:
+    kept = tmp_path / "server.yaml"
+    kept.write_text(f"model_path: {Path.home() / '.cache' / 'm'}\n", encoding="utf-8")
+    _home_as_tilde(kept)
+    assert kept.read_text(encoding="utf-8") == f"model_path: {Path('~') / '.cache' / 'm'}\n"
+    _home_as_tilde(tmp_path / "missing.log")  # no file: nothing to do
 
 
 def test_markdown_json_and_plots(tmp_path: Path) -> None:
