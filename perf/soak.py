@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -70,10 +71,8 @@ async def sample_rss(client: LoadClient, every_s: float, stop: asyncio.Event, ou
             out.failures += 1
         else:
             out.rss.append((time.perf_counter(), rss))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
-        except TimeoutError:
-            pass
 
 
 async def ramp(
@@ -109,12 +108,12 @@ async def ramp(
 
 
 def per_minute(
-    records: Sequence[Record], samples: Samples, t0: float, minutes: int
+    records: Sequence[Record], samples: Samples, t0: float, duration_s: float
 ) -> list[dict[str, Any]]:
     """Requests, errors, latency and server RSS of each minute since ``t0``."""
     rows: list[dict[str, Any]] = []
-    for m in range(minutes):
-        lo, hi = t0 + 60 * m, t0 + 60 * (m + 1)
+    for m in range(max(1, math.ceil(duration_s / 60))):
+        lo, hi = t0 + 60 * m, t0 + min(60 * (m + 1), duration_s)
         window = [r for r in records if lo <= r.start < hi]
         ok = [r for r in window if r.ok]
         rss = [v for t, v in samples.rss if lo <= t < hi]
@@ -124,7 +123,7 @@ def per_minute(
                 "minute": m + 1,
                 "requests": len(window),
                 "errors": dict(Counter(error_key(r) for r in window if not r.ok)),
-                "items_per_s": round(sum(r.items for r in ok) / 60.0, 2),
+                "items_per_s": round(sum(r.items for r in ok) / (hi - lo), 2),
                 "p50_ms": latency.get("p50"),
                 "p99_ms": latency.get("p99"),
                 "max_ms": latency.get("max"),
@@ -179,7 +178,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- achieved: {s['items_per_s']} items/s; latency ms: {s['latency_ms']}",
         f"- p99 drift after warm-up: {s['p99_drift']}",
         f"- RSS drift after warm-up (MiB): {s['rss_drift_mib']}",
-        f"- generator CPU: {s['client_cpu_s']} s; RSS scrapes failed: {report['rss_scrape_failures']}",
+        f"- generator CPU: {s['client_cpu_s']} s; "
+        f"RSS scrapes failed: {report['rss_scrape_failures']}",
         "",
         "## Ramp",
         "",
@@ -220,7 +220,6 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         if saturation <= 0:
             raise SystemExit("the ramp served nothing; is the server healthy?")
         rate = args.fraction * saturation / mean_items
-        minutes = max(1, math.ceil(args.minutes))
         duration = args.minutes * 60
         print(
             f"soak: {rate:.1f} requests/s ({args.fraction:.0%} of {saturation} items/s) "
@@ -246,7 +245,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
             stop.set()
             progress.cancel()
             await sampler
-        rows = per_minute(result.records, samples, t0, minutes)
+        rows = per_minute(result.records, samples, t0, duration)
         return {
             "url": url,
             "model": args.model,

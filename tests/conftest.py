@@ -23,6 +23,9 @@ from tests.models import (
     write_xlmr_classifier,
 )
 
+# Shared HTTP helpers assert; have pytest explain their failures as in a test module.
+pytest.register_assert_rewrite("tests.http_fixtures")
+
 # No model hub here: anything that tries to download must fail at once, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

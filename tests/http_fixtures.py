@@ -17,10 +17,15 @@ Served models:
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -33,6 +38,7 @@ from trt_async.core.config import Config, ModelConfig
 from trt_async.core.registry import ModelRegistry
 from trt_async.tools.embedded import embedded_config
 
+REPO = Path(__file__).resolve().parents[1]
 EMBEDDER = "all-MiniLM-L6-v2"
 COSINE_RERANKER = "all-MiniLM-L6-v2-rerank"
 BASE_URL = "http://testserver.local"
@@ -132,6 +138,28 @@ def hf_logits(hf_dir: Path, pairs: Sequence[tuple[str, str]] | Sequence[str]) ->
         return model(**batch).logits.numpy().astype(np.float64)
 
 
+def assert_error(r: Any, status: int, dialect: str, error_type: str | None = None) -> Any:
+    """Check an error answer's status and its dialect's exact body shape; return the error.
+
+    ``dialect``: ``openai`` (``{"error": {message, type, param, code}}``, returns the inner
+    object), ``tei`` (``{"error", "error_type"}``) or ``detail`` (``{"detail"}``).
+    """
+    assert r.status_code == status, r.text
+    body = r.json()
+    if dialect == "openai":
+        assert set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+        return body["error"]
+    if dialect == "tei":
+        assert set(body) == {"error", "error_type"}, body
+        assert error_type is None or body["error_type"] == error_type, body
+        return body
+    assert dialect == "detail", dialect
+    assert set(body) == {"detail"}, body
+    return body
+
+
 def timing_headers_ok(headers: Any) -> bool:
     names = (
         "x-compute-time",
@@ -149,3 +177,47 @@ def timing_headers_ok(headers: Any) -> bool:
         and values["x-total-time"] >= values["x-inference-time"] >= 0
         and values["x-queue-time"] >= 0
     )
+
+
+# -- a real server process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start(config: Path, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen[str]:
+    """``trt-async serve`` on 127.0.0.1; its output goes to ``log`` (else a pipe).
+
+    A test that makes many requests should pass ``log``: the access log would fill a pipe
+    nobody reads and stall the server.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRT_ASYNC_")}
+    cmd = [sys.executable, "-m", "trt_async", "serve", "--config", str(config)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), *extra]
+    if log is None:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    with log.open("w", encoding="utf-8") as out:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+
+
+def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"server exited with {proc.returncode} before ready:\n{out}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail("server not ready in time")

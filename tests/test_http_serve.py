@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.http_fixtures import free_port, start, wait_ready
 from tests.models import ExportedModel
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(path: Path, rerank: os.PathLike[str], nli: os.PathLike[str]) -> Path:
@@ -38,30 +27,6 @@ def write_config(path: Path, rerank: os.PathLike[str], nli: os.PathLike[str]) ->
         encoding="utf-8",
     )
     return path
-
-
-def start(config: Path, port: int, *extra: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRT_ASYNC_")}
-    cmd = [sys.executable, "-m", "trt_async", "serve", "--config", str(config)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), *extra]
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"server exited with {proc.returncode} before ready:\n{out}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail("server not ready in time")
 
 
 @pytest.fixture

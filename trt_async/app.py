@@ -7,10 +7,14 @@ config's API key, so a key need not be written into a file.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
@@ -58,6 +62,77 @@ def resolve_config(config: Config | None = None) -> Config:
     return config
 
 
+class DrainDeadline:
+    """After a shutdown signal, close the registry once ``drain_s`` has passed.
+
+    Closing fails what is still queued with 503 (running batches finish), so every open
+    request ends with an answer and the process can exit near the deadline.
+    """
+
+    def __init__(self, registry: ModelRegistry, drain_s: float) -> None:
+        self.registry = registry
+        self.drain_s = drain_s
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            log.info("shutdown signal: finishing in-flight work for up to %g s", self.drain_s)
+            self._task = asyncio.ensure_future(self._close_at_deadline())
+
+    async def _close_at_deadline(self) -> None:
+        await asyncio.sleep(self.drain_s)
+        self._closing = True
+        log.warning("drain deadline (%g s) passed: failing queued work with 503", self.drain_s)
+        await self.registry.close()
+
+    async def finish(self) -> None:
+        """Stop the timer if it is still waiting, else let the close it began complete."""
+        if self._task is None:
+            return
+        if not self._closing:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def chain_shutdown_signals(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` on the loop when SIGTERM or SIGINT arrives; return an undo function.
+
+    granian (like most ASGI servers) waits for every open request to finish before it runs
+    the lifespan's shutdown, so ``server.drain_seconds`` could not bound a long queue
+    without hearing of the signal itself. The server's own handler is kept and called
+    after ours. Where no server has taken the signal (its handler is the default, as in
+    tests running the app in-process) or off the main thread, nothing is installed.
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[tuple[signal.Signals, Callable[[int, FrameType | None], object]]] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous) or previous is signal.default_int_handler:
+            continue
+
+        def handler(
+            signum: int,
+            frame: FrameType | None,
+            previous: Callable[[int, FrameType | None], object] = previous,
+        ) -> None:
+            loop.call_soon_threadsafe(callback)
+            previous(signum, frame)
+
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            break
+        installed.append((sig, previous))
+
+    def restore() -> None:
+        for sig, previous in installed:
+            signal.signal(sig, previous)
+
+    return restore
+
+
 def create_app(config: Config | None = None) -> Litestar:
     config = resolve_config(config)
 
@@ -79,9 +154,13 @@ def create_app(config: Config | None = None) -> Litestar:
             raise
         app.state[REGISTRY_KEY] = registry
         log.info("serving %d models: %s", len(registry), ", ".join(m.name for m in registry))
+        drain = DrainDeadline(registry, config.server.drain_seconds)
+        restore = chain_shutdown_signals(drain.start)
         try:
             yield
         finally:
+            restore()
+            await drain.finish()
             await registry.close(deadline_s=config.server.drain_seconds)
 
     app = Litestar(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import string
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -149,6 +150,24 @@ def label_map(config: ModelConfig, files: ModelFiles) -> dict[int, str]:
     return {int(k): str(v) for k, v in raw.items()}
 
 
+def _template_filler(template: str) -> Callable[[str], str]:
+    """``template.format(label)`` as transformers' pipeline does, but only with bare ``{}``
+    fields: ``{0}``, ``{x}``, ``{0.attr}`` or a format spec would fail or reach into the
+    label object, so they are refused up front."""
+    message = (
+        "hypothesis_template must contain {} where the label goes and no other {...} field "
+        "(write {{ and }} for literal braces)"
+    )
+    try:
+        fields = [f[1:] for f in string.Formatter().parse(template) if f[1] is not None]
+    except ValueError as exc:
+        raise InvalidInput(f"{message}; {exc}", param="hypothesis_template") from None
+    if not fields or any(name or spec or conversion for name, spec, conversion in fields):
+        raise InvalidInput(message, param="hypothesis_template")
+    count = len(fields)
+    return lambda label: template.format(*([label] * count))
+
+
 # -- runtime ------------------------------------------------------------------------------------
 
 
@@ -234,8 +253,8 @@ class ModelRuntime:
         result = await self.scheduler.submit(probe)
         self.output_dim = int(result.rows.shape[-1])
 
-    async def close(self) -> None:
-        self.scheduler.close("model unloaded")
+    async def close(self, reason: str = "the model was unloaded") -> None:
+        self.scheduler.close(reason)
         await self.runner.call(self.backend.close)
         self.runner.shutdown()
 
@@ -430,12 +449,8 @@ class ServedModel:
             )
         if not candidate_labels:
             raise EmptyInput("candidate_labels is empty", param="candidate_labels")
-        if "{}" not in hypothesis_template:
-            raise InvalidInput(
-                "hypothesis_template must contain {} where the label goes",
-                param="hypothesis_template",
-            )
-        hypotheses = [hypothesis_template.format(label) for label in candidate_labels]
+        fill = _template_filler(hypothesis_template)
+        hypotheses = [fill(label) for label in candidate_labels]
         pairs = [(text, h) for text in texts for h in hypotheses]
         result, timings = await self._run(pairs, truncate, param="text")
         logits = result.rows.reshape(len(texts), len(candidate_labels), -1)

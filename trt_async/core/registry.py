@@ -196,7 +196,7 @@ class ModelRegistry:
             for fut in pending:
                 fut.cancel()
         for runtime in runtimes:
-            await runtime.close()
+            await runtime.close("the server is shutting down; retry on another replica")
         self._runtimes.clear()
         for model in self._models.values():
             model.state = ModelState.UNLOADED

@@ -62,12 +62,19 @@ class Conflict(ServingError):
     kind = "Validation"
 
 
+class BadPath(ServingError):
+    status = 400
+    kind = "Validation"
+
+
 def _inside_roots(path: str, roots: list[str], param: str) -> str:
     if not roots:
         raise Forbidden(
             "loading models at run time is disabled; list allowed folders in server.model_roots",
             param=param,
         )
+    if "\0" in path:
+        raise BadPath(f"{param} contains a NUL character", param=param)
     real = Path(os.path.realpath(path))
     for root in roots:
         if real.is_relative_to(os.path.realpath(root)):
@@ -126,6 +133,9 @@ class ManagementController(Controller):
             model = await registry.load(data.name, data.kind, config)
         except ModelDirError as exc:
             raise HTTPException(str(exc), status_code=400) from None
+        except OSError as exc:  # a name too long, a folder that cannot be read, ...
+            message = f"model_path cannot be read: {exc.strerror}"
+            raise BadPath(message, param="model_path") from None
         return model.describe()
 
     @post(

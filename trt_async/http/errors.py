@@ -145,11 +145,23 @@ def classify(exc: Exception) -> ErrorInfo:
         message, param = _validation_message(exc)
         return ErrorInfo(422, message, "Validation", param, "invalid_request")
     if isinstance(exc, SerializationException) or (
-        isinstance(exc, HTTPException) and "malformed" in str(exc.detail)
+        isinstance(exc, HTTPException)
+        and (isinstance(exc.__cause__, SerializationException) or "malformed" in str(exc.detail))
     ):
         detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
         return ErrorInfo(
             400, f"request body is not valid JSON: {detail}", "Validation", code="invalid_json"
+        )
+    if isinstance(exc, RecursionError | UnicodeDecodeError) and _raised_decoding_body(exc):
+        # Litestar's JSON decoding lets these two through: bodies nested deeper than the
+        # decoder recurses, and bytes that are not UTF-8.
+        reason = (
+            "it is nested too deeply"
+            if isinstance(exc, RecursionError)
+            else f"it is not UTF-8 ({exc.reason} at byte {exc.start})"
+        )
+        return ErrorInfo(
+            400, f"request body is not valid JSON: {reason}", "Validation", code="invalid_json"
         )
     if isinstance(exc, NotAuthorizedException):
         return ErrorInfo(
@@ -183,6 +195,17 @@ def classify(exc: Exception) -> ErrorInfo:
         "Backend",
         code="internal_error",
     )
+
+
+def _raised_decoding_body(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of Litestar's JSON body decoding (not from the app's code)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "decode_json" and "litestar" in code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _code_of(exc: ServingError) -> str:

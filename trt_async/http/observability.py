@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -111,7 +111,7 @@ class RequestContextMiddleware(ASGIMiddleware):
 
 
 @get("/metrics", opt={PUBLIC_OPT: True}, include_in_schema=False, sync_to_thread=False)
-def metrics_endpoint(request: Any) -> Response[bytes]:
+def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition of every metric."""
     metrics: Metrics = request.app.state[METRICS_STATE_KEY]
     return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 from litestar import Controller, Response, get, post
+from litestar.params import FromPath
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput, WrongModelKind
@@ -175,6 +176,6 @@ class OpenAIController(Controller):
         summary="Describe one served model (OpenAI)",
         responses=error_responses(Dialect.OPENAI, 404),
     )
-    async def get_model(self, request: AnyRequest, model_id: str) -> ModelCard:
+    async def get_model(self, request: AnyRequest, model_id: FromPath[str]) -> ModelCard:
         model = get_registry(request).get(model_id)
         return ModelCard(model.name, model.created)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Controller, Response, get, post
+from litestar.params import FromPath
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import EmptyInput, InvalidInput
@@ -94,7 +95,7 @@ class SeedController(Controller):
         responses=error_responses(Dialect.DETAIL),
     )
     async def infer(
-        self, request: AnyRequest, model: str, data: JsonBody[InferRequest]
+        self, request: AnyRequest, model: FromPath[str], data: JsonBody[InferRequest]
     ) -> Response[EmbedInferResponse | RerankInferResponse | NLIInferResponse]:
         served = get_model(request, model)
         if served.kind is ModelKind.NLI:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, cast
 import msgspec
 import numpy as np
 from litestar import Controller, Response, get, post
+from litestar.params import FromQuery
 
 from trt_async import __version__
 from trt_async.core import heads
@@ -148,7 +149,7 @@ class TEIController(Controller):
         responses=error_responses(Dialect.TEI),
     )
     async def embed(
-        self, request: AnyRequest, data: JsonBody[EmbedRequest], model: str | None = None
+        self, request: AnyRequest, data: JsonBody[EmbedRequest], model: FromQuery[str | None] = None
     ) -> Response[list[list[float]]]:
         served = pick_model(request, data.model or model, _EMBED_KINDS, "/embed")
         if data.prompt_name is not None:
@@ -180,7 +181,10 @@ class TEIController(Controller):
         responses=error_responses(Dialect.TEI),
     )
     async def predict(
-        self, request: AnyRequest, data: JsonBody[PredictRequest], model: str | None = None
+        self,
+        request: AnyRequest,
+        data: JsonBody[PredictRequest],
+        model: FromQuery[str | None] = None,
     ) -> Response[list[Prediction] | list[list[Prediction]]]:
         served = pick_model(request, data.model or model, _PREDICT_KINDS, "/predict")
         items, batched = _predict_inputs(data.inputs)
@@ -208,7 +212,10 @@ class TEIController(Controller):
         responses=error_responses(Dialect.TEI, 400, 401, 404, 413, 422),
     )
     async def tokenize(
-        self, request: AnyRequest, data: JsonBody[TokenizeRequest], model: str | None = None
+        self,
+        request: AnyRequest,
+        data: JsonBody[TokenizeRequest],
+        model: FromQuery[str | None] = None,
     ) -> list[list[SimpleToken]]:
         served = pick_model(request, data.model or model, _ALL_KINDS, "/tokenize")
         texts = [data.inputs] if isinstance(data.inputs, str) else data.inputs
@@ -223,7 +230,7 @@ class TEIController(Controller):
         summary="Model and server facts (TEI)",
         responses=error_responses(Dialect.TEI, 401, 404),
     )
-    async def info(self, request: AnyRequest, model: str | None = None) -> Info:
+    async def info(self, request: AnyRequest, model: FromQuery[str | None] = None) -> Info:
         served = pick_model(request, model, _ALL_KINDS, "/info")
         server = server_config(request)
         cfg = served.config
