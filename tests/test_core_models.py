@@ -60,7 +60,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def st_reference(minilm_hf_dir: Path) -> np.ndarray:
-    st = pytest.importorskip("sentence_transformers")
+    st = pytest.importorskip("sentence_transformers", reason="the reference (test extra)")
     model = st.SentenceTransformer(str(minilm_hf_dir), device="cpu")
     model.max_seq_length = 256
     return np.asarray(model.encode(TEXTS, normalize_embeddings=True))
