@@ -334,7 +334,10 @@ class ServedModel:
                 if isinstance(x, str | tuple):
                     raise InvalidInput(f"input {i}: mixes token ids and text", param=param)
                 id_lists.append(x)
-            encodings = tok.encode_ids(id_lists, truncate=trunc, direction=direction, param=param)
+            # Checking up to millions of ids against the vocabulary is Python work: off the loop.
+            encodings = await self._off_loop(
+                lambda: tok.encode_ids(id_lists, truncate=trunc, direction=direction, param=param)
+            )
         return encodings, time.perf_counter() - start
 
     async def _run(

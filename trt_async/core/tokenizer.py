@@ -111,7 +111,11 @@ class TextTokenizer:
         for i, ids in enumerate(inputs):
             if len(ids) == 0:
                 raise EmptyInput(f"input {i} is an empty token list", param=param)
-            bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+            bad = (
+                None
+                if min(ids) >= 0 and max(ids) < self.vocab_size
+                else next(t for t in ids if not 0 <= t < self.vocab_size)
+            )
             if bad is not None:
                 raise InvalidInput(
                     f"input {i} holds token id {bad}, outside this model's vocabulary "
