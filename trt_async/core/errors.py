@@ -61,6 +61,22 @@ class WrongModelKind(InvalidInput):
         super().__init__(f"model {model!r} is a {kind} model: {hint}", param="model")
 
 
+class InvalidPath(InvalidInput):
+    status = 400
+
+
+class Forbidden(ServingError):
+    """A request for something the configuration does not allow (e.g. outside model_roots)."""
+
+    status = 403
+    kind = "Validation"
+
+
+class Conflict(ServingError):
+    status = 409
+    kind = "Validation"
+
+
 class ModelNotFound(ServingError):
     status = 404
     kind = "Validation"

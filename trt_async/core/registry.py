@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trt_async.core.config import Config, ModelConfig, ModelKind
-from trt_async.core.errors import InvalidInput, ModelNotFound
+from trt_async.core.errors import Conflict, ModelNotFound
 from trt_async.core.model import ModelRuntime, ModelState, ServedModel, Timings
 from trt_async.core.modeldir import ModelFiles
 from trt_async.core.scheduler import BatchObserver
@@ -132,7 +132,7 @@ class ModelRegistry:
     async def load(self, name: str, kind: ModelKind, config: ModelConfig) -> ServedModel:
         async with self._lock:
             if name in self._models:
-                raise InvalidInput(f"model {name!r} is already loaded; unload it first")
+                raise Conflict(f"model {name!r} is already loaded; unload it first", param="name")
             key = _runtime_key(config)
             shared = self._runtimes.get(key)
             if shared is not None:

@@ -15,7 +15,7 @@ from litestar import Controller, Response, get, post
 from litestar.exceptions import HTTPException
 
 from trt_async.core.config import ModelConfig, ModelKind
-from trt_async.core.errors import InvalidInput, ServingError
+from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath
 from trt_async.core.modeldir import ModelDirError
 from trt_async.http.auth import PUBLIC_OPT
 from trt_async.http.common import AnyRequest, JsonBody, error_responses, get_registry
@@ -52,21 +52,6 @@ class Unloaded(msgspec.Struct):
     unloaded: str
 
 
-class Forbidden(ServingError):
-    status = 403
-    kind = "Validation"
-
-
-class Conflict(ServingError):
-    status = 409
-    kind = "Validation"
-
-
-class BadPath(ServingError):
-    status = 400
-    kind = "Validation"
-
-
 def _inside_roots(path: str, roots: list[str], param: str) -> str:
     if not roots:
         raise Forbidden(
@@ -74,7 +59,7 @@ def _inside_roots(path: str, roots: list[str], param: str) -> str:
             param=param,
         )
     if "\0" in path:
-        raise BadPath(f"{param} contains a NUL character", param=param)
+        raise InvalidPath(f"{param} contains a NUL character", param=param)
     real = Path(os.path.realpath(path))
     for root in roots:
         if real.is_relative_to(os.path.realpath(root)):
@@ -119,8 +104,6 @@ class ManagementController(Controller):
     async def load(self, request: AnyRequest, data: JsonBody[LoadRequest]) -> dict[str, Any]:
         registry = get_registry(request)
         roots = registry.config.server.model_roots
-        if any(m.name == data.name for m in registry):
-            raise Conflict(f"model {data.name!r} is already loaded; unload it first", param="name")
         raw = {**data.options, "model_path": _inside_roots(data.model_path, roots, "model_path")}
         tokenizer = raw.get("tokenizer_path")
         if isinstance(tokenizer, str):
@@ -135,7 +118,7 @@ class ManagementController(Controller):
             raise HTTPException(str(exc), status_code=400) from None
         except OSError as exc:  # a name too long, a folder that cannot be read, ...
             message = f"model_path cannot be read: {exc.strerror}"
-            raise BadPath(message, param="model_path") from None
+            raise InvalidPath(message, param="model_path") from None
         return model.describe()
 
     @post(
