@@ -181,9 +181,8 @@ class RerankController(Controller):
     async def rerank_v1(
         self, request: AnyRequest, data: JsonBody[RerankRequest]
     ) -> Response[RerankResponse]:
-        name, result, results = await self._cohere(request, data, "/v1/rerank")
-        body = RerankResponse(uuid.uuid4().hex, name, results, RerankUsage(result.tokens))
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
+        body, headers = await self._cohere_v1(request, data, "/v1/rerank")
+        return Response(body, headers=headers)
 
     @post(
         "/v2/rerank",
@@ -220,9 +219,15 @@ class RerankController(Controller):
         set_dialect(request, Dialect.OPENAI)
         if data.documents is None:
             raise InvalidInput("documents is required", param="documents")
-        name, result, results = await self._cohere(request, data, "/rerank")
+        cohere, headers = await self._cohere_v1(request, data, "/rerank")
+        return Response(cohere, headers=headers)
+
+    async def _cohere_v1(
+        self, request: AnyRequest, data: RerankRequest | AnyRerankRequest, route: str
+    ) -> tuple[RerankResponse, dict[str, str]]:
+        name, result, results = await self._cohere(request, data, route)
         body = RerankResponse(uuid.uuid4().hex, name, results, RerankUsage(result.tokens))
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
+        return body, timing_headers(result.timings, result.tokens)
 
     async def _tei(
         self, request: AnyRequest, data: AnyRerankRequest
