@@ -211,3 +211,21 @@ async def test_graph_with_unknown_outputs_is_refused(minilm_model_dir, tmp_path:
     registry = ModelRegistry(Config(embedding_models={"odd": ModelConfig(model_path=str(folder))}))
     with pytest.raises(ModelDirError, match=r"model\.onnx: outputs \['scores_out'\].*re-export"):
         await registry.start()
+
+
+@pytest.mark.slow
+async def test_pooling_folded_into_the_graph_gives_the_same_vectors(
+    minilm_hf_dir: Path, st_reference: np.ndarray, tmp_path: Path
+) -> None:
+    from trt_async.tools.export import export_model
+
+    manifest = export_model(
+        minilm_hf_dir, "embed", tmp_path / "pooled", progress=False, pool_in_graph=True
+    )
+    assert (manifest.output, manifest.pooling) == ("sentence_embedding", "none")
+    async for model in served(tmp_path / "pooled", max_length=256):
+        assert model.runtime.io.output == "sentence_embedding"
+        result = await model.embed(TEXTS)
+        assert cosine_rows(result.vectors, st_reference).min() >= 0.9999
+        cut = (await model.embed(TEXTS[:2], dimensions=32)).vectors
+        assert np.allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-5)

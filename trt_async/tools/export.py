@@ -99,11 +99,16 @@ def export_model(
     opset: int | None = None,
     progress: bool = True,
     exporter: Exporter = "torchscript",
+    pool_in_graph: bool = False,
 ) -> ExportManifest:
     """Export ``hf_dir`` for ``task`` into ``out_dir`` and return the manifest written there.
 
     ``exporter="torchscript"`` (the default) exports in about 2 s for a small model and its
     graph ran a little faster under ONNX Runtime; ``"dynamo"`` is torch's newer exporter.
+    ``pool_in_graph`` (embedders only) folds the pooling into the graph, whose output is then
+    ``sentence_embedding`` (batch, hidden): on a GPU only that crosses back to the host,
+    not the (batch, length, hidden) hidden states. Normalisation stays in the server, where
+    requests choose it and Matryoshka truncation needs the unnormalised vector.
     """
     if task not in get_args(Task):
         raise ExportError(f"unknown task {task!r}; use one of {', '.join(get_args(Task))}")
@@ -114,17 +119,28 @@ def export_model(
     step = _Progress(progress)
     hf_config = _check_source(src, task)
     pooling = _pooling(src, task)
+    if pool_in_graph and task != "embed":
+        raise ExportError("--pool-in-graph applies to embedding models (--task embed) only")
     _require_export_libraries(exporter)
 
     step(f"load {src.name} ({task})")
     model, input_names = _load_model(src, task, hf_config, progress)
     max_length = position_limit(hf_config)
-    output_name = "last_hidden_state" if task == "embed" else "logits"
+    graph_pooling: Literal["cls", "mean"] | None = None
+    if pool_in_graph and pooling != "none":
+        graph_pooling = pooling
+    if task != "embed":
+        output_name = "logits"
+    else:
+        output_name = "sentence_embedding" if pool_in_graph else "last_hidden_state"
     batches = _sample_batches(src / "tokenizer.json", task, input_names, max_length, hf_config)
     step(f"loaded: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     # The TorchScript exporter leaves the module unusable afterwards (transformers 5.x):
     # the references are computed first.
     references = [_run_torch(model, batch, input_names) for batch in batches]
+    if graph_pooling is not None:
+        pool = _POOLERS[graph_pooling]
+        references = [pool(r, b.mask) for r, b in zip(references, batches, strict=True)]
     step(f"torch reference outputs for {sum(len(b.mask) for b in batches)} sample inputs")
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -133,7 +149,9 @@ def export_model(
     with tempfile.TemporaryDirectory(prefix=".export-", dir=dst) as tmp:
         raw = Path(tmp) / ONNX_NAME
         step(f"export {ONNX_NAME} with the {exporter} exporter")
-        _torch_export(model, batches[0], input_names, output_name, raw, exporter, opset)
+        _torch_export(
+            model, batches[0], input_names, output_name, raw, exporter, opset, graph_pooling
+        )
         del model
         graph = _finalise_onnx(raw, dst / ONNX_NAME)
     step(f"exported: opset {graph.opset}, {graph.size_mb:.1f} MB")
@@ -154,7 +172,7 @@ def export_model(
         task=task,
         inputs=list(input_names),
         output=output_name,
-        pooling=pooling,
+        pooling="none" if pool_in_graph else pooling,
         hidden_size=_int_or_none(hf_config.get("hidden_size", hf_config.get("d_model"))),
         num_labels=None if task == "embed" else len(_id2label(hf_config)),
         id2label=None if task == "embed" else _id2label(hf_config),
@@ -313,8 +331,11 @@ def _load_model(
     return model, names
 
 
-def _wrap(model: Any, input_names: tuple[str, ...]) -> Any:
-    """Named positional inputs and one output tensor, as both exporters want."""
+def _wrap(
+    model: Any, input_names: tuple[str, ...], pooling: Literal["cls", "mean"] | None = None
+) -> Any:
+    """Named positional inputs and one output tensor, as both exporters want; with
+    ``pooling``, the hidden states pooled over the attention mask."""
     import torch
 
     class Wrapped(torch.nn.Module):
@@ -326,7 +347,13 @@ def _wrap(model: Any, input_names: tuple[str, ...]) -> Any:
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
-            return self.model(**kwargs, return_dict=False)[0]
+            hidden = self.model(**kwargs, return_dict=False)[0]
+            if pooling == "cls":
+                return hidden[:, 0]
+            if pooling == "mean":
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return hidden
 
     return Wrapped().eval()
 
@@ -348,10 +375,11 @@ def _torch_export(
     path: Path,
     exporter: Exporter,
     opset: int | None,
+    pooling: Literal["cls", "mean"] | None = None,
 ) -> None:
     import torch
 
-    wrapped = _wrap(model, input_names)
+    wrapped = _wrap(model, input_names, pooling)
     args = tuple(torch.from_numpy(batch.feeds[name]) for name in input_names)
     with _quiet(), torch.no_grad():
         try:
@@ -597,6 +625,12 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="torchscript",
         help="torch exporter (default torchscript: faster to export and to run)",
     )
+    parser.add_argument(
+        "--pool-in-graph",
+        action="store_true",
+        help="embed only: fold pooling into the graph (output sentence_embedding); on a GPU "
+        "only (batch, hidden) then comes back to the host",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run_export)
     return parser
@@ -612,6 +646,7 @@ def run_export(args: argparse.Namespace) -> int:
             opset=args.opset,
             progress=not args.quiet,
             exporter=args.exporter,
+            pool_in_graph=args.pool_in_graph,
         )
     except ExportError as exc:
         print(f"trt-async export: error: {exc}", file=sys.stderr)
