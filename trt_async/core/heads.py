@@ -7,7 +7,7 @@ Matryoshka truncation, activations, zero-shot) is vectorised numpy on those rows
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import numpy as np
@@ -128,7 +128,3 @@ def top_labels(probs: np.ndarray, labels: Mapping[int, str]) -> list[list[tuple[
 
 def predictions(logits: np.ndarray, labels: Mapping[int, str]) -> list[str]:
     return [labels.get(int(i), f"LABEL_{int(i)}") for i in np.argmax(logits, axis=-1)]
-
-
-def ordered_labels(labels: Mapping[int, str], n: int) -> Sequence[str]:
-    return [labels.get(i, f"LABEL_{i}") for i in range(n)]

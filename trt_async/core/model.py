@@ -46,7 +46,6 @@ class ModelState(str, enum.Enum):
     UNHEALTHY = "unhealthy"
     DRAINING = "draining"
     UNLOADED = "unloaded"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,6 @@ class ModelRegistry:
         self._timings_observer = timings_observer
         self._unhealthy_after = unhealthy_after or config.server.unhealthy_after_failures
         self._lock = asyncio.Lock()
-        self.started_at = time.time()
 
     # -- lookup ----------------------------------------------------------------------------
 

@@ -215,10 +215,6 @@ class Scheduler:
             inference_s=request.last_end - start,
         )
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.stats.queued_items or self.stats.running_batches)
-
     async def drain(self) -> None:
         """Wait until every queued and running item is done."""
         await self._idle.wait()
