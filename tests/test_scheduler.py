@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from tests.fake_backend import FakeBackend
 from trt_async.core.buckets import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
 from trt_async.core.heads import make_reducer
-from trt_async.core.runner import BatchRunner
+from trt_async.core.runner import BatchOutput, BatchRunner
 from trt_async.core.scheduler import QueueLimits, Scheduler
 from trt_async.core.tokenizer import Encoding
 
@@ -225,3 +226,57 @@ def test_grid_capacity_and_buckets() -> None:
         BucketGrid([2, 4], [8], 64)  # no batch size 1
     with pytest.raises(ValueError):
         GRID.batch_for(9)
+
+
+class GatedRunner:
+    """A runner that finishes a batch when told to, in the same loop turn as other events."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def run(self, bucket: Bucket, items: list[Encoding]) -> BatchOutput:
+        await self.gate.wait()
+        return BatchOutput(np.zeros((len(items), 2), np.float32), 0.0)
+
+
+async def test_cancellation_racing_a_batch_end_leaves_no_phantom_tokens() -> None:
+    # The client's task is cancelled in the same loop turn as a batch ends: the next pick
+    # meets the dead item before the cancelled submit() has cleaned up after itself.
+    runner = GatedRunner()
+    scheduler = Scheduler(runner, GRID, QueueLimits(max_tokens=1000, timeout_s=0))
+    for _ in range(200):
+        runner.gate = asyncio.Event()
+        a = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+        await asyncio.sleep(0)
+        b = asyncio.ensure_future(scheduler.submit([item(2, 5)]))
+        await asyncio.sleep(0)
+        runner.gate.set()
+        b.cancel()
+        await asyncio.gather(a, b, return_exceptions=True)
+    await asyncio.sleep(0.01)
+    stats = scheduler.stats
+    assert (stats.queued_items, stats.queued_tokens, stats.running_batches) == (0, 0, 0)
+    assert stats.cancelled_items == 200
+    assert (await scheduler.submit([item(3, 3)])).rows.shape == (1, 2)
+
+
+async def test_close_and_mass_cancellation_keep_counters_exact() -> None:
+    runner = GatedRunner()
+    scheduler = Scheduler(runner, GRID, QueueLimits(timeout_s=0))
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await asyncio.sleep(0)
+    queued = [
+        asyncio.ensure_future(scheduler.submit([item(2, 3), item(3, 20)])) for _ in range(500)
+    ]
+    await asyncio.sleep(0)
+    assert scheduler.stats.queued_items == 1000
+    for task in queued[:250]:
+        task.cancel()
+    await asyncio.sleep(0)
+    assert (scheduler.stats.queued_items, scheduler.stats.queued_tokens) == (500, 250 * 23)
+    scheduler.close("closing")
+    assert (scheduler.stats.queued_items, scheduler.stats.queued_tokens) == (0, 0)
+    runner.gate.set()
+    await first
+    results = await asyncio.gather(*queued[250:], return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)

@@ -93,6 +93,7 @@ class _Request:
         "enqueued",
         "first_start",
         "future",
+        "items",
         "last_end",
         "queued",
         "remaining",
@@ -104,6 +105,7 @@ class _Request:
     def __init__(self, future: asyncio.Future[None], n: int, tokens: int, now: float) -> None:
         self.future = future
         self.rows: np.ndarray | None = None
+        self.items: list[_Item] = []
         self.size = n
         self.remaining = n
         self.queued = n
@@ -118,12 +120,17 @@ class _Request:
         return self.future.done()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Item:
     request: _Request
     index: int
     encoding: Encoding
     enqueued: float
+    #: The length queue it waits in.
+    length: int
+    #: True while it is counted as queued. A dead request's items are uncounted at once but
+    #: leave their deque lazily, whenever a pick reaches them.
+    counted: bool = True
 
 
 class Scheduler:
@@ -189,7 +196,9 @@ class Scheduler:
         request = _Request(loop.create_future(), n, tokens, now)
         for index, encoding in enumerate(encodings):
             length = self.grid.length_for(len(encoding))
-            self._queues[length].append(_Item(request, index, encoding, now))
+            item = _Item(request, index, encoding, now, length)
+            request.items.append(item)
+            self._queues[length].append(item)
             self._live[length] += 1
             self._live_tokens[length] += len(encoding)
         stats.queued_items += n
@@ -227,6 +236,7 @@ class Scheduler:
                 item = queue.popleft()
                 if not item.request.dead:
                     self._fail(item.request, Unavailable(reason))
+                self._uncount(item, cancelled=True)
         self._update_idle()
 
     # -- internals ------------------------------------------------------------------------
@@ -263,7 +273,7 @@ class Scheduler:
             queue = self._queues[target]
             # Cancelled requests' items are dropped lazily here rather than searched for.
             while queue and queue[0].request.dead:
-                queue.popleft()
+                self._uncount(queue.popleft(), cancelled=True)
             if not queue:
                 continue
             urgency = 1.0 + (now - queue[0].enqueued) / self._max_delay
@@ -294,26 +304,17 @@ class Scheduler:
             if source < shortest or len(items) == room:
                 break
             queue = self._queues[source]
-            count = tokens = 0
             while queue and len(items) < room:
                 item = queue.popleft()
                 if item.request.dead:
+                    self._uncount(item, cancelled=True)
                     continue
+                self._uncount(item, cancelled=False)
                 items.append(item)
-                count += 1
-                tokens += len(item.encoding)
-            self._live[source] -= count
-            self._live_tokens[source] -= tokens
-        tokens = 0
         start = self._clock()
         for item in items:
-            request = item.request
-            request.queued -= 1
-            if request.first_start is None:
-                request.first_start = start
-            tokens += len(item.encoding)
-        self.stats.queued_items -= len(items)
-        self.stats.queued_tokens -= tokens
+            if item.request.first_start is None:
+                item.request.first_start = start
         return Bucket(self.grid.batch_for(len(items)), length), items
 
     async def _run(self, bucket: Bucket, items: list[_Item]) -> None:
@@ -388,19 +389,24 @@ class Scheduler:
         self._release_queued(request)
 
     def _release_queued(self, request: _Request) -> None:
-        """Take a dead request's still-queued items out of the counters (and so the queue)."""
-        if request.queued == 0:
-            return
-        for length, queue in self._queues.items():
-            for item in queue:
-                if item.request is request:
-                    self._live[length] -= 1
-                    self._live_tokens[length] -= len(item.encoding)
-                    self.stats.queued_tokens -= len(item.encoding)
-        self.stats.queued_items -= request.queued
-        self.stats.cancelled_items += request.queued
-        request.queued = 0
+        """Uncount a dead request's still-queued items; they leave their deques lazily."""
+        for item in request.items:
+            self._uncount(item, cancelled=True)
         self._update_idle()
+
+    def _uncount(self, item: _Item, *, cancelled: bool) -> None:
+        """Take ``item`` out of the queue counters, once, whichever path gets there first."""
+        if not item.counted:
+            return
+        item.counted = False
+        n = len(item.encoding)
+        self._live[item.length] -= 1
+        self._live_tokens[item.length] -= n
+        self.stats.queued_items -= 1
+        self.stats.queued_tokens -= n
+        item.request.queued -= 1
+        if cancelled:
+            self.stats.cancelled_items += 1
 
     def _update_idle(self) -> None:
         if self.stats.queued_items == 0 and self.stats.running_batches == 0:
