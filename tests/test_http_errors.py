@@ -18,6 +18,7 @@ from litestar.testing import AsyncTestClient
 from tests.http_fixtures import (
     API_KEY,
     BASE_URL,
+    COSINE_RERANKER,
     EMBEDDER,
     MAX_BODY_BYTES,
     MAX_CLIENT_BATCH,
@@ -204,6 +205,33 @@ async def test_input_too_long_without_truncation_is_422(
         422,
     )
     assert "Given: 602" in err["message"]
+    # The error names the offending field and item, not the server's internal arrangement.
+    cosine = openai_error(
+        await client.post(
+            "/v1/rerank",
+            json={
+                "model": COSINE_RERANKER,
+                "query": "q",
+                "documents": ["ok", LONG_TEXT],
+                "truncate": False,
+            },
+        ),
+        422,
+    )
+    assert cosine["param"] == "documents" and cosine["message"].startswith("document 1 ")
+    shot = openai_error(
+        await client.post(
+            "/v1/zero-shot",
+            json={
+                "model": "bert-nli",
+                "texts": ["ok", LONG_TEXT],
+                "truncate": False,
+                "candidate_labels": ["a", "b", "c"],
+            },
+        ),
+        422,
+    )
+    assert shot["param"] == "text" and shot["message"].startswith("text 1 with its hypothesis")
     # Truncation (the default) serves it.
     ok = await client.post("/v1/embeddings", json={"model": EMBEDDER, "input": LONG_TEXT})
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == limit
@@ -358,6 +386,12 @@ async def test_load_refuses_paths_outside_the_roots(
     bad_option = {**body, "model_path": str(staged_model), "options": {"max_length": "long"}}
     assert "max_length" in detail_error(await client.post("/models/load", json=bad_option), 422)
     detail_error(await client.post("/models/load", json={**body, "kind": "vision"}), 422)
+    no_batch_one = {**body, "model_path": str(staged_model), "options": {"batch_sizes": [2, 4]}}
+    assert "batch sizes must include 1" in detail_error(
+        await client.post("/models/load", json=no_batch_one), 422
+    )
+    too_long = {**body, "model_path": str(staged_model), "options": {"max_length": 100000}}
+    assert "position table" in detail_error(await client.post("/models/load", json=too_long), 422)
     assert "evil" not in [m["name"] for m in (await client.get("/models/status")).json()["models"]]
 
 

@@ -36,12 +36,23 @@ class EmptyInput(InvalidInput):
 class InputTooLong(InvalidInput):
     kind = "Validation"
 
-    def __init__(self, index: int, length: int, max_length: int, *, param: str = "input") -> None:
+    def __init__(
+        self, index: int, length: int, max_length: int, *, param: str = "input", what: str = ""
+    ) -> None:
+        what = what or f"input {index}"
         super().__init__(
-            f"input {index} must have less than {max_length + 1} tokens. Given: {length}. "
+            f"{what} must have less than {max_length + 1} tokens. Given: {length}. "
             "Shorten it or send truncate=true.",
             param=param,
         )
+        self.index = index
+        self.length = length
+        self.max_length = max_length
+
+    def renamed(self, index: int, param: str, what: str = "") -> InputTooLong:
+        """The same error about item ``index`` of field ``param`` (for inputs the server
+        rearranged, e.g. a query put first or texts paired with every label)."""
+        return InputTooLong(index, self.length, self.max_length, param=param, what=what)
 
 
 class TooManyInputs(InvalidInput):

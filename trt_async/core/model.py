@@ -24,8 +24,14 @@ import numpy as np
 from trt_async.backends import KNOWN_INPUTS, Backend, BackendInfo, create_backend, resolve_backend
 from trt_async.core import heads
 from trt_async.core.buckets import BucketGrid
-from trt_async.core.config import ModelConfig, ModelKind, Pooling
-from trt_async.core.errors import EmptyInput, InvalidInput, Unavailable, WrongModelKind
+from trt_async.core.config import ConfigError, ModelConfig, ModelKind, Pooling
+from trt_async.core.errors import (
+    EmptyInput,
+    InputTooLong,
+    InvalidInput,
+    Unavailable,
+    WrongModelKind,
+)
 from trt_async.core.modeldir import ModelDirError, ModelFiles, position_limit
 from trt_async.core.runner import BatchRunner
 from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, ScheduleResult
@@ -201,15 +207,24 @@ class ModelRuntime:
         self.tokenizer = TextTokenizer(
             files.tokenizer, self.max_length, with_type_ids="token_type_ids" in io.inputs
         )
+        limit = position_limit(files.hf_config)
+        if config.max_length is not None and limit is not None and config.max_length > limit:
+            raise ConfigError(
+                f"{label}: max_length {config.max_length} is more than the model's position "
+                f"table allows ({limit} tokens, from {files.root.name}/config.json); lower it"
+            )
         lengths = config.lengths or default_lengths(self.backend_name, self.max_length)
         if max(lengths) < self.max_length:
             lengths = [*lengths, self.max_length]
         lengths = [n for n in lengths if n <= self.max_length]
-        self.grid = BucketGrid(
-            config.batch_sizes or default_batch_sizes(self.backend_name),
-            lengths,
-            max(config.max_batch_tokens, max(lengths)),
-        )
+        try:
+            self.grid = BucketGrid(
+                config.batch_sizes or default_batch_sizes(self.backend_name),
+                lengths,
+                max(config.max_batch_tokens, max(lengths)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{label}: bucket grid: {exc}") from None
         self.runner = BatchRunner(
             self.backend, heads.make_reducer(self.pooling), self.tokenizer.pad_id, label
         )
@@ -411,11 +426,22 @@ class ServedModel:
         if not query:
             raise EmptyInput("query is an empty string", param="query")
         if self.runtime.is_embedder:
-            result, timings = await self._run([query, *documents], truncate, param="documents")
+            try:
+                result, timings = await self._run([query, *documents], truncate)
+            except InputTooLong as exc:  # item 0 is the query, item i + 1 document i
+                if exc.index == 0:
+                    raise exc.renamed(0, "query", what="query") from None
+                raise exc.renamed(
+                    exc.index - 1, "documents", what=f"document {exc.index - 1}"
+                ) from None
             scores = heads.cosine_scores(result.rows[0], result.rows[1:])
             return ScoreResult(scores, result.tokens, timings)
         pairs = [(query, doc) for doc in documents]
-        result, timings = await self._run(pairs, truncate, param="documents")
+        try:
+            result, timings = await self._run(pairs, truncate, param="documents")
+        except InputTooLong as exc:
+            what = f"the query with document {exc.index}"
+            raise exc.renamed(exc.index, "documents", what=what) from None
         logits = result.rows[:, 0].astype(np.float64)
         activate = not raw_scores and self.config.score_activation == "sigmoid"
         return ScoreResult(heads.sigmoid(logits) if activate else logits, result.tokens, timings)
@@ -454,7 +480,11 @@ class ServedModel:
         fill = _template_filler(hypothesis_template)
         hypotheses = [fill(label) for label in candidate_labels]
         pairs = [(text, h) for text in texts for h in hypotheses]
-        result, timings = await self._run(pairs, truncate, param="text")
+        try:
+            result, timings = await self._run(pairs, truncate, param="text")
+        except InputTooLong as exc:  # pair i is text i // labels with one hypothesis
+            i = exc.index // len(hypotheses)
+            raise exc.renamed(i, "text", what=f"text {i} with its hypothesis") from None
         logits = result.rows.reshape(len(texts), len(candidate_labels), -1)
         scores = heads.zero_shot_scores(logits, self.labels, multi_label=multi_label)
         return ZeroShotResult(scores, result.tokens, timings)

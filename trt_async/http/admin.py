@@ -14,7 +14,7 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.exceptions import HTTPException
 
-from trt_async.core.config import ModelConfig, ModelKind
+from trt_async.core.config import ConfigError, ModelConfig, ModelKind
 from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath
 from trt_async.core.modeldir import ModelDirError
 from trt_async.http.auth import PUBLIC_OPT
@@ -116,6 +116,8 @@ class ManagementController(Controller):
             model = await registry.load(data.name, data.kind, config)
         except ModelDirError as exc:
             raise HTTPException(str(exc), status_code=400) from None
+        except ConfigError as exc:
+            raise InvalidInput(str(exc), param="options") from None
         except OSError as exc:  # a name too long, a folder that cannot be read, ...
             message = f"model_path cannot be read: {exc.strerror}"
             raise InvalidPath(message, param="model_path") from None
