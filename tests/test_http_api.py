@@ -25,7 +25,7 @@ from tests.models import ExportedModel
 
 pytest_plugins = ["tests.http_fixtures"]
 openai = pytest.importorskip("openai")
-pytest.importorskip("transformers", reason="references need the export extra")
+transformers = pytest.importorskip("transformers", reason="references need the export extra")
 
 TEXTS = [
     "hello world",
@@ -260,6 +260,28 @@ async def test_cohere_rerank_cross_encoder(
         assert out["meta"] == {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
     else:
         assert "meta" not in out
+
+
+async def test_cohere_v2_max_tokens_per_doc_cuts_each_document(
+    client: Any, bert_rerank_dir: ExportedModel
+) -> None:
+    n = 4
+    tok = transformers.AutoTokenizer.from_pretrained(str(bert_rerank_dir.hf_dir))
+    # The reference cut: each document's first n tokens, by transformers' own offsets.
+    cut = []
+    for doc in DOCUMENTS:
+        offsets = tok(doc, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        cut.append(doc[: offsets[n - 1][1]] if len(offsets) > n else doc)
+    assert cut != list(DOCUMENTS)
+    body = {"model": "bert-rerank", "query": QUERY, "documents": DOCUMENTS, "max_tokens_per_doc": n}
+    out = (await client.post("/v2/rerank", json=body)).json()
+    expected = sigmoid(hf_logits(bert_rerank_dir.hf_dir, [(QUERY, d) for d in cut])[:, 0])
+    got = {x["index"]: x["relevance_score"] for x in out["results"]}
+    assert np.allclose([got[i] for i in range(len(DOCUMENTS))], expected, atol=1e-5)
+    query_tokens = len(tok(QUERY)["input_ids"])
+    assert out["usage"]["total_tokens"] == sum(
+        query_tokens + len(tok(d)["input_ids"]) - 1 for d in cut
+    )
 
 
 async def test_rerank_defaults_and_cosine_reranker(client: Any, minilm_hf_dir: Path) -> None:

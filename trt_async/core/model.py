@@ -414,17 +414,22 @@ class ServedModel:
         *,
         raw_scores: bool = False,
         truncate: bool | None = None,
+        max_tokens_per_doc: int | None = None,
     ) -> ScoreResult:
         """Relevance of each document to ``query``.
 
         A cross-encoder scores (query, document) pairs (sigmoid of the logit unless raw
         scores are asked for or configured); an embedding model scores the cosine of the
-        two vectors, so an embedder can rerank too.
+        two vectors, so an embedder can rerank too. ``max_tokens_per_doc`` cuts each
+        document to that many tokens first (Cohere v2).
         """
         if not documents:
             raise EmptyInput("documents is empty; send at least one document", param="documents")
         if not query:
             raise EmptyInput("query is an empty string", param="query")
+        if max_tokens_per_doc is not None:
+            tok, n = self.runtime.tokenizer, max_tokens_per_doc
+            documents = await self._off_loop(lambda: tok.clip(documents, n))
         if self.runtime.is_embedder:
             try:
                 result, timings = await self._run([query, *documents], truncate)

@@ -130,6 +130,16 @@ class TextTokenizer:
             out.append(Encoding(ids, [0] * len(ids) if self.with_type_ids else None))
         return out
 
+    def clip(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut after its first ``max_tokens`` tokens (special tokens not counted),
+        at a character offset so the cut text tokenises the same way (Cohere's
+        ``max_tokens_per_doc``)."""
+        out = list(texts)
+        for i, enc in enumerate(self._full.encode_batch(out, add_special_tokens=False)):
+            if len(enc.ids) > max_tokens:
+                out[i] = out[i][: enc.offsets[max_tokens - 1][1]]
+        return out
+
     def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[TokenInfo]]:
         """Tokens with offsets for TEI's ``/tokenize`` (not truncated: it reports what was sent)."""
         result: list[list[TokenInfo]] = []

@@ -47,7 +47,7 @@ class RerankRequest(msgspec.Struct, kw_only=True):
     model: str | None = None
     top_n: PositiveInt | None = None
     return_documents: bool = False
-    #: Cohere v2: documents are truncated to the model's length whatever the value.
+    #: Cohere v2: each document is cut to this many tokens before scoring.
     max_tokens_per_doc: PositiveInt | None = None
     #: Extensions: logits instead of sigmoid scores; refuse over-long inputs.
     raw_scores: bool = False
@@ -134,11 +134,18 @@ async def _score(
     raw_scores: bool,
     truncate: bool | None,
     route: str,
+    max_tokens_per_doc: int | None = None,
 ) -> tuple[str, ScoreResult]:
     check_batch(request, len(documents), "documents")
     model = pick_model(request, model_name, _KINDS, route)
     require_kind(model, _KINDS, _HINT)
-    result = await model.rerank(query, documents, raw_scores=raw_scores, truncate=truncate)
+    result = await model.rerank(
+        query,
+        documents,
+        raw_scores=raw_scores,
+        truncate=truncate,
+        max_tokens_per_doc=max_tokens_per_doc,
+    )
     return model.name, result
 
 
@@ -166,8 +173,9 @@ class RerankController(Controller):
             data.query,
             documents,
             raw_scores=data.raw_scores,
-            truncate=True if data.max_tokens_per_doc else data.truncate,
+            truncate=data.truncate,
             route=route,
+            max_tokens_per_doc=data.max_tokens_per_doc,
         )
         return name, result, _results(result.scores, documents, data.top_n, data.return_documents)
 
