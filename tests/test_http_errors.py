@@ -303,7 +303,7 @@ async def test_model_not_ready_is_503(client: Any, registry: ModelRegistry) -> N
     assert (await client.get("/health")).status_code == 200
 
 
-async def test_backend_failure_is_500_with_an_error_id(
+async def test_backend_failure_is_500_or_tei_424_with_an_error_id(
     client: Any, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = registry.get("bert-nli-tight").runtime.backend
@@ -313,7 +313,7 @@ async def test_backend_failure_is_500_with_an_error_id(
 
     monkeypatch.setattr(backend, "execute", broken)
     r = await client.post("/predict?model=bert-nli-tight", json={"inputs": ["a", "b"]})
-    msg = tei_error(r, 500, "Backend")
+    msg = tei_error(r, 424, "Backend")  # TEI answers backend failures with 424
     assert "error id" in msg and "simulated" not in msg
     err = openai_error(
         await client.post(

@@ -225,7 +225,7 @@ async def test_failing_batches_fail_only_their_requests_and_readiness_follows(
 
         for _ in range(UNHEALTHY_AFTER):
             tei = await client.post("/embed", json={"inputs": "poison"})
-            assert ERROR_ID.search(assert_error(tei, 500, "tei", "Backend")["error"])
+            assert ERROR_ID.search(assert_error(tei, 424, "tei", "Backend")["error"])
         ready = await client.get("/ready")
         assert ready.status_code == 503
         assert ready.json() == {

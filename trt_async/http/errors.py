@@ -258,6 +258,10 @@ def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
 
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     info = classify(exc)
+    dialect = dialect_of(request)
+    if dialect is Dialect.TEI and info.kind == "Backend" and info.status == 500:
+        # TEI answers backend failures with 424 (Failed Dependency); its clients expect that.
+        info = replace(info, status=424)
     if isinstance(exc, NotFoundException | MethodNotAllowedException) and info.message in (
         "Not Found",
         "Method Not Allowed",
@@ -265,7 +269,7 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         what = "no route" if info.status == 404 else "method not allowed:"
         info = replace(info, message=f"{what} {request.method} {request.scope['path']}")
     return Response(
-        error_body(info, dialect_of(request)),
+        error_body(info, dialect),
         status_code=info.status,
         headers=info.headers,
         media_type=MediaType.JSON,

@@ -564,6 +564,10 @@ class TensorRTBackend:
         with self._lock:
             self._ensure_thread_device()
             if st.graph is not None:
+                # The graph holds its own launches, but the context is left describing this
+                # bucket too, as NVIDIA's own executors do, so nothing reading the context's
+                # shapes (a later plain enqueue, a profiler) sees another bucket's.
+                self._bind(st)
                 self.cuda.graph_launch(st.graph, self._dev.stream)
                 self.replays += 1
             else:
