@@ -95,10 +95,12 @@ def split_input(value: EmbeddingInput, param: str = "input") -> list[str] | list
     )
 
 
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float] | str]:
+    """Rows as float lists (one ``tolist`` for the whole matrix) or base64 little-endian f32."""
     if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
-    out: list[float] = vector.tolist()
+        rows = vectors.astype("<f4", copy=False)
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+    out: list[list[float] | str] = vectors.tolist()
     return out
 
 
@@ -133,7 +135,7 @@ class OpenAIController(Controller):
         result = await model.embed(inputs, dimensions=data.dimensions, truncate=data.truncate)
         fmt = data.encoding_format
         body = EmbeddingResponse(
-            data=[Embedding(encode_vector(v, fmt), i) for i, v in enumerate(result.vectors)],
+            data=[Embedding(v, i) for i, v in enumerate(encode_vectors(result.vectors, fmt))],
             model=model.name,
             usage=Usage(result.tokens, result.tokens),
         )
@@ -161,7 +163,7 @@ class OpenAIController(Controller):
         scores = result.scores.astype(np.float32).reshape(-1, 1)
         fmt = data.encoding_format
         body = EmbeddingResponse(
-            data=[Embedding(encode_vector(s, fmt), i) for i, s in enumerate(scores)],
+            data=[Embedding(s, i) for i, s in enumerate(encode_vectors(scores, fmt))],
             model=model.name,
             usage=Usage(result.tokens, result.tokens),
         )
