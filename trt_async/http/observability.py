@@ -78,7 +78,9 @@ class RequestContextMiddleware(ASGIMiddleware):
                 disconnected = True
                 task.cancel()
 
-        watcher = asyncio.ensure_future(watch_disconnect()) if task is not None else None
+        # Only requests with a body queue work; probes and listings answer at once.
+        watched = task is not None and scope.get("method") == "POST"
+        watcher = asyncio.ensure_future(watch_disconnect()) if watched else None
         try:
             await next_app(scope, receive_wrapper, send_wrapper)
         except asyncio.CancelledError:
