@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from trt_async.backends.tensorrt import TensorRTBackend
+    from trt_async.backends.tensorrt.build import build_engine
     from trt_async.backends.tensorrt.plan import graphs_dir
     from trt_async.core.buckets import BucketGrid
     from trt_async.core.config import ModelConfig
     from trt_async.core.modeldir import ModelFiles
-    from trt_async.tools.build_engine import build_engine
 
     files = ModelFiles.resolve(args.model)
     if files.onnx is None:

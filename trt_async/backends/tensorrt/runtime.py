@@ -27,6 +27,7 @@ import numpy as np
 
 from trt_async.backends import KNOWN_INPUTS, KNOWN_OUTPUTS, BackendUnavailable
 from trt_async.backends.base import BackendInfo, ModelIO, Progress
+from trt_async.backends.tensorrt.build import build_engine
 from trt_async.backends.tensorrt.cuda import Cuda, CudaError, DeviceInfo, host_array
 from trt_async.backends.tensorrt.plan import (
     PlanManifest,
@@ -218,8 +219,6 @@ class TensorRTBackend:
                     "rebuild: auto"
                 )
             log.warning("building TensorRT plan %s: %s", plan, why)
-            from trt_async.tools.build_engine import build_engine
-
             build_engine(
                 self.files.onnx,
                 precision=self.config.precision,

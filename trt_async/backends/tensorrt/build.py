@@ -1,0 +1,263 @@
+"""Compile a model folder's ``model.onnx`` into a TensorRT plan (``trt-async build``).
+
+The plan gets one optimisation profile spanning the bucket grid (min = smallest bucket,
+opt = the middle of the grid, max = largest) and a manifest beside it recording what it was
+built from, so that the server can tell when it is stale. Building takes minutes for a
+large model; a progress bar on stderr follows TensorRT's own build phases.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from trt_async.backends.tensorrt.cuda import Cuda
+from trt_async.backends.tensorrt.plan import (
+    PlanManifest,
+    TensorSpec,
+    graphs_dir,
+    onnx_hashes,
+    plan_paths,
+    write_plan_manifest,
+)
+from trt_async.backends.tensorrt.trt_api import IBuilder, dims, load_tensorrt
+from trt_async.core.config import Precision
+from trt_async.core.modeldir import ONNX_NAME
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)
+
+
+class BuildError(RuntimeError):
+    """The ONNX graph could not be parsed or compiled."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    plan: Path
+    manifest_path: Path
+    manifest: PlanManifest
+    seconds: float
+
+
+def optimisation_profile(
+    batch_sizes: Sequence[int], lengths: Sequence[int]
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(min, opt, max) as (batch, length). TensorRT tunes kernels for opt: the grid's middle
+    keeps both small (latency) and large (throughput) buckets reasonable."""
+    b, n = sorted(set(batch_sizes)), sorted(set(lengths))
+    return (b[0], n[0]), (b[len(b) // 2], n[len(n) // 2]), (b[-1], n[-1])
+
+
+class BuildProgress:
+    """A hand-rolled text progress bar for nested build phases.
+
+    On a terminal the current phase chain is redrawn in place; elsewhere (logs, CI) only
+    phase starts and ends of the two outer levels are printed, to keep logs short.
+    """
+
+    def __init__(self, stream: TextIO | None = None, width: int = 24) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        #: Active phases in start order: name -> [done, total, depth].
+        self.phases: dict[str, list[int]] = {}
+        self.cancelled = False
+
+    def start(self, name: str, parent: str | None, steps: int) -> None:
+        depth = self.phases[parent][2] + 1 if parent in self.phases else 0
+        self.phases[name] = [0, max(steps, 0), depth]
+        if self.tty:
+            self._draw()
+        elif depth <= 1:
+            self.stream.write(f"{'  ' * depth}{name} ({steps} steps)\n")
+            self.stream.flush()
+
+    def step(self, name: str, step: int) -> bool:
+        if name in self.phases:
+            self.phases[name][0] = step + 1
+            if self.tty:
+                self._draw()
+        return not self.cancelled
+
+    def finish(self, name: str) -> None:
+        entry = self.phases.pop(name, None)
+        if entry is None:
+            return
+        if self.tty:
+            self._draw()
+        elif entry[2] <= 1:
+            self.stream.write(f"{'  ' * entry[2]}{name} done\n")
+            self.stream.flush()
+
+    def render(self) -> str:
+        if not self.phases:
+            return ""
+        names = list(self.phases)
+        name = names[-1]
+        done, total, _ = self.phases[name]
+        filled = self.width * done // total if total else 0
+        bar = "#" * filled + "-" * (self.width - filled)
+        chain = " > ".join(names[:-1])
+        prefix = f"{chain} > " if chain else ""
+        return f"{prefix}{name} [{bar}] {done}/{total}"
+
+    def _draw(self) -> None:
+        line = self.render()
+        columns = 120
+        self.stream.write("\r" + line[:columns].ljust(columns))
+        if not self.phases:
+            self.stream.write("\r")
+        self.stream.flush()
+
+
+def make_progress_monitor(trt: Any, progress: BuildProgress) -> Any:
+    """An ``IProgressMonitor`` that forwards TensorRT's callbacks to ``progress``."""
+
+    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            # pybind11 trampolines need the base initialiser called explicitly.
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            progress.start(phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return progress.step(phase_name, step)
+
+        def phase_finish(self, phase_name: str) -> None:
+            progress.finish(phase_name)
+
+    return _Monitor()
+
+
+def _resolve_onnx(model: Path) -> Path:
+    onnx = model / ONNX_NAME if model.is_dir() else model
+    if not onnx.is_file() or onnx.suffix != ".onnx":
+        raise BuildError(
+            f"{onnx}: no ONNX graph; run `trt-async export <hf-folder> -o {model}` first"
+        )
+    return onnx
+
+
+def _dtype_name(trt: Any, dtype: Any) -> str:
+    return str(np.dtype(trt.nptype(dtype)).name)
+
+
+def build_engine(
+    model: str | Path,
+    *,
+    precision: Precision = "fp16",
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    lengths: Sequence[int] = DEFAULT_LENGTHS,
+    workspace_gib: float | None = None,
+    output_dir: str | Path | None = None,
+    device: int = 0,
+    progress: bool | BuildProgress = True,
+    name: str | None = None,
+    trt_module: Any | None = None,
+    cuda: Cuda | None = None,
+    log: TextIO | None = None,
+) -> BuildResult:
+    """Build ``model``'s ONNX graph (a model folder or a ``.onnx`` file) into a plan.
+
+    Writes ``model.<precision>.plan`` and ``model.<precision>.json`` into ``output_dir``
+    (default ``$TRT_ASYNC_GRAPHS/<model folder name>``) and returns where they are.
+    """
+    out = log if log is not None else sys.stderr
+    onnx = _resolve_onnx(Path(model))
+    if not batch_sizes or not lengths:
+        raise BuildError("need at least one batch size and one length")
+    folder = onnx.parent if Path(model).is_file() else Path(model)
+    out_dir = Path(output_dir) if output_dir is not None else graphs_dir() / (name or folder.name)
+
+    cu = cuda if cuda is not None else Cuda()
+    cu.set_device(device)
+    gpu = cu.device_info(device)
+    trt = trt_module if trt_module is not None else load_tensorrt()
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder: IBuilder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file resolves model.onnx.data relative to the graph; parse(bytes) would not.
+    if not parser.parse_from_file(str(onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"{onnx}: TensorRT cannot parse the graph: {errors or 'no details'}")
+
+    lo, opt, hi = optimisation_profile(batch_sizes, lengths)
+    profile = builder.create_optimization_profile()
+    inputs: list[TensorSpec] = []
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        shape = dims(t.shape)
+        if len(shape) != 2:
+            raise BuildError(f"{onnx}: input {t.name} has shape {shape}; expected (batch, length)")
+        profile.set_shape(t.name, lo, opt, hi)
+        inputs.append(TensorSpec(t.name, _dtype_name(trt, t.dtype), list(shape)))
+    outputs = [
+        TensorSpec(t.name, _dtype_name(trt, t.dtype), list(dims(t.shape)))
+        for t in (network.get_output(i) for i in range(network.num_outputs))
+    ]
+
+    config = builder.create_builder_config()
+    if workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    config.add_optimization_profile(profile)
+    if progress:
+        bar = progress if isinstance(progress, BuildProgress) else BuildProgress(out)
+        config.progress_monitor = make_progress_monitor(trt, bar)
+
+    out.write(
+        f"building {onnx} for {gpu.name} (sm {gpu.compute_capability}), {precision}, "
+        f"profile {lo[0]}x{lo[1]} / {opt[0]}x{opt[1]} / {hi[0]}x{hi[1]} (batch x length)\n"
+    )
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - started
+    if serialized is None:
+        raise BuildError(f"{onnx}: TensorRT build failed after {seconds:.1f} s (see its log)")
+
+    onnx_sha, data_sha = onnx_hashes(onnx)
+    manifest = PlanManifest(
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        precision=precision,
+        batch_sizes=sorted(set(batch_sizes)),
+        lengths=sorted(set(lengths)),
+        profile_min=list(lo),
+        profile_opt=list(opt),
+        profile_max=list(hi),
+        inputs=inputs,
+        outputs=outputs,
+        onnx_sha256=onnx_sha,
+        onnx_data_sha256=data_sha,
+        workspace_gib=workspace_gib,
+        build_seconds=round(seconds, 3),
+        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_path, manifest_path = plan_paths(out_dir, precision)
+    # Write then rename: a crash mid-write must not leave a plan that looks valid.
+    tmp = plan_path.with_suffix(".plan.tmp")
+    with tmp.open("wb") as f:
+        f.write(memoryview(serialized))
+    os.replace(tmp, plan_path)
+    write_plan_manifest(manifest_path, manifest)
+    size_mib = plan_path.stat().st_size / (1 << 20)
+    out.write(f"built {plan_path} ({size_mib:.1f} MiB) in {seconds:.1f} s\n")
+    out.flush()
+    return BuildResult(plan_path, manifest_path, manifest, seconds)
