@@ -12,8 +12,18 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from trt_async.backends.base import BackendInfo, ModelIO, Progress
-from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.backends.base import BackendInfo, BackendSpec, CounterSpec, ModelIO, Progress
+from trt_async.backends.shapes import Bucket, BucketGrid
+
+#: Declared like a CPU backend: a small per-batch overhead, one counter of batches run.
+EXECUTED = CounterSpec("fake_batches", "Batches the fake backend ran")
+FAKE_SPEC = BackendSpec(
+    name="fake",
+    length_steps=(16, 32, 64, 128),
+    batch_sizes=(1, 2, 4, 8),
+    batch_overhead_tokens=32,
+    counters=(EXECUTED,),
+)
 
 
 class FakeBackend:
@@ -32,6 +42,12 @@ class FakeBackend:
     @property
     def io(self) -> ModelIO:
         return self._io
+
+    def spec(self) -> BackendSpec:
+        return FAKE_SPEC
+
+    def counters(self) -> dict[CounterSpec, int]:
+        return {EXECUTED: len(self.executed)}
 
     def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
         self.prepared = grid

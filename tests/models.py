@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from trt_async.core.modeldir import ExportManifest, Task
+from trt_async.backends.modelfiles import ExportManifest, Task
 
 #: Label orders as real NLI checkpoints have them (they differ between models).
 BERT_NLI_LABELS = {0: "contradiction", 1: "entailment", 2: "neutral"}

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from tests.fake_trt import BuilderFlag, FakeCudaRuntime, FakeTensorRT
+from trt_async.backends.modelfiles import ModelFiles
+from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt import PlanMismatch, TensorRTBackend
 from trt_async.backends.tensorrt.build import (
     BuildError,
@@ -24,9 +26,7 @@ from trt_async.backends.tensorrt.build import (
 )
 from trt_async.backends.tensorrt.cuda import Cuda
 from trt_async.backends.tensorrt.plan import GRAPHS_ENV, read_plan_manifest
-from trt_async.core.buckets import Bucket, BucketGrid
 from trt_async.core.config import ModelConfig
-from trt_async.core.modeldir import ModelFiles
 from trt_async.tools.build_engine import add_build_parser, run_build
 
 onnx = pytest.importorskip("onnx", reason="test graphs are written with onnx (export extra)")

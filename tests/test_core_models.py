@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trt_async.backends.modelfiles import ModelDirError, ModelFiles
 from trt_async.core.config import Config, ModelConfig, ModelKind
 from trt_async.core.errors import WrongModelKind
 from trt_async.core.model import ServedModel
-from trt_async.core.modeldir import ModelDirError, ModelFiles
 from trt_async.core.registry import ModelRegistry
 
 torch = pytest.importorskip("torch", reason="references need the export extra")

@@ -25,8 +25,8 @@ from tests.models import (
     ExportedModel,
     write_bert_classifier,
 )
+from trt_async.backends.modelfiles import ExportManifest, ModelFiles, position_limit, read_manifest
 from trt_async.core.config import ModelKind, parse_config
-from trt_async.core.modeldir import ExportManifest, ModelFiles, position_limit, read_manifest
 from trt_async.tools import embedded, export
 from trt_async.tools.export import ExportError, export_model
 

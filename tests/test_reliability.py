@@ -39,9 +39,9 @@ from tests.http_fixtures import (
     wait_ready,
 )
 from trt_async.app import create_app
+from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ModelConfig
 from trt_async.core.model import ModelRuntime
-from trt_async.core.modeldir import ModelFiles
 from trt_async.core.registry import ModelRegistry
 from trt_async.http.observability import KeyValueFormatter
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.fake_backend import FakeBackend
-from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
 from trt_async.core.heads import make_reducer
 from trt_async.core.runner import BatchOutput, BatchRunner

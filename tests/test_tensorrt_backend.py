@@ -12,6 +12,8 @@ import pytest
 
 from tests.fake_trt import EngineSpec, FakeCudaRuntime, FakeTensorRT, write_plan
 from trt_async.backends import Backend, BackendUnavailable, create_backend
+from trt_async.backends.modelfiles import ModelFiles
+from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt import (
     CudaError,
     MemoryBudgetExceeded,
@@ -20,10 +22,8 @@ from trt_async.backends.tensorrt import (
     TensorRTError,
 )
 from trt_async.backends.tensorrt.cuda import Cuda
-from trt_async.core.buckets import Bucket, BucketGrid
 from trt_async.core.config import ModelConfig
 from trt_async.core.heads import make_reducer
-from trt_async.core.modeldir import ModelFiles
 from trt_async.core.runner import BatchRunner
 from trt_async.core.scheduler import Scheduler
 from trt_async.core.tokenizer import Encoding

@@ -1,29 +1,76 @@
 """Executors for one bucket at a time: ONNX Runtime on the CPU, TensorRT on the GPU.
 
-Backends are imported lazily by name so that the core never loads onnxruntime,
-tensorrt or cuda-python unless a model asks for them.
+This module is the registry: the one place that knows the backends by name. The core asks
+it to resolve ``backend: auto`` and to create a backend; everything else it learns from
+the backend's :class:`~trt_async.backends.base.BackendSpec`. Backends are imported lazily,
+so the core never loads onnxruntime, tensorrt or cuda-python unless a model asks for them.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Literal
 
-from trt_async.backends.base import Backend, BackendInfo, ModelIO, Progress
+from trt_async.backends.base import (
+    Backend,
+    BackendInfo,
+    BackendOptions,
+    BackendSpec,
+    BackendUnavailable,
+    ModelIO,
+    Progress,
+)
+from trt_async.backends.modelfiles import ModelFiles
 
-if TYPE_CHECKING:
-    from trt_async.core.config import ModelConfig
-    from trt_async.core.modeldir import ModelFiles
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "BackendName",
+    "BackendOptions",
+    "BackendSpec",
+    "BackendUnavailable",
+    "ModelIO",
+    "Progress",
+    "backend_spec",
+    "create_backend",
+    "resolve_backend",
+]
 
-__all__ = ["Backend", "BackendInfo", "ModelIO", "Progress", "create_backend", "resolve_backend"]
-
-#: Input tensor names a graph may take, and output names the heads know, in preference order.
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-KNOWN_OUTPUTS = ("sentence_embedding", "logits", "last_hidden_state", "token_embeddings")
+#: What a model config may ask for; ``auto`` picks TensorRT where it can run.
+BackendName = Literal["onnxruntime", "tensorrt", "auto"]
+BackendFactory = Callable[[ModelFiles, BackendOptions], Backend]
 
 
-class BackendUnavailable(RuntimeError):
-    """The backend a model asks for cannot run here (library or device missing)."""
+def _onnxruntime() -> BackendFactory:
+    from trt_async.backends.onnxruntime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend
+
+
+def _tensorrt() -> BackendFactory:
+    from trt_async.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend
+
+
+def _onnxruntime_spec() -> BackendSpec:
+    from trt_async.backends.onnxruntime import ONNXRUNTIME_SPEC
+
+    return ONNXRUNTIME_SPEC
+
+
+def _tensorrt_spec() -> BackendSpec:
+    from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
+
+    return TENSORRT_SPEC
+
+
+#: name -> (the backend class, its spec), each imported on first use.
+_REGISTRY: dict[str, tuple[Callable[[], BackendFactory], Callable[[], BackendSpec]]] = {
+    "onnxruntime": (_onnxruntime, _onnxruntime_spec),
+    "tensorrt": (_tensorrt, _tensorrt_spec),
+}
 
 
 def tensorrt_available() -> bool:
@@ -38,23 +85,28 @@ def tensorrt_available() -> bool:
     return int(err) == 0 and count > 0
 
 
-def resolve_backend(config: ModelConfig, files: ModelFiles) -> str:
-    """The concrete backend for ``backend: auto``: TensorRT for a plan or when a GPU is usable."""
-    if config.backend != "auto":
-        return config.backend
+def resolve_backend(name: str, files: ModelFiles) -> str:
+    """The concrete backend for ``name``; ``auto`` is TensorRT for a plan or a usable GPU."""
+    if name != "auto":
+        return name
     if files.plan is not None and files.onnx is None:
         return "tensorrt"
     return "tensorrt" if tensorrt_available() else "onnxruntime"
 
 
-def create_backend(name: str, files: ModelFiles, config: ModelConfig) -> Backend:
+def _entry(name: str) -> tuple[Callable[[], BackendFactory], Callable[[], BackendSpec]]:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise BackendUnavailable(f"unknown backend {name!r}; use {known} or auto")
+    return entry
+
+
+def create_backend(name: str, files: ModelFiles, options: BackendOptions) -> Backend:
     """Instantiate backend ``name`` for a model; its library is imported only here."""
-    if name == "onnxruntime":
-        from trt_async.backends.onnxruntime import OnnxRuntimeBackend
+    return _entry(name)[0]()(files, options)
 
-        return OnnxRuntimeBackend(files, config)
-    if name == "tensorrt":
-        from trt_async.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(files, config)
-    raise BackendUnavailable(f"unknown backend {name!r}; use onnxruntime, tensorrt or auto")
+def backend_spec(name: str) -> BackendSpec:
+    """What backend ``name`` declares about itself, without creating one."""
+    return _entry(name)[1]()

@@ -1,23 +1,91 @@
-"""The contract between the scheduler and an executor.
+"""The contract between the core and an executor, and what each executor says about itself.
 
 A backend is synchronous and single-minded: it owns one preallocated set of input and
 output buffers per bucket and runs one bucket at a time when asked. Threads, queues and
-cancellation belong to the core (``trt_async.core.runner`` and the scheduler), so the
-same scheduler drives every backend and a fake backend is a few lines in a test.
+cancellation belong to the core (its runner and scheduler), so the same scheduler drives
+every backend and a fake backend is a few lines in a test.
+
+This module, :mod:`~trt_async.backends.shapes` and :mod:`~trt_async.backends.modelfiles`
+are the base layer: they import nothing else of the project. Whatever differs between
+backends (default bucket grid, per-batch cost, precision names, counters) is declared in a
+:class:`BackendSpec` here, so nothing above ``backends/`` asks which backend it has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.backends.shapes import Bucket, BucketGrid
 
 #: Called as ``progress(done, total, what)`` during long preparation (graph capture, warm-up).
 Progress = Callable[[int, int, str], None]
+
+Precision = Literal["fp32", "fp16", "bf16"]
+
+#: Input tensor names a graph may take, and output names the heads know, in preference order.
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+KNOWN_OUTPUTS = ("sentence_embedding", "logits", "last_hidden_state", "token_embeddings")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend a model asks for cannot run here (library or device missing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    """The model options a backend reads; the core fills them from the model's config."""
+
+    #: ONNX Runtime: intra-op threads (default: one per core).
+    intra_op_threads: int | None = None
+    #: TensorRT: CUDA device ordinal.
+    device: int = 0
+    #: TensorRT: capture one CUDA graph per bucket (``False`` runs plain enqueues).
+    graphs: bool = True
+    precision: Precision = "fp16"
+    #: TensorRT: rebuild a plan that does not match, or refuse to start.
+    rebuild: Literal["auto", "never"] = "auto"
+    gpu_memory_budget_gib: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSpec:
+    """One monotonic counter a backend exports, as a labelled sample of a metric family.
+
+    ``family`` is the metric's name without the server's prefix; counters of one family
+    differ in ``labels`` (e.g. ``gpu_launches{mode="graph"}`` and ``{mode="enqueue"}``).
+    """
+
+    family: str
+    help: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """What a backend declares about itself, for the core to size and schedule by."""
+
+    name: str
+    #: Padded lengths to offer below a model's max length (which is always added).
+    length_steps: tuple[int, ...]
+    #: Default batch sizes of the bucket grid.
+    batch_sizes: tuple[int, ...]
+    #: Fixed cost of one batch in token-equivalents, for choosing batches.
+    batch_overhead_tokens: int
+    #: The dtype the model computes in, by configured precision (TEI's ``model_dtype``).
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+    #: Counters :meth:`Backend.counters` reports values for.
+    counters: tuple[CounterSpec, ...] = ()
+
+    def lengths(self, max_length: int) -> list[int]:
+        """The default padded lengths for a model of ``max_length`` tokens."""
+        return [*(n for n in self.length_steps if n < max_length), max_length]
+
+    def dtype(self, precision: str) -> str:
+        return self.dtypes.get(precision, "float32")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +125,9 @@ class Backend(Protocol):
     @property
     def io(self) -> ModelIO: ...
 
+    def spec(self) -> BackendSpec:
+        """What this backend declares about itself (the same for every instance)."""
+
     def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
         """Allocate every bucket's buffers and warm (or capture) each bucket once."""
 
@@ -74,6 +145,9 @@ class Backend(Protocol):
         bucket runs again): ``(batch, length, hidden)``, ``(batch, hidden)`` or
         ``(batch, labels)``.
         """
+
+    def counters(self) -> Mapping[CounterSpec, int]:
+        """Current values of the counters :meth:`spec` declares."""
 
     def info(self) -> BackendInfo: ...
 

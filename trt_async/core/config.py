@@ -16,12 +16,13 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 import yaml
 
+from trt_async.backends import BackendName
+from trt_async.backends.base import Precision as Precision  # the engine build tool reads it here
+
 #: Environment variable naming the config file for ``granian --factory trt_async.app:create_app``.
 CONFIG_ENV = "TRT_ASYNC_CONFIG"
 
-BackendName = Literal["onnxruntime", "tensorrt", "auto"]
 Pooling = Literal["cls", "mean", "none"]
-Precision = Literal["fp32", "fp16", "bf16"]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 _T = TypeVar("_T")
@@ -62,7 +63,7 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backend: BackendName = "auto"
     #: Longest input in tokens, special tokens included. Default: from config.json, capped at 512.
     max_length: Positive | None = None
-    #: Bucket grid. Defaults depend on the backend (see ``trt_async.core.model``).
+    #: Bucket grid. Defaults come from the backend's spec (``BackendSpec``).
     batch_sizes: list[Positive] | None = None
     lengths: list[Positive] | None = None
     max_batch_tokens: Positive = 16384

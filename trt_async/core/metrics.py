@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from trt_async.core.buckets import Bucket
+from trt_async.backends.shapes import Bucket
 
 if TYPE_CHECKING:
     from trt_async.core.model import ServedModel, Timings
@@ -148,10 +148,8 @@ class _SchedulerCollector(Collector):
             "Cancelled items, rejected (429) and timed-out (503) requests, failed batches",
             labels=["model", "event"],
         )
-        launches = CounterMetricFamily(
-            f"{p}_gpu_launches", "GPU batches by how they ran (graph replay or plain enqueue)",
-            labels=["model", "mode"],
-        )  # fmt: skip
+        # Families of the counters the backends declare, created as first seen.
+        backend: dict[str, CounterMetricFamily] = {}
         seen: set[int] = set()
         for model in self._models():
             name = model.name
@@ -174,12 +172,16 @@ class _SchedulerCollector(Collector):
             events.add_metric([name, "rejected_requests"], s.rejected_requests)
             events.add_metric([name, "timed_out_requests"], s.timed_out_requests)
             events.add_metric([name, "failed_batches"], s.failed_batches)
-            details = runtime.info().details
-            for mode, key in (("graph", "replays"), ("enqueue", "enqueues")):
-                value = details.get(key)
-                if isinstance(value, int):
-                    launches.add_metric([name, mode], value)
+            for counter, value in runtime.backend.counters().items():
+                family = backend.get(counter.family)
+                if family is None:
+                    labels = ["model", *(k for k, _ in counter.labels)]
+                    family = CounterMetricFamily(
+                        f"{p}_{counter.family}", counter.help, labels=labels
+                    )
+                    backend[counter.family] = family
+                family.add_metric([name, *(v for _, v in counter.labels)], value)
         yield from (
             queue_items, queue_tokens, running, efficiency, healthy,
-            tokens, batches, items, events, launches,
+            tokens, batches, items, events, *backend.values(),
         )  # fmt: skip

@@ -21,9 +21,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from trt_async.backends import KNOWN_INPUTS, Backend, BackendInfo, create_backend, resolve_backend
+from trt_async.backends import backend_spec, create_backend, resolve_backend
+from trt_async.backends.base import KNOWN_INPUTS, Backend, BackendInfo, BackendOptions
+from trt_async.backends.modelfiles import ModelDirError, ModelFiles, position_limit
+from trt_async.backends.shapes import BucketGrid
 from trt_async.core import heads
-from trt_async.core.buckets import BucketGrid
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind, Pooling
 from trt_async.core.errors import (
     EmptyInput,
@@ -32,7 +34,6 @@ from trt_async.core.errors import (
     Unavailable,
     WrongModelKind,
 )
-from trt_async.core.modeldir import ModelDirError, ModelFiles, position_limit
 from trt_async.core.runner import BatchRunner
 from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, ScheduleResult
 from trt_async.core.tokenizer import Direction, Encoding, TextInput, TextTokenizer, TokenInfo
@@ -107,29 +108,24 @@ class ZeroShotResult:
 
 
 def default_lengths(backend: str, max_length: int) -> list[int]:
-    """Padded lengths: fine-grained on the CPU (cost is linear in padding), coarser on the
-    GPU (each length is a captured graph; small padding costs little there)."""
-    if backend == "tensorrt":
-        steps = [16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096, 8192]
-    else:
-        steps = [*range(8, 129, 8), *range(144, 257, 16), *range(288, 8193, 32)]
-    lengths = [n for n in steps if n < max_length]
-    return [*lengths, max_length]
+    """Backend ``backend``'s default padded lengths (for scripts that assemble a grid)."""
+    return backend_spec(backend).lengths(max_length)
 
 
 def default_batch_sizes(backend: str) -> list[int]:
-    # ONNX Runtime takes any shape, so every batch size is a bucket and no padding rows are
-    # computed; a CUDA graph per size is costly, and a few padded rows are nearly free there.
-    if backend == "tensorrt":
-        return [1, 2, 4, 8, 16, 32, 64]
-    return list(range(1, 33))
+    return list(backend_spec(backend).batch_sizes)
 
 
-def default_batch_overhead(backend: str) -> int:
-    """Per-batch cost in token-equivalents. Measured for all-MiniLM-L6-v2 on ONNX Runtime
-    (2 threads): about 2.2 ms + 0.068 ms per padded token, i.e. ~32 tokens. A GPU batch
-    costs about the same up to thousands of tokens, so it is dominated by the launch."""
-    return 4096 if backend == "tensorrt" else 32
+def backend_options(config: ModelConfig) -> BackendOptions:
+    """The options of ``config`` that a backend reads."""
+    return BackendOptions(
+        intra_op_threads=config.intra_op_threads,
+        device=config.device,
+        graphs=config.graphs,
+        precision=config.precision,
+        rebuild=config.rebuild,
+        gpu_memory_budget_gib=config.gpu_memory_budget_gib,
+    )
 
 
 def model_max_length(config: ModelConfig, files: ModelFiles) -> int:
@@ -191,8 +187,12 @@ class ModelRuntime:
         self.files = files
         self.config = config
         self.max_length = model_max_length(config, files)
-        self.backend_name = resolve_backend(config, files) if backend is None else "custom"
-        self.backend = backend or create_backend(self.backend_name, files, config)
+        if backend is None:
+            name = resolve_backend(config.backend, files)
+            backend = create_backend(name, files, backend_options(config))
+        self.backend = backend
+        self.spec = spec = backend.spec()
+        self.backend_name = spec.name
         io = self.backend.io
         unknown = [name for name in io.inputs if name not in KNOWN_INPUTS]
         if "input_ids" not in io.inputs or unknown:
@@ -213,13 +213,13 @@ class ModelRuntime:
                 f"{label}: max_length {config.max_length} is more than the model's position "
                 f"table allows ({limit} tokens, from {files.root.name}/config.json); lower it"
             )
-        lengths = config.lengths or default_lengths(self.backend_name, self.max_length)
+        lengths = config.lengths or spec.lengths(self.max_length)
         if max(lengths) < self.max_length:
             lengths = [*lengths, self.max_length]
         lengths = [n for n in lengths if n <= self.max_length]
         try:
             self.grid = BucketGrid(
-                config.batch_sizes or default_batch_sizes(self.backend_name),
+                config.batch_sizes or spec.batch_sizes,
                 lengths,
                 max(config.max_batch_tokens, max(lengths)),
             )
@@ -240,7 +240,7 @@ class ModelRuntime:
             batch_overhead_tokens=(
                 config.batch_overhead_tokens
                 if config.batch_overhead_tokens is not None
-                else default_batch_overhead(self.backend_name)
+                else spec.batch_overhead_tokens
             ),
             observer=observer,
         )

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ModelConfig, ModelKind
 from trt_async.core.errors import Conflict, ModelNotFound
 from trt_async.core.model import ModelRuntime, ModelState, ServedModel, Timings
-from trt_async.core.modeldir import ModelFiles
 from trt_async.core.scheduler import BatchObserver
 
 log = logging.getLogger(__name__)

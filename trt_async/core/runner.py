@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 
 from trt_async.backends.base import Backend
-from trt_async.core.buckets import Bucket
+from trt_async.backends.shapes import Bucket
 from trt_async.core.heads import Reducer
 from trt_async.core.tokenizer import Encoding
 

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from trt_async.core.buckets import Bucket, BucketGrid
+from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
 from trt_async.core.runner import BatchOutput
 from trt_async.core.tokenizer import Encoding

@@ -14,9 +14,9 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.exceptions import HTTPException
 
+from trt_async.backends.modelfiles import ModelDirError
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind
 from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath
-from trt_async.core.modeldir import ModelDirError
 from trt_async.http.auth import PUBLIC_OPT
 from trt_async.http.common import AnyRequest, JsonBody, error_responses, get_registry
 from trt_async.http.errors import Dialect

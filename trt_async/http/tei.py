@@ -132,12 +132,6 @@ def _model_type(model: ServedModel) -> dict[str, dict[str, Any]]:
     return {"classifier": {"id2label": labels}}
 
 
-def _dtype(model: ServedModel) -> str:
-    if model.runtime.info().name == "tensorrt":
-        return {"fp16": "float16", "bf16": "bfloat16"}.get(model.config.precision, "float32")
-    return "float32"
-
-
 class TEIController(Controller):
     tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
     opt = {"dialect": Dialect.TEI}  # noqa: RUF012
@@ -236,7 +230,7 @@ class TEIController(Controller):
         cfg = served.config
         return Info(
             model_id=served.name,
-            model_dtype=_dtype(served),
+            model_dtype=served.runtime.spec.dtype(served.config.precision),
             model_type=_model_type(served),
             max_concurrent_requests=cfg.max_queue_items,
             max_input_length=served.max_length,

@@ -23,8 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from trt_async.backends.modelfiles import MANIFEST_NAME, ONNX_NAME
 from trt_async.core.config import Config, parse_config
-from trt_async.core.modeldir import MANIFEST_NAME, ONNX_NAME
 
 #: Environment variable naming the cache folder.
 CACHE_ENV = "TRT_ASYNC_CACHE"

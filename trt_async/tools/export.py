@@ -3,7 +3,7 @@
 ``trt-async export <hf-folder> --task embed|rerank|nli -o <model-dir>`` writes
 ``model.onnx`` (dynamic batch and sequence axes), ``tokenizer.json``, ``config.json``,
 sentence-transformers' pooling config when there is one, and ``trt_async.json`` (the
-:class:`~trt_async.core.modeldir.ExportManifest`). The graph is checked against torch with
+:class:`~trt_async.backends.modelfiles.ExportManifest`). The graph is checked against torch with
 ONNX Runtime before the manifest is written, so a folder with a manifest is a verified one.
 
 torch and transformers are imported only inside the functions: the CLI and the server
@@ -32,7 +32,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from trt_async.core.modeldir import (
+from trt_async.backends.modelfiles import (
     MANIFEST_NAME,
     ONNX_NAME,
     ExportManifest,

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from trt_async.backends.base import Precision
+from trt_async.backends.modelfiles import ONNX_NAME
 from trt_async.backends.tensorrt.cuda import Cuda
 from trt_async.backends.tensorrt.plan import (
     PlanManifest,
@@ -29,8 +31,6 @@ from trt_async.backends.tensorrt.plan import (
     write_plan_manifest,
 )
 from trt_async.backends.tensorrt.trt_api import IBuilder, dims, load_tensorrt
-from trt_async.core.config import Precision
-from trt_async.core.modeldir import ONNX_NAME
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)

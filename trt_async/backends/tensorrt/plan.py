@@ -12,9 +12,9 @@ from pathlib import Path
 
 import msgspec
 
-from trt_async.core.buckets import BucketGrid
-from trt_async.core.config import Precision
-from trt_async.core.modeldir import sha256_file
+from trt_async.backends.base import Precision
+from trt_async.backends.modelfiles import sha256_file
+from trt_async.backends.shapes import BucketGrid
 
 #: Base folder for built plans (``<base>/<model-name>/``).
 GRAPHS_ENV = "TRT_ASYNC_GRAPHS"

@@ -25,8 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from trt_async.backends import KNOWN_INPUTS, KNOWN_OUTPUTS, BackendUnavailable
-from trt_async.backends.base import BackendInfo, ModelIO, Progress
+from trt_async.backends.base import (
+    KNOWN_INPUTS,
+    KNOWN_OUTPUTS,
+    BackendInfo,
+    BackendOptions,
+    BackendSpec,
+    BackendUnavailable,
+    CounterSpec,
+    ModelIO,
+    Progress,
+)
+from trt_async.backends.modelfiles import ModelFiles
+from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt.build import build_engine
 from trt_async.backends.tensorrt.cuda import Cuda, CudaError, DeviceInfo, host_array
 from trt_async.backends.tensorrt.plan import (
@@ -38,6 +49,7 @@ from trt_async.backends.tensorrt.plan import (
     plan_paths,
     read_plan_manifest,
 )
+from trt_async.backends.tensorrt.spec import GRAPH_REPLAYS, PLAIN_ENQUEUES, TENSORRT_SPEC
 from trt_async.backends.tensorrt.trt_api import (
     ICudaEngine,
     IExecutionContext,
@@ -46,9 +58,6 @@ from trt_async.backends.tensorrt.trt_api import (
     io_mode_is_input,
     load_tensorrt,
 )
-from trt_async.core.buckets import Bucket, BucketGrid
-from trt_async.core.config import ModelConfig
-from trt_async.core.modeldir import ModelFiles
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +116,7 @@ class TensorRTBackend:
     def __init__(
         self,
         files: ModelFiles,
-        config: ModelConfig,
+        config: BackendOptions,
         *,
         trt_module: Any | None = None,
         cuda_runtime: Any | None = None,
@@ -592,6 +601,12 @@ class TensorRTBackend:
         self.enqueues += 1
 
     # -- reporting and teardown ----------------------------------------------------------
+    def spec(self) -> BackendSpec:
+        return TENSORRT_SPEC
+
+    def counters(self) -> dict[CounterSpec, int]:
+        return {GRAPH_REPLAYS: self.replays, PLAIN_ENQUEUES: self.enqueues}
+
     def info(self) -> BackendInfo:
         gpu = self._gpu
         fallbacks = {

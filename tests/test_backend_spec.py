@@ -1,0 +1,78 @@
+"""Backends describe themselves: the core sizes grids and batches from the spec, and the
+metrics export the counters a backend declares, with no backend named above ``backends/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fake_backend import EXECUTED, FAKE_SPEC, FakeBackend
+from trt_async.backends import BackendUnavailable, backend_spec, create_backend
+from trt_async.backends.base import BackendOptions
+from trt_async.backends.modelfiles import ModelFiles
+from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
+from trt_async.core.config import ModelConfig, ModelKind
+from trt_async.core.metrics import Metrics
+from trt_async.core.model import ModelRuntime, ServedModel
+
+
+def test_default_lengths_end_at_the_models_max_length() -> None:
+    assert TENSORRT_SPEC.lengths(512) == [16, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+    assert TENSORRT_SPEC.lengths(100) == [16, 32, 48, 64, 96, 100]
+    cpu = backend_spec("onnxruntime")
+    # Every 8 tokens up to 128, every 16 up to 256, every 32 beyond.
+    assert cpu.lengths(300)[:3] == [8, 16, 24]
+    assert cpu.lengths(300)[-4:] == [240, 256, 288, 300]
+    assert cpu.batch_sizes == tuple(range(1, 33))
+
+
+def test_dtype_follows_the_precision_only_where_the_backend_has_precisions() -> None:
+    assert TENSORRT_SPEC.dtype("fp16") == "float16"
+    assert TENSORRT_SPEC.dtype("bf16") == "bfloat16"
+    assert TENSORRT_SPEC.dtype("fp32") == "float32"
+    assert backend_spec("onnxruntime").dtype("fp16") == "float32"
+
+
+def test_unknown_backend_names_the_known_ones(minilm_model_dir: Path) -> None:
+    files = ModelFiles.resolve(minilm_model_dir)
+    with pytest.raises(
+        BackendUnavailable, match="unknown backend 'cuda'; use onnxruntime, tensorrt"
+    ):
+        create_backend("cuda", files, BackendOptions())
+
+
+def _runtime(model_dir: Path, backend: FakeBackend, **options: object) -> ModelRuntime:
+    files = ModelFiles.resolve(model_dir)
+    config = ModelConfig(model_path=str(model_dir), max_length=100, **options)  # type: ignore[arg-type]
+    return ModelRuntime(files, config, backend=backend, label="fake")
+
+
+def test_grid_and_batch_cost_come_from_the_backends_spec(minilm_model_dir: Path) -> None:
+    runtime = _runtime(minilm_model_dir, FakeBackend())
+    assert runtime.grid.batch_sizes == FAKE_SPEC.batch_sizes
+    assert list(runtime.grid.lengths) == [16, 32, 64, 100]
+    assert runtime.scheduler._overhead == FAKE_SPEC.batch_overhead_tokens
+    # The config still wins over the spec.
+    runtime = _runtime(
+        minilm_model_dir, FakeBackend(), batch_sizes=[1, 3], lengths=[50], batch_overhead_tokens=7
+    )
+    assert runtime.grid.batch_sizes == (1, 3)
+    assert list(runtime.grid.lengths) == [50, 100]
+    assert runtime.scheduler._overhead == 7
+
+
+async def test_metrics_export_the_counters_a_backend_declares(minilm_model_dir: Path) -> None:
+    backend = FakeBackend()
+    runtime = _runtime(minilm_model_dir, backend)
+    model = ServedModel("fake-embed", ModelKind.EMBEDDING, runtime.config, runtime)
+    metrics = Metrics(lambda: [model])
+    await runtime.start()
+    try:
+        ran = len(backend.executed)
+        assert ran >= 1  # the start-up probe
+        text = metrics.render().decode()
+        assert f"# HELP trt_async_{EXECUTED.family}_total {EXECUTED.help}" in text
+        assert f'trt_async_{EXECUTED.family}_total{{model="fake-embed"}} {float(ran)}' in text
+    finally:
+        await runtime.close()

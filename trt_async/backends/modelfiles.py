@@ -1,0 +1,205 @@
+"""Finding a model's files: the graph (ONNX or a TensorRT plan), tokenizer.json, config.json.
+
+A model folder written by ``trt-async export`` holds ``model.onnx`` (with
+``model.onnx.data`` for large weights), ``tokenizer.json``, ``config.json`` and
+``trt_async.json``, the manifest of what the graph takes and gives. The seed's configs
+point ``model_path`` straight at a ``.trt`` plan and ``tokenizer_path`` at a folder: that
+works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+MANIFEST_NAME = "trt_async.json"
+ONNX_NAME = "model.onnx"
+PLAN_SUFFIXES = (".trt", ".plan", ".engine")
+
+Task = Literal["embed", "rerank", "nli"]
+
+
+#: Model types whose position ids start after the padding index (fairseq heritage): they
+#: reserve ``pad_token_id + 1`` of ``max_position_embeddings`` (XLM-R large: 514 -> 512).
+OFFSET_POSITION_MODELS = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "data2vec-text",
+        "longformer",
+        "mpnet",
+        "ibert",
+        "markuplm",
+        "luke",
+        "roberta-prelayernorm",
+    }
+)
+
+
+def position_limit(hf_config: dict[str, Any]) -> int | None:
+    """Longest input in tokens, special tokens included, that the position table allows."""
+    positions = hf_config.get("max_position_embeddings")
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if hf_config.get("model_type") in OFFSET_POSITION_MODELS:
+        pad = hf_config.get("pad_token_id")
+        positions -= (pad if isinstance(pad, int) else 1) + 1
+    return positions
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ModelDirError(Exception):
+    """A model folder that cannot be served; the message names the file and the fix."""
+
+
+class ExportManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """What ``trt-async export`` recorded about a graph."""
+
+    task: Task
+    inputs: list[str]
+    output: str
+    #: Pooling the server applies (``none`` when the graph already pools).
+    pooling: Literal["cls", "mean", "none"] = "none"
+    hidden_size: int | None = None
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    max_length: int | None = None
+    onnx_sha256: str | None = None
+    opset: int | None = None
+    exporter: str | None = None
+    source: str | None = None
+
+
+def read_manifest(path: Path) -> ExportManifest:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=ExportManifest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ModelDirError(
+            f"{path}: not a valid export manifest ({exc}); re-run trt-async export"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The resolved files of one model."""
+
+    root: Path
+    tokenizer: Path
+    onnx: Path | None = None
+    plan: Path | None = None
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    manifest: ExportManifest | None = None
+    #: sentence-transformers' pooling mode, if the folder has one (1_Pooling/config.json).
+    st_pooling: Literal["cls", "mean"] | None = None
+    #: sentence-transformers' truncation length (sentence_bert_config.json), if any.
+    st_max_length: int | None = None
+
+    @classmethod
+    def resolve(
+        cls, model_path: str | Path, tokenizer_path: str | Path | None = None
+    ) -> ModelFiles:
+        path = Path(model_path)
+        plan: Path | None = None
+        onnx: Path | None = None
+        if path.is_file():
+            root = path.parent
+            if path.suffix in PLAN_SUFFIXES:
+                plan = path
+            elif path.suffix == ".onnx":
+                onnx = path
+            else:
+                raise ModelDirError(
+                    f"{path}: model_path must be a model folder, a .onnx file or a TensorRT plan "
+                    f"({', '.join(PLAN_SUFFIXES)})"
+                )
+        elif path.is_dir():
+            root = path
+            if (path / ONNX_NAME).is_file():
+                onnx = path / ONNX_NAME
+            plans = sorted(p for p in path.iterdir() if p.suffix in PLAN_SUFFIXES)
+            plan = plans[0] if plans else None
+            if onnx is None and plan is None:
+                hint = (
+                    "it holds Hugging Face weights: run `trt-async export "
+                    f"{path} --task embed|rerank|nli -o <model-dir>` and point model_path there"
+                    if (path / "config.json").is_file()
+                    else "run `trt-async export` on the Hugging Face folder to create it"
+                )
+                raise ModelDirError(f"{path / ONNX_NAME}: missing; {hint}")
+        else:
+            raise ModelDirError(f"{path}: no such model file or folder (check model_path)")
+
+        tok_root = Path(tokenizer_path) if tokenizer_path is not None else root
+        tokenizer = tok_root if tok_root.is_file() else tok_root / "tokenizer.json"
+        if not tokenizer.is_file():
+            hint = (
+                "tokenizer_path must be a local folder (no model hub is used); "
+                if tokenizer_path is not None and not Path(tokenizer_path).exists()
+                else ""
+            )
+            raise ModelDirError(
+                f"{tokenizer}: missing; {hint}copy the model's tokenizer.json there "
+                "(trt-async export writes it)"
+            )
+
+        hf_config: dict[str, Any] = {}
+        for candidate in (root / "config.json", tokenizer.parent / "config.json"):
+            if candidate.is_file():
+                try:
+                    hf_config = json.loads(candidate.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as exc:
+                    raise ModelDirError(f"{candidate}: not valid JSON ({exc})") from None
+                break
+
+        manifest_path = root / MANIFEST_NAME
+        manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+        return cls(
+            root=root,
+            tokenizer=tokenizer,
+            onnx=onnx,
+            plan=plan,
+            hf_config=hf_config,
+            manifest=manifest,
+            st_pooling=_sentence_transformers_pooling(root),
+            st_max_length=_sentence_transformers_max_length(root),
+        )
+
+
+def _sentence_transformers_pooling(root: Path) -> Literal["cls", "mean"] | None:
+    cfg = root / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    if data.get("pooling_mode_cls_token"):
+        return "cls"
+    if data.get("pooling_mode_mean_tokens"):
+        return "mean"
+    return None
+
+
+def _sentence_transformers_max_length(root: Path) -> int | None:
+    cfg = root / "sentence_bert_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        value = json.loads(cfg.read_text(encoding="utf-8")).get("max_seq_length")
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, int) and value > 0 else None
