@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from perf.corpus import Corpus
+from trt_async.bench.corpus import Corpus
 from trt_async.core.buckets import Bucket
 from trt_async.core.config import Config, ModelConfig
 from trt_async.core.registry import ModelRegistry

@@ -1,7 +1,7 @@
 """What the HTTP layer costs at saturation: items/s through HTTP against the core alone.
 
 A (HTTP): ``concurrency`` clients sharing one pooled ``aiohttp`` session (the load
-generator's :class:`~perf.loadgen.LoadClient`) send single-text ``POST /v1/embeddings``
+generator's :class:`~trt_async.bench.loadgen.LoadClient`) send single-text ``POST /v1/embeddings``
 requests to a real ``trt-async serve`` process (granian, one worker).
 B (core): the same number of tasks call :meth:`ServedModel.embed` with one text each, in
 this process. Rounds alternate A and B so drift (thermal, other load) hits both alike; the
@@ -28,8 +28,8 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from perf.corpus import corpus_dir
-from perf.loadgen import LoadClient
+from trt_async.bench.corpus import corpus_dir
+from trt_async.bench.loadgen import LoadClient
 from trt_async.core.config import CONFIG_ENV, Config, ModelKind, load_config
 from trt_async.core.model import ServedModel
 from trt_async.core.registry import ModelRegistry
@@ -76,9 +76,9 @@ async def _saturate(call: Call, texts: list[str], concurrency: int, seconds: flo
 
 
 async def _wait_ready(
-    http: LoadClient, proc: asyncio.subprocess.Process, timeout: float = 180
+    http: LoadClient, proc: asyncio.subprocess.Process, timeout_s: float = 180
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.returncode is not None:
             raise SystemExit(f"server exited with {proc.returncode} before it was ready")

@@ -8,8 +8,9 @@
 
 Reported per minute: requests, errors by status, achieved items/s, latency p50/p99/max and
 the server's RSS. Goals: no errors; p99 and RSS flat after the warm-up minute(s). Written as
-``report.json`` and ``report.md`` under ``perf/results/soak-<timestamp>/`` (with
-``server.yaml`` and ``server.log`` when the script started the server).
+``report.json`` and ``report.md`` under ``<results>/soak-<timestamp>/`` (``--results``, default
+``bench-results`` in the current folder), with ``server.yaml`` and ``server.log`` when the
+script started the server.
 
     python -m perf.soak                      # embedded default, 10 minutes at 80 %
     python -m perf.soak --minutes 3
@@ -33,15 +34,22 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from perf.loadgen import LoadClient, PhaseResult, Record, make_client, run_closed, run_open
-from perf.report import error_key, machine, percentiles_ms
-from perf.workload import MIXES, RequestSpec, Targets, build_requests
+from trt_async.bench.cli import DEFAULT_OUT
+from trt_async.bench.loadgen import (
+    LoadClient,
+    PhaseResult,
+    Record,
+    make_client,
+    run_closed,
+    run_open,
+)
+from trt_async.bench.report import error_key, machine, percentiles_ms
+from trt_async.bench.workload import MIXES, RequestSpec, Targets, build_requests
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RSS_LINE = re.compile(rb"^process_resident_memory_bytes\s+(\S+)$", re.MULTILINE)
 
 
@@ -289,8 +297,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-outstanding", type=int, default=512)
     p.add_argument("--pool", type=int, default=4000, help="distinct requests, reused in turn")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-name", help="folder under perf/results (default: soak-<timestamp>)")
-    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--run-name", help="folder under --results (default: soak-<timestamp>)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"results folder (default: ./{DEFAULT_OUT}, under the current folder)",
+    )
     args = p.parse_args(argv)
     if not 0 < args.fraction <= 1.5:
         p.error("--fraction must be in (0, 1.5]")
@@ -301,7 +314,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     folder = args.results / (args.run_name or f"soak-{stamp}")
     folder.mkdir(parents=True, exist_ok=True)
     server = None
@@ -310,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model is None:
             raise SystemExit("--model is required with --url")
     else:
-        from perf.server import ServerProcess, base_config, free_port, write_config
+        from trt_async.bench.server import ServerProcess, base_config, free_port, write_config
 
         config = base_config(args.config)
         if args.model is None:

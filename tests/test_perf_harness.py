@@ -7,10 +7,16 @@ known delay.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
+import re
+import subprocess
+import sys
+import textwrap
 import time
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -19,14 +25,23 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from perf import plots, report
-from perf.bench import _home_as_tilde
-from perf.corpus import Corpus, word_count
-from perf.loadgen import LoadClient, PhaseResult, Record, make_client, run_closed, run_open, send
-from perf.server import StatsReader, extract_model_stats
-from perf.workload import MIXES, Targets, build_requests, retarget
+from trt_async.bench import plots, report
+from trt_async.bench.corpus import Corpus, word_count
+from trt_async.bench.loadgen import (
+    LoadClient,
+    PhaseResult,
+    Record,
+    make_client,
+    run_closed,
+    run_open,
+    send,
+)
+from trt_async.bench.run import _home_as_tilde
+from trt_async.bench.server import StatsReader, extract_model_stats
+from trt_async.bench.workload import MIXES, Targets, build_requests, retarget
 
 TARGETS = Targets("emb", "rr", "nli")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_corpus_is_deterministic_and_has_both_languages() -> None:
@@ -354,3 +369,110 @@ def test_markdown_json_and_plots(tmp_path: Path) -> None:
     assert "| sweep c=16 | ours | realistic | c=16 |" in md
     assert "| a vs b | A | B | items_per_s |" in md and "![lt](lt.png)" in md
     assert msgspec.json.decode(paths["json"].read_bytes())["phases"][0]["ok"] == 200
+
+
+# -- the command line without the bench and test extras ----------------------------------------
+
+#: Modules of the bench and test extras: a quick-start install (``.[cpu,export]``) lacks them.
+NOT_IN_QUICK_START = ("aiohttp", "matplotlib", "httpx", "yarl", "pytest", "openai")
+
+#: Python run in a subprocess first: any import of those modules fails as if not installed.
+_WITHOUT_EXTRAS = f"""
+import sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {NOT_IN_QUICK_START!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def _without_extras(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_server_imports_nothing_from_the_bench_or_test_extras() -> None:
+    run = _without_extras(
+        """
+        import importlib, pkgutil, trt_async
+        failed = []
+        for m in pkgutil.walk_packages(trt_async.__path__, "trt_async."):
+            if m.name == "trt_async.__main__":
+                continue
+            try:
+                importlib.import_module(m.name)
+            except ModuleNotFoundError as exc:
+                failed.append(m.name)
+        print(",".join(failed))
+        from trt_async.cli import main
+        assert main(["serve", "--help"]) == 0
+        """
+    )
+    assert run.returncode == 0, run.stderr
+    failed = run.stdout.splitlines()[0].split(",")
+    # Only the harness itself needs the extra; serve, export, build and the CLI do not.
+    harness = {"loadgen", "plots", "report", "run", "server"}
+    assert set(failed) == {f"trt_async.bench.{m}" for m in harness}
+    assert "usage: trt-async serve" in run.stdout
+
+
+def test_bench_without_the_extra_says_which_extra_to_install() -> None:
+    run = _without_extras(
+        """
+        from trt_async.cli import main
+        raise SystemExit(main(["bench", "--serve"]))
+        """
+    )
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "trt-async bench needs the bench extra (aiohttp is not installed): "
+        "pip install 'trt-async[bench]'"
+    ]
+    helped = _without_extras("from trt_async.cli import main; main(['bench', '--help'])")
+    assert helped.returncode == 0 and "--peer-url" in helped.stdout, helped.stderr
+
+
+def test_other_missing_modules_are_not_blamed_on_the_bench_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trt_async.bench import cli
+
+    # A None entry makes the import raise ModuleNotFoundError naming that module.
+    monkeypatch.setitem(sys.modules, "trt_async.bench.run", None)
+    with pytest.raises(ModuleNotFoundError, match=r"trt_async\.bench\.run"):
+        cli._run(argparse.Namespace())
+
+
+def test_the_bench_extra_brings_the_modules_the_hint_names() -> None:
+    from trt_async.bench.cli import EXTRA_MODULES
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    bench = pyproject["project"]["optional-dependencies"]["bench"]
+    names = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0] for req in bench}
+    assert names == set(EXTRA_MODULES)
+
+
+def test_bare_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from trt_async.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: trt-async") and all(
+        cmd in out for cmd in ("serve", "export", "build", "bench")
+    )
+
+
+def test_results_go_outside_the_package_by_default() -> None:
+    from trt_async.bench.cli import DEFAULT_OUT
+    from trt_async.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--serve"])
+    assert args.out == DEFAULT_OUT and not args.out.is_absolute()
+    assert args.out.parts[0] not in ("perf", "trt_async")

@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the load generator needs the bench extra")
 
-from perf.loadgen import PhaseResult, Record
 from perf.soak import Samples, drift, markdown, parse_args, per_minute, summary
+from trt_async.bench.loadgen import PhaseResult, Record
 
 
 def records() -> list[Record]:

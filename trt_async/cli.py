@@ -1,7 +1,9 @@
 """``trt-async``: serve, export, build, bench.
 
 Each subcommand lives beside the code it drives and registers its own arguments; this
-module only assembles them, so ``trt-async --help`` stays cheap to import.
+module only assembles them, so ``trt-async --help`` stays cheap to import. Registering a
+subcommand imports only its parser: ``bench``'s harness (the ``bench`` extra) is loaded
+when ``trt-async bench`` runs, so serving needs none of it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from perf.bench import add_bench_parser
+    from trt_async.bench.cli import add_bench_parser
     from trt_async.http.serve import add_serve_parser
     from trt_async.tools.build_engine import add_build_parser
     from trt_async.tools.export import add_export_parser
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_serve_parser(subparsers)
     add_export_parser(subparsers)
     add_build_parser(subparsers)
@@ -40,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # Like git: no command, the overview of all of them.
+        parser.print_help()
+        return 0
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

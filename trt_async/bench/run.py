@@ -12,7 +12,8 @@ A run is a fixed plan of phases, each bounded in time and in requests:
    against a peer OpenAI-compatible URL on identical request streams.
 
 The target is ``--url`` (any OpenAI-compatible server) or ``--serve`` (start ours on a
-free loopback port and stop it afterwards). Results go to ``perf/results/<run-name>/``.
+free loopback port and stop it afterwards). Results go to ``OUT/<run-name>/`` (``--out``,
+default ``bench-results`` in the current folder).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ import aiohttp
 import msgspec
 import numpy as np
 
-from perf import plots, report
-from perf.corpus import Corpus
-from perf.loadgen import LoadClient, PhaseResult, make_client, run_closed, run_open
-from perf.server import (
+from trt_async.bench import plots, report
+from trt_async.bench.corpus import Corpus
+from trt_async.bench.loadgen import LoadClient, PhaseResult, make_client, run_closed, run_open
+from trt_async.bench.plan import Plan, plan_from_args
+from trt_async.bench.server import (
     ServerProcess,
     StatsReader,
     Variants,
@@ -43,7 +45,7 @@ from perf.server import (
     base_config,
     write_config,
 )
-from perf.workload import MIXES, RequestSpec, Targets, build_requests, retarget
+from trt_async.bench.workload import RequestSpec, Targets, build_requests, retarget
 from trt_async.core.config import Config, ModelConfig
 
 COMPARISONS = {
@@ -51,79 +53,6 @@ COMPARISONS = {
     "b": "length buckets against padding every batch to the maximum length",
     "c": "the HTTP server against the bare ONNX Runtime backend on the same batches",
     "d": "our server against a peer OpenAI-compatible /v1/embeddings URL",
-}
-
-
-@dataclass
-class Plan:
-    """What a run does; every phase is bounded by ``duration_s`` and ``max_requests``."""
-
-    concurrency: list[int]
-    rate_fractions: list[float]
-    rates: list[float] | None
-    duration_s: float
-    max_requests: int
-    warmup_s: float
-    mixes: list[str]
-    mix_concurrency: int
-    compare: list[str]
-    rounds: int
-    compare_duration_s: float
-    compare_concurrency: int
-    #: Requests pre-generated per mix (the stream is reused when a phase sends more).
-    pool: int = 2000
-    #: Requests of the c=1 phase whose texts the bare batch-1 latency is measured on.
-    bare_latency_items: int = 200
-    extra_notes: list[str] = field(default_factory=list)
-
-
-PLANS: dict[str, Plan] = {
-    "smoke": Plan(
-        concurrency=[1, 4],
-        rate_fractions=[0.5],
-        rates=None,
-        duration_s=1.0,
-        max_requests=25,
-        warmup_s=0.0,
-        mixes=["short", "docs32", "rerank", "nli"],
-        mix_concurrency=2,
-        compare=["a", "b", "c", "d"],
-        rounds=1,
-        compare_duration_s=1.0,
-        compare_concurrency=4,
-        pool=40,
-        bare_latency_items=10,
-    ),
-    "quick": Plan(
-        concurrency=[1, 16, 64],
-        rate_fractions=[0.5, 0.9],
-        rates=None,
-        duration_s=5.0,
-        max_requests=5000,
-        warmup_s=0.5,
-        mixes=["short", "long", "docs32", "rerank", "nli"],
-        mix_concurrency=16,
-        compare=["a", "b", "c", "d"],
-        rounds=2,
-        compare_duration_s=5.0,
-        compare_concurrency=64,
-        pool=1000,
-    ),
-    "full": Plan(
-        concurrency=[1, 4, 16, 64, 256, 512],
-        rate_fractions=[0.25, 0.5, 0.75, 0.9],
-        rates=None,
-        duration_s=10.0,
-        max_requests=20000,
-        warmup_s=1.0,
-        mixes=["short", "long", "docs32", "rerank", "nli"],
-        mix_concurrency=4,
-        compare=["a", "b", "c", "d"],
-        rounds=3,
-        compare_duration_s=8.0,
-        compare_concurrency=64,
-        pool=3000,
-    ),
 }
 
 
@@ -236,7 +165,8 @@ class Bench:
             (after or {}).get(model or "") if after else None,
             reason,
         )
-        summary["loadavg_1m"] = (report.loadavg() or [None])[0]
+        load = report.loadavg()
+        summary["loadavg_1m"] = load[0] if load else None
         if record:
             self.phases.append(summary)
         print(_progress_line(summary), file=sys.stderr, flush=True)
@@ -361,7 +291,7 @@ class Bench:
             )
 
     async def compare_bare(self, client: LoadClient, stats: StatsReader) -> None:
-        from perf.bare import BareBackend
+        from trt_async.bench.bare import BareBackend
 
         model_cfg = self.model_configs.get(self.targets.embedding)
         if model_cfg is None or model_cfg.backend == "tensorrt":
@@ -682,97 +612,6 @@ def _progress_line(s: dict[str, Any]) -> str:
     )
 
 
-# -- CLI -----------------------------------------------------------------------------------------
-
-
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _float_list(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``trt-async bench``."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "bench",
-        help="load-test a server: latency percentiles, throughput, comparisons, plots",
-        description=(
-            "Load an OpenAI-compatible server (--url) or our own (--serve), then write "
-            "report.json, report.md and PNG plots to OUT/RUN-NAME. Every phase is bounded "
-            "in time and in requests."
-        ),
-    )
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--url", help="base URL of a running server (e.g. http://127.0.0.1:8887)")
-    target.add_argument(
-        "--serve",
-        action="store_true",
-        help="start our server on a free loopback port (embedded default or --config) and "
-        "stop it afterwards",
-    )
-    p.add_argument("--config", type=Path, help="server config for --serve (default: embedded)")
-    p.add_argument("--model", help="embedding model name (default: the first one served)")
-    p.add_argument("--rerank-model", help="reranking model for the rerank mix")
-    p.add_argument("--nli-model", help="NLI model for the nli mix")
-    p.add_argument("--api-key", help="bearer token for the target")
-    p.add_argument("--peer-url", help="a peer OpenAI-compatible server to compare with (d)")
-    p.add_argument("--peer-model", help="model name on the peer (default: --model)")
-    p.add_argument("--peer-api-key", help="bearer token for the peer")
-    p.add_argument(
-        "--plan", choices=sorted(PLANS), default="quick", help="phase plan (default: quick)"
-    )
-    p.add_argument("--smoke", action="store_true", help="the smoke plan: seconds, tiny counts")
-    p.add_argument("--concurrency", type=_int_list, help="closed-loop sweep, e.g. 1,4,16,64")
-    p.add_argument("--rates", type=_float_list, help="open-loop Poisson rates in requests/s")
-    p.add_argument("--duration", type=float, help="seconds per phase")
-    p.add_argument("--compare-duration", type=float, help="seconds per comparison round")
-    p.add_argument("--max-requests", type=int, help="most requests per phase")
-    p.add_argument("--rounds", type=int, help="alternating rounds per comparison")
-    p.add_argument(
-        "--mixes", type=lambda s: s.split(","), help=f"mixes to run ({', '.join(MIXES)})"
-    )
-    p.add_argument(
-        "--compare",
-        type=lambda s: [x for x in s.split(",") if x],
-        help="comparisons to run: a,b,c,d (default: all that apply; '' for none)",
-    )
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--encoding-format", choices=["float", "base64"], default="float")
-    p.add_argument("--out", type=Path, default=Path("perf/results"), help="results folder")
-    p.add_argument("--run-name", help="subfolder name (default: PLAN-TIMESTAMP)")
-    p.set_defaults(func=run_bench)
-    return p
-
-
-def plan_from_args(args: argparse.Namespace) -> Plan:
-    plan = replace(PLANS["smoke" if args.smoke else args.plan])
-    if args.concurrency:
-        plan.concurrency = args.concurrency
-    if args.rates is not None:
-        plan.rates = args.rates
-    if args.duration is not None:
-        plan.duration_s = args.duration
-    if args.compare_duration is not None:
-        plan.compare_duration_s = args.compare_duration
-    if args.max_requests is not None:
-        plan.max_requests = args.max_requests
-    if args.rounds is not None:
-        plan.rounds = args.rounds
-    if args.mixes is not None:
-        args.mixes = [m for m in args.mixes if m]
-        unknown = [m for m in args.mixes if m not in MIXES]
-        if unknown:
-            raise SystemExit(
-                f"trt-async bench: unknown mix {unknown[0]!r}; choose from {list(MIXES)}"
-            )
-        plan.mixes = args.mixes
-    if args.compare is not None:
-        plan.compare = args.compare
-    return plan
-
-
 def _configured(config: Config, args: argparse.Namespace) -> None:
     """Fill in model names from the config where none were given."""
     if args.model is None and config.embedding_models:
@@ -846,16 +685,3 @@ def _home_as_tilde(path: Path) -> None:
     text = path.read_text(encoding="utf-8", errors="replace")
     if home in text:
         path.write_text(text.replace(home, "~"), encoding="utf-8")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.bench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_bench_parser(sub)
-    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
-    handler = args.func
-    return int(handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,7 +31,7 @@ from trt_async.core.model import model_max_length
 from trt_async.core.modeldir import ModelFiles
 
 if TYPE_CHECKING:
-    from perf.loadgen import LoadClient
+    from trt_async.bench.loadgen import LoadClient
 
 #: Routes that may list models with their statistics, tried in order.
 STATS_ROUTES = ("/models/status", "/v1/models/status", "/status", "/models", "/v1/models")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from perf.loadgen import TIMING_HEADERS, PhaseResult, Record
+from trt_async.bench.loadgen import TIMING_HEADERS, PhaseResult, Record
 
 #: Latency percentiles reported, as (key, percentile).
 PERCENTILES: tuple[tuple[str, float], ...] = (

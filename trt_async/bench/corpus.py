@@ -1,4 +1,4 @@
-"""Deterministic texts for load tests, built from the files in ``perf/corpus/``.
+"""Deterministic texts for load tests, built from the files in ``corpus/`` beside this module.
 
 A :class:`Corpus` holds the hand-written sentences and word lists of each language; a
 :class:`TextSource` draws texts from it with a seeded :class:`random.Random`, so a seed
@@ -19,8 +19,8 @@ DEFAULT_LANGUAGES: dict[str, float] = {"en": 0.8, "zh": 0.2}
 
 
 def corpus_dir() -> Path:
-    """The shipped corpus folder (package data of ``perf``)."""
-    return Path(str(resources.files("perf") / "corpus"))
+    """The shipped corpus folder (package data of ``trt_async.bench``)."""
+    return Path(str(resources.files("trt_async.bench") / "corpus"))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from perf.workload import RequestSpec
+from trt_async.bench.workload import RequestSpec
 
 #: Response headers carrying the server's time split (milliseconds).
 TIMING_HEADERS = {

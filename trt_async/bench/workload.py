@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from perf.corpus import Corpus
+from trt_async.bench.corpus import Corpus
 
 #: Every mix the generator knows, with what one request carries.
 MIXES: dict[str, str] = {
