@@ -62,8 +62,8 @@ class FakeApp:
     client: httpx.AsyncClient
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")

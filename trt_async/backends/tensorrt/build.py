@@ -247,7 +247,7 @@ def build_engine(
         onnx_data_sha256=data_sha,
         workspace_gib=workspace_gib,
         build_seconds=round(seconds, 3),
-        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        built_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_path, manifest_path = plan_paths(out_dir, precision)
