@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from trt_async.backends.shapes import Bucket
 from trt_async.bench.corpus import Corpus
-from trt_async.core.buckets import Bucket
 from trt_async.core.config import Config, ModelConfig
 from trt_async.core.registry import ModelRegistry
 from trt_async.core.tokenizer import Encoding

@@ -83,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         import trt_async  # noqa: F401
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from trt_async.backends.modelfiles import ModelFiles
+    from trt_async.backends.shapes import BucketGrid
     from trt_async.backends.tensorrt import TensorRTBackend
     from trt_async.backends.tensorrt.build import build_engine
     from trt_async.backends.tensorrt.plan import graphs_dir
-    from trt_async.core.buckets import BucketGrid
     from trt_async.core.config import ModelConfig
-    from trt_async.core.modeldir import ModelFiles
 
     files = ModelFiles.resolve(args.model)
     if files.onnx is None:

@@ -17,12 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.onnxruntime import OnnxRuntimeBackend
+from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core import heads
-from trt_async.core.buckets import Bucket, BucketGrid
 from trt_async.core.config import ModelConfig, Pooling
-from trt_async.core.model import default_batch_sizes, default_lengths, model_max_length
-from trt_async.core.modeldir import ModelFiles
+from trt_async.core.model import (
+    backend_options,
+    default_batch_sizes,
+    default_lengths,
+    model_max_length,
+)
 from trt_async.core.runner import pack
 from trt_async.core.tokenizer import Encoding, TextTokenizer
 
@@ -51,7 +56,7 @@ class BareBackend:
     def __init__(self, config: ModelConfig) -> None:
         files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
         self.max_length = model_max_length(config, files)
-        self.backend = OnnxRuntimeBackend(files, config)
+        self.backend = OnnxRuntimeBackend(files, backend_options(config))
         self.tokenizer = TextTokenizer(
             files.tokenizer,
             self.max_length,

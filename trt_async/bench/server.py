@@ -26,9 +26,9 @@ import httpx
 import msgspec
 import yaml
 
+from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ModelConfig
 from trt_async.core.model import model_max_length
-from trt_async.core.modeldir import ModelFiles
 
 if TYPE_CHECKING:
     from trt_async.bench.loadgen import LoadClient
