@@ -4,22 +4,32 @@ They follow the documented behaviour the backend relies on:
 
 * CUDA calls return ``(cudaError_t, *values)`` tuples; a failed call also becomes the
   thread's sticky "last error" until ``cudaGetLastError`` reads it.
-* Memory is real (ctypes buffers) with real addresses; copies move bytes, and a copy or a
-  kernel that touches memory outside an allocation of the right kind fails.
+* Memory is real (ctypes buffers) with real addresses, 256-byte aligned as ``cudaMalloc``
+  guarantees; copies move bytes, and a copy or a kernel that touches memory outside an
+  allocation of the right kind fails.
 * Work on a stream is deferred until the stream or an event is synchronised, so a missing
   wait shows up as stale data.
 * While a stream captures, its work is recorded instead of run; ``cudaGraphLaunch``
   replays the recording with the pointers and shapes fixed at capture time. Allocating or
   synchronising during capture invalidates it, as in CUDA; the legacy stream 0 cannot
-  capture.
+  capture. Capture modes follow CUDA's rules: an unsafe call (allocation, synchronisation)
+  is refused on the capturing thread in Global and ThreadLocal mode, and on *any* thread
+  while another thread captures in Global mode; only the thread that began a non-Relaxed
+  capture may end it.
 * The engine needs every input shape and every tensor address before ``execute_async_v3``
   (it returns False otherwise), rejects shapes outside its optimisation profile, needs
   user-managed device memory when created that way, and its first enqueue after a shape
   change cannot be captured. Its "network" is an embedding lookup: ``last_hidden_state``
   = ``table[ids] * mask``, ``sentence_embedding`` = masked mean of that, ``logits`` =
   the masked mean times a matrix.
+* A graph depends on its execution context's state at capture: replaying it after that
+  context's shapes or addresses changed is undefined in TensorRT; here it records a
+  violation and writes NaN, so a test sees it.
+* ``tensorrt`` follows the version it is created with: 11.x has no precision builder flags
+  (``BuilderFlag.FP16`` is an ``AttributeError``), both refuse ``nptype(BF16)``.
 * Capture can be made to fail for chosen (batch, length) shapes, either by the enqueue
-  returning False or by invalidating the capture so that ``cudaStreamEndCapture`` fails.
+  returning False, by invalidating the capture so that ``cudaStreamEndCapture`` fails, or by
+  raising from ``execute_async_v3``.
 """
 
 from __future__ import annotations
@@ -52,18 +62,33 @@ class cudaError_t(enum.IntEnum):
     cudaErrorIllegalAddress = 700
     cudaErrorStreamCaptureUnsupported = 900
     cudaErrorStreamCaptureInvalidated = 901
+    cudaErrorStreamCaptureWrongThread = 908
 
 
 class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyHostToHost = 0
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
+    cudaMemcpyDeviceToDevice = 3
 
 
 class cudaStreamCaptureMode(enum.IntEnum):
     cudaStreamCaptureModeGlobal = 0
     cudaStreamCaptureModeThreadLocal = 1
     cudaStreamCaptureModeRelaxed = 2
+
+
+class cudaStreamCaptureStatus(enum.IntEnum):
+    cudaStreamCaptureStatusNone = 0
+    cudaStreamCaptureStatusActive = 1
+    cudaStreamCaptureStatusInvalidated = 2
+
+
+#: ``cudaMalloc`` returns memory "suitably aligned for any kind of variable", 256 bytes in
+#: practice (CUDA programming guide, device memory); TensorRT requires 256-byte aligned
+#: tensor addresses and scratch memory (``IExecutionContext::setTensorAddress`` /
+#: ``setDeviceMemory`` documentation).
+ALIGNMENT = 256
 
 
 _OK = cudaError_t.cudaSuccess
@@ -76,6 +101,7 @@ class FakeStream:
         self.capture: list[Callable[[], None]] | None = None
         self.capture_invalid = False
         self.capture_thread: int | None = None
+        self.capture_mode = cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
         self.destroyed = False
 
     def __int__(self) -> int:
@@ -109,6 +135,7 @@ class FakeCudaRuntime:
     cudaError_t = cudaError_t
     cudaMemcpyKind = cudaMemcpyKind
     cudaStreamCaptureMode = cudaStreamCaptureMode
+    cudaStreamCaptureStatus = cudaStreamCaptureStatus
     cudaHostAllocDefault = 0
     cudaStreamNonBlocking = 1
     cudaEventBlockingSync = 1
@@ -127,8 +154,9 @@ class FakeCudaRuntime:
         self.capability = capability
         self.total_memory = total_memory
         self.used = 0
-        self.host: dict[int, Any] = {}
-        self.device: dict[int, Any] = {}
+        #: Allocations by (aligned) address: (backing ctypes buffer, size in bytes).
+        self.host: dict[int, tuple[Any, int]] = {}
+        self.device: dict[int, tuple[Any, int]] = {}
         self.streams: dict[int, FakeStream] = {}
         self._next_stream = 0x1000
         self._local = threading.local()
@@ -152,18 +180,35 @@ class FakeCudaRuntime:
         )
 
     def _unsafe_during_capture(self) -> tuple[Any, ...] | None:
-        """CUDA forbids allocation and synchronisation while this thread captures."""
-        stream = self._capturing_here()
-        if stream is None:
+        """Refuse a potentially unsafe call (allocation, synchronisation) where CUDA does.
+
+        CUDA runtime API, ``cudaThreadExchangeStreamCaptureMode``: in Global mode "if the
+        local thread has an ongoing capture sequence that was not initiated with
+        cudaStreamCaptureModeRelaxed ..., or if any other thread has a concurrent capture
+        sequence initiated with cudaStreamCaptureModeGlobal, this thread is prohibited from
+        potentially unsafe API calls"; ThreadLocal captures ignore other threads. The
+        prohibited call fails and invalidates the capture sequence it collided with.
+        """
+        me = threading.get_ident()
+        relaxed = cudaStreamCaptureMode.cudaStreamCaptureModeRelaxed
+        glob = cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        hit = [
+            s
+            for s in self.streams.values()
+            if s.capture is not None
+            and s.capture_mode != relaxed
+            and (s.capture_thread == me or s.capture_mode == glob)
+        ]
+        if not hit:
             return None
-        stream.capture_invalid = True
+        for stream in hit:
+            stream.capture_invalid = True
         return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
 
     @staticmethod
-    def _within(registry: dict[int, Any], ptr: int, nbytes: int) -> bool:
+    def _within(registry: dict[int, tuple[Any, int]], ptr: int, nbytes: int) -> bool:
         return any(
-            base <= ptr and ptr + nbytes <= base + ctypes.sizeof(buf)
-            for base, buf in registry.items()
+            base <= ptr and ptr + nbytes <= base + size for base, (_, size) in registry.items()
         )
 
     def check_device_range(self, ptr: int, nbytes: int) -> bool:
@@ -235,9 +280,9 @@ class FakeCudaRuntime:
             return (*bad, 0)
         if device and self.used + nbytes > self.total_memory:
             return self._fail(cudaError_t.cudaErrorMemoryAllocation, 0)
-        buf = (ctypes.c_byte * nbytes)()
-        ptr = ctypes.addressof(buf)
-        registry[ptr] = buf
+        buf = (ctypes.c_byte * (nbytes + ALIGNMENT))()
+        ptr = -(-ctypes.addressof(buf) // ALIGNMENT) * ALIGNMENT
+        registry[ptr] = (buf, nbytes)
         if device:
             self.used += nbytes
         return (_OK, ptr)
@@ -251,10 +296,10 @@ class FakeCudaRuntime:
         return self._alloc(self.host, nbytes, device=False)
 
     def cudaFree(self, ptr: int) -> tuple[Any]:
-        buf = self.device.pop(ptr, None)
-        if buf is None:
+        entry = self.device.pop(ptr, None)
+        if entry is None:
             return self._fail(cudaError_t.cudaErrorInvalidValue)
-        self.used -= ctypes.sizeof(buf)
+        self.used -= entry[1]
         return (_OK,)
 
     def cudaFreeHost(self, ptr: int) -> tuple[Any]:
@@ -269,6 +314,8 @@ class FakeCudaRuntime:
             ok = self._within(self.device, dst, count) and self._within(self.host, src, count)
         elif kind == cudaMemcpyKind.cudaMemcpyDeviceToHost:
             ok = self._within(self.host, dst, count) and self._within(self.device, src, count)
+        elif kind == cudaMemcpyKind.cudaMemcpyDeviceToDevice:
+            ok = self._within(self.device, dst, count) and self._within(self.device, src, count)
         else:
             ok = False
         if not ok:
@@ -326,12 +373,28 @@ class FakeCudaRuntime:
             return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
         stream.capture, stream.capture_invalid = [], False
         stream.capture_thread = threading.get_ident()
+        stream.capture_mode = cudaStreamCaptureMode(mode)
         self.calls["cudaStreamBeginCapture"] += 1
         return (_OK,)
+
+    def cudaStreamIsCapturing(self, stream: FakeStream) -> tuple[Any, cudaStreamCaptureStatus]:
+        if stream.capture is None:
+            return (_OK, cudaStreamCaptureStatus.cudaStreamCaptureStatusNone)
+        if stream.capture_invalid:
+            return (_OK, cudaStreamCaptureStatus.cudaStreamCaptureStatusInvalidated)
+        return (_OK, cudaStreamCaptureStatus.cudaStreamCaptureStatusActive)
 
     def cudaStreamEndCapture(self, stream: FakeStream) -> tuple[Any, FakeGraph | None]:
         if stream.capture is None:
             return self._fail(cudaError_t.cudaErrorIllegalAddress, None)
+        if (
+            stream.capture_mode != cudaStreamCaptureMode.cudaStreamCaptureModeRelaxed
+            and stream.capture_thread != threading.get_ident()
+        ):
+            # cudaErrorStreamCaptureWrongThread: "A stream capture sequence not initiated
+            # with the cudaStreamCaptureModeRelaxed argument to cudaStreamBeginCapture was
+            # passed to cudaStreamEndCapture in a different thread." (CUDA runtime API)
+            return self._fail(cudaError_t.cudaErrorStreamCaptureWrongThread, None)
         ops, invalid = stream.capture, stream.capture_invalid
         stream.capture, stream.capture_invalid, stream.capture_thread = None, False, None
         if invalid:
@@ -377,11 +440,20 @@ class TensorIOMode(enum.Enum):
 
 
 class DataType(enum.Enum):
+    """The member names of ``tensorrt.DataType`` in 10.x and 11.x (values are arbitrary)."""
+
     FLOAT = 0
     HALF = 1
+    INT8 = 2
     INT32 = 3
-    INT64 = 4
+    BOOL = 4
+    UINT8 = 5
+    FP8 = 6
     BF16 = 7
+    INT64 = 8
+    INT4 = 9
+    FP4 = 10
+    E8M0 = 11
 
 
 _NP = {
@@ -391,6 +463,7 @@ _NP = {
     DataType.INT64: np.int64,
 }
 _FROM_NP = {np.dtype(v): k for k, v in _NP.items()}
+_FLOAT_TYPES = {"float32": DataType.FLOAT, "float16": DataType.HALF, "bfloat16": DataType.BF16}
 
 
 class ExecutionContextAllocationStrategy(enum.Enum):
@@ -403,10 +476,69 @@ class MemoryPoolType(enum.Enum):
     WORKSPACE = 0
 
 
-class BuilderFlag(enum.Enum):
+class BuilderFlag10(enum.Enum):
+    """``tensorrt.BuilderFlag`` of 10.x (10.13 documentation): weakly typed networks take
+    reduced precision from FP16/BF16/INT8/FP8 flags."""
+
     FP16 = 0
-    BF16 = 1
-    INT8 = 2
+    INT8 = 1
+    DEBUG = 2
+    GPU_FALLBACK = 3
+    REFIT = 4
+    DISABLE_TIMING_CACHE = 5
+    TF32 = 6
+    SPARSE_WEIGHTS = 7
+    SAFETY_SCOPE = 8
+    OBEY_PRECISION_CONSTRAINTS = 9
+    PREFER_PRECISION_CONSTRAINTS = 10
+    DIRECT_IO = 11
+    REJECT_EMPTY_ALGORITHMS = 12
+    VERSION_COMPATIBLE = 13
+    EXCLUDE_LEAN_RUNTIME = 14
+    FP8 = 15
+    ERROR_ON_TIMING_CACHE_MISS = 16
+    BF16 = 17
+    DISABLE_COMPILATION_CACHE = 18
+    WEIGHTLESS = 19
+    STRIP_PLAN = 20
+    REFIT_IDENTICAL = 21
+    WEIGHT_STREAMING = 22
+    INT4 = 23
+    REFIT_INDIVIDUAL = 24
+    STRICT_NANS = 25
+    MONITOR_MEMORY = 26
+    FP4 = 27
+    EDITABLE_TIMING_CACHE = 28
+
+
+class BuilderFlag11(enum.Enum):
+    """``tensorrt.BuilderFlag`` of 11.x, member for member as in the real 11.4 bindings
+    (checked by a test against ``tensorrt_lean_bindings``): networks are always strongly
+    typed, so there is no FP16, BF16, INT8 or FP8 flag; precision comes from the graph."""
+
+    DEBUG = 0
+    GPU_FALLBACK = 1
+    REFIT = 2
+    DISABLE_TIMING_CACHE = 3
+    EDITABLE_TIMING_CACHE = 4
+    TF32 = 5
+    SPARSE_WEIGHTS = 6
+    SAFETY_SCOPE = 7
+    DIRECT_IO = 8
+    VERSION_COMPATIBLE = 9
+    EXCLUDE_LEAN_RUNTIME = 10
+    ERROR_ON_TIMING_CACHE_MISS = 11
+    DISABLE_COMPILATION_CACHE = 12
+    STRIP_PLAN = 13
+    REFIT_IDENTICAL = 14
+    WEIGHT_STREAMING = 15
+    REFIT_INDIVIDUAL = 16
+    STRICT_NANS = 17
+    MONITOR_MEMORY = 18
+    DISTRIBUTIVE_INDEPENDENCE = 19
+
+
+BuilderFlag = BuilderFlag10
 
 
 class Logger:
@@ -441,6 +573,10 @@ class EngineSpec:
     version: str = "10.13.0.35"
     table: list[list[float]] | None = None
     extra_outputs: list[str] = field(default_factory=list)
+    #: Output dtypes other than float32, by name ("float16" or "bfloat16").
+    output_dtypes: dict[str, str] = field(default_factory=dict)
+    #: Float element types of the graph's weights (what a strongly typed build runs in).
+    weight_types: list[str] = field(default_factory=lambda: ["float32"])
 
     def serialize(self) -> bytes:
         return _MAGIC + json.dumps(asdict(self)).encode()
@@ -503,7 +639,7 @@ class FakeEngine:
     def get_tensor_dtype(self, name: str) -> DataType:
         if name in self.spec.inputs:
             return _FROM_NP[np.dtype(self.spec.input_dtype)]
-        return DataType.FLOAT
+        return _FLOAT_TYPES[self.spec.output_dtypes.get(name, "float32")]
 
     def output_shape(self, name: str, batch: int, length: int) -> tuple[int, ...]:
         kind = _kind(name)
@@ -546,6 +682,10 @@ class FakeContext:
         self.addresses: dict[str, int] = {}
         self.device_memory: tuple[int, int] | None = None
         self._warm: tuple[tuple[str, tuple[int, int]], ...] | None = None
+        #: Bumped by every change of a shape or an address: a graph captured at one
+        #: generation must not be replayed at another.
+        self.generation = 0
+        engine.module.contexts.append(self)
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         s = self.engine.spec
@@ -554,7 +694,10 @@ class FakeContext:
         bounds = zip(s.profile_min, shape, s.profile_max, strict=True)
         if not all(lo <= d <= hi for lo, d, hi in bounds):
             return False  # TensorRT logs an error and refuses shapes outside the profile
-        self.shapes[name] = (int(shape[0]), int(shape[1]))
+        new = (int(shape[0]), int(shape[1]))
+        if self.shapes.get(name) != new:
+            self.generation += 1
+        self.shapes[name] = new
         return True
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
@@ -566,14 +709,26 @@ class FakeContext:
         return self.engine.output_shape(name, b, n)
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
+        # The real call returns False (and logs) for a name that is not an I/O tensor and
+        # for a pointer without 256-byte alignment; the backend must check the bool.
+        if name not in (*self.engine.spec.inputs, *self.engine.outputs):
+            return False
+        if int(ptr) % ALIGNMENT or name in self.engine.module.refuse_addresses:
+            return False
+        if self.addresses.get(name) != int(ptr):
+            self.generation += 1
         self.addresses[name] = int(ptr)
         return True
 
     def set_device_memory(self, memory: int, size: int) -> None:
+        # "memory: 256-byte aligned device memory. size: ... at least as large as
+        # CudaEngine.get_device_memory_size_v2" (IExecutionContext.set_device_memory doc).
         need = self.engine.get_device_memory_size_for_profile_v2(0)
         cuda = self.engine.module.cuda
-        if size < need or not cuda.check_device_range(memory, size):
-            raise RuntimeError(f"device memory {size} < {need} or not device memory")
+        if size < need or not cuda.check_device_range(memory, size) or memory % ALIGNMENT:
+            raise RuntimeError(f"device memory {size} < {need}, unaligned or not device memory")
+        if self.strategy is not ExecutionContextAllocationStrategy.USER_MANAGED:
+            raise RuntimeError("set_device_memory needs a USER_MANAGED context")
         self.device_memory = (memory, size)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
@@ -599,7 +754,11 @@ class FakeContext:
             if shapes != self._warm:
                 cuda.invalidate_capture(stream)  # set-up work of a new shape is not capturable
                 return False
+            if module.on_capture is not None:
+                module.on_capture(b, n)
             mode = module.fail_capture.get((b, n))
+            if mode == "raise":
+                raise RuntimeError(f"enqueue of {b}x{n} raised during capture")
             if mode == "enqueue":
                 cuda.invalidate_capture(stream)
                 return False
@@ -613,10 +772,14 @@ class FakeContext:
             if not cuda.check_device_range(ptr, b * n * itemsize):
                 return False
         out_shapes = {name: self.engine.output_shape(name, b, n) for name in out_ptrs}
+        out_types = {name: spec.output_dtypes.get(name, "float32") for name in out_ptrs}
         for name, ptr in out_ptrs.items():
-            if not cuda.check_device_range(ptr, int(np.prod(out_shapes[name])) * 4):
+            size = int(np.prod(out_shapes[name])) * (4 if out_types[name] == "float32" else 2)
+            if not cuda.check_device_range(ptr, size):
                 return False
         engine = self.engine
+        capturing = stream.capture is not None
+        generation = self.generation
 
         def kernel() -> None:
             def view(ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -624,6 +787,12 @@ class FakeContext:
                 raw = (ctypes.c_byte * (count * np.dtype(dtype).itemsize)).from_address(ptr)
                 return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
+            # TensorRT's developer guide: a graph's replay after its context's shapes (or
+            # bindings) changed, or after enqueues of other shapes, is undefined. Make it
+            # visible: record it and produce NaN instead of numbers.
+            stale = capturing and self.generation != generation
+            if stale:
+                module.violations.append(f"graph {b}x{n} replayed after its context changed")
             ids = view(in_ptrs["input_ids"], (b, n), spec.input_dtype)
             mask = (
                 view(in_ptrs["attention_mask"], (b, n), spec.input_dtype)
@@ -631,7 +800,14 @@ class FakeContext:
                 else None
             )
             for name, ptr in out_ptrs.items():
-                view(ptr, out_shapes[name], np.float32)[...] = engine.compute(name, ids, mask)
+                values = engine.compute(name, ids, mask)
+                if stale:
+                    values = np.full_like(values, np.nan)
+                if out_types[name] == "bfloat16":
+                    bits = values.astype(np.float32).view(np.uint32) >> 16
+                    view(ptr, out_shapes[name], np.uint16)[...] = bits.astype(np.uint16)
+                else:
+                    view(ptr, out_shapes[name], out_types[name])[...] = values
             module.kernel_runs[(b, n)] += 1
 
         err = cuda.submit(stream, kernel)
@@ -670,6 +846,7 @@ class FakeNetwork:
         self.inputs: list[FakeTensor] = []
         self.outputs: list[FakeTensor] = []
         self.table: np.ndarray | None = None
+        self.weight_types: set[str] = set()
 
     @property
     def num_inputs(self) -> int:
@@ -713,6 +890,13 @@ class FakeOnnxParser:
             onnx.TensorProto.INT64: DataType.INT64,
             onnx.TensorProto.INT32: DataType.INT32,
             onnx.TensorProto.FLOAT: DataType.FLOAT,
+            onnx.TensorProto.FLOAT16: DataType.HALF,
+            onnx.TensorProto.BFLOAT16: DataType.BF16,
+        }
+        floats = {
+            onnx.TensorProto.FLOAT: "float32",
+            onnx.TensorProto.FLOAT16: "float16",
+            onnx.TensorProto.BFLOAT16: "bfloat16",
         }
 
         def tensor(v: Any) -> FakeTensor:
@@ -725,17 +909,36 @@ class FakeOnnxParser:
         self.network.inputs = [tensor(v) for v in model.graph.input if v.name not in inits]
         self.network.outputs = [tensor(v) for v in model.graph.output]
         for init in model.graph.initializer:
+            if init.data_type in floats:
+                self.network.weight_types.add(floats[init.data_type])
             if init.name == "embeddings":
                 self.network.table = numpy_helper.to_array(init).astype(np.float32)
         return True
 
 
 class FakeProfile:
-    def __init__(self) -> None:
+    def __init__(self, network: FakeNetwork | None = None) -> None:
         self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+        self.network = network
 
     def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
-        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+        # The real binding raises ValueError when min <= opt <= max does not hold, and for a
+        # dimension the network fixes while min/opt/max differ from it.
+        lo, mid, hi = tuple(min), tuple(opt), tuple(max)
+        if not (len(lo) == len(mid) == len(hi)) or not all(
+            a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True)
+        ):
+            raise ValueError(f"invalid profile for {name}: {lo} / {mid} / {hi}")
+        fixed = (
+            next((t.shape for t in self.network.inputs if t.name == name), None)
+            if (self.network is not None)
+            else None
+        )
+        if fixed is not None:
+            for d, a, c in zip(fixed, lo, hi, strict=False):
+                if d >= 0 and (a != d or c != d):
+                    raise ValueError(f"{name}: dimension fixed at {d} but profile gives {a}..{c}")
+        self.shapes[name] = (lo, mid, hi)
 
 
 class FakeBuilderConfig:
@@ -759,15 +962,17 @@ class FakeBuilderConfig:
 class FakeBuilder:
     def __init__(self, module: FakeTensorRT, logger: Logger) -> None:
         self.module = module
+        self.network: FakeNetwork | None = None
 
     def create_network(self, flags: int = 0) -> FakeNetwork:
-        return FakeNetwork()
+        self.network = FakeNetwork()
+        return self.network
 
     def create_builder_config(self) -> FakeBuilderConfig:
         return FakeBuilderConfig()
 
     def create_optimization_profile(self) -> FakeProfile:
-        return FakeProfile()
+        return FakeProfile(self.network)
 
     def build_serialized_network(
         self, network: FakeNetwork, config: FakeBuilderConfig
@@ -792,6 +997,7 @@ class FakeBuilder:
             monitor.phase_finish("Building engine")
         first = profile.shapes[network.inputs[0].name]
         out = network.outputs[0]
+        weights = sorted(network.weight_types) or ["float32"]
         hidden = out.shape[-1]
         spec = EngineSpec(
             inputs=[t.name for t in network.inputs],
@@ -805,8 +1011,11 @@ class FakeBuilder:
             version=self.module.__version__,
             table=network.table.tolist() if network.table is not None else None,
             extra_outputs=[t.name for t in network.outputs[1:]],
+            weight_types=weights,
         )
-        self.module.builds.append({"flags": set(config.flags), "profile": first})
+        self.module.builds.append(
+            {"flags": set(config.flags), "profile": first, "weight_types": weights}
+        )
         return spec.serialize()
 
 
@@ -817,7 +1026,6 @@ class FakeTensorRT(SimpleNamespace):
     DataType = DataType
     ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy
     MemoryPoolType = MemoryPoolType
-    BuilderFlag = BuilderFlag
     Logger = Logger
     IProgressMonitor = IProgressMonitor
 
@@ -825,7 +1033,16 @@ class FakeTensorRT(SimpleNamespace):
         super().__init__()
         self.cuda = cuda
         self.__version__ = version
-        #: (batch, length) -> "enqueue" | "invalidate": how capture fails for that shape.
+        # 11.x dropped the precision flags (strongly typed networks only).
+        self.BuilderFlag = BuilderFlag11 if int(version.split(".")[0]) >= 11 else BuilderFlag10
+        #: Tensor names whose set_tensor_address the fake refuses (returns False).
+        self.refuse_addresses: set[str] = set()
+        #: Called as ``on_capture(batch, length)`` inside a captured ``execute_async_v3``.
+        self.on_capture: Callable[[int, int], None] | None = None
+        #: Every execution context created, and every undefined graph replay seen.
+        self.contexts: list[FakeContext] = []
+        self.violations: list[str] = []
+        #: (batch, length) -> "enqueue" | "invalidate" | "raise": how capture fails there.
         self.fail_capture: dict[tuple[int, int], str] = {}
         self.enqueues: Counter[tuple[int, int]] = Counter()
         self.kernel_runs: Counter[tuple[int, int]] = Counter()
@@ -834,6 +1051,10 @@ class FakeTensorRT(SimpleNamespace):
 
     @staticmethod
     def nptype(dtype: DataType) -> type:
+        if dtype not in _NP:
+            # The real binding: "Could not resolve TensorRT datatype to an equivalent numpy
+            # datatype." (TypeError) for BF16, FP8, ...
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
         return _NP[dtype]
 
     def Runtime(self, logger: Logger) -> FakeRuntime:

@@ -2,6 +2,7 @@
 
 The graphs are real ONNX files (an embedding lookup times the attention mask), so the
 fake builder reads real inputs, outputs and weights, and ONNX Runtime gives the reference.
+Every test runs against the 10.x and the 11.x builder (11.x has no precision flags).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fake_trt import BuilderFlag, FakeCudaRuntime, FakeTensorRT
+from tests.fake_trt import BuilderFlag10, FakeCudaRuntime, FakeTensorRT
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt import PlanMismatch, TensorRTBackend
@@ -76,18 +77,41 @@ def write_model(folder: Path, *, seed: int = 0, external: bool = False) -> Path:
     return folder
 
 
+TRT10, TRT11 = "10.13.0.35", "11.4.0.106"
+_version = [TRT10]
+
+
+@pytest.fixture(autouse=True, params=[TRT10, TRT11], ids=["trt10", "trt11"])
+def trt_version(request: pytest.FixtureRequest) -> str:
+    """The TensorRT major every fake in the test simulates."""
+    _version[0] = request.param
+    return str(request.param)
+
+
 def fakes(**cuda: object) -> tuple[FakeTensorRT, FakeCudaRuntime]:
     rt = FakeCudaRuntime(**cuda)  # type: ignore[arg-type]
-    return FakeTensorRT(rt), rt
+    return FakeTensorRT(rt, version=_version[0]), rt
 
 
 @pytest.mark.parametrize(
-    ("precision", "flags"),
-    [("fp16", {BuilderFlag.FP16}), ("bf16", {BuilderFlag.BF16}), ("fp32", set())],
+    ("precision", "flags", "weights"),
+    [
+        ("fp16", {BuilderFlag10.FP16}, ["float16"]),
+        ("bf16", {BuilderFlag10.BF16}, None),
+        ("fp32", set(), ["float32"]),
+    ],
 )
-def test_build_writes_plan_and_manifest(tmp_path: Path, precision: str, flags: set) -> None:
+def test_build_writes_plan_and_manifest(
+    tmp_path: Path, precision: str, flags: set, weights: list[str] | None, trt_version: str
+) -> None:
+    """10.x: fp16/bf16 by builder flag on the fp32 graph. 11.x: no such flag exists, so fp16
+    comes from a converted graph (fp16 weights, no flag) and bf16 is refused clearly."""
     model = write_model(tmp_path / "mini", external=True)
     trt, rt = fakes()
+    if trt_version == TRT11 and weights is None:
+        with pytest.raises(BuildError, match=r"no bf16 builder flag.*--precision fp16"):
+            build_engine(model, precision="bf16", trt_module=trt, cuda=Cuda(rt), log=io.StringIO())
+        return
     bar_out, log = io.StringIO(), io.StringIO()
     result = build_engine(
         model,
@@ -103,12 +127,17 @@ def test_build_writes_plan_and_manifest(tmp_path: Path, precision: str, flags: s
     )
     assert result.plan == tmp_path / "graphs" / "mini" / f"model.{precision}.plan"
     assert trt.Runtime(None).deserialize_cuda_engine(result.plan.read_bytes()) is not None
-    assert trt.builds[0]["flags"] == flags
+    if trt_version == TRT10:
+        assert trt.builds[0]["flags"] == flags
+        assert trt.builds[0]["weight_types"] == ["float32"]
+    else:
+        assert trt.builds[0]["flags"] == set()
+        assert trt.builds[0]["weight_types"] == weights
     assert trt.builds[0]["profile"] == ((1, 16), (4, 64), (16, 128))
     m = read_plan_manifest(result.manifest_path)
     assert m is not None and m == result.manifest
     assert (m.tensorrt_version, m.gpu_name, m.compute_capability) == (
-        "10.13.0.35",
+        trt_version,
         "NVIDIA H100 80GB HBM3",
         "9.0",
     )
@@ -167,7 +196,7 @@ def test_build_refuses_a_folder_without_onnx(tmp_path: Path) -> None:
 def test_build_reports_parser_errors(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(b"not a protobuf")
     trt, rt = fakes()
-    with pytest.raises(BuildError, match="cannot parse the graph"):
+    with pytest.raises(BuildError, match=r"cannot (parse|convert) the graph"):
         build_engine(tmp_path, trt_module=trt, cuda=Cuda(rt), log=io.StringIO())
 
 
@@ -202,7 +231,10 @@ def test_first_start_builds_then_reuses_and_matches_onnxruntime(
     assert (tmp_path / "graphs" / "mini" / "model.fp16.plan").is_file()
     assert backend.io.output == "last_hidden_state"
 
-    session = ort.InferenceSession(str(model / "model.onnx"), providers=["CPUExecutionProvider"])
+    # The graph the plan was built from: on 11.x an fp16 plan comes from the converted graph.
+    converted = tmp_path / "graphs" / "mini" / "model.fp16.onnx"
+    built_from = converted if converted.is_file() else model / "model.onnx"
+    session = ort.InferenceSession(str(built_from), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for bucket in GRID.buckets():
         bufs = backend.inputs(bucket)
@@ -239,11 +271,11 @@ def _stale(tmp_path: Path, change: str) -> tuple[TensorRTBackend, FakeTensorRT, 
         reason = "model.onnx changed"
     elif change == "gpu":
         rt = FakeCudaRuntime(name="NVIDIA A100-SXM4-80GB", capability=(8, 0))
-        trt = FakeTensorRT(rt)
+        trt = FakeTensorRT(rt, version=_version[0])
         reason = "built for NVIDIA H100 80GB HBM3 (sm 9.0), running on NVIDIA A100"
     elif change == "tensorrt":
         trt = FakeTensorRT(rt, version="10.14.1.48")
-        reason = "built with TensorRT 10.13.0.35, running 10.14.1.48"
+        reason = f"built with TensorRT {_version[0]}, running 10.14.1.48"
     else:
         grid = BucketGrid([1, 2], [8, 64], max_batch_tokens=128)
         reason = "buckets 1x64, 2x64 fall outside the profile 1x8..4x32"
@@ -324,3 +356,60 @@ def test_io_before_prepare_without_a_plan_parses_the_graph(
     backend.prepare(GRID)
     assert len(trt.builds) == 1 and trt.builds[0]["profile"] == ((1, 8), (2, 16), (4, 32))
     backend.close()
+
+
+def test_fp16_on_tensorrt_11_runs_the_converted_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trt_version: str
+) -> None:
+    """On 11.x the fp16 plan is built from an fp16 graph with fp32 inputs/outputs: outputs
+    match ONNX Runtime on that converted graph, and the fp32 graph within fp16 rounding."""
+    ort = pytest.importorskip("onnxruntime", reason="the numerical reference (cpu extra)")
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    model = write_model(tmp_path / "mini")
+    trt, rt = fakes()
+    backend = backend_for(model, trt, rt, precision="fp16")
+    backend.prepare(GRID)
+    converted = tmp_path / "graphs" / "mini" / "model.fp16.onnx"
+    assert converted.is_file() is (trt_version == TRT11)
+    graphs = [model / "model.onnx", *([converted] if converted.is_file() else [])]
+    sessions = [ort.InferenceSession(str(g), providers=["CPUExecutionProvider"]) for g in graphs]
+    rng = np.random.default_rng(1)
+    for bucket in GRID.buckets():
+        bufs = backend.inputs(bucket)
+        bufs["input_ids"][...] = rng.integers(0, 40, (bucket.batch, bucket.length))
+        bufs["attention_mask"][...] = rng.integers(0, 2, (bucket.batch, bucket.length))
+        feed = {k: np.array(v) for k, v in bufs.items()}
+        out = backend.execute(bucket)
+        assert out.dtype == np.float32
+        refs = [s.run(["last_hidden_state"], feed)[0] for s in sessions]
+        np.testing.assert_allclose(out, refs[0], rtol=1e-3, atol=1e-3)  # fp16 rounding
+        if trt_version == TRT11:
+            np.testing.assert_array_equal(out, refs[1])  # exactly the converted graph
+            assert not np.array_equal(out, refs[0])
+    backend.close()
+
+
+def test_fixed_dimension_outside_the_grid_is_a_clear_error(tmp_path: Path) -> None:
+    """TensorRT's profile.set_shape raises ValueError for a fixed dimension whose min/max
+    differ; the build says which input and what to change instead."""
+    from onnx import helper
+
+    model = write_model(tmp_path / "mini")
+    graph = onnx.load(str(model / "model.onnx"))
+    for value in graph.graph.input:
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # batch fixed at 1
+    onnx.save(graph, str(model / "model.onnx"))
+    assert helper is not None
+    trt, rt = fakes()
+    with pytest.raises(BuildError, match=r"input_ids fixes its batch at 1 .*--batch-sizes 1"):
+        build_engine(model, batch_sizes=[1, 4], trt_module=trt, cuda=Cuda(rt), log=io.StringIO())
+    result = build_engine(
+        model,
+        batch_sizes=[1],
+        lengths=[8, 16],
+        trt_module=trt,
+        cuda=Cuda(rt),
+        progress=False,
+        log=io.StringIO(),
+    )
+    assert result.manifest.profile_max == [1, 16]

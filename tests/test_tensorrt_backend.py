@@ -358,3 +358,287 @@ def test_factory_without_tensorrt_says_how_to_install(tmp_path: Path) -> None:
     backend = create_backend("tensorrt", files, ModelConfig(model_path=str(plan)))
     with pytest.raises(BackendUnavailable, match=r"TensorRT is not installed.*trt-async\[gpu\]"):
         backend.prepare(GRID)
+
+
+# -- the real TensorRT rules: every tensor bound, a context per bucket, nothing re-bound ----
+
+
+def test_multi_output_engine_binds_every_tensor(tmp_path: Path) -> None:
+    """Exports with two outputs (token + pooled) must prepare and run: TensorRT refuses to
+    enqueue while any I/O tensor lacks an address, read by the server or not."""
+    spec = EngineSpec(
+        inputs=["input_ids", "attention_mask"],
+        output="sentence_embedding",
+        extra_outputs=["token_embeddings"],
+    )
+    backend, trt, _, spec = make_backend(tmp_path, spec)
+    backend.prepare(GRID)
+    assert backend.io.output == "sentence_embedding"
+    names = {"input_ids", "attention_mask", "sentence_embedding", "token_embeddings"}
+    assert all(set(ctx.addresses) == names for ctx in trt.contexts)
+    rng = np.random.default_rng(10)
+    for bucket in GRID.buckets():
+        ids, mask = fill(backend, bucket, bucket.batch, rng, spec.vocab)
+        np.testing.assert_allclose(
+            backend.execute(bucket), reference(spec, ids, mask), rtol=1e-5, atol=1e-6
+        )
+    assert backend.info().details["graphs"] == len(list(GRID.buckets()))
+    backend.close()
+
+
+def test_one_context_per_bucket_and_replays_never_rebind(tmp_path: Path) -> None:
+    """Graph replays and plain enqueues of all buckets, interleaved in random order, give
+    the right numbers, and no graph is replayed after its context's state changed (the fake
+    flags that as TensorRT's undefined behaviour, which one shared context produced)."""
+    backend, trt, _, spec = make_backend(tmp_path)
+    backend.prepare(GRID)
+    buckets = list(GRID.buckets())
+    assert len(trt.contexts) == len(buckets) == backend.info().details["contexts"]
+    assert len({ctx.device_memory for ctx in trt.contexts}) == 1  # one shared scratch
+    generations = [ctx.generation for ctx in trt.contexts]
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        bucket = buckets[int(rng.integers(len(buckets)))]
+        ids, mask = fill(backend, bucket, bucket.batch, rng, spec.vocab)
+        run = backend.execute if rng.random() < 0.6 else backend.execute_plain
+        out = run(bucket)
+        np.testing.assert_allclose(out, reference(spec, ids, mask), rtol=1e-5, atol=1e-6)
+    assert trt.violations == []
+    assert [ctx.generation for ctx in trt.contexts] == generations
+    assert backend.replays > 0 and backend.enqueues > 0
+    backend.close()
+
+
+def test_exception_during_capture_ends_the_capture_and_falls_back(tmp_path: Path) -> None:
+    backend, trt, cuda, spec = make_backend(tmp_path)
+    trt.fail_capture = {(2, 16): "raise"}
+    backend.prepare(GRID)
+    fallbacks = backend.info().details["graph_fallbacks"]
+    assert isinstance(fallbacks, dict) and set(fallbacks) == {"2x16"}
+    assert "RuntimeError" in fallbacks["2x16"]
+    assert not any(s.capture is not None for s in cuda.streams.values())
+    ids, mask = fill(backend, Bucket(2, 16), 2, np.random.default_rng(12), spec.vocab)
+    np.testing.assert_allclose(
+        backend.execute(Bucket(2, 16)), reference(spec, ids, mask), rtol=1e-5, atol=1e-6
+    )
+    backend.close()
+
+
+def test_refused_tensor_address_is_reported(tmp_path: Path) -> None:
+    backend, trt, cuda, _ = make_backend(tmp_path)
+    trt.refuse_addresses = {"attention_mask"}
+    with pytest.raises(TensorRTError, match="refused the device address of tensor attention_mask"):
+        backend.prepare(GRID)
+    assert cuda.used == 0 and not cuda.host
+
+
+def test_bf16_outputs(tmp_path: Path) -> None:
+    """numpy has no bfloat16 (``trt.nptype(BF16)`` raises TypeError): an unread bf16 output
+    is bound by size alone, a bf16 output the server must read is a clear error."""
+    spec = EngineSpec(
+        inputs=["input_ids", "attention_mask"],
+        output="sentence_embedding",
+        extra_outputs=["last_hidden_state"],
+        output_dtypes={"last_hidden_state": "bfloat16"},
+    )
+    backend, _, _, spec = make_backend(tmp_path, spec)
+    backend.prepare(GRID)
+    ids, mask = fill(backend, Bucket(4, 8), 4, np.random.default_rng(13), spec.vocab)
+    np.testing.assert_allclose(
+        backend.execute(Bucket(4, 8)), reference(spec, ids, mask), rtol=1e-5, atol=1e-6
+    )
+    backend.close()
+
+    spec = EngineSpec(inputs=["input_ids"], output="logits", output_dtypes={"logits": "bfloat16"})
+    (tmp_path / "b").mkdir()
+    backend, *_ = make_backend(tmp_path / "b", spec)
+    with pytest.raises(TensorRTError, match=r"logits is bfloat16.*float32 inputs and outputs"):
+        backend.prepare(GRID)
+
+
+def test_capture_is_thread_local(tmp_path: Path) -> None:
+    """Another thread allocating during a capture (a second model preparing, ONNX Runtime)
+    must not break it: in CUDA's Global mode that call fails and invalidates the capture."""
+    backend, trt, cuda, _ = make_backend(tmp_path)
+    errors: list[int] = []
+
+    def other_thread_allocates(b: int, n: int) -> None:
+        def alloc() -> None:
+            err, ptr = cuda.cudaMalloc(64)
+            errors.append(int(err))
+            if int(err) == 0:
+                cuda.cudaFree(ptr)
+
+        t = threading.Thread(target=alloc)
+        t.start()
+        t.join()
+
+    trt.on_capture = other_thread_allocates
+    backend.prepare(GRID)
+    assert errors and set(errors) == {0}
+    assert backend.info().details["graph_fallbacks"] == {}
+    backend.close()
+
+
+def test_no_driver_on_cuda_python_12_is_no_device(tmp_path: Path) -> None:
+    class Runtime12(FakeCudaRuntime):
+        def cudaGetDeviceCount(self) -> tuple[object, int]:
+            raise RuntimeError("Failed to dlopen libcuda.so.1")
+
+    backend, *_ = make_backend(tmp_path, cuda=Runtime12())
+    with pytest.raises(NoCudaDevice, match=r"no CUDA device.*libcuda"):
+        backend.prepare(GRID)
+
+
+# -- the fakes refuse what CUDA and TensorRT refuse ------------------------------------------
+
+
+def test_fake_cuda_refuses_ending_a_capture_on_another_thread() -> None:
+    cuda = FakeCudaRuntime()
+    cu = Cuda(cuda)
+    stream = cu.stream_create()
+    cu.begin_capture(stream)
+    caught: list[BaseException] = []
+
+    def end() -> None:
+        try:
+            cu.end_capture(stream)
+        except CudaError as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=end)
+    t.start()
+    t.join()
+    assert caught and isinstance(caught[0], CudaError)
+    assert caught[0].name == "cudaErrorStreamCaptureWrongThread"
+    assert cu.end_capture(stream) is not None  # the capturing thread may end it
+
+
+@pytest.mark.parametrize(("mode", "refused"), [("Global", True), ("ThreadLocal", False)])
+def test_fake_cuda_capture_modes(mode: str, refused: bool) -> None:
+    cuda = FakeCudaRuntime()
+    cu = Cuda(cuda)
+    stream = cu.stream_create()
+    cu.begin_capture(stream, mode)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(int(cuda.cudaMalloc(16)[0])))
+    t.start()
+    t.join()
+    assert (result[0] != 0) is refused
+    if refused:
+        with pytest.raises(CudaError, match="cudaErrorStreamCaptureInvalidated"):
+            cu.end_capture(stream)
+    else:
+        cu.end_capture(stream)
+    # The capturing thread's own allocation is refused in both modes.
+    cu.begin_capture(stream, mode)
+    with pytest.raises(CudaError, match="cudaErrorStreamCaptureUnsupported"):
+        cu.malloc(16)
+    with pytest.raises(CudaError):
+        cu.end_capture(stream)
+
+
+def test_fake_tensorrt_refuses_unaligned_memory_and_flags_stale_replays(tmp_path: Path) -> None:
+    spec = EngineSpec(inputs=["input_ids"], output="logits")
+    cuda = FakeCudaRuntime()
+    trt = FakeTensorRT(cuda)
+    engine = trt.Runtime(None).deserialize_cuda_engine(spec.serialize())
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    cu = Cuda(cuda)
+    ptrs = {n: cu.malloc(32 * 512 * 64) for n in ("input_ids", "logits", "scratch")}
+    assert all(p % 256 == 0 for p in ptrs.values())
+    assert not ctx.set_tensor_address("input_ids", ptrs["input_ids"] + 8)
+    assert not ctx.set_tensor_address("no_such_tensor", ptrs["input_ids"])
+    with pytest.raises(RuntimeError, match="unaligned"):
+        ctx.set_device_memory(ptrs["scratch"] + 64, 32 * 512 * 64 - 64)
+    ctx.set_device_memory(ptrs["scratch"], engine.get_device_memory_size_for_profile_v2(0))
+    assert ctx.set_tensor_address("input_ids", ptrs["input_ids"])
+    assert ctx.set_tensor_address("logits", ptrs["logits"])
+    stream = cu.stream_create()
+    assert ctx.set_input_shape("input_ids", (2, 8))
+    assert ctx.execute_async_v3(int(stream))
+    cu.begin_capture(stream)
+    assert ctx.execute_async_v3(int(stream))
+    graph = cu.graph_instantiate(cu.end_capture(stream))
+    cu.graph_launch(graph, stream)
+    cu.stream_synchronize(stream)
+    assert trt.violations == []
+    assert ctx.set_input_shape("input_ids", (4, 8))  # the context changes after capture
+    cu.graph_launch(graph, stream)
+    cu.stream_synchronize(stream)
+    assert trt.violations == ["graph 2x8 replayed after its context changed"]
+
+
+def test_fake_tensorrt_versions_differ_in_precision_flags() -> None:
+    cuda = FakeCudaRuntime()
+    assert FakeTensorRT(cuda, "10.13.0.35").BuilderFlag.FP16
+    with pytest.raises(AttributeError):
+        FakeTensorRT(cuda, "11.4.0.106").BuilderFlag.FP16  # noqa: B018
+    with pytest.raises(TypeError):
+        FakeTensorRT.nptype(FakeTensorRT(cuda).DataType.BF16)
+
+
+def test_gpu_extra_excludes_cuda_python_without_cuda_bindings() -> None:
+    """cuda-python 12.6.0 has no cuda.bindings (first in 12.6.1; the index has 12.6.2.post1)."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for extra in ("gpu", "gpu-cu13", "test"):
+        reqs = [Requirement(r) for r in extras[extra]]
+        cuda = next(r for r in reqs if r.name == "cuda-python")
+        assert Version("12.6.0") not in cuda.specifier, extra
+        assert Version("12.6.2.post1") in cuda.specifier or extra == "gpu-cu13"
+        assert Version("13.4.4") in cuda.specifier, extra
+
+
+# -- the real TensorRT runtime bindings (lean runtime; imports without a GPU) ----------------
+
+
+def test_runtime_surface_exists_in_the_real_bindings() -> None:
+    """Every engine/context member the backend's Protocols declare, and every enum member it
+    uses, exists in the real ``tensorrt_lean_bindings``, and the fake offers the same.
+
+    Only attributes are read: ``deserialize_cuda_engine`` without a GPU crashes the process.
+    """
+    real = pytest.importorskip("tensorrt_lean_bindings", reason="test extra: lean bindings")
+    from tests import fake_trt
+    from trt_async.backends.tensorrt import trt_api
+
+    def members(proto: type) -> set[str]:
+        return {n for n in vars(proto) if not n.startswith("_")}
+
+    surfaces = [
+        (trt_api.ICudaEngine, real.ICudaEngine, fake_trt.FakeEngine),
+        (trt_api.IExecutionContext, real.IExecutionContext, fake_trt.FakeContext),
+        (trt_api.IRuntime, real.Runtime, fake_trt.FakeRuntime),
+    ]
+    for proto, real_cls, fake_cls in surfaces:
+        used = members(proto)
+        assert used, proto
+        assert used <= set(dir(real_cls)), (proto.__name__, used - set(dir(real_cls)))
+        assert used <= set(dir(fake_cls)), (proto.__name__, used - set(dir(fake_cls)))
+    assert int(real.__version__.split(".")[0]) >= 10
+    assert {"INPUT", "OUTPUT"} <= set(real.TensorIOMode.__members__)
+    assert set(fake_trt.TensorIOMode.__members__) == set(real.TensorIOMode.__members__)
+    assert "USER_MANAGED" in real.ExecutionContextAllocationStrategy.__members__
+    assert set(fake_trt.ExecutionContextAllocationStrategy.__members__) == set(
+        real.ExecutionContextAllocationStrategy.__members__
+    )
+    assert set(fake_trt.DataType.__members__) == set(real.DataType.__members__)
+    assert set(trt_api._DTYPES) <= set(real.DataType.__members__)
+    assert real.Logger.WARNING is not None
+    # 11.x: no precision builder flags; the fake's 11.x set is the real one, member for member.
+    if real.__version__.startswith("11."):
+        assert set(fake_trt.BuilderFlag11.__members__) == set(real.BuilderFlag.__members__)
+        assert not {"FP16", "BF16", "INT8", "FP8"} & set(real.BuilderFlag.__members__)
+    assert {"WORKSPACE"} <= set(real.MemoryPoolType.__members__)
+    with pytest.raises(TypeError):
+        real.nptype(real.DataType.BF16)
+    assert trt_api.dtype_name(real.DataType.BF16) == "bfloat16"
+    assert trt_api.itemsize(real.DataType.HALF) == 2
+    assert trt_api.numpy_dtype(real.DataType.INT64, "input_ids") == np.dtype(np.int64)

@@ -4,6 +4,12 @@ The plan gets one optimisation profile spanning the bucket grid (min = smallest 
 opt = the middle of the grid, max = largest) and a manifest beside it recording what it was
 built from, so that the server can tell when it is stale. Building takes minutes for a
 large model; a progress bar on stderr follows TensorRT's own build phases.
+
+Precision differs between the majors. TensorRT 10 builds weakly typed networks and picks
+fp16/bf16 kernels when the ``FP16``/``BF16`` builder flag is set. TensorRT 11 has no such
+flags: networks are strongly typed and run in the types the ONNX graph declares, so an fp16
+build first converts the graph's float weights and ops to fp16 (inputs and outputs stay
+as they were), with onnxconverter-common, and builds that graph.
 """
 
 from __future__ import annotations
@@ -17,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from trt_async.backends.base import Precision
 from trt_async.backends.modelfiles import ONNX_NAME
 from trt_async.backends.tensorrt.cuda import Cuda
@@ -30,7 +34,7 @@ from trt_async.backends.tensorrt.plan import (
     plan_paths,
     write_plan_manifest,
 )
-from trt_async.backends.tensorrt.trt_api import IBuilder, dims, load_tensorrt
+from trt_async.backends.tensorrt.trt_api import IBuilder, dims, dtype_name, load_tensorrt
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)
@@ -148,8 +152,86 @@ def _resolve_onnx(model: Path) -> Path:
     return onnx
 
 
-def _dtype_name(trt: Any, dtype: Any) -> str:
-    return str(np.dtype(trt.nptype(dtype)).name)
+_FLAG_NAMES = {"fp16": "FP16", "bf16": "BF16"}
+#: Weights larger than this are written beside a converted graph (protobuf's 2 GiB limit).
+_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def precision_route(trt: Any, precision: Precision) -> tuple[Any | None, bool]:
+    """How to get ``precision`` from this TensorRT: ``(builder flag, convert the graph)``.
+
+    fp32 needs neither; on 10.x reduced precision is a builder flag; on 11.x (no flag) the
+    graph itself must be fp16. bf16 on 11.x is refused: no converter here writes bf16.
+    """
+    if precision == "fp32":
+        return None, False
+    flag = getattr(trt.BuilderFlag, _FLAG_NAMES[precision], None)
+    if flag is not None:
+        return flag, False
+    if precision == "bf16":
+        raise BuildError(
+            f"TensorRT {trt.__version__} takes precision from the graph's own types and has no "
+            "bf16 builder flag; build with --precision fp16 or fp32, or export a graph whose "
+            "weights are already bf16 and build it with --precision fp32"
+        )
+    return None, True
+
+
+def convert_to_fp16(onnx_path: Path, out_dir: Path) -> Path:
+    """Write an fp16 copy of ``onnx_path`` into ``out_dir``: float weights and ops in fp16,
+    inputs and outputs kept in their original types (casts at the edges)."""
+    try:
+        import onnx
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise BuildError(
+            "an fp16 build on TensorRT 11 converts the ONNX graph first, which needs onnx and "
+            f"onnxconverter-common: pip install 'trt-async[gpu]' ({exc})"
+        ) from None
+    try:
+        model = onnx.load(str(onnx_path))
+        big = model.ByteSize() > _EXTERNAL_DATA_BYTES
+        # Shape inference serialises the model, which fails past protobuf's 2 GiB.
+        # Cast nodes stay as they are (blocked): the converter retypes a Cast's output to
+        # fp16 without changing its ``to`` attribute, which leaves an invalid graph.
+        converted = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            disable_shape_infer=big,
+            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"],
+        )
+    except Exception as exc:  # protobuf, onnx and the converter each raise their own types
+        raise BuildError(f"{onnx_path}: cannot convert the graph to fp16: {exc}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "model.fp16.onnx"
+    onnx.save(
+        converted,
+        str(target),
+        save_as_external_data=big,
+        all_tensors_to_one_file=True,
+        location=target.name + ".data",
+    )
+    return target
+
+
+def _profile_shapes(
+    onnx: Path,
+    name: str,
+    shape: tuple[int, ...],
+    profile: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """The profile for one (batch, length) input; a fixed dimension must match the grid
+    (TensorRT's ``set_shape`` raises ValueError otherwise)."""
+    lo, opt, hi = profile
+    for axis, what, option in ((0, "batch", "--batch-sizes"), (1, "length", "--lengths")):
+        fixed = shape[axis]
+        if fixed >= 0 and (lo[axis] != fixed or hi[axis] != fixed):
+            raise BuildError(
+                f"{onnx}: input {name} fixes its {what} at {fixed} but the grid asks for "
+                f"{lo[axis]}..{hi[axis]}; re-export with a dynamic {what} axis or build with "
+                f"{option} {fixed}"
+            )
+    return lo, opt, hi
 
 
 def build_engine(
@@ -183,13 +265,15 @@ def build_engine(
     cu.set_device(device)
     gpu = cu.device_info(device)
     trt = trt_module if trt_module is not None else load_tensorrt()
+    flag, convert = precision_route(trt, precision)
+    graph = convert_to_fp16(onnx, out_dir) if convert else onnx
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder: IBuilder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
     parser = trt.OnnxParser(network, logger)
     # parse_from_file resolves model.onnx.data relative to the graph; parse(bytes) would not.
-    if not parser.parse_from_file(str(onnx)):
+    if not parser.parse_from_file(str(graph)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"{onnx}: TensorRT cannot parse the graph: {errors or 'no details'}")
 
@@ -201,27 +285,29 @@ def build_engine(
         shape = dims(t.shape)
         if len(shape) != 2:
             raise BuildError(f"{onnx}: input {t.name} has shape {shape}; expected (batch, length)")
-        profile.set_shape(t.name, lo, opt, hi)
-        inputs.append(TensorSpec(t.name, _dtype_name(trt, t.dtype), list(shape)))
+        try:
+            profile.set_shape(t.name, *_profile_shapes(onnx, t.name, shape, (lo, opt, hi)))
+        except ValueError as exc:
+            raise BuildError(f"{onnx}: TensorRT refused the profile for {t.name}: {exc}") from None
+        inputs.append(TensorSpec(t.name, dtype_name(t.dtype), list(shape)))
     outputs = [
-        TensorSpec(t.name, _dtype_name(trt, t.dtype), list(dims(t.shape)))
+        TensorSpec(t.name, dtype_name(t.dtype), list(dims(t.shape)))
         for t in (network.get_output(i) for i in range(network.num_outputs))
     ]
 
     config = builder.create_builder_config()
     if workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
+    if flag is not None:
+        config.set_flag(flag)
     config.add_optimization_profile(profile)
     if progress:
         bar = progress if isinstance(progress, BuildProgress) else BuildProgress(out)
         config.progress_monitor = make_progress_monitor(trt, bar)
 
+    how = " (graph converted to fp16)" if convert else ""
     out.write(
-        f"building {onnx} for {gpu.name} (sm {gpu.compute_capability}), {precision}, "
+        f"building {onnx} for {gpu.name} (sm {gpu.compute_capability}), {precision}{how}, "
         f"profile {lo[0]}x{lo[1]} / {opt[0]}x{opt[1]} / {hi[0]}x{hi[1]} (batch x length)\n"
     )
     started = time.perf_counter()

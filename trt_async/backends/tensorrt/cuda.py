@@ -104,7 +104,15 @@ class Cuda:
 
     # -- devices --------------------------------------------------------------------------
     def device_count(self) -> int:
-        count = self.check(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
+        try:
+            result = self.rt.cudaGetDeviceCount()
+        except RuntimeError as exc:
+            # cuda-python 12.x raises when libcuda.so.1 cannot be loaded (no driver); 13.x
+            # returns cudaErrorInsufficientDriver. Both mean the same here.
+            raise NoCudaDevice(
+                "cudaGetDeviceCount", 35, "cudaErrorInsufficientDriver", str(exc)
+            ) from None
+        count = self.check(result, "cudaGetDeviceCount")
         if not count:
             raise NoCudaDevice("cudaGetDeviceCount", 100, "cudaErrorNoDevice", "0 devices")
         return int(count)
@@ -158,6 +166,10 @@ class Cuda:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self.check(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync(D2H)")
 
+    def memcpy_dtod_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self.check(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync(D2D)")
+
     # -- streams and events ---------------------------------------------------------------
     def stream_create(self) -> Any:
         # Non-blocking: the legacy default stream synchronises implicitly and cannot be captured.
@@ -185,10 +197,15 @@ class Cuda:
         self.check(self.rt.cudaEventDestroy(event), "cudaEventDestroy")
 
     # -- graphs ---------------------------------------------------------------------------
-    def begin_capture(self, stream: Any) -> None:
-        # ThreadLocal: other threads' unrelated CUDA calls do not invalidate this capture.
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        self.check(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+    def begin_capture(self, stream: Any, mode: str = "ThreadLocal") -> None:
+        """Start capturing ``stream``. ThreadLocal (the default): other threads' unrelated
+        CUDA calls neither fail nor invalidate this capture, as they would in Global mode."""
+        value = getattr(self.rt.cudaStreamCaptureMode, f"cudaStreamCaptureMode{mode}")
+        self.check(self.rt.cudaStreamBeginCapture(stream, value), "cudaStreamBeginCapture")
+
+    def is_capturing(self, stream: Any) -> bool:
+        status = self.check(self.rt.cudaStreamIsCapturing(stream), "cudaStreamIsCapturing")
+        return int(status) != 0
 
     def end_capture(self, stream: Any) -> Any:
         return self.check(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")

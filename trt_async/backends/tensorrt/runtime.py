@@ -1,17 +1,23 @@
-"""The TensorRT backend: one execution context, one CUDA graph per bucket.
+"""The TensorRT backend: one execution context and one CUDA graph per bucket.
 
 ``prepare`` deserialises (or first builds) the plan, allocates every buffer up front and,
-for each bucket of the grid, sets the input shapes, runs one plain enqueue (TensorRT does
-set-up work on the first enqueue after a shape change, which must not be captured), then
-captures H2D copies + ``execute_async_v3`` + D2H copies into a CUDA graph. ``execute``
-replays the graph and waits on an event in the calling worker thread.
+for each bucket of the grid, creates an execution context, binds its input shapes and the
+address of every I/O tensor once, runs one plain enqueue (TensorRT does set-up work on the
+first enqueue after a shape change, which must not be captured), then captures H2D copies +
+``execute_async_v3`` + D2H copies into a CUDA graph. ``execute`` replays the graph and waits
+on an event in the calling worker thread; nothing is re-bound between replays.
 
-Memory: device input/output buffers and the activation scratch are shared by all buckets,
-sized for the largest; pinned host buffers are per bucket, so a bucket's output view stays
-valid until that bucket runs again. Sharing is safe because all buckets run on one
-execution context and one stream, strictly one at a time: ``execute`` must only be called
-from one worker thread at a time (the core's :class:`~trt_async.core.runner.BatchRunner`
-guarantees this; a lock enforces it).
+Why a context per bucket: a captured graph depends on the context's internal state as it
+was at capture; NVIDIA's developer guide says a later shape change or an enqueue with other
+shapes on the same context makes the graph's replay undefined, and recommends one context
+per graph. The contexts are created ``USER_MANAGED`` and share one activation scratch.
+
+Memory: device buffers (one per I/O tensor, sized for the largest bucket) and the scratch
+are shared by all buckets; pinned host buffers are per bucket, so a bucket's output view
+stays valid until that bucket runs again. Sharing is safe because all buckets run on one
+stream, strictly one at a time: ``execute`` must only be called from one worker thread at a
+time (the core's :class:`~trt_async.core.runner.BatchRunner` guarantees this; a lock
+enforces it).
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ from trt_async.backends.tensorrt.trt_api import (
     IRuntime,
     dims,
     io_mode_is_input,
+    itemsize,
     load_tensorrt,
+    numpy_dtype,
 )
 
 log = logging.getLogger(__name__)
@@ -80,9 +88,14 @@ class _CaptureFailed(Exception):
     pass
 
 
+def _volume(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
 @dataclass
 class _BucketState:
     bucket: Bucket
+    context: IExecutionContext
     inputs: dict[str, np.ndarray]
     input_ptrs: dict[str, int]
     input_nbytes: dict[str, int]
@@ -100,8 +113,8 @@ class _Device:
     stream: Any | None = None
     event: Any | None = None
     scratch: int | None = None
-    inputs: dict[str, int] = field(default_factory=dict)
-    output: int | None = None
+    #: One device buffer per I/O tensor, by tensor name.
+    tensors: dict[str, int] = field(default_factory=dict)
     pinned: list[int] = field(default_factory=list)
 
 
@@ -135,7 +148,8 @@ class TensorRTBackend:
         self._io: ModelIO | None = None
         self._runtime: IRuntime | None = None
         self._engine: ICudaEngine | None = None
-        self._context: IExecutionContext | None = None
+        #: Every output tensor of the engine (all are bound; ``io.output`` is read).
+        self._outputs: list[str] = []
         self._plan_path: Path | None = None
         self._plan_bytes = 0
         self._manifest: PlanManifest | None = None
@@ -268,12 +282,20 @@ class TensorRTBackend:
             (inputs if io_mode_is_input(trt, engine.get_tensor_mode(name)) else outputs).append(
                 name
             )
+        self._outputs = outputs
         dtype = (
-            np.dtype(trt.nptype(engine.get_tensor_dtype("input_ids")))
+            self._host_dtype(engine.get_tensor_dtype("input_ids"), "input_ids")
             if "input_ids" in inputs
             else None
         )
         return self._make_io(inputs, outputs, dtype)
+
+    @staticmethod
+    def _host_dtype(dtype: Any, tensor: str) -> np.dtype[Any]:
+        try:
+            return numpy_dtype(dtype, tensor)
+        except TypeError as exc:
+            raise TensorRTError(str(exc)) from None
 
     def _make_io(
         self, inputs: list[str], outputs: list[str], dtype: np.dtype[Any] | None
@@ -325,7 +347,11 @@ class TensorRTBackend:
             network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)
         }
         outputs = [network.get_output(i).name for i in range(network.num_outputs)]
-        dtype = np.dtype(trt.nptype(tensors["input_ids"].dtype)) if "input_ids" in tensors else None
+        dtype = (
+            self._host_dtype(tensors["input_ids"].dtype, "input_ids")
+            if "input_ids" in tensors
+            else None
+        )
         return self._make_io(list(tensors), outputs, dtype)
 
     # -- preparation -------------------------------------------------------------------
@@ -359,43 +385,36 @@ class TensorRTBackend:
                 "batch_sizes/lengths within it or rebuild the plan for this grid"
             )
 
-        # One activation scratch that we allocate and account for (TensorRT >= 10.1); older
-        # bindings lack set_device_memory(ptr, size), so the context allocates its own.
-        context = None
-        if hasattr(trt, "ExecutionContextAllocationStrategy"):
-            strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-            context = engine.create_execution_context(strategy)
-        user_managed = context is not None and hasattr(context, "set_device_memory")
-        if not user_managed:
-            context = engine.create_execution_context()
-        if context is None:
-            raise TensorRTError("TensorRT could not create an execution context")
-        self._context = context
-        scratch = int(
-            engine.get_device_memory_size_for_profile_v2(0)
-            if user_managed
-            else engine.device_memory_size_v2
-        )
+        # One context per bucket, all USER_MANAGED so that they share one activation scratch
+        # that we allocate and account for (TensorRT >= 10.1).
+        if not hasattr(trt, "ExecutionContextAllocationStrategy"):
+            raise TensorRTError(
+                f"TensorRT {trt.__version__} lacks user-managed context memory; install "
+                "TensorRT 10.1 or newer (pip install 'trt-async[gpu]')"
+            )
+        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        scratch = int(engine.get_device_memory_size_for_profile_v2(0))
 
-        # Shapes first, so the budget check sees every size before anything is allocated.
+        # Contexts and shapes first, so the budget check sees every size before anything
+        # is allocated. Each context gets its bucket's shapes here, once.
         buckets = list(grid.buckets())
-        out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(io.output)))
-        in_dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in io.inputs}
-        out_shapes: dict[Bucket, tuple[int, ...]] = {}
+        contexts: dict[Bucket, IExecutionContext] = {}
+        shapes: dict[Bucket, dict[str, tuple[int, ...]]] = {}
         for b in buckets:
-            self._set_shapes(b)
-            shape = dims(context.get_tensor_shape(io.output))
-            if any(d < 0 for d in shape):
-                raise TensorRTError(f"output {io.output} shape {shape} unresolved for {b}")
-            out_shapes[b] = shape
-        in_bytes = {n: max(b.tokens for b in buckets) * in_dtypes[n].itemsize for n in io.inputs}
-        out_bytes = max(int(np.prod(s)) for s in out_shapes.values()) * out_dtype.itemsize
+            context = engine.create_execution_context(strategy)
+            if context is None:
+                raise TensorRTError("TensorRT could not create an execution context")
+            contexts[b] = context
+            shapes[b] = self._set_shapes(context, b, io.inputs)
+        tensors = [*io.inputs, *self._outputs]
+        sizes = {n: itemsize(engine.get_tensor_dtype(n)) for n in tensors}
+        tensor_bytes = {n: max(sizes[n] * _volume(shapes[b][n]) for b in buckets) for n in tensors}
+        out_dtype = self._host_dtype(engine.get_tensor_dtype(io.output), io.output)
+        in_dtypes = {n: self._host_dtype(engine.get_tensor_dtype(n), n) for n in io.inputs}
         pinned = sum(
-            b.tokens * sum(d.itemsize for d in in_dtypes.values())
-            + int(np.prod(out_shapes[b])) * out_dtype.itemsize
-            for b in buckets
+            sum(sizes[n] * _volume(shapes[b][n]) for n in (*io.inputs, io.output)) for b in buckets
         )
-        device_buffers = sum(in_bytes.values()) + out_bytes
+        device_buffers = sum(tensor_bytes.values())
         self._memory = {
             "engine": self._plan_bytes,
             "activations": scratch,
@@ -408,19 +427,16 @@ class TensorRTBackend:
         dev = self._dev
         dev.stream = cu.stream_create()
         dev.event = cu.event_create()
-        if user_managed:
-            dev.scratch = cu.malloc(scratch)
-            context.set_device_memory(dev.scratch, scratch)
-        for n in io.inputs:
-            dev.inputs[n] = cu.malloc(in_bytes[n])
-        dev.output = cu.malloc(out_bytes)
+        dev.scratch = cu.malloc(scratch)
+        for n in tensors:
+            dev.tensors[n] = cu.malloc(tensor_bytes[n])
 
         for b in buckets:
-            st = self._allocate_bucket(b, in_dtypes, out_shapes[b], out_dtype)
+            st = self._allocate_bucket(b, contexts[b], in_dtypes, shapes[b][io.output], out_dtype)
             self._states[b] = st
         total = len(buckets)
         for i, b in enumerate(buckets):
-            self._prepare_bucket(self._states[b])
+            self._prepare_bucket(self._states[b], scratch)
             if progress is not None:
                 how = "graph" if self._states[b].graph is not None else "plain"
                 progress(i + 1, total, f"bucket {b.batch}x{b.length} ({how})")
@@ -457,6 +473,7 @@ class TensorRTBackend:
     def _allocate_bucket(
         self,
         b: Bucket,
+        context: IExecutionContext,
         in_dtypes: Mapping[str, np.dtype[Any]],
         out_shape: tuple[int, ...],
         out_dtype: np.dtype[Any],
@@ -476,31 +493,43 @@ class TensorRTBackend:
         out_ptr = cu.host_alloc(out_nbytes)
         self._dev.pinned.append(out_ptr)
         output = host_array(out_ptr, out_shape, out_dtype)
-        return _BucketState(b, arrays, ptrs, sizes, output, out_ptr, out_nbytes)
+        return _BucketState(b, context, arrays, ptrs, sizes, output, out_ptr, out_nbytes)
 
-    def _set_shapes(self, b: Bucket) -> None:
-        assert self._context is not None and self._io is not None
-        for n in self._io.inputs:
-            if not self._context.set_input_shape(n, (b.batch, b.length)):
+    def _set_shapes(
+        self, context: IExecutionContext, b: Bucket, inputs: tuple[str, ...]
+    ) -> dict[str, tuple[int, ...]]:
+        """Bind ``b``'s input shapes on ``context``; the shape of every I/O tensor."""
+        for n in inputs:
+            if not context.set_input_shape(n, (b.batch, b.length)):
                 raise TensorRTError(f"TensorRT refused shape {b.batch}x{b.length} for {n}")
+        shapes: dict[str, tuple[int, ...]] = {n: (b.batch, b.length) for n in inputs}
+        for n in self._outputs:
+            shape = dims(context.get_tensor_shape(n))
+            if any(d < 0 for d in shape):
+                raise TensorRTError(f"output {n} shape {shape} unresolved for {b}")
+            shapes[n] = shape
+        return shapes
 
-    def _bind(self, st: _BucketState) -> None:
-        assert self._context is not None and self._io is not None
-        self._set_shapes(st.bucket)
-        for n in self._io.inputs:
-            self._context.set_tensor_address(n, self._dev.inputs[n])
-        assert self._dev.output is not None
-        self._context.set_tensor_address(self._io.output, self._dev.output)
+    def _bind_addresses(self, st: _BucketState, scratch: int) -> None:
+        """Scratch memory and the address of every I/O tensor, read or not (TensorRT
+        refuses to enqueue with any tensor unbound)."""
+        assert self._dev.scratch is not None
+        st.context.set_device_memory(self._dev.scratch, scratch)
+        for n, ptr in self._dev.tensors.items():
+            if not st.context.set_tensor_address(n, ptr):
+                raise TensorRTError(f"TensorRT refused the device address of tensor {n}")
 
     def _enqueue(self, st: _BucketState) -> bool:
         """H2D copies, inference, D2H copy on the stream; False when TensorRT refuses."""
         cu, dev = self.cuda, self._dev
-        assert self._context is not None and dev.output is not None and dev.stream is not None
+        assert self._io is not None and dev.stream is not None
         for n, ptr in st.input_ptrs.items():
-            cu.memcpy_htod_async(dev.inputs[n], ptr, st.input_nbytes[n], dev.stream)
-        if not self._context.execute_async_v3(int(dev.stream)):
+            cu.memcpy_htod_async(dev.tensors[n], ptr, st.input_nbytes[n], dev.stream)
+        if not st.context.execute_async_v3(int(dev.stream)):
             return False
-        cu.memcpy_dtoh_async(st.output_ptr, dev.output, st.output_nbytes, dev.stream)
+        cu.memcpy_dtoh_async(
+            st.output_ptr, dev.tensors[self._io.output], st.output_nbytes, dev.stream
+        )
         return True
 
     def _wait(self) -> None:
@@ -508,8 +537,8 @@ class TensorRTBackend:
         self.cuda.event_record(self._dev.event, self._dev.stream)
         self.cuda.event_synchronize(self._dev.event)
 
-    def _prepare_bucket(self, st: _BucketState) -> None:
-        self._bind(st)
+    def _prepare_bucket(self, st: _BucketState, scratch: int) -> None:
+        self._bind_addresses(st, scratch)
         # The first enqueue after a shape change does set-up work that must not be captured.
         if not self._enqueue(st):
             raise TensorRTError(
@@ -536,8 +565,8 @@ class TensorRTBackend:
         try:
             if not self._enqueue(st):
                 failure = "execute_async_v3 returned False during capture"
-        except CudaError as exc:
-            failure = str(exc)
+        except Exception as exc:  # whatever failed, the capture must be ended below
+            failure = f"{type(exc).__name__}: {exc}"
         # Capture must always be ended, or the stream stays in capture mode.
         try:
             graph = cu.end_capture(stream)
@@ -572,10 +601,8 @@ class TensorRTBackend:
         with self._lock:
             self._ensure_thread_device()
             if st.graph is not None:
-                # The graph holds its own launches, but the context is left describing this
-                # bucket too, as NVIDIA's own executors do, so nothing reading the context's
-                # shapes (a later plain enqueue, a profiler) sees another bucket's.
-                self._bind(st)
+                # Shapes and addresses were bound on this bucket's own context before the
+                # capture and never change: re-binding would itself alter the captured state.
                 self.cuda.graph_launch(st.graph, self._dev.stream)
                 self.replays += 1
             else:
@@ -593,7 +620,6 @@ class TensorRTBackend:
         return st.output
 
     def _run_plain(self, st: _BucketState) -> None:
-        self._bind(st)
         if not self._enqueue(st):
             raise TensorRTError(
                 f"execute_async_v3 failed for bucket {st.bucket.batch}x{st.bucket.length}"
@@ -617,6 +643,7 @@ class TensorRTBackend:
             "plan": str(self._plan_path) if self._plan_path else None,
             "graphs": sum(1 for st in self._states.values() if st.graph is not None),
             "buckets": len(self._states),
+            "contexts": len(self._states),
             "graph_fallbacks": fallbacks,
             "replays": self.replays,
             "enqueues": self.enqueues,
@@ -652,11 +679,10 @@ class TensorRTBackend:
             for st in self._states.values():
                 if st.graph is not None:
                     self._destroy_graph(st)
-            self._states.clear()
-            self._context = None  # before its scratch memory goes
+            self._states.clear()  # drops the contexts before their scratch memory goes
             releases: list[tuple[Any, Any]] = [(cu.free_host, p) for p in dev.pinned]
-            releases += [(cu.free, p) for p in dev.inputs.values()]
-            releases += [(cu.free, p) for p in (dev.output, dev.scratch) if p is not None]
+            releases += [(cu.free, p) for p in dev.tensors.values()]
+            releases += [(cu.free, p) for p in (dev.scratch,) if p is not None]
             if dev.event is not None:
                 releases.append((cu.event_destroy, dev.event))
             if dev.stream is not None:

@@ -11,6 +11,8 @@ import importlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import numpy as np
+
 #: A TensorRT ``Dims``: iterable of ints (``-1`` marks a dynamic dimension).
 Dims = Iterable[int]
 
@@ -102,6 +104,51 @@ def load_tensorrt() -> Any:
             "pip install 'trt-async[gpu]' (tensorrt-cu12/cu13 from NVIDIA's index); "
             f"import failed with: {exc}"
         ) from exc
+
+
+#: TensorRT ``DataType`` member name -> (numpy dtype name, bytes per element). numpy has no
+#: bfloat16 or fp8, and ``trt.nptype(DataType.BF16)`` raises ``TypeError`` in the real
+#: bindings, so sizes and names come from this table rather than from ``nptype``.
+_DTYPES: dict[str, tuple[str, int]] = {
+    "FLOAT": ("float32", 4),
+    "HALF": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "INT8": ("int8", 1),
+    "INT32": ("int32", 4),
+    "INT64": ("int64", 8),
+    "BOOL": ("bool", 1),
+    "UINT8": ("uint8", 1),
+    "FP8": ("float8", 1),
+}
+_NOT_NUMPY = frozenset({"bfloat16", "float8"})
+
+
+def _dtype_entry(dtype: Any) -> tuple[str, int]:
+    name = str(getattr(dtype, "name", dtype))
+    entry = _DTYPES.get(name)
+    if entry is None:
+        raise TypeError(f"TensorRT data type {name} is not supported for I/O tensors")
+    return entry
+
+
+def dtype_name(dtype: Any) -> str:
+    """``float32``, ``bfloat16``, ... for a TensorRT ``DataType`` (bf16 included)."""
+    return _dtype_entry(dtype)[0]
+
+
+def itemsize(dtype: Any) -> int:
+    return _dtype_entry(dtype)[1]
+
+
+def numpy_dtype(dtype: Any, tensor: str) -> np.dtype[Any]:
+    """The numpy dtype of a tensor the host reads or writes; bf16/fp8 have none."""
+    name = dtype_name(dtype)
+    if name in _NOT_NUMPY:
+        raise TypeError(
+            f"tensor {tensor} is {name}, which numpy cannot hold; export the graph with "
+            "float32 inputs and outputs (reduced precision inside the graph only)"
+        )
+    return np.dtype(name)
 
 
 def io_mode_is_input(trt: Any, mode: Any) -> bool:
