@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -32,6 +34,7 @@ from trt_async.bench.loadgen import (
     PhaseResult,
     Record,
     make_client,
+    poisson_schedule,
     run_closed,
     run_open,
     send,
@@ -256,6 +259,35 @@ async def test_open_loop_poisson_rate_and_drops() -> None:
     assert 140 <= len(result.records) <= 260  # Poisson(200) over 1 s
     assert result.dropped == 0
     assert len(slow.records) == 5 and slow.dropped > 20
+    # The schedule offers the rate asked for, and the achieved rate is measured over the
+    # whole schedule plus the drain, so it cannot exceed it.
+    assert len(result.records) == 200 and result.offered_per_s == 200
+    s = report.summarise(result, mode="open", rate=200)
+    assert s["offered_requests_per_s"] == 200
+    assert s["requests_per_s"] <= s["offered_requests_per_s"]
+    assert slow.wall_s >= 0.5  # the drain of the slow answers counts
+
+
+async def test_open_loop_capped_by_count_still_offers_its_rate() -> None:
+    reqs = build_requests("short", TARGETS, 10, seed=1)
+    async with _serve(_answer(delay_s=0.001)) as client:
+        result = await run_open(client, reqs, rate=100, duration_s=10, max_requests=25, seed=3)
+    assert len(result.records) == 25
+    assert result.offered_per_s == pytest.approx(100)
+    assert 0.25 <= result.wall_s < 0.5  # 25 arrivals at 100/s, not spread over 10 s
+    assert report.summarise(result)["requests_per_s"] <= 100
+
+
+def test_poisson_schedule_has_exponential_gaps_and_the_exact_count() -> None:
+    times = poisson_schedule(50.0, 40.0, random.Random(5))
+    assert len(times) == 2000 and times == sorted(times)
+    assert times[0] >= 0 and times[-1] <= 40.0
+    gaps = np.diff(times)
+    assert np.mean(gaps) == pytest.approx(1 / 50, rel=0.05)
+    # Exponential gaps: standard deviation equal to the mean (coefficient of variation 1).
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, abs=0.08)
+    assert poisson_schedule(50.0, 40.0, random.Random(5)) == times  # seeded
+    assert len(poisson_schedule(0.1, 1.0, random.Random(5))) == 1  # at least one arrival
 
 
 async def test_stats_reader_finds_the_stats_route() -> None:
@@ -299,6 +331,7 @@ def test_summary_counts_add_up_and_percentiles_are_ordered() -> None:
     lat = s["latency_ms"]
     order = [lat["p50"], lat["p90"], lat["p99"], lat["p99.9"], lat["max"]]
     assert order == sorted(order)
+    assert "p99.9" not in report.summarise(_synthetic(999, 0))["latency_ms"]  # too few
     assert lat["p50"] == pytest.approx(50.5, abs=1) and lat["max"] == pytest.approx(100)
     assert s["server_ms"]["queue"]["mean"] == 1.0 and s["server_ms"]["inference"]["p50"] == 2.0
     assert "tokenize" not in s["server_ms"]
@@ -362,6 +395,14 @@ def test_markdown_json_and_plots(tmp_path: Path) -> None:
     for path in drawn:
         assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.batch_histogram({}, tmp_path / "none.png") is None
+    fig = plots.batch_figure({"1x16": 7, "2x16": 1, "3x32": 2, "8x64": 3})
+    assert fig is not None
+    for ax in fig.axes:
+        assert [t for t in ax.get_xticks() if t != int(t)] == []  # whole batch sizes only
+    assert list(fig.axes[0].get_xticks()) == [1, 2, 3, 8]
+    assert [t for t in fig.axes[0].get_yticks() if t != int(t)] == []  # whole batch counts
+    many = plots.batch_figure({f"{b}x16": 1 for b in range(1, 33)})
+    assert many is not None and all(t == int(t) for t in many.axes[0].get_xticks())
     rep = {"run": "t", "phases": phases, "comparisons": [comp], "plots": ["lt.png"],
            "goals": [{"goal": "g", "measured": 3.0, "target": "≥ 3", "met": True}]}  # fmt: skip
     paths = report.write(rep, tmp_path)

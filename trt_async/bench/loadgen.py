@@ -95,7 +95,9 @@ class PhaseResult:
     """Everything one load phase produced."""
 
     records: list[Record]
-    #: Seconds from the first request sent to the last answer received.
+    #: Seconds the phase's rates are computed over. Closed loop: from the first request sent
+    #: to the last answer received. Open loop: from the start of the arrival schedule to its
+    #: end or to the last answer, whichever is later (the drain counts).
     wall_s: float
     #: CPU seconds the generator's process used during the phase.
     client_cpu_s: float
@@ -103,6 +105,8 @@ class PhaseResult:
     dropped: int = 0
     #: Requests sent before the warm-up ended; they are not in ``records``.
     warmup_requests: int = 0
+    #: Open loop only: the schedule's arrivals per second (arrivals over the window).
+    offered_per_s: float | None = None
 
 
 class LoadClient:
@@ -263,7 +267,20 @@ async def run_closed(
                 records.append(record)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _result(records, cpu0, dropped=0, warmup=warmup_count)
+    return _result(records, cpu0, warmup=warmup_count)
+
+
+def poisson_schedule(rate: float, window_s: float, rng: random.Random) -> list[float]:
+    """Arrival times (seconds from the start) of a Poisson process of ``rate`` over
+    ``window_s``, conditioned on its count being ``round(rate * window_s)`` (at least one).
+
+    Given their count, the arrivals of a Poisson process are independent and uniform over
+    the window, so sorted uniform draws have the exponential gaps of Poisson arrivals while
+    the schedule offers exactly the rate asked for: a free count (exponential gaps until the
+    deadline) varies by ±√N around it, ±20 % for a phase of 25 requests.
+    """
+    count = max(1, round(rate * window_s))
+    return sorted(rng.uniform(0.0, window_s) for _ in range(count))
 
 
 async def run_open(
@@ -278,30 +295,30 @@ async def run_open(
 ) -> PhaseResult:
     """Poisson arrivals at ``rate`` requests/s for ``duration_s`` or ``max_requests`` arrivals.
 
-    Inter-arrival gaps are drawn from a seeded exponential distribution, so the schedule is
-    the same on every run. An arrival that finds ``max_outstanding`` requests in flight is
-    dropped and counted (the server is far past saturation then).
+    The schedule (:func:`poisson_schedule`, seeded) spans ``duration_s``, or less when
+    ``max_requests`` arrivals at ``rate`` take less, so it offers ``rate`` either way. An
+    arrival that finds ``max_outstanding`` requests in flight is dropped and counted (the
+    server is far past saturation then). Rates are over the whole schedule plus the drain
+    (:attr:`PhaseResult.wall_s`), so the achieved rate never exceeds the offered one.
     """
     if rate <= 0:
         raise ValueError("rate must be positive")
+    if max_requests < 1:
+        raise ValueError("max_requests must be at least 1")
     stream = _cycle(requests)
-    rng = random.Random(seed)
+    window = min(duration_s, max_requests / rate)
+    schedule = poisson_schedule(rate, window, random.Random(seed))
     records: list[Record] = []
     tasks: set[asyncio.Task[None]] = set()
     dropped = 0
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    deadline = t0 + duration_s
-    next_at = t0
 
     async def one(spec: RequestSpec) -> None:
         records.append(await send(client, spec))
 
-    for _ in range(max_requests):
-        next_at += rng.expovariate(rate)
-        if next_at >= deadline:
-            break
-        delay = next_at - time.perf_counter()
+    for at in schedule:
+        delay = t0 + at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         spec = next(stream)
@@ -313,10 +330,19 @@ async def run_open(
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.gather(*tasks)
-    return _result(records, cpu0, dropped=dropped, warmup=0)
+    last = max((r.end for r in records), default=t0)
+    records.sort(key=lambda r: r.start)
+    return PhaseResult(
+        records,
+        max(window, last - t0),
+        time.process_time() - cpu0,
+        dropped,
+        0,
+        offered_per_s=len(schedule) / window,
+    )
 
 
-def _result(records: list[Record], cpu0: float, *, dropped: int, warmup: int) -> PhaseResult:
+def _result(records: list[Record], cpu0: float, *, warmup: int) -> PhaseResult:
     records.sort(key=lambda r: r.start)
     wall = (max(r.end for r in records) - records[0].start) if records else 0.0
-    return PhaseResult(records, wall, time.process_time() - cpu0, dropped, warmup)
+    return PhaseResult(records, wall, time.process_time() - cpu0, 0, warmup)

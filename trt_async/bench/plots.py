@@ -16,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 Phase = Mapping[str, Any]
 
@@ -100,7 +102,8 @@ def percentiles_vs_concurrency(phases: Sequence[Phase], path: Path) -> Path | No
         x = [p["concurrency"] for p in group]
         levels.update(x)
         for key in _PCT:
-            ax.plot(x, [p["latency_ms"][key] for p in group], "-o", label=f"{label}: {key}")
+            if all(key in p["latency_ms"] for p in group):  # p99.9 needs 1,000 samples
+                ax.plot(x, [p["latency_ms"][key] for p in group], "-o", label=f"{label}: {key}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ticks = sorted(levels)
@@ -119,6 +122,12 @@ def batch_histogram(histogram: Mapping[str, int], path: Path, title: str = "") -
     Left: how many batches of each size; right: the share of all items that ran in batches
     of each size (rows x count: what an item saw), with both means in the title.
     """
+    fig = batch_figure(histogram, title)
+    return None if fig is None else _save(fig, path)
+
+
+def batch_figure(histogram: Mapping[str, int], title: str = "") -> Figure | None:
+    """The figure of :func:`batch_histogram`; batch sizes and counts on integer ticks."""
     by_size: Counter[int] = Counter()
     for bucket, count in histogram.items():
         try:
@@ -144,8 +153,15 @@ def batch_histogram(histogram: Mapping[str, int], path: Path, title: str = "") -
     right.set_ylabel("share of items (%)")
     right.set_title(f"items by the size of their batch (mean {weighted:.1f})", fontsize=10)
     right.grid(True, axis="y", alpha=0.3)
+    for ax in (left, right):
+        # Batch sizes are whole rows: a tick at each size run, or integers where they crowd.
+        if len(sizes) <= 16:
+            ax.set_xticks(sizes, [str(s) for s in sizes])
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or "Batch sizes the scheduler formed")
-    return _save(fig, path)
+    return fig
 
 
 def comparisons_bars(comparisons: Sequence[Mapping[str, Any]], path: Path) -> Path | None:

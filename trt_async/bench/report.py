@@ -27,12 +27,22 @@ PERCENTILES: tuple[tuple[str, float], ...] = (
 )
 
 
+#: The fewest samples a percentile is reported from: below 1,000 samples p99.9 is only an
+#: interpolation between the largest few values, so it is left out rather than printed.
+MIN_SAMPLES: dict[str, int] = {"p99.9": 1000}
+
+
 def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float] | None:
-    """p50/p90/p99/p99.9, max and mean in milliseconds; None when there is nothing."""
+    """p50/p90/p99 (p99.9 from 1,000 samples), max and mean in milliseconds; None when
+    there is nothing."""
     if not latencies_s:
         return None
     ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
-    out = {key: float(np.percentile(ms, q)) for key, q in PERCENTILES}
+    out = {
+        key: float(np.percentile(ms, q))
+        for key, q in PERCENTILES
+        if len(ms) >= MIN_SAMPLES.get(key, 1)
+    }
     out["max"] = float(ms.max())
     out["mean"] = float(ms.mean())
     return {k: round(v, 3) for k, v in out.items()}
@@ -80,6 +90,9 @@ def summarise(result: PhaseResult, **labels: Any) -> dict[str, Any]:
         "tokens": tokens if tokens_known else None,
         "wall_s": round(wall, 4),
         "requests_per_s": rate(len(ok)),
+        "offered_requests_per_s": (
+            round(result.offered_per_s, 3) if result.offered_per_s is not None else None
+        ),
         "items_per_s": rate(items),
         "tokens_per_s": rate(tokens) if tokens_known else None,
         "latency_ms": percentiles_ms([r.latency for r in ok]),
