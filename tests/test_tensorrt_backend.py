@@ -581,6 +581,7 @@ def test_fake_tensorrt_versions_differ_in_precision_flags() -> None:
 def test_gpu_extra_excludes_cuda_python_without_cuda_bindings() -> None:
     """cuda-python 12.6.0 has no cuda.bindings (first in 12.6.1; the index has 12.6.2.post1)."""
     import tomllib
+
     from packaging.requirements import Requirement
     from packaging.version import Version
 
