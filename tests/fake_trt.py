@@ -59,6 +59,7 @@ class cudaError_t(enum.IntEnum):
     cudaErrorNoDevice = 100
     cudaErrorInvalidDevice = 101
     cudaErrorInvalidResourceHandle = 400
+    cudaErrorIllegalState = 401
     cudaErrorIllegalAddress = 700
     cudaErrorStreamCaptureUnsupported = 900
     cudaErrorStreamCaptureInvalidated = 901
@@ -214,6 +215,10 @@ class FakeCudaRuntime:
     def check_device_range(self, ptr: int, nbytes: int) -> bool:
         return self._within(self.device, ptr, nbytes)
 
+    def _stream(self, stream: Any) -> FakeStream:
+        """cuda-bindings takes a ``cudaStream_t`` or its integer handle alike."""
+        return stream if isinstance(stream, FakeStream) else self.streams[int(stream)]
+
     def stream_by_handle(self, handle: int) -> FakeStream | None:
         return self.streams.get(handle)
 
@@ -332,11 +337,13 @@ class FakeCudaRuntime:
         return (_OK, s)
 
     def cudaStreamDestroy(self, stream: FakeStream) -> tuple[Any]:
+        stream = self._stream(stream)
         stream.destroyed = True
         self.streams.pop(stream.handle, None)
         return (_OK,)
 
     def cudaStreamSynchronize(self, stream: FakeStream) -> tuple[Any]:
+        stream = self._stream(stream)
         if stream.capture is not None:
             stream.capture_invalid = True
             return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
@@ -347,6 +354,7 @@ class FakeCudaRuntime:
         return (_OK, FakeEvent())
 
     def cudaEventRecord(self, event: FakeEvent, stream: FakeStream) -> tuple[Any]:
+        stream = self._stream(stream)
         if stream.capture is not None:
             # Legal in CUDA, but only visible inside the graph: the backend must not rely on it.
             return (self.submit(stream, lambda: None),)
@@ -369,6 +377,7 @@ class FakeCudaRuntime:
 
     # -- graphs --------------------------------------------------------------------------
     def cudaStreamBeginCapture(self, stream: FakeStream, mode: cudaStreamCaptureMode) -> tuple[Any]:
+        stream = self._stream(stream)
         if int(stream) == 0 or stream.capture is not None:
             return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
         stream.capture, stream.capture_invalid = [], False
@@ -378,6 +387,7 @@ class FakeCudaRuntime:
         return (_OK,)
 
     def cudaStreamIsCapturing(self, stream: FakeStream) -> tuple[Any, cudaStreamCaptureStatus]:
+        stream = self._stream(stream)
         if stream.capture is None:
             return (_OK, cudaStreamCaptureStatus.cudaStreamCaptureStatusNone)
         if stream.capture_invalid:
@@ -385,8 +395,9 @@ class FakeCudaRuntime:
         return (_OK, cudaStreamCaptureStatus.cudaStreamCaptureStatusActive)
 
     def cudaStreamEndCapture(self, stream: FakeStream) -> tuple[Any, FakeGraph | None]:
+        stream = self._stream(stream)
         if stream.capture is None:
-            return self._fail(cudaError_t.cudaErrorIllegalAddress, None)
+            return self._fail(cudaError_t.cudaErrorIllegalState, None)
         if (
             stream.capture_mode != cudaStreamCaptureMode.cudaStreamCaptureModeRelaxed
             and stream.capture_thread != threading.get_ident()
@@ -394,6 +405,9 @@ class FakeCudaRuntime:
             # cudaErrorStreamCaptureWrongThread: "A stream capture sequence not initiated
             # with the cudaStreamCaptureModeRelaxed argument to cudaStreamBeginCapture was
             # passed to cudaStreamEndCapture in a different thread." (CUDA runtime API)
+            # Seen on an H200 (CUDA 13): the sequence is over after that; the capturing
+            # thread's own cudaStreamEndCapture then fails with cudaErrorIllegalState.
+            stream.capture, stream.capture_invalid, stream.capture_thread = None, False, None
             return self._fail(cudaError_t.cudaErrorStreamCaptureWrongThread, None)
         ops, invalid = stream.capture, stream.capture_invalid
         stream.capture, stream.capture_invalid, stream.capture_thread = None, False, None
