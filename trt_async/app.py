@@ -18,7 +18,7 @@ from types import FrameType
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 
 from trt_async import __version__
 from trt_async.core.config import CONFIG_ENV, Config, load_config
@@ -27,6 +27,7 @@ from trt_async.core.registry import ModelRegistry
 from trt_async.http.admin import HealthController, ManagementController
 from trt_async.http.auth import make_api_key_guard
 from trt_async.http.common import REGISTRY_KEY
+from trt_async.http.docs import OfflineSwaggerPlugin, document
 from trt_async.http.errors import exception_handlers
 from trt_async.http.observability import (
     METRICS_STATE_KEY,
@@ -188,8 +189,9 @@ def create_app(config: Config | None = None) -> Litestar:
                 "and zero-shot classification."
             ),
             path=DOCS_PATH,
-            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
+            render_plugins=[OfflineSwaggerPlugin(DOCS_PATH), JsonRenderPlugin()],
         ),
     )
+    document(app.openapi_schema, config)
     app.state[METRICS_STATE_KEY] = metrics
     return app

@@ -19,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from trt_async.backends.shapes import Bucket
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from trt_async.core.model import ServedModel, Timings
 
 PREFIX = "trt_async"
-#: Litestar appends the charset to text types itself.
-CONTENT_TYPE = "text/plain; version=0.0.4"
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
@@ -94,7 +93,15 @@ class Metrics:
         self.inference_seconds.labels(model).observe(timings.inference_s)
 
     def render(self) -> bytes:
+        """The Prometheus text exposition."""
         return generate_latest(self.registry)
+
+    def negotiate(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition and its content type, in the format the ``Accept`` header asks
+        for: OpenMetrics when a scraper asks for it, else Prometheus text (as chosen by
+        prometheus-client's own negotiation)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 class _BatchObserver:

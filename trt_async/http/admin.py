@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.exceptions import HTTPException
+from msgspec import Meta
 
 from trt_async.backends.modelfiles import ModelDirError
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind
@@ -32,15 +33,25 @@ class Readiness(msgspec.Struct):
 
 
 class LoadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    kind: ModelKind
-    model_path: str
-    #: Any other model option of the config file (``max_length``, ``backend``, ...).
-    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Load an exported model folder at run time."""
+
+    name: Annotated[str, Meta(description="The name clients will use.")]
+    kind: Annotated[ModelKind, Meta(description="How the model is served.")]
+    model_path: Annotated[
+        str, Meta(description="An exported model folder under `server.model_roots`.")
+    ]
+    options: Annotated[
+        dict[str, Any],
+        Meta(
+            description="Any other model option of the config file (`max_length`, `backend`, ...)."
+        ),
+    ] = msgspec.field(default_factory=dict)
 
 
 class UnloadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    """Unload a model once its queue has drained."""
+
+    name: Annotated[str, Meta(description="A served model's name.")]
 
 
 class ModelStatus(msgspec.Struct):

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
+from msgspec import Meta
 
 from trt_async.core.config import ModelKind, ServerConfig
 from trt_async.core.errors import ModelNotFound, TooManyInputs, Unavailable, WrongModelKind
@@ -23,6 +24,14 @@ AnyRequest = Request[Any, Any, State]
 T = TypeVar("T")
 #: A JSON request body decoded into ``T`` (Litestar's explicit body marker).
 JsonBody: TypeAlias = Annotated[T, Body(media_type=RequestEncodingType.JSON)]
+#: The ``truncate`` field every inference request takes.
+Truncate: TypeAlias = Annotated[
+    bool | None,
+    Meta(
+        description="Truncate over-long inputs instead of refusing them (default: the "
+        "model's `truncate` setting)."
+    ),
+]
 
 
 def get_registry(request: AnyRequest) -> ModelRegistry:
@@ -107,10 +116,14 @@ def error_responses(dialect: Dialect, *statuses: int) -> dict[int, ResponseSpec]
         413: "Body too large or too many inputs",
         422: "Schema violation or input too long",
         429: "Queue full; retry after the Retry-After header",
+        424: "Backend failure (with an error id; TEI's status for it)",
         500: "Backend failure (with an error id)",
         503: "Model not ready",
     }
-    codes = statuses or tuple(descriptions)
+    codes = statuses or tuple(c for c in descriptions if c != 424)
+    if dialect is Dialect.TEI:
+        # TEI answers a backend failure with 424, and so do its routes here.
+        codes = tuple(424 if c == 500 else c for c in codes)
     return {
         code: ResponseSpec(
             model, description=descriptions.get(code, "Error"), generate_examples=False

@@ -22,7 +22,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
-from trt_async.core.metrics import CONTENT_TYPE, Metrics
+from trt_async.core.metrics import Metrics
 from trt_async.http.auth import PUBLIC_OPT
 
 access_log = logging.getLogger("trt_async.access")
@@ -112,11 +112,27 @@ class RequestContextMiddleware(ASGIMiddleware):
             )
 
 
-@get("/metrics", opt={PUBLIC_OPT: True}, include_in_schema=False, sync_to_thread=False)
-def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus text exposition of every metric."""
+@get(
+    "/metrics",
+    opt={PUBLIC_OPT: True},
+    sync_to_thread=False,
+    tags=["probes"],
+    summary="Prometheus metrics (OpenMetrics when the Accept header asks for it)",
+    description=(
+        "Requests, queue, batch and time-split histograms per model. The format follows "
+        "the `Accept` header: `application/openmetrics-text` gets OpenMetrics 1.0, anything "
+        "else the Prometheus text format 0.0.4. Never needs the API key."
+    ),
+    media_type="text/plain",
+    response_description="The metrics in the negotiated text format",
+)
+def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[str]:
     metrics: Metrics = request.app.state[METRICS_STATE_KEY]
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+    body, content_type = metrics.negotiate(request.headers.get("accept"))
+    if content_type.startswith("text/"):
+        # Litestar appends "; charset=utf-8" to every text/ type itself.
+        content_type = content_type.replace("; charset=utf-8", "")
+    return Response(body.decode(), media_type=content_type)
 
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

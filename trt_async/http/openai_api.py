@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath
+from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput, WrongModelKind
@@ -21,6 +22,7 @@ from trt_async.core.model import ServedModel
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,
+    Truncate,
     check_batch,
     error_responses,
     get_model,
@@ -35,29 +37,56 @@ EmbeddingInput = str | list[str | int | list[int]]
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
-    input: EmbeddingInput
-    model: str
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    user: str | None = None
-    #: The seed's rerank route: score ``input`` (the documents) against this query.
-    query: str | None = None
-    #: Extension: truncate over-long inputs (default: the model's ``truncate`` setting).
-    truncate: bool | None = None
+    """OpenAI's embeddings request."""
+
+    input: Annotated[
+        EmbeddingInput,
+        Meta(
+            description="A text, a list of texts, or token ids made by this model's own "
+            "tokenizer (one list, or a list of lists)."
+        ),
+    ]
+    model: Annotated[str, Meta(description="A served model's name (`GET /v1/models`).")]
+    encoding_format: Annotated[
+        Literal["float", "base64"],
+        Meta(description="`base64`: each vector as little-endian float32 bytes."),
+    ] = "float"
+    dimensions: (
+        Annotated[
+            int,
+            Meta(ge=1, description="Keep the first n components and re-normalise (Matryoshka)."),
+        ]
+        | None
+    ) = None
+    user: Annotated[str | None, Meta(description="Accepted and ignored.")] = None
+    query: Annotated[
+        str | None,
+        Meta(
+            description="The seed server's rerank route: score each `input` document against "
+            "this query; `data[i].embedding` is then `[score]`. Leave it out to embed."
+        ),
+    ] = None
+    truncate: Truncate = None
 
 
 class Embedding(msgspec.Struct):
+    """One vector (or, for the rerank route, one score) and the index of its input."""
+
     embedding: list[float] | str
     index: int
     object: str = "embedding"
 
 
 class Usage(msgspec.Struct):
+    """Tokens the model ran, special tokens included."""
+
     prompt_tokens: int
     total_tokens: int
 
 
 class EmbeddingResponse(msgspec.Struct):
+    """OpenAI's embeddings answer: one entry per input, in input order."""
+
     data: list[Embedding]
     model: str
     usage: Usage
@@ -65,6 +94,8 @@ class EmbeddingResponse(msgspec.Struct):
 
 
 class ModelCard(msgspec.Struct):
+    """A served model as OpenAI lists it; ``created`` is when it was loaded."""
+
     id: str
     created: int
     owned_by: str = "trt_async"
@@ -72,6 +103,8 @@ class ModelCard(msgspec.Struct):
 
 
 class ModelList(msgspec.Struct):
+    """Every served model, in load order."""
+
     data: list[ModelCard]
     object: str = "list"
 

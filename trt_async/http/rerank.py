@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 from litestar import Controller, Response, post
+from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
@@ -21,6 +22,7 @@ from trt_async.core.model import ScoreResult
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,
+    Truncate,
     check_batch,
     error_responses,
     pick_model,
@@ -31,58 +33,92 @@ from trt_async.http.common import (
 from trt_async.http.errors import Dialect
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+ModelField = Annotated[
+    str | None,
+    Meta(description="A served reranker or embedding model (default: the first reranker)."),
+]
+TopN = Annotated[
+    PositiveInt | None, Meta(description="Return only the n best results (default: all).")
+]
+ReturnDocuments = Annotated[bool, Meta(description="Return each document's text with its score.")]
+MaxTokensPerDoc = Annotated[
+    PositiveInt | None,
+    Meta(description="Cohere v2: cut each document to this many tokens before scoring."),
+]
+RawScores = Annotated[
+    bool,
+    Meta(description="Return a cross-encoder's raw logits instead of their sigmoid."),
+]
 _KINDS = (ModelKind.RERANKER, ModelKind.EMBEDDING)
 _HINT = "rerank takes a reranker or an embedding model"
 
 
 class RerankDocument(msgspec.Struct):
+    """A document as Cohere's API writes it."""
+
     text: str
 
 
-class RerankRequest(msgspec.Struct, kw_only=True):
-    """Cohere/Jina rerank. ``model`` defaults to the first reranker served."""
+Query = Annotated[str, Meta(description="The text to rank the documents against.")]
+Documents = Annotated[
+    list[str | RerankDocument], Meta(description='Texts, or `{"text": ...}` objects.')
+]
 
-    query: str
-    documents: list[str | RerankDocument]
-    model: str | None = None
-    top_n: PositiveInt | None = None
-    return_documents: bool = False
-    #: Cohere v2: each document is cut to this many tokens before scoring.
-    max_tokens_per_doc: PositiveInt | None = None
-    #: Extensions: logits instead of sigmoid scores; refuse over-long inputs.
-    raw_scores: bool = False
-    truncate: bool | None = None
+
+class RerankRequest(msgspec.Struct, kw_only=True):
+    """Cohere/Jina rerank. Results come sorted by score, highest first."""
+
+    query: Query
+    documents: Documents
+    model: ModelField = None
+    top_n: TopN = None
+    return_documents: ReturnDocuments = False
+    max_tokens_per_doc: MaxTokensPerDoc = None
+    raw_scores: RawScores = False
+    truncate: Truncate = None
 
 
 class AnyRerankRequest(msgspec.Struct, kw_only=True):
     """``/rerank``: Cohere/Jina's body (``documents``) or TEI's (``texts``)."""
 
-    query: str
-    documents: list[str | RerankDocument] | None = None
-    texts: list[str] | None = None
-    model: str | None = None
-    top_n: PositiveInt | None = None
-    return_documents: bool = False
-    max_tokens_per_doc: PositiveInt | None = None
-    raw_scores: bool = False
-    truncate: bool | None = None
-    #: TEI only.
-    return_text: bool = False
-    #: Accepted for TEI clients; pairs are truncated from the document's end.
-    truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
+    query: Query
+    documents: Annotated[
+        list[str | RerankDocument] | None,
+        Meta(description='Cohere/Jina\'s field: texts or `{"text": ...}` objects.'),
+    ] = None
+    texts: Annotated[
+        list[str] | None, Meta(description="TEI's field; the answer is then TEI's bare array.")
+    ] = None
+    model: ModelField = None
+    top_n: TopN = None
+    return_documents: ReturnDocuments = False
+    max_tokens_per_doc: MaxTokensPerDoc = None
+    raw_scores: RawScores = False
+    truncate: Truncate = None
+    return_text: Annotated[bool, Meta(description="TEI: return each text with its score.")] = False
+    truncation_direction: Annotated[
+        Literal["left", "right", "Left", "Right"],
+        Meta(description="Accepted for TEI clients; pairs are cut from the document's end."),
+    ] = "right"
 
 
 class RerankUsage(msgspec.Struct):
+    """Tokens the model ran, special tokens included."""
+
     total_tokens: int
 
 
 class RerankResult(msgspec.Struct, omit_defaults=True):
+    """One document's score; ``index`` is its position in the request."""
+
     index: int
     relevance_score: float
     document: RerankDocument | None = None
 
 
 class RerankResponse(msgspec.Struct):
+    """Cohere v1 / Jina's answer: results sorted by score, highest first."""
+
     id: str
     model: str
     results: list[RerankResult]
@@ -103,6 +139,8 @@ class RerankMeta(msgspec.Struct):
 
 
 class RerankV2Response(msgspec.Struct):
+    """Cohere v2's answer: results sorted by score, highest first."""
+
     id: str
     model: str
     results: list[RerankResult]
@@ -111,6 +149,8 @@ class RerankV2Response(msgspec.Struct):
 
 
 class TEIRank(msgspec.Struct, omit_defaults=True):
+    """TEI's rank entry; the answer is a bare array of them, sorted by score."""
+
     index: int
     score: float
     text: str | None = None

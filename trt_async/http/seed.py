@@ -6,15 +6,19 @@ The reranker answer is the raw logit, as the seed's example shows (9.51, 7.24).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath
+from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import EmptyInput, InvalidInput
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,
+    Truncate,
     check_batch,
     elapsed_ms,
     error_responses,
@@ -42,13 +46,17 @@ class InferRequest(msgspec.Struct, kw_only=True):
     ``hypotheses`` (one hypothesis per premise).
     """
 
-    documents: str | list[str] | None = None
-    query: str | None = None
-    premises: str | list[str] | None = None
-    hypotheses: str | list[str] | None = None
-    model: str | None = None
-    #: Extension: truncate over-long inputs (default: the model's ``truncate`` setting).
-    truncate: bool | None = None
+    documents: Annotated[
+        str | list[str] | None,
+        Meta(description="Embedding: the texts to embed. Reranker: the texts to score."),
+    ] = None
+    query: Annotated[str | None, Meta(description="Reranker: the query.")] = None
+    premises: Annotated[str | list[str] | None, Meta(description="NLI: the premises.")] = None
+    hypotheses: Annotated[
+        str | list[str] | None, Meta(description="NLI: one hypothesis per premise.")
+    ] = None
+    model: Annotated[str | None, Meta(description="Ignored: the path names the model.")] = None
+    truncate: Truncate = None
 
 
 class EmbedInferResponse(msgspec.Struct):

@@ -13,6 +13,7 @@ import msgspec
 import numpy as np
 from litestar import Controller, Response, get, post
 from litestar.params import FromQuery
+from msgspec import Meta
 
 from trt_async import __version__
 from trt_async.core import heads
@@ -22,6 +23,7 @@ from trt_async.core.model import ServedModel
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,
+    Truncate,
     check_batch,
     error_responses,
     pick_model,
@@ -37,14 +39,36 @@ _PREDICT_KINDS = (ModelKind.NLI, ModelKind.RERANKER)
 _ALL_KINDS = (ModelKind.EMBEDDING, ModelKind.RERANKER, ModelKind.NLI)
 
 
+TruncationDirection = Annotated[
+    Direction, Meta(description="Which end of an over-long input is cut.")
+]
+RawScores = Annotated[bool, Meta(description="Return logits instead of probabilities.")]
+
+
 class EmbedRequest(msgspec.Struct, kw_only=True):
-    inputs: EmbeddingInput
-    truncate: bool | None = None
-    truncation_direction: Direction = "right"
-    normalize: bool = True
-    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    prompt_name: str | None = None
-    model: str | None = None
+    """TEI's embed request; the answer is a bare array of vectors."""
+
+    inputs: Annotated[
+        EmbeddingInput,
+        Meta(description="A text, a list of texts, or this model's own token ids."),
+    ]
+    truncate: Truncate = None
+    truncation_direction: TruncationDirection = "right"
+    normalize: Annotated[bool, Meta(description="Scale each vector to unit length.")] = True
+    dimensions: (
+        Annotated[
+            int,
+            Meta(ge=1, description="Keep the first n components (Matryoshka), then normalise."),
+        ]
+        | None
+    ) = None
+    prompt_name: Annotated[
+        str | None, Meta(description="Refused: the served models define no prompts.")
+    ] = None
+    model: Annotated[
+        str | None,
+        Meta(description="A served embedding model (default: the first one)."),
+    ] = None
 
 
 #: A text, a ``[text, text]`` pair, or a batch of texts and pairs (``[[text]]``,
@@ -53,25 +77,46 @@ PredictInput = str | list[str | list[str]]
 
 
 class PredictRequest(msgspec.Struct, kw_only=True):
-    inputs: PredictInput
-    raw_scores: bool = False
-    truncate: bool | None = None
-    truncation_direction: Direction = "right"
-    model: str | None = None
+    """TEI's classify request: texts, or ``[premise, hypothesis]`` pairs for NLI."""
+
+    inputs: Annotated[
+        PredictInput,
+        Meta(
+            description="A text, a `[premise, hypothesis]` pair, or a list of texts and "
+            "pairs (`[[text], [premise, hypothesis]]`)."
+        ),
+    ]
+    raw_scores: RawScores = False
+    truncate: Truncate = None
+    truncation_direction: TruncationDirection = "right"
+    model: Annotated[
+        str | None,
+        Meta(description="A served NLI model or reranker (default: the first NLI model)."),
+    ] = None
 
 
 class Prediction(msgspec.Struct):
+    """One label and its score."""
+
     label: str
     score: float
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True):
-    inputs: str | list[str]
-    add_special_tokens: bool = True
-    model: str | None = None
+    """TEI's tokenize request."""
+
+    inputs: Annotated[str | list[str], Meta(description="A text or a list of texts.")]
+    add_special_tokens: Annotated[
+        bool, Meta(description="Include the model's special tokens ([CLS], [SEP], ...).")
+    ] = True
+    model: Annotated[str | None, Meta(description="A served model (default: the first one).")] = (
+        None
+    )
 
 
 class SimpleToken(msgspec.Struct):
+    """One token; ``start`` and ``stop`` are character offsets into the text."""
+
     id: int
     text: str
     special: bool
@@ -80,6 +125,8 @@ class SimpleToken(msgspec.Struct):
 
 
 class Info(msgspec.Struct):
+    """TEI's description of the served model and the server's limits."""
+
     model_id: str
     model_dtype: str
     model_type: dict[str, dict[str, Any]]

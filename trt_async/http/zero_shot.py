@@ -8,15 +8,19 @@ score per text, as the pipeline returns them.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 import numpy as np
 from litestar import Controller, Response, post
+from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import EmptyInput, InvalidInput
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,
+    Truncate,
     check_batch,
     error_responses,
     pick_model,
@@ -27,16 +31,27 @@ from trt_async.http.errors import Dialect
 
 
 class ZeroShotRequest(msgspec.Struct, kw_only=True):
-    candidate_labels: list[str]
-    text: str | None = None
-    texts: list[str] | None = None
-    model: str | None = None
-    hypothesis_template: str = "This example is {}."
-    multi_label: bool = False
-    truncate: bool | None = None
+    """Score candidate labels for a text (or texts) with an NLI model."""
+
+    candidate_labels: Annotated[list[str], Meta(description="The labels to choose from.")]
+    text: Annotated[str | None, Meta(description="One text (or send `texts`).")] = None
+    texts: Annotated[list[str] | None, Meta(description="Several texts (or send `text`).")] = None
+    model: Annotated[
+        str | None, Meta(description="A served NLI model (default: the first one).")
+    ] = None
+    hypothesis_template: Annotated[
+        str, Meta(description="The hypothesis for each label; `{}` is the label.")
+    ] = "This example is {}."
+    multi_label: Annotated[
+        bool,
+        Meta(description="Score each label on its own instead of a softmax across labels."),
+    ] = False
+    truncate: Truncate = None
 
 
 class ZeroShotResult(msgspec.Struct):
+    """One text's labels, sorted by score, highest first."""
+
     index: int
     sequence: str
     labels: list[str]

@@ -1,0 +1,210 @@
+"""The API docs page and what the OpenAPI schema teaches.
+
+* Swagger UI's assets come from the ``swagger-ui-py`` package and are served by this server
+  under ``/docs/assets``: the page works on a machine without internet access.
+* Request bodies carry examples with the names of the models this server serves, so the
+  first "Execute" works (Swagger UI would otherwise prefill ``"model": "string"``).
+* A Struct's docstring becomes its schema's description; fields describe themselves with
+  ``msgspec.Meta(description=...)``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Router
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Example, OpenAPI, Operation, Reference
+from litestar.static_files import create_static_files_router
+
+from trt_async.core.config import Config, ModelKind
+
+ASSETS_PATH = "/assets"
+
+
+def swagger_assets() -> Path:
+    """The folder of Swagger UI's distribution files inside the ``swagger-ui-py`` package."""
+    return Path(str(importlib.resources.files("swagger_ui") / "static"))
+
+
+class OfflineSwaggerPlugin(SwaggerRenderPlugin):
+    """Swagger UI with its script, style sheet and icon served by this server, no CDN."""
+
+    def __init__(self, docs_path: str) -> None:
+        base = f"{docs_path.rstrip('/')}{ASSETS_PATH}"
+        super().__init__(
+            js_url=f"{base}/swagger-ui-bundle.js",
+            css_url=f"{base}/swagger-ui.css",
+            standalone_preset_js_url=f"{base}/swagger-ui-standalone-preset.js",
+            favicon=f"<link rel='icon' type='image/png' href='{base}/favicon-32x32.png'>",
+            path="/",
+        )
+
+    def receive_router(self, router: Router) -> None:
+        super().receive_router(router)
+        router.register(
+            create_static_files_router(
+                ASSETS_PATH,
+                directories=[swagger_assets()],
+                include_in_schema=False,
+                # Assets change only with the package; let browsers keep them.
+                cache_control=None,
+            )
+        )
+
+
+def _structs() -> dict[str, type[msgspec.Struct]]:
+    """This package's Structs by class name (the title Litestar gives their schemas)."""
+    out: dict[str, type[msgspec.Struct]] = {}
+    stack: list[type[msgspec.Struct]] = [msgspec.Struct]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            stack.append(sub)
+            if sub.__module__.startswith("trt_async."):
+                out.setdefault(sub.__name__, sub)
+    return out
+
+
+def add_struct_descriptions(schema: OpenAPI) -> None:
+    """Each Struct's docstring as its schema's description (Litestar reads only the
+    fields' ``msgspec.Meta(description=...)``)."""
+    structs = _structs()
+    components = schema.components.schemas if schema.components else {}
+    for name, component in (components or {}).items():
+        cls = structs.get(component.title or name)
+        doc = inspect.getdoc(cls) if cls is not None and cls.__doc__ else None
+        if doc and not component.description:
+            component.description = doc
+
+
+# -- request examples ------------------------------------------------------------------------
+
+QUERY = "What is the capital of France?"
+DOCUMENTS = ["Paris is the capital of France.", "Bread is baked every morning."]
+PREMISE = "A man is playing a guitar on stage."
+HYPOTHESIS = "Someone is making music."
+
+Examples = dict[str, dict[str, Any]]
+
+
+def _first(config: Config, *kinds: ModelKind) -> str | None:
+    for kind in kinds:
+        section: dict[str, Any] = getattr(config, kind.section)
+        if section:
+            return next(iter(section))
+    return None
+
+
+def request_examples(config: Config) -> dict[tuple[str, str], Examples]:
+    """Example bodies by (method, path), naming the models ``config`` serves.
+
+    A route whose model kind is not served gets no example rather than a wrong one.
+    """
+    embedder = _first(config, ModelKind.EMBEDDING)
+    reranker = _first(config, ModelKind.RERANKER, ModelKind.EMBEDDING)
+    nli = _first(config, ModelKind.NLI)
+    out: dict[tuple[str, str], Examples] = {}
+
+    def add(path: str, name: str, body: dict[str, Any] | None, method: str = "post") -> None:
+        if body is not None:
+            out.setdefault((method, path), {})[name] = body
+
+    def when(model: str | None, body: Callable[[str], dict[str, Any]]) -> dict[str, Any] | None:
+        return body(model) if model else None
+
+    add("/v1/embeddings", "embed", when(embedder, lambda m: {"model": m, "input": DOCUMENTS}))
+    add(
+        "/v1/embeddings",
+        "embed, base64, 128 dimensions",
+        when(
+            embedder,
+            lambda m: {
+                "model": m,
+                "input": "hello world",
+                "encoding_format": "base64",
+                "dimensions": 128,
+            },
+        ),
+    )
+    cohere = when(
+        reranker,
+        lambda m: {"model": m, "query": QUERY, "documents": DOCUMENTS, "top_n": 1},
+    )
+    for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
+        add(path, "rerank", cohere)
+    add(
+        "/rerank",
+        "rerank (TEI: texts)",
+        when(reranker, lambda m: {"model": m, "query": QUERY, "texts": DOCUMENTS}),
+    )
+    add("/embed", "embed", when(embedder, lambda m: {"model": m, "inputs": DOCUMENTS}))
+    add(
+        "/predict",
+        "NLI pair",
+        when(nli, lambda m: {"model": m, "inputs": [PREMISE, HYPOTHESIS]}),
+    )
+    add(
+        "/tokenize",
+        "tokenize",
+        when(embedder or reranker or nli, lambda m: {"model": m, "inputs": "hello world"}),
+    )
+    add(
+        "/v1/zero-shot",
+        "zero-shot",
+        when(
+            nli,
+            lambda m: {
+                "model": m,
+                "text": "The new phone has a great camera.",
+                "candidate_labels": ["technology", "sports", "cooking"],
+            },
+        ),
+    )
+    add("/infer/{model}", "embedding model", {"documents": DOCUMENTS} if embedder else None)
+    add(
+        "/infer/{model}",
+        "reranker",
+        {"query": QUERY, "documents": DOCUMENTS} if config.reranking_models else None,
+    )
+    add(
+        "/infer/{model}",
+        "NLI model",
+        {"premises": [PREMISE], "hypotheses": [HYPOTHESIS]} if nli else None,
+    )
+    return out
+
+
+def _operation(schema: OpenAPI, method: str, path: str) -> Operation | None:
+    item = (schema.paths or {}).get(path)
+    op = getattr(item, method, None) if item is not None else None
+    return op if isinstance(op, Operation) else None
+
+
+def document(schema: OpenAPI, config: Config) -> None:
+    """Complete the generated schema: Struct descriptions, examples for ``config``."""
+    add_struct_descriptions(schema)
+    add_request_examples(schema, config)
+
+
+def add_request_examples(schema: OpenAPI, config: Config) -> None:
+    """Put :func:`request_examples` on the matching operations' JSON request bodies."""
+    for (method, path), examples in request_examples(config).items():
+        op = _operation(schema, method, path)
+        body = op.request_body if op is not None else None
+        if body is None or isinstance(body, Reference):
+            continue
+        media = body.content.get("application/json")
+        if media is not None:
+            media.examples = {
+                name: Example(summary=name, value=value) for name, value in examples.items()
+            }
+    seed = _operation(schema, "post", "/infer/{model}")
+    names = [name for name, _, _ in config.models()]
+    for param in (seed.parameters or []) if seed is not None and names else []:
+        if not isinstance(param, Reference) and param.name == "model":
+            param.examples = {name: Example(summary=name, value=name) for name in names}
