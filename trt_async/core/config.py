@@ -8,10 +8,12 @@ Unknown keys are errors, so a typo fails at start-up instead of being ignored.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -146,7 +148,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_message(exc, source)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -180,6 +182,18 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     return config
 
 
+def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
+    """PyYAML names the stream ``"<unicode string>"``; name the file and the line instead."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = f" ({exc.context})" if exc.context else ""
+        return (
+            f"{source}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: "
+            f"{exc.problem}{context}"
+        )
+    return f"{source}: not valid YAML: {exc}"
+
+
 def _convert(raw: object, type_: type[_T], source: str, prefix: str) -> _T:
     try:
         return msgspec.convert(raw, type_, strict=True)
@@ -188,8 +202,57 @@ def _convert(raw: object, type_: type[_T], source: str, prefix: str) -> _T:
         what, _, where = str(exc).rpartition(" - at `")
         if not what:
             what, where = str(exc), "$"
-        key = ".".join(p for p in (prefix, where.rstrip("`").removeprefix("$").lstrip(".")) if p)
+        path = where.rstrip("`").removeprefix("$").lstrip(".")
+        key = ".".join(p for p in (prefix, path) if p)
+        what += _hint(type_, path, what)
         raise ConfigError(f"{source}: at {key or 'top level'}: {what}") from None
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(.+)`")
+
+
+def _unwrap(node: Any) -> Any:
+    """The type inside ``Annotated[...]`` and ``X | None``."""
+    while True:
+        if isinstance(node, msgspec.inspect.Metadata):
+            node = node.type
+            continue
+        if isinstance(node, msgspec.inspect.UnionType):
+            arms = [t for t in node.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if len(arms) == 1:
+                node = arms[0]
+                continue
+        return node
+
+
+def _hint(type_: type[Any], path: str, what: str) -> str:
+    """What to write instead: the allowed values of an enum, the key a typo meant."""
+    node: Any = msgspec.inspect.type_info(type_)
+    for part in re.findall(r"[^.\[\]]+", path):
+        node = _unwrap(node)
+        if isinstance(node, msgspec.inspect.StructType):
+            node = next((f.type for f in node.fields if f.encode_name == part), None)
+        elif isinstance(node, msgspec.inspect.DictType):
+            node = node.value_type
+        elif isinstance(node, msgspec.inspect.ListType):
+            node = node.item_type
+        else:
+            return ""
+    node = _unwrap(node)
+    if isinstance(node, msgspec.inspect.LiteralType):
+        return "; allowed values: " + ", ".join(str(v) for v in node.values)
+    if isinstance(node, msgspec.inspect.EnumType):
+        return "; allowed values: " + ", ".join(str(m.value) for m in node.cls)
+    return _key_hint(node, what)
+
+
+def _key_hint(node: Any, what: str) -> str:
+    match = _UNKNOWN_FIELD.match(what)
+    if match is None or not isinstance(node, msgspec.inspect.StructType):
+        return ""
+    known = [f.encode_name for f in node.fields]
+    close = difflib.get_close_matches(match.group(1), known, n=1)
+    return f"; did you mean `{close[0]}`?" if close else "; known keys: " + ", ".join(known)
 
 
 def load_config(path: str | Path) -> Config:
