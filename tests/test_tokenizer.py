@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trt_async.core.errors import EmptyInput, InputTooLong, InvalidInput
+from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong, InvalidInput
 from trt_async.core.tokenizer import TextTokenizer
 
 transformers = pytest.importorskip("transformers", reason="the reference needs the export extra")
@@ -75,3 +75,41 @@ def test_tokens_report_offsets(minilm_folder: Path) -> None:
     assert [t.text for t in row] == ["[CLS]", "hello", "world", "[SEP]"]
     assert row[0].special and row[0].start is None
     assert (row[2].start, row[2].stop) == (6, 11)
+
+
+#: What LangChain's OpenAIEmbeddings sends for "hello world" by default: OpenAI's tiktoken
+#: (cl100k_base) ids, all inside MiniLM's 30522-token vocabulary.
+CL100K_HELLO_WORLD = [15339, 1917]
+
+
+def test_token_ids_from_another_tokenizer_are_refused(minilm_folder: Path) -> None:
+    ours = TextTokenizer(minilm_folder / "tokenizer.json", 32, with_type_ids=True)
+    assert (ours.prefix_ids, ours.suffix_ids) == ((101,), (102,))  # [CLS], [SEP]
+    with pytest.raises(ForeignTokenIds, match="check_embedding_ctx_length=False") as info:
+        ours.encode_ids([[101, 7592, 102], CL100K_HELLO_WORLD], truncate=True)
+    assert info.value.param == "input" and "input 1 " in info.value.message
+    assert "starts with [101] and ends with [102]" in info.value.message
+    # The model's own ids without its special tokens would embed as another text too.
+    own = transformers.AutoTokenizer.from_pretrained(str(minilm_folder))
+    bare = own("hello world", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ForeignTokenIds):
+        ours.encode_ids([bare], truncate=True)
+    # Ids past the vocabulary point at the same likely cause.
+    with pytest.raises(ForeignTokenIds, match="LangChain"):
+        ours.encode_ids([[101, 100_000, 102]], truncate=True)
+    # The model's own tokenisation, special tokens included, is served as sent.
+    framed = own("hello world")["input_ids"]
+    (enc,) = ours.encode_ids([framed], truncate=True)
+    assert list(enc.ids) == framed == list(ours.encode(["hello world"], truncate=True)[0].ids)
+
+
+def test_a_tokenizer_without_special_tokens_takes_any_ids(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"hello": 0, "world": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    ours = TextTokenizer(tmp_path / "tokenizer.json", 8, with_type_ids=False)
+    assert (ours.prefix_ids, ours.suffix_ids) == ((), ())
+    (enc,) = ours.encode_ids([[1, 0]], truncate=True)
+    assert list(enc.ids) == [1, 0]

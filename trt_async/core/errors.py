@@ -55,6 +55,21 @@ class InputTooLong(InvalidInput):
         return InputTooLong(index, self.length, self.max_length, param=param, what=what)
 
 
+class ForeignTokenIds(InvalidInput):
+    """Token ids that cannot be this model's own tokenisation of a text."""
+
+    def __init__(self, index: int, reason: str, *, param: str = "input") -> None:
+        super().__init__(
+            f"input {index} is not a token-id list made by this model's tokenizer: {reason}. "
+            "Send text instead, or ids from this model's own tokenizer with its special "
+            "tokens. LangChain's OpenAIEmbeddings sends OpenAI "
+            "(tiktoken cl100k) token ids by default: create it with "
+            "check_embedding_ctx_length=False to send text.",
+            param=param,
+        )
+        self.index = index
+
+
 class TooManyInputs(InvalidInput):
     status = 413
 

@@ -16,7 +16,7 @@ from typing import Literal
 from tokenizers import Encoding as _RustEncoding
 from tokenizers import Tokenizer
 
-from trt_async.core.errors import EmptyInput, InputTooLong, InvalidInput
+from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong
 
 TextInput = str | tuple[str, str]
 Direction = Literal["right", "left"]
@@ -57,6 +57,7 @@ class TextTokenizer:
         self._full = self._load(path)
         self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
         self.pad_id = self._pad_id(self._full)
+        self.prefix_ids, self.suffix_ids = self._framing(self._full)
 
     @staticmethod
     def _load(path: Path) -> Tokenizer:
@@ -74,6 +75,17 @@ class TextTokenizer:
             if token_id is not None:
                 return token_id
         return 0
+
+    @staticmethod
+    def _framing(tok: Tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The special tokens this tokenizer puts before and after a single text
+        (``[CLS]`` / ``[SEP]`` for BERT, ``<s>`` / ``</s>`` for XLM-R; none for some)."""
+        enc = tok.encode("a", add_special_tokens=True)
+        mask = enc.special_tokens_mask
+        lead = next((i for i, special in enumerate(mask) if not special), len(mask))
+        trail = next((i for i, special in enumerate(reversed(mask)) if not special), 0)
+        ids = list(enc.ids)
+        return tuple(ids[:lead]), tuple(ids[len(ids) - trail :])
 
     def encode(
         self,
@@ -117,11 +129,19 @@ class TextTokenizer:
                 else next(t for t in ids if not 0 <= t < self.vocab_size)
             )
             if bad is not None:
-                raise InvalidInput(
-                    f"input {i} holds token id {bad}, outside this model's vocabulary "
-                    f"[0, {self.vocab_size})",
-                    param=param,
+                reason = f"it holds token id {bad}, outside this model's vocabulary"
+                raise ForeignTokenIds(i, f"{reason} [0, {self.vocab_size})", param=param)
+            # This tokenizer frames every text with its special tokens; a list that lacks
+            # them was made by another tokenizer (or without them) and would embed as noise.
+            head, tail = self.prefix_ids, self.suffix_ids
+            if (head and tuple(ids[: len(head)]) != head) or (
+                tail and tuple(ids[len(ids) - len(tail) :]) != tail
+            ):
+                reason = (
+                    f"such a list starts with {list(head)} and ends with {list(tail)} (the "
+                    "model's special tokens)"
                 )
+                raise ForeignTokenIds(i, reason, param=param)
             if len(ids) > self.max_length:
                 if not truncate:
                     raise InputTooLong(i, len(ids), self.max_length, param=param)
