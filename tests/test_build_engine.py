@@ -413,3 +413,58 @@ def test_fixed_dimension_outside_the_grid_is_a_clear_error(tmp_path: Path) -> No
         log=io.StringIO(),
     )
     assert result.manifest.profile_max == [1, 16]
+
+
+def test_default_build_covers_the_servers_default_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trt-async build <model>` with no grid options writes a plan whose profile holds every
+    bucket of the grid the server builds for that model by default, so the first start
+    neither rebuilds nor (with rebuild: never) refuses. The old fixed defaults (batch up to
+    32) missed batch 64 at lengths 16..256."""
+    import json
+
+    from trt_async.backends.modelfiles import default_max_length
+    from trt_async.backends.tensorrt.plan import grid_outside_profile
+    from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
+    from trt_async.core.model import model_max_length
+
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    model = write_model(tmp_path / "mini")
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    trt, rt = fakes()
+    parser = argparse.ArgumentParser(prog="trt-async")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build", str(model), "--no-progress"])
+    assert (args.batch_sizes, args.lengths) == (None, None)
+    result = build_engine(
+        args.model,
+        batch_sizes=args.batch_sizes,
+        lengths=args.lengths,
+        progress=False,
+        trt_module=trt,
+        cuda=Cuda(rt),
+        log=io.StringIO(),
+    )
+    m = result.manifest
+
+    # The server's default grid for this folder, assembled as core/model.py does.
+    files = ModelFiles.resolve(model)
+    config = ModelConfig(model_path=str(model), backend="tensorrt")
+    max_length = model_max_length(config, files)
+    assert max_length == default_max_length(files) == 512
+    lengths = TENSORRT_SPEC.lengths(max_length)
+    grid = BucketGrid(
+        TENSORRT_SPEC.batch_sizes, lengths, max(config.max_batch_tokens, max(lengths))
+    )
+    assert any(b.batch == 64 for b in grid.buckets())
+    lo, hi = (m.profile_min[0], m.profile_min[1]), (m.profile_max[0], m.profile_max[1])
+    assert grid_outside_profile(grid, lo, hi) == []
+    old = grid_outside_profile(grid, (1, 16), (32, 512))
+    assert len(old) == 8 and all(b.startswith("64x") for b in old)
+
+    # And the server starts on that plan as is.
+    backend = backend_for(model, trt, rt, rebuild="never")
+    backend.prepare(BucketGrid([1, 64], [16, 256], max_batch_tokens=16384))
+    assert backend.rebuilt_because == [] and len(trt.builds) == 1
+    backend.close()

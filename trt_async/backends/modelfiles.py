@@ -54,6 +54,21 @@ def position_limit(hf_config: dict[str, Any]) -> int | None:
     return positions
 
 
+def default_max_length(files: ModelFiles) -> int:
+    """The longest input a model folder is served at when the config names none: what
+    sentence-transformers truncates at, else the export's or the position table's limit
+    (at most 8192), else 512. The server's grid and the default TensorRT build use it."""
+    if files.st_max_length is not None:
+        # What sentence-transformers truncates at for this model: users compare against it.
+        return files.st_max_length
+    if files.manifest is not None and files.manifest.max_length:
+        return min(files.manifest.max_length, 8192)
+    limit = position_limit(files.hf_config)
+    if limit is not None:
+        return min(limit, 8192)
+    return 512
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

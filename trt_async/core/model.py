@@ -23,7 +23,12 @@ import numpy as np
 
 from trt_async.backends import backend_spec, create_backend, resolve_backend
 from trt_async.backends.base import KNOWN_INPUTS, Backend, BackendInfo, BackendOptions
-from trt_async.backends.modelfiles import ModelDirError, ModelFiles, position_limit
+from trt_async.backends.modelfiles import (
+    ModelDirError,
+    ModelFiles,
+    default_max_length,
+    position_limit,
+)
 from trt_async.backends.shapes import BucketGrid
 from trt_async.core import heads
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind, Pooling
@@ -131,15 +136,7 @@ def backend_options(config: ModelConfig) -> BackendOptions:
 def model_max_length(config: ModelConfig, files: ModelFiles) -> int:
     if config.max_length is not None:
         return config.max_length
-    if files.st_max_length is not None:
-        # What sentence-transformers truncates at for this model: users compare against it.
-        return files.st_max_length
-    if files.manifest is not None and files.manifest.max_length:
-        return min(files.manifest.max_length, 8192)
-    limit = position_limit(files.hf_config)
-    if limit is not None:
-        return min(limit, 8192)
-    return 512
+    return default_max_length(files)
 
 
 def label_map(config: ModelConfig, files: ModelFiles) -> dict[int, str]:

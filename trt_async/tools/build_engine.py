@@ -38,14 +38,15 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-sizes",
         type=_int_list,
-        default=list(build.DEFAULT_BATCH_SIZES),
-        help="comma-separated bucket batch sizes (default: %(default)s)",
+        default=None,
+        help="comma-separated bucket batch sizes (default: the server's default grid)",
     )
     p.add_argument(
         "--lengths",
         type=_int_list,
-        default=list(build.DEFAULT_LENGTHS),
-        help="comma-separated padded lengths in tokens (default: %(default)s)",
+        default=None,
+        help="comma-separated padded lengths in tokens (default: the server's default "
+        "lengths up to the model's max length)",
     )
     p.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit")
     p.add_argument(

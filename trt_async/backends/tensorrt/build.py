@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trt_async.backends.base import Precision
-from trt_async.backends.modelfiles import ONNX_NAME
+from trt_async.backends.modelfiles import ONNX_NAME, ModelDirError, ModelFiles, default_max_length
 from trt_async.backends.tensorrt.cuda import Cuda
 from trt_async.backends.tensorrt.plan import (
     PlanManifest,
@@ -34,10 +34,21 @@ from trt_async.backends.tensorrt.plan import (
     plan_paths,
     write_plan_manifest,
 )
+from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
 from trt_async.backends.tensorrt.trt_api import IBuilder, dims, dtype_name, load_tensorrt
 
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
-DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)
+
+def default_grid(model: str | Path) -> tuple[list[int], list[int]]:
+    """Batch sizes and lengths a build covers by default: the server's own default grid
+    for this model (the TensorRT spec's batch sizes, its lengths up to the model's default
+    max length), so a default build serves a default configuration without a rebuild."""
+    folder = Path(model)
+    folder = folder if folder.is_dir() else folder.parent
+    try:
+        max_length = default_max_length(ModelFiles.resolve(folder))
+    except ModelDirError:
+        max_length = default_max_length(ModelFiles(root=folder, tokenizer=folder))
+    return list(TENSORRT_SPEC.batch_sizes), TENSORRT_SPEC.lengths(max_length)
 
 
 class BuildError(RuntimeError):
@@ -238,8 +249,8 @@ def build_engine(
     model: str | Path,
     *,
     precision: Precision = "fp16",
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-    lengths: Sequence[int] = DEFAULT_LENGTHS,
+    batch_sizes: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
     workspace_gib: float | None = None,
     output_dir: str | Path | None = None,
     device: int = 0,
@@ -256,6 +267,10 @@ def build_engine(
     """
     out = log if log is not None else sys.stderr
     onnx = _resolve_onnx(Path(model))
+    if batch_sizes is None or lengths is None:
+        default_batches, default_lengths = default_grid(model)
+        batch_sizes = default_batches if batch_sizes is None else batch_sizes
+        lengths = default_lengths if lengths is None else lengths
     if not batch_sizes or not lengths:
         raise BuildError("need at least one batch size and one length")
     folder = onnx.parent if Path(model).is_file() else Path(model)
