@@ -6,9 +6,17 @@ batches through ONNX Runtime on the CPU, and reports per bucket the largest abso
 difference and the lowest cosine similarity over real rows, then the median time of a
 graph replay against a plain ``execute_async_v3`` enqueue. Writes a JSON report.
 
+Then a second pass runs the buckets in random order, graph replays and plain enqueues
+interleaved, and compares each output bit for bit with that bucket's first output on the
+same inputs (a graph whose context changed under it would show here). ``--random-model``
+builds a tiny random model (embedding lookup, masked mean; two outputs) on the spot, so
+the check needs no model files. Exit status: 0 all equal, 1 a mismatch, 2 nothing to run
+on (no CUDA device, TensorRT or onnxruntime missing: one line says which).
+
 Needs TensorRT, cuda-python and onnxruntime; ``--help`` works without them.
 
     python perf/gpu_check.py models/bge-small --precision fp16 --lengths 16,64,256
+    python perf/gpu_check.py --random-model --lengths 16,64
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,9 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("model", type=Path, help="model folder written by trt-async export")
+    p.add_argument("model", type=Path, nargs="?", help="model folder written by trt-async export")
+    p.add_argument("--random-model", action="store_true", help="build a tiny random model instead")
+    p.add_argument("--interleaved", type=int, default=200, help="runs in the random pass")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--lengths", type=_ints, default=[16, 32, 64, 128, 256, 512])
@@ -73,28 +84,116 @@ def _compare(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float,
     return diff, float(cos.min())
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_random_model(folder: Path, vocab: int = 1000, hidden: int = 32, seed: int = 0) -> Path:
+    """A tiny model folder: ``last_hidden_state = table[input_ids] * mask`` and its masked
+    mean ``sentence_embedding`` (two outputs, as many exports have)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = np.random.default_rng(seed).standard_normal((vocab, hidden)).astype(np.float32)
+    dyn = ["batch", "seq"]
+    nodes = [
+        helper.make_node("Gather", ["embeddings", "input_ids"], ["tokens"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axes"], ["mask3"]),
+        helper.make_node("Mul", ["tokens", "mask3"], ["last_hidden_state"]),
+        helper.make_node("ReduceSum", ["last_hidden_state", "one"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["maskf", "one"], ["count"], keepdims=1),
+        helper.make_node("Max", ["count", "floor"], ["count1"]),
+        helper.make_node("Div", ["summed", "count1"], ["sentence_embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "random_lookup",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, dyn),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, dyn),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "sentence_embedding", TensorProto.FLOAT, ["batch", hidden]
+            ),
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden]
+            ),
+        ],
+        [
+            numpy_helper.from_array(table, "embeddings"),
+            numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.array([1.0], np.float32), "floor"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({"vocab_size": vocab}))
+    return folder
+
+
+def _unavailable(trt_module: Any, cuda_runtime: Any) -> str | None:
+    """Why nothing can run here, or None."""
+    from trt_async.backends.tensorrt.cuda import Cuda, CudaError, NoCudaDevice
+    from trt_async.backends.tensorrt.trt_api import load_tensorrt
+
+    try:
+        Cuda(cuda_runtime).device_count()
+    except (ImportError, CudaError) as exc:
+        return str(exc) if isinstance(exc, NoCudaDevice) else f"no CUDA device: {exc}"
+    if trt_module is None:
+        try:
+            load_tensorrt()
+        except ImportError as exc:
+            return f"TensorRT not installed: {str(exc).splitlines()[0]}"
+    return None
+
+
+def main(argv: list[str] | None = None, trt_module: Any = None, cuda_runtime: Any = None) -> int:
     args = parse_args(argv)
+    if (args.model is None) == (not args.random_model):
+        print("gpu_check: give a model folder or --random-model (not both)", file=sys.stderr)
+        return 2
     try:
         import onnxruntime as ort
     except ImportError:
-        sys.exit("onnxruntime is needed for the CPU reference: pip install 'trt-async[cpu]'")
+        print(
+            "gpu_check: onnxruntime not installed (the CPU reference): pip install "
+            "'trt-async[cpu]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         import trt_async  # noqa: F401
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    why = _unavailable(trt_module, cuda_runtime)
+    if why is not None:
+        print(f"gpu_check: {why}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        model = write_random_model(Path(tmp) / "random") if args.random_model else args.model
+        return _check(args, model, ort, trt_module, cuda_runtime)
+
+
+def _check(
+    args: argparse.Namespace, model: Path, ort: Any, trt_module: Any, cuda_runtime: Any
+) -> int:
+    from trt_async.backends.base import BackendOptions
     from trt_async.backends.modelfiles import ModelFiles
     from trt_async.backends.shapes import BucketGrid
     from trt_async.backends.tensorrt import TensorRTBackend
     from trt_async.backends.tensorrt.build import build_engine
+    from trt_async.backends.tensorrt.cuda import Cuda
     from trt_async.backends.tensorrt.plan import graphs_dir
-    from trt_async.core.config import ModelConfig
 
-    files = ModelFiles.resolve(args.model)
+    files = ModelFiles.resolve(model)
     if files.onnx is None:
-        sys.exit(f"{args.model}: no model.onnx; run trt-async export first")
+        print(f"gpu_check: {model}: no model.onnx; run trt-async export first", file=sys.stderr)
+        return 2
     grid = BucketGrid(args.batch_sizes, args.lengths, args.max_batch_tokens)
-    plans = graphs_dir() / files.root.name
+    plans = (Path(model) / "graphs") if args.random_model else graphs_dir() / files.root.name
     build_s = None
     if not args.reuse_plan:
         result = build_engine(
@@ -104,16 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             lengths=grid.lengths,
             output_dir=plans,
             device=args.device,
+            trt_module=trt_module,
+            cuda=Cuda(cuda_runtime),
+            progress=trt_module is None,
         )
         build_s = result.seconds
-    config = ModelConfig(
-        model_path=str(args.model),
-        backend="tensorrt",
-        precision=args.precision,
-        device=args.device,
-        graphs=True,
+    options = BackendOptions(precision=args.precision, device=args.device, graphs=True)
+    backend = TensorRTBackend(
+        files, options, plans_dir=plans, trt_module=trt_module, cuda_runtime=cuda_runtime
     )
-    backend = TensorRTBackend(files, config, plans_dir=plans)
     started = time.perf_counter()
     backend.prepare(grid, lambda done, total, what: print(f"\r{done}/{total} {what}", end=""))
     prepare_s = time.perf_counter() - started
@@ -125,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
 
     rows: list[dict[str, Any]] = []
+    first: dict[Any, tuple[dict[str, np.ndarray], bytes]] = {}
     for bucket in grid.buckets():
         bufs = backend.inputs(bucket)
         lengths = rng.integers(1, bucket.length + 1, bucket.batch)
@@ -137,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if "token_type_ids" in bufs:
             bufs["token_type_ids"][...] = 0
         out = backend.execute(bucket).copy()
+        first[bucket] = ({n: np.array(bufs[n]) for n in bufs}, out.tobytes())
         feed = {
             name: np.asarray(bufs[name]).astype(np.int32 if "int32" in t else np.int64)
             for name, t in ort_types.items()
@@ -158,6 +258,28 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
 
+    # Random order, replays and plain enqueues interleaved: every output bit for bit equal
+    # to the bucket's first output on the same inputs.
+    buckets = list(grid.buckets())
+    mismatches: list[str] = []
+    modes = {"graph": 0, "plain": 0}
+    for _ in range(args.interleaved):
+        bucket = buckets[int(rng.integers(len(buckets)))]
+        inputs, expected = first[bucket]
+        bufs = backend.inputs(bucket)
+        for name, values in inputs.items():
+            bufs[name][...] = values
+        graph = bool(rng.random() < 0.5)
+        out = backend.execute(bucket) if graph else backend.execute_plain(bucket)
+        modes["graph" if graph else "plain"] += 1
+        if out.tobytes() != expected:
+            mismatches.append(f"{bucket.batch}x{bucket.length} ({'graph' if graph else 'plain'})")
+    print(
+        f"interleaved pass: {args.interleaved} runs ({modes['graph']} replays, "
+        f"{modes['plain']} plain), {len(mismatches)} differ bit for bit"
+        + (f": {', '.join(mismatches[:10])}" if mismatches else "")
+    )
+
     info = backend.info()
     columns = ("max|diff|", 10), ("min cos", 9), ("graph ms", 9), ("plain ms", 9), ("saved", 7)
     print(f"{'bucket':>10} " + " ".join(f"{name:>{width}}" for name, width in columns))
@@ -177,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "build_s": build_s,
         "prepare_s": prepare_s,
         "output": io.output,
+        "interleaved": {"runs": args.interleaved, "mismatches": mismatches},
         "buckets": rows,
     }
     backend.close()
@@ -184,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {out_path}")
-    return 0
+    return 1 if mismatches else 0
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ class Smoke:
             count = self.cu.device_count()
             info = self.cu.device_info(0)
         except NoCudaDevice as exc:
-            self.out.write(f"gpu_smoke: no CUDA device: {exc}\n")
+            self.out.write(f"gpu_smoke: {exc}\n")
             return 2
         self.out.write(
             f"device: {info.name} (sm {info.compute_capability}, "
