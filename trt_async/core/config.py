@@ -53,6 +53,21 @@ class ConfigError(Exception):
     """A configuration problem, with the file and key path in the message."""
 
 
+#: Served names appear in URL paths (``/infer/{model}``) and metric labels.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a served model, or None when it can."""
+    if _MODEL_NAME.fullmatch(name):
+        return None
+    return (
+        f"model name {name!r} is not allowed: use 1 to 128 letters, digits, '.', '_', '-' "
+        "or ':', starting with a letter or digit (names appear in URL paths; write "
+        "'org-model' for 'org/model')"
+    )
+
+
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One served model. Only ``model_path`` is required."""
 
@@ -102,6 +117,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "0.0.0.0"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8887
     api_key: str | None = None
+    #: Key for ``POST /models/load`` and ``/models/unload`` (only this key); unset, they are off.
+    admin_api_key: str | None = None
     #: Most inputs in one request (OpenAI allows 2048).
     max_client_batch_size: Positive = 2048
     max_body_bytes: Positive = 16 * 1024 * 1024
@@ -112,6 +129,17 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Consecutive failed batches after which a model reports unhealthy.
     unhealthy_after_failures: Positive = 3
     log_format: Literal["json", "text"] = "text"
+    #: Connections served at once (granian's backpressure); more wait in the listen backlog.
+    max_connections: Positive = 2048
+    #: Connections the kernel queues while every slot is busy (granian's backlog).
+    backlog: Annotated[int, msgspec.Meta(ge=128)] = 4096
+    #: Seconds a connection may take to send a request's headers, counted from its opening
+    #: or from the previous answer: a connection that sends nothing (or stays idle after a
+    #: keep-alive answer) is closed after this long. Clients keep idle connections 5 s
+    #: (httpx) to 15 s (aiohttp); longer than that here avoids closing one they reuse.
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 20.0
+    #: Seconds from a request's headers to the end of its body; a slower body is answered 408.
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -171,6 +199,9 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         setattr(config, section_name, section_models)
     names: dict[str, str] = {}
     for name, kind, _ in config.models():
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise ConfigError(f"{source}: at {kind.section}: {problem}")
         if name in names:
             raise ConfigError(
                 f"{source}: model name {name!r} appears in both {names[name]} and "

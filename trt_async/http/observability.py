@@ -19,7 +19,9 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
+from litestar.exceptions import ClientException, HTTPException
 from litestar.middleware import ASGIMiddleware
+from litestar.status_codes import HTTP_408_REQUEST_TIMEOUT
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from trt_async.core.metrics import Metrics
@@ -34,29 +36,56 @@ MODEL_STATE_KEY = "model"
 CLIENT_CLOSED = 499
 
 
+class BodyEndedEarly(ClientException):
+    """The body stopped before its announced end: the client hung up, or its chunked
+    encoding is malformed (granian reports both as a disconnect). Logged as 499."""
+
+
 class RequestContextMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, body_timeout_s: float = 30.0) -> None:
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         start = time.perf_counter()
         headers = dict(scope.get("headers") or [])
         incoming = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        # Echo a caller's id when it looks sane, so logs can be joined across services.
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
-        request_id = request_id or uuid.uuid4().hex
+        # Echo a caller's id when it looks sane (printable ASCII: a header value echoed as
+        # latin-1 would turn other text into mojibake), so logs can be joined across services.
+        sane = 0 < len(incoming) <= 128 and incoming.isascii() and incoming.isprintable()
+        request_id = incoming if sane else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
         body_read = asyncio.Event()
-        disconnected = False
+        loop = asyncio.get_running_loop()
+        body_deadline = loop.time() + self.body_timeout_s
+        hung_up = False
         task = asyncio.current_task()
 
         async def receive_wrapper() -> ReceiveMessage:
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
+            nonlocal hung_up
+            if body_read.is_set():
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    f"the request body did not arrive within {self.body_timeout_s:g} s "
+                    "(server.body_timeout_s)",
+                    status_code=HTTP_408_REQUEST_TIMEOUT,
+                    headers={"connection": "close"},
+                ) from None
+            if message["type"] == "http.disconnect":
+                hung_up = True
+                raise BodyEndedEarly(
+                    "the request body ended before its announced length: the connection "
+                    "closed or the chunked encoding is malformed"
+                )
+            if not message.get("more_body", False):
                 body_read.set()
             return message
 
@@ -71,11 +100,11 @@ class RequestContextMiddleware(ASGIMiddleware):
             await send(message)
 
         async def watch_disconnect() -> None:
-            nonlocal disconnected
+            nonlocal hung_up
             await body_read.wait()
             message = await receive()
             if message["type"] == "http.disconnect" and task is not None:
-                disconnected = True
+                hung_up = True
                 task.cancel()
 
         # Only requests with a body queue work; probes and listings answer at once.
@@ -84,15 +113,17 @@ class RequestContextMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive_wrapper, send_wrapper)
         except asyncio.CancelledError:
-            if not disconnected or task is None:
+            if not hung_up or task is None:
                 raise
             task.uncancel()
-            status = CLIENT_CLOSED
         finally:
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            if hung_up:
+                # Whatever was answered (if anything) reached nobody: not a server error.
+                status = CLIENT_CLOSED
             seconds = time.perf_counter() - start
             route = str(scope.get("path_template") or scope["path"])
             model = str(state.get(MODEL_STATE_KEY, ""))
@@ -138,12 +169,24 @@ def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[str]:
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+def escape(value: object) -> str:
+    """``value`` as text with every non-printable character escaped (``\\r``, ``\\x1b``, ...),
+    so a client cannot forge log lines or send terminal escapes through a logged field."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class KeyValueFormatter(logging.Formatter):
     """``ts level logger message key=value ...``: greppable, one line per event."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED)
-        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        extras = " ".join(
+            f"{k}={escape(v)}" for k, v in record.__dict__.items() if k not in _RESERVED
+        )
+        message = escape(record.getMessage())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
         if extras:
             line = f"{line} {extras}"
         if record.exc_info:
@@ -162,7 +205,8 @@ class JsonFormatter(logging.Formatter):
         data.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        # ASCII only: JSON escapes every control character then, C1 controls included.
+        return json.dumps(data, default=str, ensure_ascii=True)
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:

@@ -20,7 +20,14 @@ from typing import Any
 import yaml
 
 from trt_async.backends.modelfiles import ModelDirError, ModelFiles
-from trt_async.core.config import CONFIG_ENV, Config, ConfigError, ModelKind, load_config
+from trt_async.core.config import (
+    CONFIG_ENV,
+    Config,
+    ConfigError,
+    ModelKind,
+    ServerConfig,
+    load_config,
+)
 
 API_KEY_ENV = "TRT_ASYNC_API_KEY"
 FACTORY = "trt_async.app:create_app"
@@ -123,23 +130,24 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_serve(args: argparse.Namespace) -> int:
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     config_path: Path | None = args.config
     if config_path is None and os.environ.get(CONFIG_ENV):
         config_path = Path(os.environ[CONFIG_ENV])
-    host, port = "0.0.0.0", 8887
+    server = ServerConfig()
     # Checked here so that a bad file, a missing model or a busy port fails with one line
     # before any worker starts or any port is bound.
     try:
         if config_path is not None:
             config = load_config(config_path)
             check_model_files(config, config_path)
-            host, port = config.server.host, config.server.port
+            server = config.server
             os.environ[CONFIG_ENV] = str(config_path.resolve())
-        host = args.host or host
-        port = args.port if args.port is not None else port
+        host = args.host or server.host
+        port = args.port if args.port is not None else server.port
         check_port_free(host, port)
     except (ConfigError, StartupError) as exc:
         print(f"trt-async serve: {exc}", file=sys.stderr)
@@ -154,6 +162,13 @@ def run_serve(args: argparse.Namespace) -> int:
         interface=Interfaces.ASGI,
         workers=1,
         loop=Loops.uvloop,
+        # HTTP/1 only: in "auto" mode granian waits for the first bytes to pick a protocol
+        # with no timeout, so a connection that sends nothing would be held forever.
+        http=HTTPModes.http1,
+        backpressure=server.max_connections,
+        backlog=server.backlog,
+        # Also closes keep-alive connections idle for this long.
+        http1_settings=HTTP1Settings(header_read_timeout=round(server.header_timeout_s * 1000)),
         # The top-level --log-level, when the CLI has one, also sets granian's.
         log_level=LogLevels(str(getattr(args, "log_level", "info")).lower()),
     )
