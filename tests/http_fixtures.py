@@ -45,6 +45,7 @@ BASE_URL = "http://testserver.local"
 MAX_CLIENT_BATCH = 64
 MAX_BODY_BYTES = 256 * 1024
 API_KEY = "test-secret-key"
+ADMIN_KEY = "test-admin-key"
 
 
 def http_config(
@@ -64,6 +65,7 @@ def http_config(
     config.server.max_client_batch_size = MAX_CLIENT_BATCH
     config.server.max_body_bytes = MAX_BODY_BYTES
     config.server.model_roots = [str(r) for r in model_roots]
+    config.server.admin_api_key = ADMIN_KEY
     config.server.drain_seconds = 5
     return config
 
@@ -88,6 +90,8 @@ async def http_app(
     )
     app = create_app(config)
     async with AsyncTestClient(app, base_url=BASE_URL, timeout=60) as client:
+        # The app has no inference key, so only the management routes read this.
+        client.headers["authorization"] = f"Bearer {ADMIN_KEY}"
         yield app, client
 
 

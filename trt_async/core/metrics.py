@@ -7,6 +7,7 @@ Distributions (batch sizes, durations) are observed as they happen.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,8 @@ class Metrics:
             ["model"], buckets=_LENGTH_BUCKETS, registry=r,
         )  # fmt: skip
         r.register(_SchedulerCollector(models))
+        #: (route, status) pairs seen per model, so a model's series can be removed.
+        self._request_series: dict[str, set[tuple[str, str]]] = {}
 
     def batch_observer(self, model: str) -> _BatchObserver:
         return _BatchObserver(self, model)
@@ -86,6 +89,22 @@ class Metrics:
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
         self.requests.labels(route, model, str(status)).inc()
         self.request_seconds.labels(route, model).observe(seconds)
+        self._request_series.setdefault(model, set()).add((route, str(status)))
+
+    def forget_model(self, model: str) -> None:
+        """Drop every series labelled with ``model`` (it was unloaded)."""
+        routes: set[str] = set()
+        for route, status in self._request_series.pop(model, set()):
+            self.requests.remove(route, model, status)
+            routes.add(route)
+        for route in routes:
+            self.request_seconds.remove(route, model)
+        for family in (
+            self.queue_seconds, self.tokenize_seconds, self.inference_seconds,
+            self.batch_seconds, self.batch_size, self.batch_length,
+        ):  # fmt: skip
+            with contextlib.suppress(KeyError):
+                family.remove(model)
 
     def observe_timings(self, model: str, timings: Timings) -> None:
         self.queue_seconds.labels(model).observe(timings.queue_s)

@@ -18,7 +18,7 @@ from msgspec import Meta
 from trt_async.backends.modelfiles import ModelDirError
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind
 from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath
-from trt_async.http.auth import PUBLIC_OPT
+from trt_async.http.auth import ADMIN_OPT, PUBLIC_OPT
 from trt_async.http.common import AnyRequest, JsonBody, error_responses, get_registry
 from trt_async.http.errors import Dialect
 
@@ -109,8 +109,9 @@ class ManagementController(Controller):
     @post(
         "/load",
         status_code=201,
-        summary="Load a model folder under server.model_roots",
+        summary="Load a model folder under server.model_roots (admin key)",
         responses=error_responses(Dialect.DETAIL, 400, 401, 403, 409, 422),
+        opt={ADMIN_OPT: True},
     )
     async def load(self, request: AnyRequest, data: JsonBody[LoadRequest]) -> dict[str, Any]:
         registry = get_registry(request)
@@ -137,8 +138,9 @@ class ManagementController(Controller):
     @post(
         "/unload",
         status_code=200,
-        summary="Unload a model once its queue has drained",
-        responses=error_responses(Dialect.DETAIL, 401, 404, 422),
+        summary="Unload a model once its queue has drained (admin key)",
+        responses=error_responses(Dialect.DETAIL, 401, 403, 404, 422),
+        opt={ADMIN_OPT: True},
     )
     async def unload(self, request: AnyRequest, data: JsonBody[UnloadRequest]) -> Unloaded:
         await get_registry(request).unload(data.name)
