@@ -266,17 +266,20 @@ async def test_body_over_the_limit_is_413(client: Any) -> None:
 # -- 429 / 503 / 500 --------------------------------------------------------------------------
 
 
-async def test_queue_full_is_429_with_retry_after(client: Any) -> None:
+async def test_request_larger_than_the_queue_is_413_never_429(client: Any) -> None:
+    # A 429 says "retry later"; a request the queue can never hold must not say that, or a
+    # retrying client loops forever (the queue-full 429 is tested in test_reliability).
     pairs = [["a premise", "a hypothesis"]] * 3  # the tight model queues 2 items at most
     r = await client.post("/predict?model=bert-nli-tight", json={"inputs": pairs})
-    tei_error(r, 429, "Overloaded")
-    assert int(r.headers["retry-after"]) >= 1
+    assert "max_queue_items: 2" in tei_error(r, 413, "Validation")
+    assert "retry-after" not in r.headers
     r = await client.post(
         "/v1/zero-shot",
         json={"model": "bert-nli-tight", "text": "x", "candidate_labels": ["a", "b", "c"]},
     )
-    assert openai_error(r, 429)["type"] == "rate_limit_error"
-    assert "retry-after" in r.headers
+    err = openai_error(r, 413)
+    assert err["type"] == "invalid_request_error" and "max_queue_items" in err["message"]
+    assert "retry-after" not in r.headers
     ok = await client.post("/predict?model=bert-nli-tight", json={"inputs": pairs[:2]})
     assert ok.status_code == 200
 

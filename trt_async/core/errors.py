@@ -80,6 +80,20 @@ class TooManyInputs(InvalidInput):
         )
 
 
+class OverCapacity(InvalidInput):
+    """A request larger than a limit that waiting cannot lift: retrying never helps."""
+
+    status = 413
+
+    def __init__(self, what: str, size: int, limit: int, setting: str) -> None:
+        super().__init__(
+            f"this request needs {size} {what}, more than the server ever holds for one "
+            f"model at once ({setting}: {limit}); split it into smaller requests"
+        )
+        self.size = size
+        self.limit = limit
+
+
 class WrongModelKind(InvalidInput):
     status = 400
 

@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from trt_async.backends.shapes import Bucket, BucketGrid
-from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
+from trt_async.core.errors import BackendFailure, OverCapacity, Overloaded, Unavailable
 from trt_async.core.runner import BatchOutput
 from trt_async.core.tokenizer import Encoding
 
@@ -170,27 +170,15 @@ class Scheduler:
     async def submit(self, encodings: Sequence[Encoding]) -> ScheduleResult:
         """Run ``encodings`` and return one output row per item, in order.
 
-        Raises :class:`Overloaded` at once when the queue bounds would be exceeded, and
+        Raises (see :meth:`admit`) at once when the queue bounds would be exceeded, and
         :class:`Unavailable` if the request waits past the queue timeout or the scheduler
         is closing. If the awaiting task is cancelled (client gone), its queued items leave
         the queue and are never computed.
         """
-        if self._closed is not None:
-            raise Unavailable(self._closed)
         n = len(encodings)
         tokens = sum(len(e) for e in encodings)
+        self.admit(n, tokens)
         stats = self.stats
-        if (
-            stats.queued_items + n > self.limits.max_items
-            or stats.queued_tokens + tokens > self.limits.max_tokens
-        ):
-            stats.rejected_requests += 1
-            raise Overloaded(
-                f"queue full ({stats.queued_items} items, {stats.queued_tokens} tokens queued; "
-                f"limits {self.limits.max_items} items, {self.limits.max_tokens} tokens); "
-                "retry later",
-                retry_after_s=1.0,
-            )
         loop = asyncio.get_running_loop()
         now = self._clock()
         request = _Request(loop.create_future(), n, tokens, now)
@@ -223,6 +211,31 @@ class Scheduler:
             queue_s=start - request.enqueued,
             inference_s=request.last_end - start,
         )
+
+    def admit(self, items: int, tokens: int = 0) -> None:
+        """Raise now if a request of this size cannot be queued.
+
+        :class:`OverCapacity` when it is larger than the queue itself (it never fits),
+        :class:`Overloaded` when it does not fit next to what is queued now. Callers may
+        ask before tokenising, with ``tokens`` 0, to refuse a flood without that work.
+        """
+        if self._closed is not None:
+            raise Unavailable(self._closed)
+        limits, stats = self.limits, self.stats
+        if items > limits.max_items:
+            raise OverCapacity("queue items", items, limits.max_items, "max_queue_items")
+        if tokens > limits.max_tokens:
+            raise OverCapacity("tokens", tokens, limits.max_tokens, "max_queue_tokens")
+        if (
+            stats.queued_items + items > limits.max_items
+            or stats.queued_tokens + tokens > limits.max_tokens
+        ):
+            stats.rejected_requests += 1
+            raise Overloaded(
+                f"queue full ({stats.queued_items} items, {stats.queued_tokens} tokens queued; "
+                f"limits {limits.max_items} items, {limits.max_tokens} tokens); retry later",
+                retry_after_s=1.0,
+            )
 
     async def drain(self) -> None:
         """Wait until every queued and running item is done."""
