@@ -38,12 +38,14 @@ from trt_async.http.observability import (
 from trt_async.http.openai_api import OpenAIController
 from trt_async.http.rerank import RerankController
 from trt_async.http.seed import SeedController
+from trt_async.http.strict import strict_body
 from trt_async.http.tei import TEIController
 from trt_async.http.zero_shot import ZeroShotController
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "TRT_ASYNC_API_KEY"
+ADMIN_API_KEY_ENV = "TRT_ASYNC_ADMIN_API_KEY"
 DOCS_PATH = "/docs"
 
 
@@ -60,6 +62,9 @@ def resolve_config(config: Config | None = None) -> Config:
     api_key = os.environ.get(API_KEY_ENV)
     if api_key:
         config.server.api_key = api_key
+    admin_api_key = os.environ.get(ADMIN_API_KEY_ENV)
+    if admin_api_key:
+        config.server.admin_api_key = admin_api_key
     return config
 
 
@@ -146,6 +151,7 @@ def create_app(config: Config | None = None) -> Litestar:
             config,
             observer_factory=metrics.batch_observer,
             timings_observer=metrics.observe_timings,
+            unload_observer=metrics.forget_model,
         )
         try:
             await registry.start()
@@ -176,9 +182,14 @@ def create_app(config: Config | None = None) -> Litestar:
             ManagementController,
         ],
         lifespan=[lifespan],
-        middleware=[RequestContextMiddleware(metrics)],
+        middleware=[RequestContextMiddleware(metrics, config.server.body_timeout_s)],
         exception_handlers=exception_handlers(),
-        guards=make_api_key_guard(config.server.api_key, public_prefixes=(DOCS_PATH,)),
+        before_request=strict_body,
+        guards=make_api_key_guard(
+            config.server.api_key,
+            public_prefixes=(DOCS_PATH,),
+            admin_api_key=config.server.admin_api_key,
+        ),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="trt_async",

@@ -176,8 +176,13 @@ class ModelFiles:
             if candidate.is_file():
                 try:
                     hf_config = json.loads(candidate.read_text(encoding="utf-8"))
-                except json.JSONDecodeError as exc:
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     raise ModelDirError(f"{candidate}: not valid JSON ({exc})") from None
+                if not isinstance(hf_config, dict):
+                    raise ModelDirError(
+                        f"{candidate}: must hold a JSON object (a model's config), "
+                        f"not a {type(hf_config).__name__}"
+                    )
                 break
 
         manifest_path = root / MANIFEST_NAME

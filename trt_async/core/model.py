@@ -359,6 +359,8 @@ class ServedModel:
         param: str = "input",
     ) -> tuple[ScheduleResult, Timings]:
         self._check_ready()
+        # Refuse what cannot be queued before paying for its tokenisation.
+        self.runtime.scheduler.admit(len(inputs))
         start = time.perf_counter()
         encodings, tokenize_s = await self._encode(inputs, truncate, direction, param)
         result = await self.runtime.scheduler.submit(encodings)

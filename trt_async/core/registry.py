@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from trt_async.backends import BackendUnavailable
 from trt_async.backends.modelfiles import ModelFiles
-from trt_async.core.config import Config, ModelConfig, ModelKind
-from trt_async.core.errors import Conflict, ModelNotFound
+from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
+from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound
 from trt_async.core.model import ModelRuntime, ModelState, ServedModel, Timings
 from trt_async.core.scheduler import BatchObserver
 
@@ -48,6 +49,8 @@ _RUNTIME_KEYS = (
 
 ObserverFactory = Callable[[str], BatchObserver]
 TimingsObserver = Callable[[str, Timings], None]
+#: Told the name of each model unloaded (metrics drop its series).
+UnloadObserver = Callable[[str], None]
 
 
 def _runtime_key(config: ModelConfig) -> tuple[object, ...]:
@@ -66,6 +69,7 @@ class ModelRegistry:
         *,
         observer_factory: ObserverFactory | None = None,
         timings_observer: TimingsObserver | None = None,
+        unload_observer: UnloadObserver | None = None,
         unhealthy_after: int | None = None,
     ) -> None:
         self.config = config
@@ -73,6 +77,7 @@ class ModelRegistry:
         self._runtimes: dict[tuple[object, ...], tuple[ModelRuntime, int]] = {}
         self._observer_factory = observer_factory
         self._timings_observer = timings_observer
+        self._unload_observer = unload_observer
         self._unhealthy_after = unhealthy_after or config.server.unhealthy_after_failures
         self._lock = asyncio.Lock()
 
@@ -129,6 +134,9 @@ class ModelRegistry:
             await self.load(name, kind, config)
 
     async def load(self, name: str, kind: ModelKind, config: ModelConfig) -> ServedModel:
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise InvalidInput(problem, param="name")
         async with self._lock:
             if name in self._models:
                 raise Conflict(f"model {name!r} is already loaded; unload it first", param="name")
@@ -166,7 +174,10 @@ class ModelRegistry:
     def _build_runtime(self, name: str, config: ModelConfig) -> ModelRuntime:
         files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
         observer = self._observer_factory(name) if self._observer_factory else None
-        return ModelRuntime(files, config, observer=observer, label=name)
+        try:
+            return ModelRuntime(files, config, observer=observer, label=name)
+        except BackendUnavailable as exc:
+            raise ConfigError(f"{name}: backend {config.backend!r} cannot run here: {exc}") from None
 
     async def unload(self, name: str) -> None:
         """Stop taking requests for ``name``, let its queue drain, then free its runtime."""
@@ -183,6 +194,8 @@ class ModelRegistry:
                 del self._runtimes[key]
             model.state = ModelState.UNLOADED
             del self._models[name]
+            if self._unload_observer is not None:
+                self._unload_observer(name)
 
     async def close(self, deadline_s: float = 0.0) -> None:
         """Drain everything for up to ``deadline_s``, fail what is left with 503, free all."""

@@ -16,6 +16,7 @@ from typing import Literal
 from tokenizers import Encoding as _RustEncoding
 from tokenizers import Tokenizer
 
+from trt_async.backends.modelfiles import ModelDirError
 from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong
 
 TextInput = str | tuple[str, str]
@@ -61,7 +62,13 @@ class TextTokenizer:
 
     @staticmethod
     def _load(path: Path) -> Tokenizer:
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for any bad file
+            raise ModelDirError(
+                f"{path}: not a tokenizer.json the tokenizers library can load ({exc}); copy "
+                "the model's own tokenizer.json there"
+            ) from None
         # Some tokenizer.json files (all-MiniLM-L6-v2's among them) pad every text to a fixed
         # length; the scheduler pads per bucket, so padding here would only cost compute.
         tok.no_padding()
