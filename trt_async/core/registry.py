@@ -147,12 +147,16 @@ class ModelRegistry:
                 self._runtimes[key] = (runtime, refs + 1)
             else:
                 started = time.perf_counter()
-                runtime = await asyncio.to_thread(self._build_runtime, name, config)
                 try:
-                    await runtime.start()
-                except BaseException:
-                    await runtime.close()
-                    raise
+                    runtime = await asyncio.to_thread(self._build_runtime, name, config)
+                    try:
+                        await runtime.start()
+                    except BaseException:
+                        await runtime.close()
+                        raise
+                except BackendUnavailable as exc:
+                    message = f"{name}: backend {config.backend!r} cannot run here: {exc}"
+                    raise ConfigError(message) from None
                 self._runtimes[key] = (runtime, 1)
                 log.info(
                     "model ready: name=%s backend=%s buckets=%d load_s=%.2f",
@@ -174,10 +178,7 @@ class ModelRegistry:
     def _build_runtime(self, name: str, config: ModelConfig) -> ModelRuntime:
         files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
         observer = self._observer_factory(name) if self._observer_factory else None
-        try:
-            return ModelRuntime(files, config, observer=observer, label=name)
-        except BackendUnavailable as exc:
-            raise ConfigError(f"{name}: backend {config.backend!r} cannot run here: {exc}") from None
+        return ModelRuntime(files, config, observer=observer, label=name)
 
     async def unload(self, name: str) -> None:
         """Stop taking requests for ``name``, let its queue drain, then free its runtime."""
