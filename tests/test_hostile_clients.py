@@ -415,3 +415,87 @@ async def test_a_full_queue_is_decided_before_tokenising(
         await client.post("/predict?model=bert-nli-tight", json={"inputs": ["a premise"]})
     ).status_code == 200
     assert calls == [1]
+
+
+# -- costs bounded by the request's size ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer() -> Any:
+    from tests.models import minilm_hf_path
+    from trt_async.core.tokenizer import TextTokenizer
+
+    return TextTokenizer(minilm_hf_path() / "tokenizer.json", 64, with_type_ids=True)
+
+
+def test_shared_texts_are_paired_by_ids_exactly_as_whole_pairs(minilm_tokenizer: Any) -> None:
+    import random
+
+    words = [
+        "the",
+        "capital",
+        "of",
+        "france",
+        "is",
+        "paris",
+        "巴黎",
+        "was",
+        "founded",
+        "unbelievable",
+        "tokenization",
+    ]
+    rnd = random.Random(7)
+    for max_length in (15, 16, 64):
+        minilm_tokenizer.max_length = max_length
+        for tok in (minilm_tokenizer._right, minilm_tokenizer._left):
+            tok.enable_truncation(max_length, strategy="longest_first", direction="right")
+        try:
+            for _ in range(60):
+                firsts = [" ".join(rnd.choices(words, k=rnd.randint(1, 60))) for _ in range(2)]
+                seconds = [" ".join(rnd.choices(words, k=rnd.randint(1, 60))) for _ in range(3)]
+                index = [(i, j) for i in range(2) for j in range(3)]
+                whole = minilm_tokenizer.encode(
+                    [(firsts[i], seconds[j]) for i, j in index], truncate=True
+                )
+                shared = minilm_tokenizer.encode_pairs(firsts, seconds, index, truncate=True)
+                for w, s in zip(whole, shared, strict=True):
+                    assert list(w.ids) == list(s.ids) and list(w.type_ids) == list(s.type_ids)
+        finally:
+            minilm_tokenizer.max_length = 64
+            for tok in (minilm_tokenizer._right, minilm_tokenizer._left):
+                tok.enable_truncation(64, strategy="longest_first", direction="right")
+
+
+def test_a_long_shared_query_costs_its_length_once(minilm_tokenizer: Any) -> None:
+    query = "the capital of france is paris " * 1000  # 30 kB, 6,000 tokens
+    documents = [f"document {i} about bread and trains" for i in range(200)]
+    start = time.perf_counter()
+    shared = minilm_tokenizer.encode_pairs(
+        [query], documents, [(0, i) for i in range(200)], truncate=True
+    )
+    took = time.perf_counter() - start
+    assert len(shared) == 200 and all(len(e) == 64 for e in shared)
+    # Tokenising the query once is ~10 ms; once per pair (the old way) took seconds.
+    assert took < 1.0, f"{took:.2f} s"
+
+
+async def test_tokenize_refuses_texts_over_the_input_limit(client: Any, registry: Any) -> None:
+    limit = registry.get(EMBEDDER).max_length
+    start = time.perf_counter()
+    r = await client.post("/tokenize", json={"inputs": "word " * 40_000, "model": EMBEDDER})
+    message = assert_error(r, 422, "tei", "Validation")["error"]
+    assert f"less than {limit + 1} tokens" in message and "at least" in message
+    assert time.perf_counter() - start < 5
+    ok = await client.post("/tokenize", json={"inputs": "word " * 10, "model": EMBEDDER})
+    assert ok.status_code == 200 and len(ok.json()[0]) == 12
+
+
+async def test_zero_shot_template_expansion_is_bounded(client: Any) -> None:
+    body = {
+        "model": "bert-nli",
+        "text": "x",
+        "candidate_labels": ["l" * 1000 + str(i) for i in range(40)],
+        "hypothesis_template": "{} " * 40,
+    }
+    r = await client.post("/v1/zero-shot", json=body)
+    assert "hypothesis_template" in assert_error(r, 422, "openai")["message"]

@@ -37,12 +37,20 @@ class InputTooLong(InvalidInput):
     kind = "Validation"
 
     def __init__(
-        self, index: int, length: int, max_length: int, *, param: str = "input", what: str = ""
+        self,
+        index: int,
+        length: int,
+        max_length: int,
+        *,
+        param: str = "input",
+        what: str = "",
+        at_least: bool = False,
+        fix: str = "Shorten it or send truncate=true.",
     ) -> None:
         what = what or f"input {index}"
+        given = f"at least {length}" if at_least else str(length)
         super().__init__(
-            f"{what} must have less than {max_length + 1} tokens. Given: {length}. "
-            "Shorten it or send truncate=true.",
+            f"{what} must have less than {max_length + 1} tokens. Given: {given}. {fix}",
             param=param,
         )
         self.index = index

@@ -109,6 +109,25 @@ class ZeroShotResult:
     timings: Timings
 
 
+@dataclass(frozen=True, slots=True)
+class SharedPairs:
+    """Pairs ``(firsts[i], seconds[j])`` whose texts repeat (a rerank query, a zero-shot
+    text and its hypotheses): each text is tokenised once (see ``encode_pairs``)."""
+
+    firsts: Sequence[str]
+    seconds: Sequence[str]
+    index: Sequence[tuple[int, int]]
+    names: tuple[str, str]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+#: Characters all of one request's zero-shot hypotheses may hold together: a template with
+#: many ``{}`` fields and long labels would otherwise multiply a small body into megabytes.
+MAX_HYPOTHESES_CHARS = 1 << 20
+
+
 # -- defaults ---------------------------------------------------------------------------------
 
 
@@ -319,7 +338,7 @@ class ServedModel:
 
     async def _encode(
         self,
-        inputs: Sequence[TextInput] | Sequence[Sequence[int]],
+        inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
         truncate: bool | None,
         direction: Direction,
         param: str,
@@ -329,6 +348,19 @@ class ServedModel:
         trunc = self.config.truncate if truncate is None else truncate
         tok = self.runtime.tokenizer
         start = time.perf_counter()
+        if isinstance(inputs, SharedPairs):
+            shared = inputs
+            encodings = await self._off_loop(
+                lambda: tok.encode_pairs(
+                    shared.firsts,
+                    shared.seconds,
+                    shared.index,
+                    truncate=trunc,
+                    names=shared.names,
+                    param=param,
+                )
+            )
+            return encodings, time.perf_counter() - start
         first = inputs[0]
         if isinstance(first, str | tuple):
             texts: list[TextInput] = []
@@ -353,7 +385,7 @@ class ServedModel:
 
     async def _run(
         self,
-        inputs: Sequence[TextInput] | Sequence[Sequence[int]],
+        inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
         truncate: bool | None,
         direction: Direction = "right",
         param: str = "input",
@@ -440,7 +472,9 @@ class ServedModel:
                 ) from None
             scores = heads.cosine_scores(result.rows[0], result.rows[1:])
             return ScoreResult(scores, result.tokens, timings)
-        pairs = [(query, doc) for doc in documents]
+        pairs = SharedPairs(
+            [query], documents, [(0, i) for i in range(len(documents))], ("query", "document")
+        )
         try:
             result, timings = await self._run(pairs, truncate, param="documents")
         except InputTooLong as exc:
@@ -482,8 +516,24 @@ class ServedModel:
         if not candidate_labels:
             raise EmptyInput("candidate_labels is empty", param="candidate_labels")
         fill = _template_filler(hypothesis_template)
+        expanded = sum(
+            len(hypothesis_template) + hypothesis_template.count("{}") * len(label)
+            for label in candidate_labels
+        )
+        if expanded > MAX_HYPOTHESES_CHARS:
+            raise InvalidInput(
+                f"hypothesis_template filled with every candidate label gives {expanded} "
+                f"characters, more than {MAX_HYPOTHESES_CHARS}; use fewer {{}} fields, "
+                "fewer or shorter labels",
+                param="hypothesis_template",
+            )
         hypotheses = [fill(label) for label in candidate_labels]
-        pairs = [(text, h) for text in texts for h in hypotheses]
+        pairs = SharedPairs(
+            texts,
+            hypotheses,
+            [(t, h) for t in range(len(texts)) for h in range(len(hypotheses))],
+            ("text", "hypothesis"),
+        )
         try:
             result, timings = await self._run(pairs, truncate, param="text")
         except InputTooLong as exc:  # pair i is text i // labels with one hypothesis

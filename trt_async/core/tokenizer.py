@@ -117,6 +117,98 @@ class TextTokenizer:
             return [Encoding(enc.ids, enc.type_ids) for enc in encoded]
         return [Encoding(enc.ids) for enc in encoded]
 
+    def encode_pairs(
+        self,
+        firsts: Sequence[str],
+        seconds: Sequence[str],
+        pairs: Sequence[tuple[int, int]],
+        *,
+        truncate: bool,
+        names: tuple[str, str] = ("first text", "second text"),
+        param: str = "input",
+    ) -> list[Encoding]:
+        """``(firsts[i], seconds[j])`` for each ``(i, j)`` of ``pairs``, each text tokenised once
+        (truncated from the right, as pairs are).
+
+        A rerank query or a zero-shot text appears in every pair: tokenising it per pair
+        costs its length times the pairs (and the tokenizer's truncation keeps every cut
+        piece). Each text is tokenised alone, cut to what any pair could keep of it, and
+        joined with the tokenizer's own post-processor (special tokens, type ids,
+        ``longest_first`` truncation): the same ids as tokenising each pair's text.
+        """
+        for name, texts in zip(names, (firsts, seconds), strict=True):
+            for i, text in enumerate(texts):
+                if not text:
+                    raise EmptyInput(
+                        f"{name} {i} is an empty string; send non-empty text", param=param
+                    )
+        tok = self._right if truncate else self._full
+        a = self._full.encode_batch(list(firsts), add_special_tokens=False)
+        b = self._full.encode_batch(list(seconds), add_special_tokens=False)
+        if truncate:
+            # The tokenizer's ``longest_first`` keeps at most ``budget`` tokens of either text
+            # and splits by which one is longer (tokenizers' utils/truncation.rs), so a text
+            # cut to ``budget + 1`` (first) or to ``budget`` / ``budget + 2`` (second: shorter
+            # / not shorter than its first) ends the same way as the whole text.
+            budget = self.max_length - tok.num_special_tokens_to_add(is_pair=True)
+            n1 = [len(e.ids) for e in a]
+            n2 = [len(e.ids) for e in b]
+            a = self._cut(firsts, a, [budget + 1] * len(a))
+            seconds_cut: dict[tuple[int, int], _RustEncoding] = {}
+        out: list[Encoding] = []
+        for k, (i, j) in enumerate(pairs):
+            second = b[j]
+            if truncate and n2[j] > budget:
+                keep = budget + 2 if n2[j] >= n1[i] else budget
+                if (j, keep) not in seconds_cut:
+                    seconds_cut[(j, keep)] = self._cut([seconds[j]], [b[j]], [keep])[0]
+                second = seconds_cut[(j, keep)]
+            enc = tok.post_process(a[i], second, add_special_tokens=True)
+            if not truncate and len(enc.ids) > self.max_length:
+                raise InputTooLong(k, len(enc.ids), self.max_length, param=param)
+            out.append(Encoding(enc.ids, enc.type_ids if self.with_type_ids else None))
+        return out
+
+    def _cut(
+        self, texts: Sequence[str], encoded: list[_RustEncoding], keep: Sequence[int]
+    ) -> list[_RustEncoding]:
+        """Each encoding longer than its ``keep`` re-tokenised from its text cut at that
+        token's character offset: no cut-off piece is kept (the post-processor would pair
+        every such piece with its partner, which is what makes long shared texts costly)."""
+        cut: dict[int, str] = {}
+        for i, enc in enumerate(encoded):
+            n = keep[i]
+            if len(enc.ids) > n:
+                cut[i] = texts[i][: enc.offsets[n - 1][1]]
+        out = list(encoded)
+        if cut:
+            again = self._full.encode_batch(list(cut.values()), add_special_tokens=False)
+            for i, enc in zip(cut, again, strict=True):
+                out[i] = enc
+        return out
+
+    def _refuse_over_max(self, index: int, text: str, add_special_tokens: bool) -> None:
+        """Raise :class:`InputTooLong` when ``text`` has more than ``max_length`` tokens.
+
+        Prefixes of doubling length are tokenised until one has too many tokens or the whole
+        text has been read: the work stays within twice what the answer needs."""
+        size = 8 * (self.max_length + 1)
+        while True:
+            piece = text[:size]
+            n = len(self._full.encode(piece, add_special_tokens=add_special_tokens).ids)
+            if n > self.max_length:
+                raise InputTooLong(
+                    index,
+                    n,
+                    self.max_length,
+                    param="inputs",
+                    at_least=len(piece) < len(text),
+                    fix="Send it in shorter parts.",
+                )
+            if len(piece) == len(text):
+                return
+            size *= 2
+
     def encode_ids(
         self,
         inputs: Sequence[Sequence[int]],
@@ -168,7 +260,11 @@ class TextTokenizer:
         return out
 
     def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[TokenInfo]]:
-        """Tokens with offsets for TEI's ``/tokenize`` (not truncated: it reports what was sent)."""
+        """Tokens with offsets for TEI's ``/tokenize`` (not truncated: it reports what was
+        sent). A text over ``max_length`` tokens is refused, as TEI does, after tokenising
+        no more of it than it takes to know (so a huge text costs little)."""
+        for i, text in enumerate(texts):
+            self._refuse_over_max(i, text, add_special_tokens)
         result: list[list[TokenInfo]] = []
         for enc in self._full.encode_batch(list(texts), add_special_tokens=add_special_tokens):
             row = []
