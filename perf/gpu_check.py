@@ -235,7 +235,7 @@ def _check(
             bufs["attention_mask"][...] = mask
         if "token_type_ids" in bufs:
             bufs["token_type_ids"][...] = 0
-        out = backend.execute(bucket).copy()
+        out = backend.execute(bucket)[backend.io.output].copy()
         first[bucket] = ({n: np.array(bufs[n]) for n in bufs}, out.tobytes())
         feed = {
             name: np.asarray(bufs[name]).astype(np.int32 if "int32" in t else np.int64)
@@ -270,7 +270,7 @@ def _check(
         for name, values in inputs.items():
             bufs[name][...] = values
         graph = bool(rng.random() < 0.5)
-        out = backend.execute(bucket) if graph else backend.execute_plain(bucket)
+        out = backend.execute(bucket)[backend.io.output] if graph else backend.execute_plain(bucket)
         modes["graph" if graph else "plain"] += 1
         if out.tobytes() != expected:
             mismatches.append(f"{bucket.batch}x{bucket.length} ({'graph' if graph else 'plain'})")

@@ -8,7 +8,7 @@ and see the bucket it ran in.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class FakeBackend:
     def inputs(self, bucket: Bucket) -> Mapping[str, np.ndarray]:
         return self._buffers[bucket]
 
-    def execute(self, bucket: Bucket) -> np.ndarray:
+    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
         self.started.set()
         self.gate.wait(timeout=10)
         ids = self._buffers[bucket]["input_ids"]
@@ -74,7 +74,7 @@ class FakeBackend:
         out[:, 1] = mask.sum(axis=1)
         out[:, 2] = bucket.batch
         out[:, 3] = bucket.length
-        return out
+        return {self._io.output: out}
 
     def info(self) -> BackendInfo:
         return BackendInfo(name="fake", device="cpu")

@@ -241,7 +241,7 @@ def test_first_start_builds_then_reuses_and_matches_onnxruntime(
         bufs["input_ids"][...] = rng.integers(0, 40, (bucket.batch, bucket.length))
         bufs["attention_mask"][...] = rng.integers(0, 2, (bucket.batch, bucket.length))
         feed = {k: np.array(v) for k, v in bufs.items()}
-        out = backend.execute(bucket)
+        out = backend.execute(bucket)[backend.io.output]
         (expected,) = session.run(["last_hidden_state"], feed)
         np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     backend.close()
@@ -292,7 +292,7 @@ def test_stale_plan_is_rebuilt_when_auto(
     backend.prepare(grid)
     assert len(trt.builds) == 1
     assert any(reason in r for r in backend.rebuilt_because), backend.rebuilt_because
-    out = backend.execute(Bucket(1, grid.lengths[0]))
+    out = backend.execute(Bucket(1, grid.lengths[0]))[backend.io.output]
     assert out.shape == (1, grid.lengths[0], 6)
     backend.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from tests.fake_backend import FakeBackend
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
 from trt_async.core.heads import make_reducer
+from trt_async.core.multivector import Head
 from trt_async.core.runner import BatchOutput, BatchRunner
 from trt_async.core.scheduler import QueueLimits, Scheduler
 from trt_async.core.tokenizer import Encoding
@@ -234,7 +236,9 @@ class GatedRunner:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
 
-    async def run(self, bucket: Bucket, items: list[Encoding]) -> BatchOutput:
+    async def run(
+        self, bucket: Bucket, items: list[Encoding], heads: Collection[Head] = ()
+    ) -> BatchOutput:
         await self.gate.wait()
         return BatchOutput(np.zeros((len(items), 2), np.float32), 0.0)
 

@@ -106,7 +106,7 @@ def test_every_bucket_replays_its_graph_with_correct_numbers(tmp_path: Path) -> 
     for bucket in buckets:
         n = max(1, bucket.batch - 1)
         ids, mask = fill(backend, bucket, n, rng, spec.vocab)
-        out = backend.execute(bucket)
+        out = backend.execute(bucket)[backend.io.output]
         assert out.shape == (bucket.batch, spec.hidden)
         np.testing.assert_allclose(out[:n], reference(spec, ids, mask), rtol=1e-5, atol=1e-6)
     assert backend.replays == len(buckets) and backend.enqueues == 0
@@ -125,7 +125,7 @@ def test_mixed_request_stream_keeps_each_buckets_output(tmp_path: Path) -> None:
     for bucket in order:
         n = int(rng.integers(1, bucket.batch + 1))
         ids, mask = fill(backend, bucket, n, rng, spec.vocab)
-        out = backend.execute(bucket)
+        out = backend.execute(bucket)[backend.io.output]
         np.testing.assert_allclose(out[:n], reference(spec, ids, mask), rtol=1e-5, atol=1e-6)
         last[bucket] = (out, reference(spec, ids, mask))
     # A bucket's output view stays valid while other buckets run.
@@ -154,7 +154,7 @@ def test_outputs_and_input_dtypes(tmp_path: Path, output: str, dtype: str, shape
     bucket = Bucket(2, 16)
     ids, mask = fill(backend, bucket, 2, np.random.default_rng(3), spec.vocab)
     assert backend.inputs(bucket)["token_type_ids"].dtype == np.dtype(dtype)
-    out = backend.execute(bucket)
+    out = backend.execute(bucket)[backend.io.output]
     assert out.shape == shape
     np.testing.assert_allclose(out, reference(spec, ids, mask), rtol=1e-5, atol=1e-5)
     backend.close()
@@ -190,7 +190,7 @@ def test_capture_failure_falls_back_per_bucket(
     rng = np.random.default_rng(4)
     for bucket in GRID.buckets():
         ids, mask = fill(backend, bucket, bucket.batch, rng, spec.vocab)
-        out = backend.execute(bucket)
+        out = backend.execute(bucket)[backend.io.output]
         np.testing.assert_allclose(out, reference(spec, ids, mask), rtol=1e-5, atol=1e-6)
     assert backend.enqueues == len(failing)
     assert backend.replays == total - len(failing)
@@ -205,7 +205,7 @@ def test_graphs_disabled_runs_plain_enqueues(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     for _ in range(3):
         ids, mask = fill(backend, bucket, 3, rng, spec.vocab)
-        out = backend.execute(bucket)
+        out = backend.execute(bucket)[backend.io.output]
         np.testing.assert_allclose(out[:3], reference(spec, ids, mask), rtol=1e-5, atol=1e-6)
     assert backend.enqueues == 3 and backend.replays == 0
     assert backend.info().details["graphs"] == 0
@@ -217,7 +217,7 @@ def test_execute_plain_matches_graph(tmp_path: Path) -> None:
     backend.prepare(GRID)
     bucket = Bucket(2, 32)
     fill(backend, bucket, 2, np.random.default_rng(6), spec.vocab)
-    graph = backend.execute(bucket).copy()
+    graph = backend.execute(bucket)[backend.io.output].copy()
     plain = backend.execute_plain(bucket)
     np.testing.assert_array_equal(graph, plain)
     assert (backend.replays, backend.enqueues) == (1, 1)
@@ -312,7 +312,7 @@ def test_worker_thread_selects_the_device(tmp_path: Path) -> None:
 
     def work() -> None:
         fill(backend, Bucket(1, 8), 1, np.random.default_rng(7), spec.vocab)
-        result["out"] = backend.execute(Bucket(1, 8)).copy()
+        result["out"] = backend.execute(Bucket(1, 8))[backend.io.output].copy()
         backend.execute(Bucket(1, 8))
 
     t = threading.Thread(target=work)

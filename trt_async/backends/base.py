@@ -13,7 +13,7 @@ backends (default bucket grid, per-batch cost, precision names, counters) is dec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -29,6 +29,13 @@ Precision = Literal["fp32", "fp16", "bf16"]
 #: Input tensor names a graph may take, and output names the heads know, in preference order.
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 KNOWN_OUTPUTS = ("sentence_embedding", "logits", "last_hidden_state", "token_embeddings")
+#: Further outputs a graph may carry besides the one every batch reads: bge-m3's sparse
+#: weights and ColBERT vectors (``trt-async export`` of a folder with FlagEmbedding's heads),
+#: and per-token hidden states.
+SPARSE_OUTPUT = "sparse_weights"
+COLBERT_OUTPUT = "colbert_vecs"
+TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+EXTRA_OUTPUTS = (SPARSE_OUTPUT, COLBERT_OUTPUT, *TOKEN_OUTPUTS)
 
 
 class BackendUnavailable(RuntimeError):
@@ -93,13 +100,20 @@ class ModelIO:
     """What the graph takes and gives, by tensor name.
 
     ``inputs`` is a subset of ``input_ids``, ``attention_mask``, ``token_type_ids`` in the
-    graph's order; ``output`` is the one output the heads read (``last_hidden_state``,
-    ``sentence_embedding`` or ``logits``).
+    graph's order; ``output`` is the output every batch reads (``last_hidden_state``,
+    ``sentence_embedding`` or ``logits``); ``extra_outputs`` are further outputs of the same
+    graph (bge-m3's sparse weights and ColBERT vectors, token vectors) that a batch reads
+    only when one of its requests asks for them.
     """
 
     inputs: tuple[str, ...]
     output: str
     input_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.int64))
+    extra_outputs: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output, *self.extra_outputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +152,13 @@ class Backend(Protocol):
         the pinned host buffers the bucket's CUDA graph copies from.
         """
 
-    def execute(self, bucket: Bucket) -> np.ndarray:
+    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
         """Run ``bucket`` on the current contents of its inputs; block until done.
 
-        Returns the output array (a view of the bucket's output buffer, valid until the
-        bucket runs again): ``(batch, length, hidden)``, ``(batch, hidden)`` or
-        ``(batch, labels)``.
+        Returns ``io.output`` and each of ``extra`` (names from ``io.extra_outputs``) by
+        name: views of the bucket's output buffers, valid until the bucket runs again,
+        shaped ``(batch, length, ...)`` per token or ``(batch, ...)`` per item. Outputs not
+        asked for need not be copied back (a backend may skip them).
         """
 
     def counters(self) -> Mapping[CounterSpec, int]:

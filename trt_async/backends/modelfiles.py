@@ -86,7 +86,12 @@ class ExportManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
 
     task: Task
     inputs: list[str]
+    #: The output every batch reads (pooled or per token, or logits).
     output: str
+    #: Every output of the graph, ``output`` first (bge-m3: dense, sparse, ColBERT, tokens).
+    outputs: list[str] | None = None
+    #: Token ids left out of bge-m3's lexical weights (cls, eos, pad, unk, as FlagEmbedding).
+    sparse_skip_ids: list[int] | None = None
     #: Pooling the server applies (``none`` when the graph already pools).
     pooling: Literal["cls", "mean", "none"] = "none"
     hidden_size: int | None = None

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from trt_async.backends.base import (
+    EXTRA_OUTPUTS,
     KNOWN_OUTPUTS,
     BackendInfo,
     BackendOptions,
@@ -47,6 +49,15 @@ ONNXRUNTIME_SPEC = BackendSpec(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """One bucket's IOBinding for one set of outputs, and the arrays it is bound to."""
+
+    binding: ort.IOBinding
+    views: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
 class OnnxRuntimeBackend:
     """Runs an exported ``model.onnx`` with the CPU execution provider."""
 
@@ -72,7 +83,7 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelDirError(f"{files.onnx}: ONNX Runtime cannot load it: {exc}") from None
         inputs = self._session.get_inputs()
-        outputs = {o.name for o in self._session.get_outputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
         wanted = files.manifest.output if files.manifest is not None else None
         output = (
             wanted if wanted in outputs else next((n for n in KNOWN_OUTPUTS if n in outputs), None)
@@ -82,14 +93,15 @@ class OnnxRuntimeBackend:
                 f"{files.onnx}: outputs {sorted(outputs)} include none the server reads "
                 f"({', '.join(KNOWN_OUTPUTS)}); re-export with trt-async export"
             )
+        extra = tuple(n for n in outputs if n != output and n in EXTRA_OUTPUTS)
         dtype = _ORT_INT_TYPES.get(inputs[0].type, np.dtype(np.int64))
-        self._io = ModelIO(tuple(i.name for i in inputs), output, dtype)
+        self._io = ModelIO(tuple(i.name for i in inputs), output, dtype, extra)
         self._threads = settings.intra_op_num_threads
         self._in_arena: dict[str, np.ndarray] = {}
-        self._out_arena: np.ndarray | None = None
-        self._feature_shape: tuple[int, ...] = ()
-        self._per_token = False
-        self._bound: dict[Bucket, tuple[ort.IOBinding, dict[str, np.ndarray], np.ndarray]] = {}
+        self._out_arena: dict[str, np.ndarray] = {}
+        #: Per output: trailing feature shape, and whether its second axis is the length.
+        self._shapes: dict[str, tuple[bool, tuple[int, ...]]] = {}
+        self._bound: dict[tuple[Bucket, frozenset[str]], _Bound] = {}
 
     @property
     def io(self) -> ModelIO:
@@ -101,68 +113,79 @@ class OnnxRuntimeBackend:
     def counters(self) -> dict[CounterSpec, int]:
         return {}
 
+    def _probe(self, length: int) -> dict[str, tuple[int, ...]]:
+        feeds = {n: np.ones((1, length), dtype=self._io.input_dtype) for n in self._io.inputs}
+        if "token_type_ids" in feeds:
+            feeds["token_type_ids"][:] = 0
+        names = list(self._io.outputs)
+        return {
+            n: tuple(o.shape) for n, o in zip(names, self._session.run(names, feeds), strict=True)
+        }
+
     def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
-        # Probe once to learn the output's feature dimensions (hidden size or labels).
-        probe = {name: np.ones((1, 2), dtype=self._io.input_dtype) for name in self._io.inputs}
-        if "token_type_ids" in probe:
-            probe["token_type_ids"][:] = 0
-        (out,) = self._session.run([self._io.output], probe)
-        self._per_token = out.ndim == 3
-        self._feature_shape = tuple(out.shape[2:] if self._per_token else out.shape[1:])
+        # Two probes tell each output's length axis (it changes with the input's length)
+        # from its feature axes (hidden size, labels).
+        short, longer = self._probe(2), self._probe(3)
+        for name in self._io.outputs:
+            per_token = len(short[name]) >= 2 and (short[name][1], longer[name][1]) == (2, 3)
+            self._shapes[name] = (per_token, short[name][2:] if per_token else short[name][1:])
         most_tokens = max(b.tokens for b in grid.buckets())
         most_rows = max(b.batch for b in grid.buckets())
         self._in_arena = {
             name: np.zeros(most_tokens, dtype=self._io.input_dtype) for name in self._io.inputs
         }
-        features = int(np.prod(self._feature_shape))
-        self._out_arena = np.zeros(
-            (most_tokens if self._per_token else most_rows) * features, dtype=np.float32
-        )
+        for name, (per_token, features) in self._shapes.items():
+            size = (most_tokens if per_token else most_rows) * int(np.prod(features))
+            self._out_arena[name] = np.zeros(size, dtype=np.float32)
         # CPU kernels are shape-agnostic: the first run pays one-off costs, not each shape, so
         # warm each length once at batch 1 rather than every bucket.
         lengths = grid.lengths
         for i, length in enumerate(lengths):
-            self.execute(Bucket(1, length))
+            self.execute(Bucket(1, length), self._io.extra_outputs)
             if progress is not None:
                 progress(i + 1, len(lengths), f"warm-up length {length}")
 
-    def _binding(self, bucket: Bucket) -> tuple[ort.IOBinding, dict[str, np.ndarray], np.ndarray]:
-        bound = self._bound.get(bucket)
+    def _binding(self, bucket: Bucket, names: frozenset[str]) -> _Bound:
+        key = (bucket, names)
+        bound = self._bound.get(key)
         if bound is not None:
             return bound
-        if self._out_arena is None:
+        if not self._out_arena:
             raise RuntimeError("prepare() must run before the first bucket")
         n = bucket.tokens
         views = {
             name: arena[:n].reshape(bucket.batch, bucket.length)
             for name, arena in self._in_arena.items()
         }
-        out_shape = (
-            (bucket.batch, bucket.length, *self._feature_shape)
-            if self._per_token
-            else (bucket.batch, *self._feature_shape)
-        )
-        out_view = self._out_arena[: int(np.prod(out_shape))].reshape(out_shape)
         binding = self._session.io_binding()
         for name, view in views.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(view))
-        binding.bind_ortvalue_output(self._io.output, ort.OrtValue.ortvalue_from_numpy(out_view))
-        bound = (binding, views, out_view)
-        self._bound[bucket] = bound
+        outs: dict[str, np.ndarray] = {}
+        # Only the outputs asked for are bound: ONNX Runtime copies nothing else out.
+        for name in sorted(names):
+            per_token, features = self._shapes[name]
+            lead = (bucket.batch, bucket.length) if per_token else (bucket.batch,)
+            shape = (*lead, *features)
+            outs[name] = self._out_arena[name][: int(np.prod(shape))].reshape(shape)
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(outs[name]))
+        bound = _Bound(binding, views, outs)
+        self._bound[key] = bound
         return bound
 
     def inputs(self, bucket: Bucket) -> Mapping[str, np.ndarray]:
-        return self._binding(bucket)[1]
+        return self._binding(bucket, frozenset((self._io.output,))).views
 
-    def execute(self, bucket: Bucket) -> np.ndarray:
-        binding, _, out = self._binding(bucket)
-        self._session.run_with_iobinding(binding)
-        return out
+    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
+        unknown = set(extra) - set(self._io.outputs)
+        if unknown:
+            raise ValueError(f"outputs {sorted(unknown)} are not among {list(self._io.outputs)}")
+        bound = self._binding(bucket, frozenset((self._io.output, *extra)))
+        self._session.run_with_iobinding(bound.binding)
+        return bound.outputs
 
     def info(self) -> BackendInfo:
         buffers = sum(a.nbytes for a in self._in_arena.values())
-        if self._out_arena is not None:
-            buffers += self._out_arena.nbytes
+        buffers += sum(a.nbytes for a in self._out_arena.values())
         return BackendInfo(
             name="onnxruntime",
             device="cpu",
@@ -172,10 +195,11 @@ class OnnxRuntimeBackend:
                 "intra_op_threads": self._threads,
                 "onnx": self._path.name,
                 "output": self._io.output,
+                "extra_outputs": list(self._io.extra_outputs),
             },
         )
 
     def close(self) -> None:
         self._bound.clear()
         self._in_arena = {}
-        self._out_arena = None
+        self._out_arena = {}

@@ -91,7 +91,7 @@ class BareBackend:
         """Pack, execute, pool: what the server's batch job does, minus the thread hop."""
         buffers = self.backend.inputs(bucket)
         mask = pack(buffers, items, self.tokenizer.pad_id)
-        out = self.backend.execute(bucket)
+        out = self.backend.execute(bucket)[self.backend.io.output]
         n = len(items)
         return self.reduce(out[:n], mask[:n])
 

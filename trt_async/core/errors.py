@@ -109,6 +109,15 @@ class WrongModelKind(InvalidInput):
         super().__init__(f"model {model!r} is a {kind} model: {hint}", param="model")
 
 
+class MissingHead(WrongModelKind):
+    """A request for a token-level result (sparse weights, ColBERT or token vectors) the
+    model's graph does not give."""
+
+    def __init__(self, model: str, kind: str, head: str, hint: str) -> None:
+        super().__init__(model, kind, f"its graph has no {head} output; {hint}")
+        self.head = head
+
+
 class InvalidPath(InvalidInput):
     status = 400
 

@@ -14,9 +14,9 @@ import enum
 import logging
 import string
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -36,9 +36,12 @@ from trt_async.core.errors import (
     EmptyInput,
     InputTooLong,
     InvalidInput,
+    MissingHead,
     Unavailable,
     WrongModelKind,
 )
+from trt_async.core.heads import finish_embeddings
+from trt_async.core.multivector import Head, make_head_reducers
 from trt_async.core.runner import BatchRunner
 from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, ScheduleResult
 from trt_async.core.tokenizer import Direction, Encoding, TextInput, TextTokenizer, TokenInfo
@@ -75,6 +78,9 @@ class EmbedResult:
     vectors: np.ndarray
     tokens: int
     timings: Timings
+    #: Per head asked for, one value per input: :class:`~trt_async.core.multivector.
+    #: SparseVector` for ``sparse``, a ``(tokens, dim)`` array for ``colbert`` and ``tokens``.
+    heads: Mapping[Head, list[object]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,15 @@ class SharedPairs:
 #: Characters all of one request's zero-shot hypotheses may hold together: a template with
 #: many ``{}`` fields and long labels would otherwise multiply a small body into megabytes.
 MAX_HYPOTHESES_CHARS = 1 << 20
+
+_HEAD_HINTS: dict[Head, str] = {
+    "sparse": "sparse weights need a bge-m3 export (trt-async export --task embed of a folder "
+    "with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
+    "colbert": "ColBERT vectors need a bge-m3 export (trt-async export --task embed of a "
+    "folder with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
+    "tokens": "token vectors need a graph with a last_hidden_state output (export without "
+    "--pool-in-graph)",
+}
 
 
 # -- defaults ---------------------------------------------------------------------------------
@@ -241,8 +256,14 @@ class ModelRuntime:
             )
         except ValueError as exc:
             raise ConfigError(f"{label}: bucket grid: {exc}") from None
+        skip_ids = files.manifest.sparse_skip_ids if files.manifest is not None else None
+        self.head_reducers = make_head_reducers(io.outputs, skip_ids or ())
         self.runner = BatchRunner(
-            self.backend, heads.make_reducer(self.pooling), self.tokenizer.pad_id, label
+            self.backend,
+            heads.make_reducer(self.pooling),
+            self.tokenizer.pad_id,
+            label,
+            self.head_reducers,
         )
         self.scheduler = Scheduler(
             self.runner,
@@ -389,13 +410,14 @@ class ServedModel:
         truncate: bool | None,
         direction: Direction = "right",
         param: str = "input",
+        heads: Collection[Head] = (),
     ) -> tuple[ScheduleResult, Timings]:
         self._check_ready()
         # Refuse what cannot be queued before paying for its tokenisation.
         self.runtime.scheduler.admit(len(inputs))
         start = time.perf_counter()
         encodings, tokenize_s = await self._encode(inputs, truncate, direction, param)
-        result = await self.runtime.scheduler.submit(encodings)
+        result = await self.runtime.scheduler.submit(encodings, heads)
         timings = Timings(
             tokenize_s=tokenize_s,
             queue_s=result.queue_s,
@@ -424,19 +446,36 @@ class ServedModel:
         dimensions: int | None = None,
         truncate: bool | None = None,
         direction: Direction = "right",
+        heads: Collection[Head] = (),
     ) -> EmbedResult:
-        """Embeddings, normalised unless told otherwise, cut to ``dimensions`` (Matryoshka)."""
+        """Embeddings, normalised unless told otherwise, cut to ``dimensions`` (Matryoshka).
+
+        ``heads`` asks for token-level results from the same forward pass: bge-m3's
+        ``sparse`` lexical weights and ``colbert`` vectors, or every token's vector
+        (``tokens``); a model whose graph lacks one answers :class:`MissingHead`.
+        """
         self._require_embedder("it scores pairs; use a rerank or classification route")
+        for head in heads:
+            self.require_head(head)
         dim = self.runtime.output_dim
         if dimensions is not None and (dimensions < 1 or (dim is not None and dimensions > dim)):
             raise InvalidInput(
                 f"dimensions must be between 1 and {dim} for model {self.name!r}; got {dimensions}",
                 param="dimensions",
             )
-        result, timings = await self._run(inputs, truncate, direction)
+        result, timings = await self._run(inputs, truncate, direction, heads=heads)
         norm = self.config.normalize if normalize is None else normalize
-        vectors = heads.finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
-        return EmbedResult(vectors.astype(np.float32, copy=False), result.tokens, timings)
+        vectors = finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
+        return EmbedResult(
+            vectors.astype(np.float32, copy=False), result.tokens, timings, result.heads
+        )
+
+    def has_head(self, head: Head) -> bool:
+        return self.runtime.is_embedder and head in self.runtime.head_reducers
+
+    def require_head(self, head: Head) -> None:
+        if not self.has_head(head):
+            raise MissingHead(self.name, self.kind.value, head, _HEAD_HINTS[head])
 
     async def rerank(
         self,

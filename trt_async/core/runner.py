@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from trt_async.backends.base import Backend
 from trt_async.backends.shapes import Bucket
 from trt_async.core.heads import Reducer
+from trt_async.core.multivector import Head, HeadReducer
 from trt_async.core.tokenizer import Encoding
 
 T = TypeVar("T")
@@ -29,6 +30,8 @@ class BatchOutput:
     rows: np.ndarray
     #: Seconds spent in the backend's execute (the rest of the job is packing and reducing).
     execute_s: float
+    #: Per head asked for, one value per item of the batch (see core.multivector).
+    heads: Mapping[Head, Sequence[object]] = field(default_factory=dict)
 
 
 def pack(buffers: Mapping[str, np.ndarray], items: Sequence[Encoding], pad_id: int) -> np.ndarray:
@@ -61,25 +64,42 @@ def pack(buffers: Mapping[str, np.ndarray], items: Sequence[Encoding], pad_id: i
 class BatchRunner:
     """Owns the one worker thread that talks to a backend (backends are single-threaded)."""
 
-    def __init__(self, backend: Backend, reduce: Reducer, pad_id: int, name: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        reduce: Reducer,
+        pad_id: int,
+        name: str,
+        head_reducers: Mapping[Head, tuple[str, HeadReducer]] | None = None,
+    ) -> None:
         self.backend = backend
         self._reduce = reduce
+        self._heads = dict(head_reducers or {})
         self._pad_id = pad_id
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
 
-    async def run(self, bucket: Bucket, items: Sequence[Encoding]) -> BatchOutput:
+    async def run(
+        self, bucket: Bucket, items: Sequence[Encoding], heads: Collection[Head] = ()
+    ) -> BatchOutput:
+        """Run ``items`` in ``bucket``; ``heads`` are the token-level results wanted too."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._job, bucket, items)
+        return await loop.run_in_executor(self._executor, self._job, bucket, items, heads)
 
-    def _job(self, bucket: Bucket, items: Sequence[Encoding]) -> BatchOutput:
+    def _job(
+        self, bucket: Bucket, items: Sequence[Encoding], heads: Collection[Head]
+    ) -> BatchOutput:
         buffers = self.backend.inputs(bucket)
         mask = pack(buffers, items, self._pad_id)
+        wanted = [(head, *self._heads[head]) for head in heads]
         start = time.perf_counter()
-        output = self.backend.execute(bucket)
+        outputs = self.backend.execute(bucket, [name for _, name, _ in wanted])
         execute_s = time.perf_counter() - start
         n = len(items)
-        # The reducer copies out of the bucket's output buffer, which the next run reuses.
-        return BatchOutput(self._reduce(output[:n], mask[:n]), execute_s)
+        # Reducers copy out of the bucket's output buffers, which the next run reuses.
+        rows = self._reduce(outputs[self.backend.io.output][:n], mask[:n])
+        ids = buffers["input_ids"][:n]
+        extras = {head: reduce(outputs[name][:n], ids, mask[:n]) for head, name, reduce in wanted}
+        return BatchOutput(rows, execute_s, extras)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the backend's thread (prepare, close) without blocking the loop."""

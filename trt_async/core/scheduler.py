@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, OverCapacity, Overloaded, Unavailable
+from trt_async.core.multivector import Head
 from trt_async.core.runner import BatchOutput
 from trt_async.core.tokenizer import Encoding
 
@@ -36,7 +37,9 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    async def run(self, bucket: Bucket, items: Sequence[Encoding]) -> BatchOutput: ...
+    async def run(
+        self, bucket: Bucket, items: Sequence[Encoding], heads: Collection[Head] = ()
+    ) -> BatchOutput: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,8 @@ class ScheduleResult:
     tokens: int
     queue_s: float
     inference_s: float
+    #: Per head asked for at submit, one value per item, in input order.
+    heads: Mapping[Head, list[object]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -91,8 +96,10 @@ class _Request:
     __slots__ = (
         "deadline_handle",
         "enqueued",
+        "extras",
         "first_start",
         "future",
+        "heads",
         "items",
         "last_end",
         "queued",
@@ -102,9 +109,18 @@ class _Request:
         "tokens",
     )
 
-    def __init__(self, future: asyncio.Future[None], n: int, tokens: int, now: float) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[None],
+        n: int,
+        tokens: int,
+        now: float,
+        heads: frozenset[Head] = frozenset(),
+    ) -> None:
         self.future = future
         self.rows: np.ndarray | None = None
+        self.heads = heads
+        self.extras: dict[Head, list[object]] = {head: [None] * n for head in heads}
         self.items: list[_Item] = []
         self.size = n
         self.remaining = n
@@ -167,8 +183,14 @@ class Scheduler:
 
     # -- public API -----------------------------------------------------------------------
 
-    async def submit(self, encodings: Sequence[Encoding]) -> ScheduleResult:
+    async def submit(
+        self, encodings: Sequence[Encoding], heads: Collection[Head] = ()
+    ) -> ScheduleResult:
         """Run ``encodings`` and return one output row per item, in order.
+
+        ``heads`` are token-level results wanted besides the rows (bge-m3's sparse weights
+        or ColBERT vectors, token vectors); a batch computes the heads any of its items'
+        requests want, and each request gets only its own.
 
         Raises (see :meth:`admit`) at once when the queue bounds would be exceeded, and
         :class:`Unavailable` if the request waits past the queue timeout or the scheduler
@@ -181,7 +203,7 @@ class Scheduler:
         stats = self.stats
         loop = asyncio.get_running_loop()
         now = self._clock()
-        request = _Request(loop.create_future(), n, tokens, now)
+        request = _Request(loop.create_future(), n, tokens, now, frozenset(heads))
         for index, encoding in enumerate(encodings):
             length = self.grid.length_for(len(encoding))
             item = _Item(request, index, encoding, now, length)
@@ -210,6 +232,7 @@ class Scheduler:
             tokens=tokens,
             queue_s=start - request.enqueued,
             inference_s=request.last_end - start,
+            heads=request.extras,
         )
 
     def admit(self, items: int, tokens: int = 0) -> None:
@@ -336,7 +359,8 @@ class Scheduler:
         start = self._clock()
         ok = False
         try:
-            output = await self._runner.run(bucket, [item.encoding for item in items])
+            heads: frozenset[Head] = frozenset().union(*(item.request.heads for item in items))
+            output = await self._runner.run(bucket, [item.encoding for item in items], heads)
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception(
@@ -355,13 +379,15 @@ class Scheduler:
             ok = True
             stats.consecutive_failures = 0
             end = self._clock()
-            for row, item in zip(output.rows, items, strict=False):
+            for position, (row, item) in enumerate(zip(output.rows, items, strict=False)):
                 request = item.request
                 if request.dead:
                     continue
                 if request.rows is None:
                     request.rows = np.empty((request.size, *row.shape), dtype=row.dtype)
                 request.rows[item.index] = row
+                for head, values in request.extras.items():
+                    values[item.index] = output.heads[head][position]
                 request.remaining -= 1
                 request.last_end = end
                 if request.remaining == 0:

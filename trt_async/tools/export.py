@@ -40,6 +40,8 @@ from trt_async.backends.modelfiles import (
     position_limit,
     sha256_file,
 )
+from trt_async.tools import m3
+from trt_async.tools.m3 import HeadsOption
 
 Exporter = Literal["torchscript", "dynamo"]
 
@@ -100,6 +102,7 @@ def export_model(
     progress: bool = True,
     exporter: Exporter = "torchscript",
     pool_in_graph: bool = False,
+    heads: HeadsOption = "auto",
 ) -> ExportManifest:
     """Export ``hf_dir`` for ``task`` into ``out_dir`` and return the manifest written there.
 
@@ -109,6 +112,9 @@ def export_model(
     ``sentence_embedding`` (batch, hidden): on a GPU only that crosses back to the host,
     not the (batch, length, hidden) hidden states. Normalisation stays in the server, where
     requests choose it and Matryoshka truncation needs the unnormalised vector.
+    ``heads`` (embedders only): ``auto`` exports bge-m3's sparse and ColBERT heads with the
+    dense vector when FlagEmbedding's head files are in the folder (:mod:`.m3`), ``m3``
+    requires them, ``none`` ignores them.
     """
     if task not in get_args(Task):
         raise ExportError(f"unknown task {task!r}; use one of {', '.join(get_args(Task))}")
@@ -121,6 +127,12 @@ def export_model(
     pooling = _pooling(src, task)
     if pool_in_graph and task != "embed":
         raise ExportError("--pool-in-graph applies to embedding models (--task embed) only")
+    try:
+        with_m3 = task == "embed" and m3.wants_m3(src, heads)
+    except m3.M3LayoutError as exc:
+        raise ExportError(str(exc)) from None
+    if heads == "m3" and task != "embed":
+        raise ExportError("--heads m3 applies to embedding models (--task embed) only")
     _require_export_libraries(exporter)
 
     step(f"load {src.name} ({task})")
@@ -135,12 +147,30 @@ def export_model(
         output_name = "sentence_embedding" if pool_in_graph else "last_hidden_state"
     batches = _sample_batches(src / "tokenizer.json", task, input_names, max_length, hf_config)
     step(f"loaded: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    output_names = [output_name]
+    skip_ids: list[int] | None = None
+    module: Any = None
+    if with_m3:
+        hidden = _int_or_none(hf_config.get("hidden_size")) or 0
+        try:
+            module = m3.wrap_m3(model, src, hidden, input_names)
+            skip_ids = m3.skipped_token_ids(src)
+        except m3.M3LayoutError as exc:
+            raise ExportError(str(exc)) from None
+        output_names = list(m3.M3_OUTPUTS)
+        output_name = output_names[0]
+        pooling = "cls"  # FlagEmbedding's dense vector is the CLS token's
+        step(f"bge-m3 heads: {m3.COLBERT_FILE} and {m3.SPARSE_FILE} go into the graph")
     # The TorchScript exporter leaves the module unusable afterwards (transformers 5.x):
     # the references are computed first.
-    references = [_run_torch(model, batch, input_names) for batch in batches]
-    if graph_pooling is not None:
-        pool = _POOLERS[graph_pooling]
-        references = [pool(r, b.mask) for r, b in zip(references, batches, strict=True)]
+    if module is not None:
+        references = [_run_module(module, batch, input_names) for batch in batches]
+    else:
+        plain = [_run_torch(model, batch, input_names) for batch in batches]
+        if graph_pooling is not None:
+            pool = _POOLERS[graph_pooling]
+            plain = [pool(r, b.mask) for r, b in zip(plain, batches, strict=True)]
+        references = [(r,) for r in plain]
     step(f"torch reference outputs for {sum(len(b.mask) for b in batches)} sample inputs")
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -149,15 +179,15 @@ def export_model(
     with tempfile.TemporaryDirectory(prefix=".export-", dir=dst) as tmp:
         raw = Path(tmp) / ONNX_NAME
         step(f"export {ONNX_NAME} with the {exporter} exporter")
-        _torch_export(
-            model, batches[0], input_names, output_name, raw, exporter, opset, graph_pooling
-        )
-        del model
+        if module is None:
+            module = _wrap(model, input_names, graph_pooling)
+        _torch_export(module, batches[0], input_names, output_names, raw, exporter, opset)
+        del model, module
         graph = _finalise_onnx(raw, dst / ONNX_NAME)
     step(f"exported: opset {graph.opset}, {graph.size_mb:.1f} MB")
 
     step("verify with onnxruntime")
-    worst = _verify(dst / ONNX_NAME, batches, references, input_names, output_name, pooling)
+    worst = _verify(dst / ONNX_NAME, batches, references, input_names, output_names, pooling)
     if worst > TOLERANCE:
         raise ExportError(
             f"{dst / ONNX_NAME}: ONNX Runtime differs from torch by {worst:.2e} (more than "
@@ -172,7 +202,9 @@ def export_model(
         task=task,
         inputs=list(input_names),
         output=output_name,
-        pooling="none" if pool_in_graph else pooling,
+        outputs=output_names,
+        sparse_skip_ids=skip_ids,
+        pooling="none" if pool_in_graph or with_m3 else pooling,
         hidden_size=_int_or_none(hf_config.get("hidden_size", hf_config.get("d_model"))),
         num_labels=None if task == "embed" else len(_id2label(hf_config)),
         id2label=None if task == "embed" else _id2label(hf_config),
@@ -367,19 +399,27 @@ def _run_torch(model: Any, batch: _Batch, input_names: tuple[str, ...]) -> npt.N
     return np.asarray(out.float().numpy(), dtype=np.float32)
 
 
+def _run_module(
+    module: Any, batch: _Batch, input_names: tuple[str, ...]
+) -> tuple[npt.NDArray[np.float32], ...]:
+    import torch
+
+    with torch.inference_mode():
+        outs = module(*(torch.from_numpy(batch.feeds[name]) for name in input_names))
+    return tuple(np.asarray(o.float().numpy(), dtype=np.float32) for o in outs)
+
+
 def _torch_export(
-    model: Any,
+    wrapped: Any,
     batch: _Batch,
     input_names: tuple[str, ...],
-    output_name: str,
+    output_names: list[str],
     path: Path,
     exporter: Exporter,
     opset: int | None,
-    pooling: Literal["cls", "mean"] | None = None,
 ) -> None:
     import torch
 
-    wrapped = _wrap(model, input_names, pooling)
     args = tuple(torch.from_numpy(batch.feeds[name]) for name in input_names)
     with _quiet(), torch.no_grad():
         try:
@@ -391,7 +431,7 @@ def _torch_export(
                     args,
                     str(path),
                     input_names=list(input_names),
-                    output_names=[output_name],
+                    output_names=output_names,
                     dynamo=True,
                     verbose=False,
                     opset_version=opset,
@@ -404,10 +444,10 @@ def _torch_export(
                     args,
                     str(path),
                     input_names=list(input_names),
-                    output_names=[output_name],
+                    output_names=output_names,
                     dynamo=False,
                     opset_version=opset or TORCHSCRIPT_OPSET,
-                    dynamic_axes={name: axes for name in (*input_names, output_name)},
+                    dynamic_axes={name: axes for name in (*input_names, *output_names)},
                     do_constant_folding=True,
                 )
         except Exception as exc:
@@ -468,35 +508,49 @@ def _finalise_onnx(raw: Path, final: Path) -> _GraphInfo:
 def _verify(
     path: Path,
     batches: Sequence[_Batch],
-    references: Sequence[npt.NDArray[np.float32]],
+    references: Sequence[Sequence[npt.NDArray[np.float32]]],
     input_names: tuple[str, ...],
-    output_name: str,
+    output_names: list[str],
     pooling: Literal["cls", "mean", "none"],
 ) -> float:
+    """Largest difference to torch over every output, on real tokens only."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got_inputs = [i.name for i in session.get_inputs()]
     got_outputs = [o.name for o in session.get_outputs()]
-    if got_inputs != list(input_names) or got_outputs != [output_name]:
+    if got_inputs != list(input_names) or got_outputs != output_names:
         raise ExportError(
             f"{path}: graph takes {got_inputs} and gives {got_outputs}, expected "
-            f"{list(input_names)} and [{output_name!r}]"
+            f"{list(input_names)} and {output_names}"
         )
     worst = 0.0
-    for batch, ref in zip(batches, references, strict=True):
-        (out,) = session.run([output_name], {n: batch.feeds[n] for n in input_names})
-        out = np.asarray(out, dtype=np.float32)
-        if out.shape != ref.shape:
-            raise ExportError(f"{path}: output shape {out.shape} != torch's {ref.shape}")
-        if out.ndim == 3:
-            # Padding positions legitimately differ between runtimes: compare real tokens.
-            worst = max(worst, float(np.abs(out - ref)[batch.mask].max()))
-            pool = _POOLERS[pooling if pooling != "none" else "cls"]
-            worst = max(worst, float(np.abs(pool(out, batch.mask) - pool(ref, batch.mask)).max()))
-        else:
-            worst = max(worst, float(np.abs(out - ref).max()))
+    for batch, refs in zip(batches, references, strict=True):
+        outs = session.run(output_names, {n: batch.feeds[n] for n in input_names})
+        for name, out, ref in zip(output_names, outs, refs, strict=True):
+            diff = _difference(path, name, np.asarray(out, np.float32), ref, batch, pooling)
+            worst = max(worst, diff)
     return worst
+
+
+def _difference(
+    path: Path,
+    name: str,
+    out: npt.NDArray[np.float32],
+    ref: npt.NDArray[np.float32],
+    batch: _Batch,
+    pooling: Literal["cls", "mean", "none"] = "none",
+) -> float:
+    if out.shape != ref.shape:
+        raise ExportError(f"{path}: {name} shape {out.shape} != torch's {ref.shape}")
+    if name in m3.PER_TOKEN and out.ndim == 2:  # one value per token (sparse weights)
+        return float(np.abs(out - ref)[batch.mask].max())
+    if out.ndim == 3:
+        # Padding positions legitimately differ between runtimes: compare real tokens.
+        pool = _POOLERS[pooling if pooling != "none" else "cls"]
+        pooled = float(np.abs(pool(out, batch.mask) - pool(ref, batch.mask)).max())
+        return max(float(np.abs(out - ref)[batch.mask].max()), pooled)
+    return float(np.abs(out - ref).max())
 
 
 def _mean_pool(x: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
@@ -631,6 +685,13 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="embed only: fold pooling into the graph (output sentence_embedding); on a GPU "
         "only (batch, hidden) then comes back to the host",
     )
+    parser.add_argument(
+        "--heads",
+        choices=get_args(HeadsOption),
+        default="auto",
+        help="embed only: bge-m3's sparse and ColBERT heads (FlagEmbedding's colbert_linear.pt "
+        "and sparse_linear.pt) in the same graph; auto (default) when both files are there",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run_export)
     return parser
@@ -647,12 +708,14 @@ def run_export(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             exporter=args.exporter,
             pool_in_graph=args.pool_in_graph,
+            heads=args.heads,
         )
     except ExportError as exc:
         print(f"trt-async export: error: {exc}", file=sys.stderr)
         return 1
     print(
         f"{args.output}: {manifest.task} model, inputs {', '.join(manifest.inputs)}, "
-        f"output {manifest.output}, max_length {manifest.max_length}"
+        f"outputs {', '.join(manifest.outputs or [manifest.output])}, "
+        f"max_length {manifest.max_length}"
     )
     return 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -596,7 +596,10 @@ class TensorRTBackend:
             self.cuda.set_device(self.config.device)
             self._thread.device_set = True
 
-    def execute(self, bucket: Bucket) -> np.ndarray:
+    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
+        # The engine's io lists no extra outputs yet, so nothing beyond io.output is asked.
+        if set(extra) - {self.io.output}:
+            raise TensorRTError(f"this engine returns only {self.io.output}; asked {list(extra)}")
         st = self._state(bucket)
         with self._lock:
             self._ensure_thread_device()
@@ -608,7 +611,7 @@ class TensorRTBackend:
             else:
                 self._run_plain(st)
             self._wait()
-        return st.output
+        return {self.io.output: st.output}
 
     def execute_plain(self, bucket: Bucket) -> np.ndarray:
         """Run ``bucket`` without its graph (for measuring what the graph saves)."""
