@@ -107,4 +107,7 @@ def _unavailable(attr: str) -> Any:
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError(f"{attr} is a stand-in: transformers 5 has no modeling_attn_mask_utils")
 
+    # Modules importing it may register it with torch.fx.wrap, which looks it up later by
+    # __name__ in their globals: it must carry the name they import it under.
+    fail.__name__ = fail.__qualname__ = attr
     return fail

@@ -26,9 +26,11 @@ from trt_async.core.metrics import Metrics
 from trt_async.core.registry import ModelRegistry
 from trt_async.http.admin import HealthController, ManagementController
 from trt_async.http.auth import make_api_key_guard
+from trt_async.http.cohere_embed import CohereEmbedController
 from trt_async.http.common import REGISTRY_KEY
 from trt_async.http.docs import OfflineSwaggerPlugin, document
 from trt_async.http.errors import exception_handlers
+from trt_async.http.multivector import TokenEmbeddingController
 from trt_async.http.observability import (
     METRICS_STATE_KEY,
     RequestContextMiddleware,
@@ -177,6 +179,8 @@ def create_app(config: Config | None = None) -> Litestar:
             OpenAIController,
             RerankController,
             TEIController,
+            TokenEmbeddingController,
+            CohereEmbedController,
             ZeroShotController,
             HealthController,
             ManagementController,

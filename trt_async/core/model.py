@@ -30,7 +30,7 @@ from trt_async.backends.modelfiles import (
     position_limit,
 )
 from trt_async.backends.shapes import BucketGrid
-from trt_async.core import heads
+from trt_async.core import heads, quantize
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind, Pooling
 from trt_async.core.errors import (
     EmptyInput,
@@ -282,6 +282,8 @@ class ModelRuntime:
             observer=observer,
         )
         self.output_dim: int | None = None
+        self._calibration: np.ndarray | None = None
+        self._calibration_lock = asyncio.Lock()
 
     def _pooling(self, output: str) -> Pooling:
         if self.config.pooling is not None:
@@ -303,6 +305,31 @@ class ModelRuntime:
         probe = self.tokenizer.encode(["warm up"], truncate=True)
         result = await self.scheduler.submit(probe)
         self.output_dim = int(result.rows.shape[-1])
+
+    async def calibration(self) -> np.ndarray:
+        """Raw vectors of :data:`~trt_async.core.quantize.CALIBRATION_TEXTS` for int8/uint8
+        ranges: read from the model folder, else computed once with this model and stored."""
+        async with self._calibration_lock:
+            if self._calibration is not None:
+                return self._calibration
+            loop = asyncio.get_running_loop()
+            sha = self.files.manifest.onnx_sha256 if self.files.manifest is not None else None
+            root, dim = self.files.root, int(self.output_dim or 0)
+            vectors = await loop.run_in_executor(
+                _TOKENIZE_POOL, lambda: quantize.load_calibration(root, sha, dim)
+            )
+            if vectors is None:
+                tok = self.tokenizer
+                encodings = await loop.run_in_executor(
+                    _TOKENIZE_POOL, lambda: tok.encode(quantize.CALIBRATION_TEXTS, truncate=True)
+                )
+                rows = (await self.scheduler.submit(encodings)).rows.astype(np.float32)
+                await loop.run_in_executor(
+                    _TOKENIZE_POOL, lambda: quantize.save_calibration(root, sha, rows)
+                )
+                vectors = rows
+            self._calibration = vectors
+            return vectors
 
     async def close(self, reason: str = "the model was unloaded") -> None:
         self.scheduler.close(reason)
@@ -447,6 +474,7 @@ class ServedModel:
         truncate: bool | None = None,
         direction: Direction = "right",
         heads: Collection[Head] = (),
+        param: str = "input",
     ) -> EmbedResult:
         """Embeddings, normalised unless told otherwise, cut to ``dimensions`` (Matryoshka).
 
@@ -463,12 +491,30 @@ class ServedModel:
                 f"dimensions must be between 1 and {dim} for model {self.name!r}; got {dimensions}",
                 param="dimensions",
             )
-        result, timings = await self._run(inputs, truncate, direction, heads=heads)
+        result, timings = await self._run(inputs, truncate, direction, param, heads)
         norm = self.config.normalize if normalize is None else normalize
         vectors = finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
         return EmbedResult(
             vectors.astype(np.float32, copy=False), result.tokens, timings, result.heads
         )
+
+    async def quantize(
+        self,
+        vectors: np.ndarray,
+        kind: quantize.ScalarType | quantize.BinaryType,
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
+        """``vectors`` (as :meth:`embed` returned them with the same ``normalize`` and
+        ``dimensions``) as int8 / uint8 (ranges of this model's calibration set, finished
+        the same way) or sign bits packed 8 per byte (binary / ubinary)."""
+        if kind == "binary" or kind == "ubinary":
+            return quantize.pack_bits(vectors, kind)
+        calibration = await self.runtime.calibration()
+        norm = self.config.normalize if normalize is None else normalize
+        finished = finish_embeddings(calibration, normalize=norm, dimensions=dimensions)
+        return quantize.quantize_scalar(vectors, quantize.scalar_ranges(finished), kind)
 
     def has_head(self, head: Head) -> bool:
         return self.runtime.is_embedder and head in self.runtime.head_reducers
@@ -498,8 +544,7 @@ class ServedModel:
         if not query:
             raise EmptyInput("query is an empty string", param="query")
         if max_tokens_per_doc is not None:
-            tok, n = self.runtime.tokenizer, max_tokens_per_doc
-            documents = await self._off_loop(lambda: tok.clip(documents, n))
+            documents = await self.clip(documents, max_tokens_per_doc)
         if self.runtime.is_embedder:
             try:
                 result, timings = await self._run([query, *documents], truncate)
@@ -581,6 +626,11 @@ class ServedModel:
         logits = result.rows.reshape(len(texts), len(candidate_labels), -1)
         scores = heads.zero_shot_scores(logits, self.labels, multi_label=multi_label)
         return ZeroShotResult(scores, result.tokens, timings)
+
+    async def clip(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut to its first ``max_tokens`` tokens (Cohere's ``max_tokens``)."""
+        tok = self.runtime.tokenizer
+        return await self._off_loop(lambda: tok.clip(texts, max_tokens))
 
     async def tokenize(
         self, texts: Sequence[str], *, add_special_tokens: bool = True

@@ -259,6 +259,10 @@ class TextTokenizer:
                 out[i] = out[i][: enc.offsets[max_tokens - 1][1]]
         return out
 
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary entry of each id (as FlagEmbedding's ``convert_id_to_token``)."""
+        return [self._full.id_to_token(i) or "" for i in ids]
+
     def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[TokenInfo]]:
         """Tokens with offsets for TEI's ``/tokenize`` (not truncated: it reports what was
         sent). A text over ``max_length`` tokens is refused, as TEI does, after tokenising

@@ -39,11 +39,14 @@ class Dialect(str, enum.Enum):
     OPENAI = "openai"
     TEI = "tei"
     DETAIL = "detail"
+    COHERE = "cohere"
 
 
 #: Key in the connection state where a handler records a dialect decided by the body.
 DIALECT_STATE_KEY = "trt_async_dialect"
-TEI_PATHS = frozenset({"/embed", "/predict", "/tokenize", "/info"})
+TEI_PATHS = frozenset({"/embed", "/embed_sparse", "/embed_all", "/predict", "/tokenize", "/info"})
+#: Cohere's embed API answers errors as ``{"message"}``.
+COHERE_PATHS = frozenset({"/v1/embed", "/v2/embed"})
 
 
 # -- wire shapes (also documented in the OpenAPI schema) -------------------------------------
@@ -67,6 +70,12 @@ class TEIError(msgspec.Struct):
 
     error: str
     error_type: str
+
+
+class CohereError(msgspec.Struct):
+    """Cohere's error shape (``/v1/embed``, ``/v2/embed``)."""
+
+    message: str
 
 
 class DetailError(msgspec.Struct):
@@ -228,6 +237,8 @@ def dialect_of(request: Request[Any, Any, Any]) -> Dialect:
     if isinstance(recorded, Dialect):
         return recorded
     path = request.scope.get("path", "/")
+    if path in COHERE_PATHS:
+        return Dialect.COHERE
     if path.startswith(("/v1/", "/v2/")):
         return Dialect.OPENAI
     if path in TEI_PATHS:
@@ -253,6 +264,8 @@ def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
         )
     if dialect is Dialect.TEI:
         return TEIError(info.message, info.kind)
+    if dialect is Dialect.COHERE:
+        return CohereError(info.message)
     return DetailError(info.message)
 
 
@@ -291,4 +304,5 @@ ERROR_MODELS: dict[Dialect, type[msgspec.Struct]] = {
     Dialect.OPENAI: OpenAIError,
     Dialect.TEI: TEIError,
     Dialect.DETAIL: DetailError,
+    Dialect.COHERE: CohereError,
 }

@@ -6,7 +6,7 @@ The reranker answer is the raw logit, as the seed's example shows (9.51, 7.24).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Response, get, post
@@ -15,6 +15,8 @@ from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import EmptyInput, InvalidInput
+from trt_async.core.model import ServedModel
+from trt_async.core.multivector import Head, SparseVector
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,
@@ -57,11 +59,34 @@ class InferRequest(msgspec.Struct, kw_only=True):
     ] = None
     model: Annotated[str | None, Meta(description="Ignored: the path names the model.")] = None
     truncate: Truncate = None
+    return_dense: Annotated[
+        bool, Meta(description="Embedding: the dense vectors (FlagEmbedding's switch).")
+    ] = True
+    return_sparse: Annotated[
+        bool, Meta(description="bge-m3 exports: lexical weights per text.")
+    ] = False
+    return_colbert_vecs: Annotated[
+        bool, Meta(description="bge-m3 exports: ColBERT vectors per text.")
+    ] = False
+    sparse_keys: Annotated[
+        Literal["id", "token"],
+        Meta(description="Key lexical weights by token id (a string) or by token text."),
+    ] = "id"
 
 
 class EmbedInferResponse(msgspec.Struct):
     embeddings: list[list[float]]
     elapsed_ms: float
+
+
+class M3InferResponse(msgspec.Struct, omit_defaults=True):
+    """bge-m3's outputs as FlagEmbedding's ``encode`` names them (dense under the seed's
+    ``embeddings``); only those asked for are present."""
+
+    elapsed_ms: float
+    embeddings: list[list[float]] | None = None
+    lexical_weights: list[dict[str, float]] | None = None
+    colbert_vecs: list[list[list[float]]] | None = None
 
 
 class RerankInferResponse(msgspec.Struct):
@@ -79,6 +104,43 @@ def _as_list(value: str | list[str] | None, param: str) -> list[str]:
     if value is None:
         raise InvalidInput(f"{param} is required for this model", param=param)
     return [value] if isinstance(value, str) else value
+
+
+InferResponse = EmbedInferResponse | M3InferResponse | RerankInferResponse | NLIInferResponse
+
+
+async def _m3_infer(
+    served: ServedModel, documents: list[str], data: InferRequest
+) -> Response[InferResponse]:
+    heads: list[Head] = []
+    if data.return_sparse:
+        heads.append("sparse")
+    if data.return_colbert_vecs:
+        heads.append("colbert")
+    if not heads and not data.return_dense:
+        raise InvalidInput(
+            "ask for at least one of return_dense, return_sparse and return_colbert_vecs",
+            param="return_dense",
+        )
+    result = await served.embed(documents, truncate=data.truncate, heads=heads)
+    body = M3InferResponse(elapsed_ms=elapsed_ms(result.timings))
+    if data.return_dense:
+        body.embeddings = result.vectors.tolist()
+    if data.return_sparse:
+        vectors = [v for v in result.heads["sparse"] if isinstance(v, SparseVector)]
+        if data.sparse_keys == "token":
+            strings = served.runtime.tokenizer.token_strings
+            body.lexical_weights = [
+                dict(zip(strings(v.ids.tolist()), v.weights.tolist(), strict=True)) for v in vectors
+            ]
+        else:
+            body.lexical_weights = [
+                {str(i): w for i, w in zip(v.ids.tolist(), v.weights.tolist(), strict=True)}
+                for v in vectors
+            ]
+    if data.return_colbert_vecs:
+        body.colbert_vecs = [v.tolist() for v in result.heads["colbert"]]  # type: ignore[attr-defined]
+    return Response(body, headers=timing_headers(result.timings, result.tokens))
 
 
 class SeedController(Controller):
@@ -104,7 +166,7 @@ class SeedController(Controller):
     )
     async def infer(
         self, request: AnyRequest, model: FromPath[str], data: JsonBody[InferRequest]
-    ) -> Response[EmbedInferResponse | RerankInferResponse | NLIInferResponse]:
+    ) -> Response[InferResponse]:
         served = get_model(request, model)
         if served.kind is ModelKind.NLI:
             premises = _as_list(data.premises, "premises")
@@ -144,6 +206,8 @@ class SeedController(Controller):
                 ),
                 headers=timing_headers(scores.timings, scores.tokens),
             )
+        if data.return_sparse or data.return_colbert_vecs or not data.return_dense:
+            return await _m3_infer(served, documents, data)
         embedded = await served.embed(documents, truncate=data.truncate)
         return Response(
             EmbedInferResponse(

@@ -143,7 +143,15 @@ class Info(msgspec.Struct):
     docker_label: str | None = None
 
 
-def _direction(value: Direction) -> Literal["left", "right"]:
+def refuse_prompt(served: ServedModel, prompt_name: str | None) -> None:
+    if prompt_name is not None:
+        raise InvalidInput(
+            f"model {served.name!r} has no prompts; prompt_name cannot be used",
+            param="prompt_name",
+        )
+
+
+def direction(value: Direction) -> Literal["left", "right"]:
     return "left" if value.lower() == "left" else "right"
 
 
@@ -193,11 +201,7 @@ class TEIController(Controller):
         self, request: AnyRequest, data: JsonBody[EmbedRequest], model: FromQuery[str | None] = None
     ) -> Response[list[list[float]]]:
         served = pick_model(request, data.model or model, _EMBED_KINDS, "/embed")
-        if data.prompt_name is not None:
-            raise InvalidInput(
-                f"model {served.name!r} has no prompts; prompt_name cannot be used",
-                param="prompt_name",
-            )
+        refuse_prompt(served, data.prompt_name)
         inputs = split_input(data.inputs, "inputs")
         check_batch(request, len(inputs), "inputs")
         result = await served.embed(
@@ -205,7 +209,7 @@ class TEIController(Controller):
             normalize=data.normalize,
             dimensions=data.dimensions,
             truncate=data.truncate,
-            direction=_direction(data.truncation_direction),
+            direction=direction(data.truncation_direction),
         )
         vectors: list[list[float]] = result.vectors.tolist()
         return Response(vectors, headers=timing_headers(result.timings, result.tokens))
