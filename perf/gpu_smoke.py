@@ -334,7 +334,7 @@ class Smoke:
             assert not self.cu.is_capturing(backend._dev.stream)
             ids, _ = self.fill(backend, FAILING)
             before = Counter(self.rt.calls)
-            out = backend.execute(FAILING)
+            out = backend.execute(FAILING)[backend.io.output]
             calls = self.rt.calls - before
             assert np.array_equal(out, ids), "plain enqueue output differs"
             # 2 H2D copies, 3 device-to-device copies of the stand-in's work, 1 D2H copy.
@@ -351,7 +351,7 @@ class Smoke:
             for b in graphs:
                 ids, mask = self.fill(backend, b)
                 before = Counter(self.rt.calls)
-                out = backend.execute(b)
+                out = backend.execute(b)[backend.io.output]
                 calls = self.rt.calls - before
                 # One launch holds the H2D copies, the work and the D2H copy.
                 assert calls["cudaGraphLaunch"] == 1 and calls["cudaMemcpyAsync"] == 0, calls
@@ -378,7 +378,7 @@ class Smoke:
                 bufs = backend.inputs(b)
                 bufs["input_ids"][...], bufs["attention_mask"][...] = inputs[b]
                 graph = bool(self.rng.random() < 0.5)
-                out = backend.execute(b) if graph else backend.execute_plain(b)
+                out = backend.execute(b)[backend.io.output] if graph else backend.execute_plain(b)
                 modes["graph" if graph and b != FAILING else "plain"] += 1
                 assert out.tobytes() == expected[b].tobytes(), f"{b} differs"
             return f"300 runs in random order ({dict(modes)}), all bit for bit equal"
@@ -392,7 +392,7 @@ class Smoke:
 
             def work() -> None:
                 try:
-                    result.append(backend.execute(b).copy())
+                    result.append(backend.execute(b)[backend.io.output].copy())
                 except Exception as exc:
                     result.append(exc)
 

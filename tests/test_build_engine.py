@@ -379,7 +379,7 @@ def test_fp16_on_tensorrt_11_runs_the_converted_graph(
         bufs["input_ids"][...] = rng.integers(0, 40, (bucket.batch, bucket.length))
         bufs["attention_mask"][...] = rng.integers(0, 2, (bucket.batch, bucket.length))
         feed = {k: np.array(v) for k, v in bufs.items()}
-        out = backend.execute(bucket)
+        out = backend.execute(bucket)[backend.io.output]
         assert out.dtype == np.float32
         refs = [s.run(["last_hidden_state"], feed)[0] for s in sessions]
         np.testing.assert_allclose(out, refs[0], rtol=1e-3, atol=1e-3)  # fp16 rounding
