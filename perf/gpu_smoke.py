@@ -55,8 +55,8 @@ GRID = BucketGrid([1, 2, 4, 8], [16, 64, 256], max_batch_tokens=2048)
 #: The bucket whose capture is made to fail for real.
 FAILING = Bucket(2, 64)
 INPUTS = ("input_ids", "attention_mask")
-#: The read output (ids through the scratch) and a second output (the mask) the server
-#: does not read but TensorRT requires bound.
+#: The read output (ids through the scratch) and a second output (the mask): an extra
+#: output, bound always (TensorRT requires it) and copied back only when a batch asks.
 OUTPUTS = ("sentence_embedding", "token_embeddings")
 _MiB = 1 << 20
 
@@ -311,7 +311,7 @@ class Smoke:
             scratch = {ctx.scratch for ctx in trt.contexts}
             assert len(scratch) == 1, "all contexts share one scratch allocation"
             pinned = calls["cudaHostAlloc"]
-            assert pinned == len(buckets) * (len(INPUTS) + 1), pinned
+            assert pinned == len(buckets) * (len(INPUTS) + len(OUTPUTS)), pinned
             assert calls["cudaStreamCreateWithFlags"] == 1
             assert calls["cudaStreamBeginCapture"] == len(buckets)
             return (
@@ -359,9 +359,19 @@ class Smoke:
                 assert np.array_equal(out, ids), f"{b}: graph output differs from its input"
                 second = self.device_read(backend, "token_embeddings", (b.batch, b.length))
                 assert np.array_equal(second, mask), f"{b}: second output not written"
+                # Asked for, the extra output comes back by one copy queued after the launch.
+                ids, mask = self.fill(backend, b)
+                before = Counter(self.rt.calls)
+                both = backend.execute(b, ["token_embeddings"])
+                calls = self.rt.calls - before
+                assert calls["cudaGraphLaunch"] == 1 and calls["cudaMemcpyAsync"] == 1, calls
+                assert np.array_equal(both[backend.io.output], ids), f"{b}: output differs"
+                extra = both["token_embeddings"]
+                assert np.array_equal(extra, mask.astype(extra.dtype)), f"{b}: extra differs"
             return (
                 f"{len(graphs)} graphs: one cudaGraphLaunch each (no copies outside), fresh "
-                "inputs in, exact outputs back in pinned memory, second output written"
+                "inputs in, exact outputs back in pinned memory, second output written and "
+                "copied back only when asked"
             )
 
         self.check("graph replay: H2D + work + D2H in one graph, completion event", replays)

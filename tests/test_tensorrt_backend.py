@@ -389,6 +389,42 @@ def test_multi_output_engine_binds_every_tensor(tmp_path: Path) -> None:
     backend.close()
 
 
+def test_extra_outputs_come_back_only_when_asked(tmp_path: Path) -> None:
+    """bge-m3-style engines: the extra outputs (here token vectors beside the pooled one)
+    are listed in io.extra_outputs and copied back only for batches that ask, after the
+    graph replay on the same stream, with the right numbers."""
+    spec = EngineSpec(
+        inputs=["input_ids", "attention_mask"],
+        output="sentence_embedding",
+        extra_outputs=["token_embeddings"],
+    )
+    backend, trt, cuda, spec = make_backend(tmp_path, spec)
+    backend.prepare(GRID)
+    assert backend.io.extra_outputs == ("token_embeddings",)
+    rng = np.random.default_rng(12)
+    for bucket in GRID.buckets():
+        ids, mask = fill(backend, bucket, bucket.batch, rng, spec.vocab)
+        copies = cuda.calls["cudaMemcpyAsync"]
+        plain = backend.execute(bucket)
+        assert set(plain) == {"sentence_embedding"}
+        assert cuda.calls["cudaMemcpyAsync"] == copies  # replay only: no extra copy
+        both = backend.execute(bucket, ["token_embeddings"])
+        assert cuda.calls["cudaMemcpyAsync"] == copies + 1
+        tokens = both["token_embeddings"]
+        assert tokens.shape == (bucket.batch, bucket.length, spec.hidden)
+        token_spec = EngineSpec(inputs=spec.inputs, output="token_embeddings", seed=spec.seed)
+        np.testing.assert_allclose(
+            tokens * mask[..., None], reference(token_spec, ids, mask), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            both["sentence_embedding"], reference(spec, ids, mask), rtol=1e-5, atol=1e-6
+        )
+    with pytest.raises(TensorRTError, match="no output colbert_vecs"):
+        backend.execute(Bucket(1, GRID.lengths[0]), ["colbert_vecs"])
+    assert trt.violations == []
+    backend.close()
+
+
 def test_one_context_per_bucket_and_replays_never_rebind(tmp_path: Path) -> None:
     """Graph replays and plain enqueues of all buckets, interleaved in random order, give
     the right numbers, and no graph is replayed after its context's state changed (the fake

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from trt_async.backends.base import (
+    EXTRA_OUTPUTS,
     KNOWN_INPUTS,
     KNOWN_OUTPUTS,
     BackendInfo,
@@ -102,6 +103,9 @@ class _BucketState:
     output: np.ndarray
     output_ptr: int
     output_nbytes: int
+    #: Pinned host copies of the engine's extra outputs (``io.extra_outputs``), by name:
+    #: (array, pointer, bytes). They are copied back only for batches that ask for them.
+    extras: dict[str, tuple[np.ndarray, int, int]] = field(default_factory=dict)
     graph: Any | None = None
     fallback: str | None = None
 
@@ -288,7 +292,16 @@ class TensorRTBackend:
             if "input_ids" in inputs
             else None
         )
-        return self._make_io(inputs, outputs, dtype)
+        readable = {n for n in outputs if self._numpy_can_hold(engine.get_tensor_dtype(n), n)}
+        return self._make_io(inputs, outputs, dtype, readable)
+
+    @staticmethod
+    def _numpy_can_hold(dtype: Any, tensor: str) -> bool:
+        try:
+            numpy_dtype(dtype, tensor)
+        except TypeError:
+            return False
+        return True
 
     @staticmethod
     def _host_dtype(dtype: Any, tensor: str) -> np.dtype[Any]:
@@ -298,8 +311,14 @@ class TensorRTBackend:
             raise TensorRTError(str(exc)) from None
 
     def _make_io(
-        self, inputs: list[str], outputs: list[str], dtype: np.dtype[Any] | None
+        self,
+        inputs: list[str],
+        outputs: list[str],
+        dtype: np.dtype[Any] | None,
+        readable: set[str],
     ) -> ModelIO:
+        """``readable``: outputs whose type numpy can hold (bf16 cannot): only those can
+        be offered as extra outputs; the others are bound on the device and never read."""
         unknown = [n for n in inputs if n not in KNOWN_INPUTS]
         if unknown or "input_ids" not in inputs or dtype is None:
             raise TensorRTError(
@@ -315,7 +334,8 @@ class TensorRTBackend:
         if dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
             raise TensorRTError(f"input_ids is {dtype}; expected int32 or int64")
         ordered = tuple(n for n in KNOWN_INPUTS if n in inputs)
-        return ModelIO(inputs=ordered, output=output, input_dtype=dtype)
+        extra = tuple(n for n in outputs if n != output and n in EXTRA_OUTPUTS and n in readable)
+        return ModelIO(inputs=ordered, output=output, input_dtype=dtype, extra_outputs=extra)
 
     @property
     def io(self) -> ModelIO:
@@ -346,13 +366,14 @@ class TensorRTBackend:
         tensors = {
             network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)
         }
-        outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+        outs = [network.get_output(i) for i in range(network.num_outputs)]
         dtype = (
             self._host_dtype(tensors["input_ids"].dtype, "input_ids")
             if "input_ids" in tensors
             else None
         )
-        return self._make_io(list(tensors), outputs, dtype)
+        readable = {t.name for t in outs if self._numpy_can_hold(t.dtype, t.name)}
+        return self._make_io(list(tensors), [t.name for t in outs], dtype, readable)
 
     # -- preparation -------------------------------------------------------------------
     def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
@@ -411,9 +432,8 @@ class TensorRTBackend:
         tensor_bytes = {n: max(sizes[n] * _volume(shapes[b][n]) for b in buckets) for n in tensors}
         out_dtype = self._host_dtype(engine.get_tensor_dtype(io.output), io.output)
         in_dtypes = {n: self._host_dtype(engine.get_tensor_dtype(n), n) for n in io.inputs}
-        pinned = sum(
-            sum(sizes[n] * _volume(shapes[b][n]) for n in (*io.inputs, io.output)) for b in buckets
-        )
+        host_side = (*io.inputs, *io.outputs)
+        pinned = sum(sum(sizes[n] * _volume(shapes[b][n]) for n in host_side) for b in buckets)
         device_buffers = sum(tensor_bytes.values())
         self._memory = {
             "engine": self._plan_bytes,
@@ -433,6 +453,10 @@ class TensorRTBackend:
 
         for b in buckets:
             st = self._allocate_bucket(b, contexts[b], in_dtypes, shapes[b][io.output], out_dtype)
+            for n in io.extra_outputs:
+                st.extras[n] = self._pinned_output(
+                    shapes[b][n], self._host_dtype(engine.get_tensor_dtype(n), n)
+                )
             self._states[b] = st
         total = len(buckets)
         for i, b in enumerate(buckets):
@@ -489,11 +513,16 @@ class TensorRTBackend:
             arrays[n] = host_array(ptrs[n], (b.batch, b.length), dt)
             # Warm-up content: a live mask everywhere avoids 0/0 in pooled graphs.
             arrays[n].fill(1 if n == "attention_mask" else 0)
-        out_nbytes = int(np.prod(out_shape)) * out_dtype.itemsize
-        out_ptr = cu.host_alloc(out_nbytes)
-        self._dev.pinned.append(out_ptr)
-        output = host_array(out_ptr, out_shape, out_dtype)
+        output, out_ptr, out_nbytes = self._pinned_output(out_shape, out_dtype)
         return _BucketState(b, context, arrays, ptrs, sizes, output, out_ptr, out_nbytes)
+
+    def _pinned_output(
+        self, shape: tuple[int, ...], dtype: np.dtype[Any]
+    ) -> tuple[np.ndarray, int, int]:
+        nbytes = _volume(shape) * dtype.itemsize
+        ptr = self.cuda.host_alloc(nbytes)
+        self._dev.pinned.append(ptr)
+        return host_array(ptr, shape, dtype), ptr, nbytes
 
     def _set_shapes(
         self, context: IExecutionContext, b: Bucket, inputs: tuple[str, ...]
@@ -597,10 +626,14 @@ class TensorRTBackend:
             self._thread.device_set = True
 
     def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
-        # The engine's io lists no extra outputs yet, so nothing beyond io.output is asked.
-        if set(extra) - {self.io.output}:
-            raise TensorRTError(f"this engine returns only {self.io.output}; asked {list(extra)}")
         st = self._state(bucket)
+        wanted = [n for n in extra if n != self.io.output]
+        unknown = [n for n in wanted if n not in st.extras]
+        if unknown:
+            raise TensorRTError(
+                f"this engine has no output {', '.join(unknown)}; its outputs: "
+                f"{', '.join(self.io.outputs)}"
+            )
         with self._lock:
             self._ensure_thread_device()
             if st.graph is not None:
@@ -610,8 +643,13 @@ class TensorRTBackend:
                 self.replays += 1
             else:
                 self._run_plain(st)
+            # Extra outputs stay in their device buffers after the batch; only a batch that
+            # asks for one pays its copy back (queued on the same stream, so in order).
+            for n in wanted:
+                _, ptr, nbytes = st.extras[n]
+                self.cuda.memcpy_dtoh_async(ptr, self._dev.tensors[n], nbytes, self._dev.stream)
             self._wait()
-        return {self.io.output: st.output}
+        return {self.io.output: st.output, **{n: st.extras[n][0] for n in wanted}}
 
     def execute_plain(self, bucket: Bucket) -> np.ndarray:
         """Run ``bucket`` without its graph (for measuring what the graph saves)."""
