@@ -146,10 +146,17 @@ def assert_error(r: Any, status: int, dialect: str, error_type: str | None = Non
     """Check an error answer's status and its dialect's exact body shape; return the error.
 
     ``dialect``: ``openai`` (``{"error": {message, type, param, code}}``, returns the inner
-    object), ``tei`` (``{"error", "error_type"}``) or ``detail`` (``{"detail"}``).
+    object), ``rerank`` (the same plus ``detail``), ``tei`` (``{"error", "error_type"}``) or
+    ``detail`` (``{"detail"}``).
     """
     assert r.status_code == status, r.text
     body = r.json()
+    if dialect == "rerank":
+        # OpenAI's envelope, plus the message again as FastAPI's `detail` for Jina clients.
+        assert set(body) == {"error", "detail"}, body
+        assert body["detail"] == body["error"]["message"], body
+        body = {"error": body["error"]}
+        dialect = "openai"
     if dialect == "openai":
         assert set(body) == {"error"}, body
         assert set(body["error"]) == {"message", "type", "param", "code"}, body

@@ -116,6 +116,9 @@ def test_every_example_body_is_valid_and_names_a_served_model(spec: dict[str, An
         for name, value in examples.items():
             msgspec.convert(value, struct, strict=True)  # raises on a wrong example
             assert value.get("model", "all-MiniLM-L6-v2") in served, (path, name, value)
+    root = _examples(spec, "/")
+    assert {"sentence similarity", "text classification", "rerank (TEI)"} <= set(root)
+    assert _examples(spec, "/v1/rerank")["rerank (Voyage: top_k)"]["top_k"] == 1
     infer = spec["paths"]["/infer/{model}"]["post"]["parameters"]
     (model_param,) = [p for p in infer if p["name"] == "model"]
     assert set(model_param["examples"]) == served

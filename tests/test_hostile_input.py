@@ -139,7 +139,7 @@ CASES = [
         "/v1/rerank",
         {"query": ["q"], "documents": ["a"]},
         422,
-        "openai",
+        "rerank",
         ("query",),
         "query",
     ),
@@ -148,7 +148,7 @@ CASES = [
         "/v1/rerank",
         {"query": "q", "documents": ["a"], "top_n": "three"},
         422,
-        "openai",
+        "rerank",
         ("top_n",),
         "top_n",
     ),
@@ -193,7 +193,7 @@ CASES = [
         "/rerank",
         b'{"query": "q", "texts": ' + DEEP_LISTS + b"}",
         400,
-        "openai",
+        "rerank",
         ("nested too deeply",),
     ),
     Hostile(
@@ -255,7 +255,7 @@ CASES = [
         "/v1/rerank",
         {"query": "q", "documents": []},
         400,
-        "openai",
+        "rerank",
         ("empty",),
         "documents",
     ),
@@ -312,7 +312,7 @@ CASES = [
         "/v1/rerank",
         b'{"query": "q", "documents": ["a"], "top_n": NaN}',
         400,
-        "openai",
+        "rerank",
         ("not valid JSON",),
     ),
     Hostile(
@@ -320,7 +320,7 @@ CASES = [
         "/v1/rerank",
         b'{"query": "q", "documents": ["a"], "top_n": Infinity}',
         400,
-        "openai",
+        "rerank",
         ("not valid JSON",),
     ),
     Hostile(
@@ -353,7 +353,7 @@ CASES = [
         "/v1/rerank",
         {"query": "q", "documents": ["a"], "top_n": -1},
         422,
-        "openai",
+        "rerank",
         ("top_n",),
         "top_n",
     ),
@@ -494,7 +494,9 @@ async def test_hostile_request_gets_a_clean_4xx(client: Any, paths: Paths, case:
     else:
         r = await client.request(case.method, case.path, json=body)
     error = assert_error(r, case.status, case.dialect)
-    message = {"openai": "message", "tei": "error", "detail": "detail"}[case.dialect]
+    message = {"openai": "message", "rerank": "message", "tei": "error", "detail": "detail"}[
+        case.dialect
+    ]
     message = error[message]
     for part in case.says:
         assert part in message, message

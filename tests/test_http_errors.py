@@ -34,16 +34,25 @@ pytest_plugins = ["tests.http_fixtures"]
 LONG_TEXT = "word " * 600  # 602 tokens with [CLS] and [SEP]: over MiniLM's limit
 
 
-def openai_error(r: Any, status: int, param: str | None = None) -> dict[str, Any]:
+def openai_error(
+    r: Any, status: int, param: str | None = None, envelope: frozenset[str] = frozenset({"error"})
+) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"}
+    assert set(body) == envelope
     err = body["error"]
     assert set(err) == {"message", "type", "param", "code"}
     assert isinstance(err["message"], str) and err["message"]
     if param is not None:
         assert err["param"] == param
     return dict(err)
+
+
+def rerank_error(r: Any, status: int, param: str | None = None) -> dict[str, Any]:
+    """Rerank routes: OpenAI's envelope, plus ``detail`` (the same message) for Jina clients."""
+    err = openai_error(r, status, param, envelope=frozenset({"error", "detail"}))
+    assert r.json()["detail"] == err["message"]
+    return err
 
 
 def tei_error(r: Any, status: int, error_type: str) -> str:
@@ -81,7 +90,7 @@ async def test_unknown_model_lists_known_ones(client: Any) -> None:
     assert EMBEDDER in tei_error(
         await client.post("/embed?model=nope", json={"inputs": "x"}), 404, "Validation"
     )
-    openai_error(
+    rerank_error(
         await client.post("/v1/rerank", json={"model": "nope", "query": "q", "documents": ["d"]}),
         404,
     )
@@ -122,8 +131,8 @@ async def test_schema_violations_name_the_field(client: Any) -> None:
     )
     # /rerank answers a schema error in the dialect the body speaks.
     tei_error(await client.post("/rerank", json={"query": 1, "texts": ["a"]}), 422, "Validation")
-    openai_error(await client.post("/rerank", json={"query": 1, "documents": ["a"]}), 422, "query")
-    openai_error(
+    rerank_error(await client.post("/rerank", json={"query": 1, "documents": ["a"]}), 422, "query")
+    rerank_error(
         await client.post("/v1/rerank", json={"query": "q", "documents": ["a"], "top_n": 0}),
         422,
         "top_n",
@@ -158,7 +167,7 @@ async def test_empty_inputs_are_400(client: Any) -> None:
     openai_error(await client.post("/v1/embeddings", json={"model": EMBEDDER, "input": []}), 400)
     tei_error(await client.post("/embed", json={"inputs": ""}), 400, "Empty")
     tei_error(await client.post("/rerank", json={"query": "q", "texts": []}), 400, "Empty")
-    openai_error(
+    rerank_error(
         await client.post("/v1/rerank", json={"query": "", "documents": ["a"]}), 400, "query"
     )
     detail_error(await client.post("/infer/bert-nli", json={"premises": [], "hypotheses": []}), 400)
@@ -206,7 +215,7 @@ async def test_input_too_long_without_truncation_is_422(
     )
     assert "Given: 602" in err["message"]
     # The error names the offending field and item, not the server's internal arrangement.
-    cosine = openai_error(
+    cosine = rerank_error(
         await client.post(
             "/v1/rerank",
             json={
@@ -420,10 +429,10 @@ async def secured(
 async def test_api_key_is_required_except_for_probes(secured: Any) -> None:
     body = {"query": "q", "documents": ["d"]}
     r = await secured.post("/v1/rerank", json=body)
-    openai_error(r, 401)
+    rerank_error(r, 401)
     assert r.headers["www-authenticate"] == "Bearer"
     wrong = await secured.post("/v1/rerank", json=body, headers={"Authorization": "Bearer nope"})
-    assert openai_error(wrong, 401)["type"] == "authentication_error"
+    assert rerank_error(wrong, 401)["type"] == "authentication_error"
     tei_error(await secured.post("/predict", json={"inputs": "x"}), 401, "Unauthorized")
     detail_error(await secured.get("/models"), 401)
     detail_error(await secured.post("/models/unload", json={"name": "bert-rerank"}), 401)

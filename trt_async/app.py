@@ -42,6 +42,7 @@ from trt_async.http.rerank import RerankController
 from trt_async.http.seed import SeedController
 from trt_async.http.strict import strict_body
 from trt_async.http.tei import TEIController
+from trt_async.http.tei_root import TEIRootController
 from trt_async.http.zero_shot import ZeroShotController
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def create_app(config: Config | None = None) -> Litestar:
             TEIController,
             TokenEmbeddingController,
             CohereEmbedController,
+            TEIRootController,
             ZeroShotController,
             HealthController,
             ManagementController,

@@ -138,6 +138,31 @@ def request_examples(config: Config) -> dict[tuple[str, str], Examples]:
     for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
         add(path, "rerank", cohere)
     add(
+        "/v1/rerank",
+        "rerank (Voyage: top_k)",
+        when(reranker, lambda m: {"model": m, "query": QUERY, "documents": DOCUMENTS, "top_k": 1}),
+    )
+    root = _first(config, *ModelKind)
+    add("/", "the root model's task (TEI)", {"inputs": DOCUMENTS[0]} if root else None)
+    add(
+        "/",
+        "sentence similarity",
+        when(
+            embedder,
+            lambda m: {"inputs": {"source_sentence": QUERY, "sentences": DOCUMENTS}, "model": m},
+        ),
+    )
+    add(
+        "/",
+        "text classification",
+        when(nli, lambda m: {"inputs": PREMISE, "parameters": {"top_k": 2}, "model": m}),
+    )
+    add(
+        "/",
+        "rerank (TEI)",
+        when(reranker, lambda m: {"query": QUERY, "texts": DOCUMENTS, "model": m}),
+    )
+    add(
         "/rerank",
         "rerank (TEI: texts)",
         when(reranker, lambda m: {"model": m, "query": QUERY, "texts": DOCUMENTS}),

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 class Dialect(str, enum.Enum):
     OPENAI = "openai"
+    #: Cohere / Jina / Voyage rerank: OpenAI's envelope plus FastAPI's ``detail``.
+    RERANK = "rerank"
     TEI = "tei"
     DETAIL = "detail"
     COHERE = "cohere"
@@ -44,9 +46,12 @@ class Dialect(str, enum.Enum):
 
 #: Key in the connection state where a handler records a dialect decided by the body.
 DIALECT_STATE_KEY = "trt_async_dialect"
-TEI_PATHS = frozenset({"/embed", "/embed_sparse", "/embed_all", "/predict", "/tokenize", "/info"})
+TEI_PATHS = frozenset(
+    {"/embed", "/embed_sparse", "/embed_all", "/predict", "/tokenize", "/info", "/", "/invocations"}
+)
 #: Cohere's embed API answers errors as ``{"message"}``.
 COHERE_PATHS = frozenset({"/v1/embed", "/v2/embed"})
+RERANK_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
 
 
 # -- wire shapes (also documented in the OpenAPI schema) -------------------------------------
@@ -63,6 +68,14 @@ class OpenAIError(msgspec.Struct):
     """OpenAI's error envelope (``/v1/*``, ``/v2/*`` and Cohere-style ``/rerank``)."""
 
     error: OpenAIErrorBody
+
+
+class RerankError(msgspec.Struct):
+    """Rerank routes' errors: OpenAI's envelope, and the message again as ``detail``,
+    which Jina's clients (llama-index ``JinaRerank``, LangChain) read."""
+
+    error: OpenAIErrorBody
+    detail: str
 
 
 class TEIError(msgspec.Struct):
@@ -239,12 +252,14 @@ def dialect_of(request: Request[Any, Any, Any]) -> Dialect:
     path = request.scope.get("path", "/")
     if path in COHERE_PATHS:
         return Dialect.COHERE
+    if path in RERANK_PATHS:
+        return Dialect.RERANK
     if path.startswith(("/v1/", "/v2/")):
         return Dialect.OPENAI
     if path in TEI_PATHS:
         return Dialect.TEI
     if path == "/rerank":
-        return Dialect.TEI if _is_tei_rerank(request) else Dialect.OPENAI
+        return Dialect.TEI if _is_tei_rerank(request) else Dialect.RERANK
     return Dialect.DETAIL
 
 
@@ -258,10 +273,9 @@ def _is_tei_rerank(request: Request[Any, Any, Any]) -> bool:
 
 
 def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
-    if dialect is Dialect.OPENAI:
-        return OpenAIError(
-            OpenAIErrorBody(info.message, _openai_type(info.status), info.param, info.code)
-        )
+    if dialect in (Dialect.OPENAI, Dialect.RERANK):
+        body = OpenAIErrorBody(info.message, _openai_type(info.status), info.param, info.code)
+        return OpenAIError(body) if dialect is Dialect.OPENAI else RerankError(body, info.message)
     if dialect is Dialect.TEI:
         return TEIError(info.message, info.kind)
     if dialect is Dialect.COHERE:
@@ -302,6 +316,7 @@ def exception_handlers() -> ExceptionHandlersMap:
 #: Error responses documented for every inference route in the OpenAPI schema.
 ERROR_MODELS: dict[Dialect, type[msgspec.Struct]] = {
     Dialect.OPENAI: OpenAIError,
+    Dialect.RERANK: RerankError,
     Dialect.TEI: TEIError,
     Dialect.DETAIL: DetailError,
     Dialect.COHERE: CohereError,

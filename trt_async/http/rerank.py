@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 from litestar import Controller, Response, post
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
@@ -66,7 +66,8 @@ Documents = Annotated[
 
 
 class RerankRequest(msgspec.Struct, kw_only=True):
-    """Cohere/Jina rerank. Results come sorted by score, highest first."""
+    """Cohere/Jina rerank (Voyage's with ``top_k`` or ``truncation``). Results come sorted
+    by score, highest first."""
 
     query: Query
     documents: Documents
@@ -76,6 +77,22 @@ class RerankRequest(msgspec.Struct, kw_only=True):
     max_tokens_per_doc: MaxTokensPerDoc = None
     raw_scores: RawScores = False
     truncate: Truncate = None
+    top_k: Annotated[
+        PositiveInt | UnsetType | None,
+        Meta(
+            description="Voyage: return only the k best results. A body with `top_k` or "
+            "`truncation` gets Voyage's answer (results under `data`)."
+        ),
+    ] = UNSET
+    truncation: Annotated[
+        bool | UnsetType,
+        Meta(description="Voyage: truncate over-long pairs (`false` refuses them)."),
+    ] = UNSET
+
+    @property
+    def voyage(self) -> bool:
+        """Whether the body is Voyage's: only its client sends these two fields."""
+        return self.top_k is not UNSET or self.truncation is not UNSET
 
 
 class AnyRerankRequest(msgspec.Struct, kw_only=True):
@@ -136,6 +153,23 @@ class BilledUnits(msgspec.Struct):
 class RerankMeta(msgspec.Struct):
     api_version: ApiVersion
     billed_units: BilledUnits
+
+
+class VoyageResult(msgspec.Struct, omit_defaults=True):
+    """One document's score in Voyage's answer; ``index`` is its position in the request."""
+
+    relevance_score: float
+    index: int
+    document: str | None = None
+
+
+class VoyageRerankResponse(msgspec.Struct):
+    """Voyage's rerank answer: results under ``data``, sorted by score, highest first."""
+
+    data: list[VoyageResult]
+    model: str
+    usage: RerankUsage
+    object: str = "list"
 
 
 class RerankV2Response(msgspec.Struct):
@@ -223,21 +257,36 @@ class RerankController(Controller):
         "/v1/rerank",
         status_code=200,
         summary="Rerank documents (Cohere v1 / Jina)",
-        responses=error_responses(Dialect.OPENAI),
-        opt={"dialect": Dialect.OPENAI},
+        responses=error_responses(Dialect.RERANK),
     )
     async def rerank_v1(
         self, request: AnyRequest, data: JsonBody[RerankRequest]
-    ) -> Response[RerankResponse]:
+    ) -> Response[RerankResponse | VoyageRerankResponse]:
+        if data.voyage:
+            return await self._voyage(request, data)
         body, headers = await self._cohere_v1(request, data, "/v1/rerank")
         return Response(body, headers=headers)
+
+    async def _voyage(
+        self, request: AnyRequest, data: RerankRequest
+    ) -> Response[RerankResponse | VoyageRerankResponse]:
+        if data.truncate is None and isinstance(data.truncation, bool):
+            data.truncate = data.truncation
+        if isinstance(data.top_k, int):
+            data.top_n = data.top_k
+        name, result, ranked = await self._cohere(request, data, "/v1/rerank")
+        results = [
+            VoyageResult(r.relevance_score, r.index, r.document.text if r.document else None)
+            for r in ranked
+        ]
+        body = VoyageRerankResponse(results, name, RerankUsage(result.tokens))
+        return Response(body, headers=timing_headers(result.timings, result.tokens))
 
     @post(
         "/v2/rerank",
         status_code=200,
         summary="Rerank documents (Cohere v2)",
-        responses=error_responses(Dialect.OPENAI),
-        opt={"dialect": Dialect.OPENAI},
+        responses=error_responses(Dialect.RERANK),
     )
     async def rerank_v2(
         self, request: AnyRequest, data: JsonBody[RerankRequest]
@@ -255,16 +304,16 @@ class RerankController(Controller):
             "With `documents` the answer is Cohere/Jina's object; with `texts` (TEI's "
             "dialect) it is TEI's bare array `[{index, score, text?}]`, sorted by score."
         ),
-        responses=error_responses(Dialect.OPENAI),
+        responses=error_responses(Dialect.RERANK),
     )
     async def rerank_any(
         self, request: AnyRequest, data: JsonBody[AnyRerankRequest]
     ) -> Response[RerankResponse | list[TEIRank]]:
         body: RerankResponse | list[TEIRank]
         if data.texts is not None and data.documents is None:
-            body, result = await self._tei(request, data)
+            body, result = await tei_rerank(request, data)
             return Response(body, headers=timing_headers(result.timings, result.tokens))
-        set_dialect(request, Dialect.OPENAI)
+        set_dialect(request, Dialect.RERANK)
         if data.documents is None:
             raise InvalidInput("documents is required", param="documents")
         cohere, headers = await self._cohere_v1(request, data, "/rerank")
@@ -277,22 +326,24 @@ class RerankController(Controller):
         body = RerankResponse(uuid.uuid4().hex, name, results, RerankUsage(result.tokens))
         return body, timing_headers(result.timings, result.tokens)
 
-    async def _tei(
-        self, request: AnyRequest, data: AnyRerankRequest
-    ) -> tuple[list[TEIRank], ScoreResult]:
-        set_dialect(request, Dialect.TEI)
-        texts = data.texts or []
-        _, result = await _score(
-            request,
-            data.model,
-            data.query,
-            texts,
-            raw_scores=data.raw_scores,
-            truncate=data.truncate,
-            route="/rerank",
-        )
-        ranks = [
-            TEIRank(i, float(result.scores[i]), texts[i] if data.return_text else None)
-            for i in _order(result.scores, data.top_n)
-        ]
-        return ranks, result
+
+async def tei_rerank(
+    request: AnyRequest, data: AnyRerankRequest
+) -> tuple[list[TEIRank], ScoreResult]:
+    """TEI's rerank: a bare array of ``{index, score, text?}`` sorted by score."""
+    set_dialect(request, Dialect.TEI)
+    texts = data.texts or []
+    _, result = await _score(
+        request,
+        data.model,
+        data.query,
+        texts,
+        raw_scores=data.raw_scores,
+        truncate=data.truncate,
+        route="/rerank",
+    )
+    ranks = [
+        TEIRank(i, float(result.scores[i]), texts[i] if data.return_text else None)
+        for i in _order(result.scores, data.top_n)
+    ]
+    return ranks, result

@@ -19,7 +19,7 @@ from trt_async import __version__
 from trt_async.core import heads
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.model import ServedModel
+from trt_async.core.model import ClassifyResult, ServedModel
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,
@@ -187,6 +187,63 @@ def _model_type(model: ServedModel) -> dict[str, dict[str, Any]]:
     return {"classifier": {"id2label": labels}}
 
 
+async def embed_answer(
+    request: AnyRequest, served: ServedModel, data: EmbedRequest
+) -> Response[list[list[float]]]:
+    """TEI's ``/embed`` answer with ``served``: a bare array of vectors."""
+    refuse_prompt(served, data.prompt_name)
+    inputs = split_input(data.inputs, "inputs")
+    check_batch(request, len(inputs), "inputs")
+    result = await served.embed(
+        inputs,
+        normalize=data.normalize,
+        dimensions=data.dimensions,
+        truncate=data.truncate,
+        direction=direction(data.truncation_direction),
+    )
+    vectors: list[list[float]] = result.vectors.tolist()
+    return Response(vectors, headers=timing_headers(result.timings, result.tokens))
+
+
+async def classify_items(
+    served: ServedModel,
+    items: list[str | tuple[str, str]],
+    *,
+    raw_scores: bool,
+    truncate: bool | None,
+    activation: Literal["sigmoid", "softmax"] | None = None,
+) -> tuple[list[list[Prediction]], ClassifyResult]:
+    """Labels per item sorted by score: a softmax over the model's labels (a sigmoid for a
+    one-label model, or the ``activation`` asked for) unless ``raw_scores``."""
+    # Texts and pairs may mix in one TEI batch; the tokenizer takes both.
+    result = await served.classify(cast("list[str]", items), truncate=truncate)
+    logits = result.logits.astype(np.float64)
+    if raw_scores:
+        scores = logits
+    elif activation == "sigmoid" or (activation is None and logits.shape[-1] == 1):
+        scores = heads.sigmoid(logits)
+    else:
+        scores = heads.softmax(logits)
+    ranked = [
+        [Prediction(label, score) for label, score in row]
+        for row in heads.top_labels(scores, result.labels)
+    ]
+    return ranked, result
+
+
+async def predict_answer(
+    request: AnyRequest, served: ServedModel, data: PredictRequest
+) -> Response[list[Prediction] | list[list[Prediction]]]:
+    """TEI's ``/predict`` answer with ``served``: one list, or a list per input."""
+    items, batched = _predict_inputs(data.inputs)
+    check_batch(request, len(items), "inputs")
+    ranked, result = await classify_items(
+        served, items, raw_scores=data.raw_scores, truncate=data.truncate
+    )
+    body: list[Prediction] | list[list[Prediction]] = ranked if batched else ranked[0]
+    return Response(body, headers=timing_headers(result.timings, result.tokens))
+
+
 class TEIController(Controller):
     tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
     opt = {"dialect": Dialect.TEI}  # noqa: RUF012
@@ -201,18 +258,7 @@ class TEIController(Controller):
         self, request: AnyRequest, data: JsonBody[EmbedRequest], model: FromQuery[str | None] = None
     ) -> Response[list[list[float]]]:
         served = pick_model(request, data.model or model, _EMBED_KINDS, "/embed")
-        refuse_prompt(served, data.prompt_name)
-        inputs = split_input(data.inputs, "inputs")
-        check_batch(request, len(inputs), "inputs")
-        result = await served.embed(
-            inputs,
-            normalize=data.normalize,
-            dimensions=data.dimensions,
-            truncate=data.truncate,
-            direction=direction(data.truncation_direction),
-        )
-        vectors: list[list[float]] = result.vectors.tolist()
-        return Response(vectors, headers=timing_headers(result.timings, result.tokens))
+        return await embed_answer(request, served, data)
 
     @post(
         "/predict",
@@ -232,23 +278,7 @@ class TEIController(Controller):
         model: FromQuery[str | None] = None,
     ) -> Response[list[Prediction] | list[list[Prediction]]]:
         served = pick_model(request, data.model or model, _PREDICT_KINDS, "/predict")
-        items, batched = _predict_inputs(data.inputs)
-        check_batch(request, len(items), "inputs")
-        # Texts and pairs may mix in one TEI batch; the tokenizer takes both.
-        result = await served.classify(cast("list[str]", items), truncate=data.truncate)
-        logits = result.logits.astype(np.float64)
-        if data.raw_scores:
-            scores = logits
-        elif logits.shape[-1] == 1:
-            scores = heads.sigmoid(logits)
-        else:
-            scores = heads.softmax(logits)
-        ranked = [
-            [Prediction(label, score) for label, score in row]
-            for row in heads.top_labels(scores, result.labels)
-        ]
-        body: list[Prediction] | list[list[Prediction]] = ranked if batched else ranked[0]
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
+        return await predict_answer(request, served, data)
 
     @post(
         "/tokenize",

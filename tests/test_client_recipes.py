@@ -1,0 +1,111 @@
+"""Every recipe of ``docs/clients.md``, run as written against a live ``trt-async serve``.
+
+A recipe whose client library is not installed is skipped with its name; the exchange each
+client makes is also checked at the HTTP level in ``tests/test_clients.py``, which always
+runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.http_fixtures import REPO, free_port, start, wait_ready
+from tests.models import ExportedModel
+
+pytestmark = pytest.mark.integration
+
+DOCS = REPO / "docs" / "clients.md"
+DOC_URL = "http://localhost:8887"
+_BLOCK = re.compile(r"^## (?P<title>.+?)$|^```(?P<lang>python|sh)\n(?P<code>.*?)^```", re.M | re.S)
+
+
+def recipes() -> list[tuple[str, str, str]]:
+    """(id, language, code) of every runnable block, named after its section."""
+    out: list[tuple[str, str, str]] = []
+    title = "intro"
+    for m in _BLOCK.finditer(DOCS.read_text(encoding="utf-8")):
+        if m["title"]:
+            title = m["title"].strip()
+            continue
+        n = sum(1 for t, _, _ in out if t.startswith(title))
+        out.append((f"{title} {n + 1}" if n else title, m["lang"], m["code"]))
+    return out
+
+
+RECIPES = recipes()
+
+
+@pytest.fixture(scope="module")
+def live_url(
+    tmp_path_factory: pytest.TempPathFactory, minilm_model_dir: Path, bert_nli_dir: ExportedModel
+) -> Iterator[str]:
+    """The server the page describes: the embedded default's two names and ``xnli``."""
+    root = tmp_path_factory.mktemp("recipes")
+    config = root / "server.yaml"
+    config.write_text(
+        "embedding_models:\n"
+        f"  all-MiniLM-L6-v2:\n    model_path: {os.fspath(minilm_model_dir)!r}\n"
+        "reranking_models:\n"
+        f"  all-MiniLM-L6-v2-rerank:\n    model_path: {os.fspath(minilm_model_dir)!r}\n"
+        "nli_models:\n"
+        f"  xnli:\n    model_path: {os.fspath(bert_nli_dir)!r}\n",
+        encoding="utf-8",
+    )
+    port = free_port()
+    proc = start(config, port, log=root / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_page_has_a_recipe_for_every_client() -> None:
+    titles = {name.split(" ")[0] for name, _, _ in RECIPES}
+    assert {
+        "OpenAI",
+        "LangChain",
+        "LlamaIndex",
+        "Haystack",
+        "huggingface_hub",
+        "Cohere",
+        "Voyage",
+        "Jina",
+        "Dify",
+    } <= titles, titles
+    assert all(DOC_URL in code for name, _, code in RECIPES if name != "intro")
+
+
+@pytest.mark.parametrize(
+    ("lang", "code"),
+    [pytest.param(lang, code, id=name) for name, lang, code in RECIPES],
+)
+def test_recipe_runs_against_a_live_server(live_url: str, lang: str, code: str) -> None:
+    code = code.replace(DOC_URL, live_url)
+    if lang == "python":
+        for module in re.findall(r"^\s*(?:from|import) ([\w.]+)", code, re.M):
+            pytest.importorskip(module.split(".")[0], reason=f"the recipe needs {module}")
+        command = [sys.executable, "-c", code]
+    else:
+        command = ["bash", "-e", "-o", "pipefail", "-c", code]
+    # The recipes reach only the loopback server; huggingface_hub's offline switch (set for
+    # the test run; TRANSFORMERS_OFFLINE sets it too) would refuse even that URL.
+    skip = ("OPENAI_", "CO_", "VOYAGE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
