@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import pytest
@@ -284,3 +285,67 @@ async def test_close_and_mass_cancellation_keep_counters_exact() -> None:
     await first
     results = await asyncio.gather(*queued[250:], return_exceptions=True)
     assert all(isinstance(r, Unavailable) for r in results)
+
+
+class SlowBackend(FakeBackend):
+    """Each batch takes ``batch_s`` of wall time, as a real model's batch does."""
+
+    def __init__(self, batch_s: float) -> None:
+        super().__init__()
+        self.batch_s = batch_s
+
+    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
+        time.sleep(self.batch_s)
+        return super().execute(bucket, extra)
+
+
+def batch_of(backend: FakeBackend, tag: int) -> int:
+    """The index of the batch that ran the item tagged ``tag``."""
+    return next(i for i, (_, tags) in enumerate(backend.executed) if tag in tags)
+
+
+@pytest.mark.parametrize(
+    ("small_length", "overhead"),
+    [(12, 32), (3, 32), (3, 100_000)],
+    ids=["same-length", "other-length", "other-length-gpu-overhead"],
+)
+async def test_small_request_waits_for_at_most_one_batch_of_a_large_one(
+    small_length: int, overhead: int
+) -> None:
+    # A large request of 64 items (8 full batches) starts; a 1-item request arrives while
+    # its first batch runs. Whether it shares the large one's length queue or waits in a
+    # cheaper-to-skip one, and however much a full batch is worth more than a lone item
+    # (the per-batch overhead), it runs in the third batch at the latest: after the
+    # running one and one more of the large request.
+    backend = SlowBackend(batch_s=0.03)
+    backend.prepare(GRID)
+    runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
+    limits = QueueLimits(max_delay_s=0.01)
+    scheduler = Scheduler(runner, GRID, limits, batch_overhead_tokens=overhead)
+    big_items = [item(1000 + i, 12) for i in range(64)]
+    big = asyncio.ensure_future(scheduler.submit(big_items))
+    await asyncio.sleep(0)
+    small = await asyncio.wait_for(scheduler.submit([item(7, small_length)]), timeout=5)
+    assert tuple(small.rows[0, :2]) == expected_row(item(7, small_length))
+    assert not big.done()
+    assert batch_of(backend, 7) <= 2
+    rows = (await asyncio.wait_for(big, timeout=5)).rows
+    for enc, row in zip(big_items, rows, strict=True):
+        assert tuple(row[:2]) == expected_row(enc)
+    assert len(backend.executed) == 9  # fairness cost no batch: 8 full ones and the lone item
+
+
+async def test_small_requests_behind_a_large_one_still_share_a_batch() -> None:
+    # Eight 1-item requests arriving behind a large one take one batch together, not one
+    # batch each: turns are by request, and a batch takes every request in turn order.
+    backend = SlowBackend(batch_s=0.03)
+    backend.prepare(GRID)
+    runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
+    scheduler = Scheduler(runner, GRID, QueueLimits(max_delay_s=0.01))
+    big = asyncio.ensure_future(scheduler.submit([item(1000 + i, 12) for i in range(64)]))
+    await asyncio.sleep(0)
+    smalls = [asyncio.ensure_future(scheduler.submit([item(10 + i, 12)])) for i in range(8)]
+    await asyncio.wait_for(asyncio.gather(*smalls), timeout=5)
+    assert not big.done()
+    assert {batch_of(backend, 10 + i) for i in range(8)} == {2}
+    await asyncio.wait_for(big, timeout=5)

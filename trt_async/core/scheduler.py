@@ -5,9 +5,16 @@ the bucket grid. Whenever the backend is free a batch starts at once: no fixed b
 delay, so a lone request runs as batch 1. While the backend is busy items accumulate, and
 the next batch is the one with the most real tokens per unit of cost (a per-batch
 overhead plus its padded tokens, under ``max_batch_tokens``), merging sparse neighbouring
-length queues when that pays, and weighted by how long its oldest item has waited so long
-inputs are never starved by a stream of short ones. A batch is padded to the smallest grid
-batch size that holds it, so backends only ever see grid shapes.
+length queues when that pays. A batch is padded to the smallest grid batch size that holds
+it, so backends only ever see grid shapes.
+
+Fairness is by request, not by item: requests take turns. Within each length queue items
+wait grouped by request, in turn order, and a request that had items in a batch goes to the
+back of every queue it is in. Once the request whose turn it is has waited ``max_delay_s``
+(since it arrived or was last served), the next batch must include its items, however
+efficient other batches would be. So a small request waits for at most one batch of each
+request ahead of it, never for the whole of a large one; many small requests still share
+batches, since a batch takes every request in turn order until it is full.
 
 Everything here runs on the event loop and is O(items) bookkeeping; the backend work
 happens in :class:`~trt_async.core.runner.BatchRunner`'s thread. This module knows no
@@ -20,7 +27,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,7 +55,8 @@ class QueueLimits:
     max_tokens: int = 2_000_000
     #: Seconds a request may wait before its first item starts; then it fails with 503.
     timeout_s: float = 30.0
-    #: Waiting this long doubles a length queue's claim on the next batch (see _pick_length).
+    #: Waiting this long doubles a length queue's claim on the next batch, and makes the
+    #: request whose turn it is part of the next batch (see Scheduler._pick).
     max_delay_s: float = 0.05
 
 
@@ -107,6 +115,7 @@ class _Request:
         "rows",
         "size",
         "tokens",
+        "turn_since",
     )
 
     def __init__(
@@ -130,6 +139,8 @@ class _Request:
         self.first_start: float | None = None
         self.last_end = now
         self.deadline_handle: asyncio.TimerHandle | None = None
+        #: When it arrived or last had items taken into a batch: its place in the turns.
+        self.turn_since = now
 
     @property
     def dead(self) -> bool:
@@ -141,12 +152,54 @@ class _Item:
     request: _Request
     index: int
     encoding: Encoding
-    enqueued: float
     #: The length queue it waits in.
     length: int
     #: True while it is counted as queued. A dead request's items are uncounted at once but
     #: leave their deque lazily, whenever a pick reaches them.
     counted: bool = True
+
+
+class _LengthQueue:
+    """The items of one padded length, grouped by request in turn order, FIFO within each.
+
+    Used like a deque of items (``append``, ``popleft``, truth); ``to_back`` moves a
+    request behind the others when it has been served.
+    """
+
+    __slots__ = ("_turns",)
+
+    def __init__(self) -> None:
+        self._turns: OrderedDict[_Request, deque[_Item]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def __contains__(self, request: _Request) -> bool:
+        return request in self._turns
+
+    def append(self, item: _Item) -> None:
+        items = self._turns.get(item.request)
+        if items is None:
+            items = self._turns[item.request] = deque()
+        items.append(item)
+
+    def first(self) -> _Request:
+        """The request whose turn it is in this queue (the queue must not be empty)."""
+        return next(iter(self._turns))
+
+    def drop_first(self) -> deque[_Item]:
+        return self._turns.popitem(last=False)[1]
+
+    def popleft(self) -> _Item:
+        items = self._turns[self.first()]
+        item = items.popleft()
+        if not items:
+            self._turns.popitem(last=False)
+        return item
+
+    def to_back(self, request: _Request) -> None:
+        if request in self._turns:
+            self._turns.move_to_end(request)
 
 
 class Scheduler:
@@ -170,7 +223,7 @@ class Scheduler:
         self._concurrency = concurrency
         self._observer = observer
         self._clock = clock
-        self._queues: dict[int, deque[_Item]] = {length: deque() for length in grid.lengths}
+        self._queues = {length: _LengthQueue() for length in grid.lengths}
         self._live: dict[int, int] = dict.fromkeys(grid.lengths, 0)
         self._live_tokens: dict[int, int] = dict.fromkeys(grid.lengths, 0)
         self._overhead = float(batch_overhead_tokens)
@@ -206,7 +259,7 @@ class Scheduler:
         request = _Request(loop.create_future(), n, tokens, now, frozenset(heads))
         for index, encoding in enumerate(encodings):
             length = self.grid.length_for(len(encoding))
-            item = _Item(request, index, encoding, now, length)
+            item = _Item(request, index, encoding, length)
             request.items.append(item)
             self._queues[length].append(item)
             self._live[length] += 1
@@ -298,24 +351,41 @@ class Scheduler:
         modelled as ``overhead + batch * L`` token-equivalents and the candidate with the
         most real tokens per unit of cost wins: on the CPU (small overhead) that keeps
         lengths exact unless queues are sparse, on the GPU (large per-launch overhead) it
-        fills batches. A candidate's score grows with how long the oldest item of queue
-        ``L`` has waited, relative to ``max_delay_s``, so no queue starves.
+        fills batches. A candidate's score grows with how long the request first in turn in
+        queue ``L`` has waited, relative to ``max_delay_s``.
+
+        Fairness bounds that choice: once the request whose turn it is (the one that has
+        waited longest since it arrived or was last served) has waited ``max_delay_s``,
+        only candidates that reach one of its queues may win. It is first in every queue it
+        is in, so the batch takes its items.
         """
         live = [length for length in self.grid.lengths if self._live[length] > 0]
+        turn: _Request | None = None
+        for length in live:
+            queue = self._queues[length]
+            # Cancelled requests' items are dropped lazily here rather than searched for.
+            while queue and queue.first().dead:
+                for item in queue.drop_first():
+                    self._uncount(item, cancelled=True)
+            if queue and (turn is None or queue.first().turn_since < turn.turn_since):
+                turn = queue.first()
+        if turn is None:
+            return None
+        due: set[int] = set()
+        if now - turn.turn_since >= self._max_delay:
+            due = {length for length in live if turn in self._queues[length]}
         best: tuple[int, int] | None = None
         best_score = -1.0
         for i in range(len(live) - 1, -1, -1):
             target = live[i]
             queue = self._queues[target]
-            # Cancelled requests' items are dropped lazily here rather than searched for.
-            while queue and queue[0].request.dead:
-                self._uncount(queue.popleft(), cancelled=True)
             if not queue:
                 continue
-            urgency = 1.0 + (now - queue[0].enqueued) / self._max_delay
+            urgency = 1.0 + (now - queue.first().turn_since) / self._max_delay
             room = self._capacity[target]
             count = 0
             tokens = 0.0
+            fair = not due
             for length in live[i::-1]:
                 if length * 2 < target or room == 0:
                     break
@@ -323,9 +393,10 @@ class Scheduler:
                 tokens += self._live_tokens[length] * take / self._live[length]
                 count += take
                 room -= take
+                fair = fair or length in due
                 cost = self._overhead + self.grid.batch_for(count) * target
                 score = tokens / cost * urgency
-                if score > best_score:
+                if fair and score > best_score:
                     best, best_score = (target, length), score
         return best
 
@@ -348,9 +419,14 @@ class Scheduler:
                 self._uncount(item, cancelled=False)
                 items.append(item)
         start = self._clock()
-        for item in items:
-            if item.request.first_start is None:
-                item.request.first_start = start
+        for request in dict.fromkeys(item.request for item in items):
+            if request.first_start is None:
+                request.first_start = start
+            # Served: its turn ends, behind everyone now waiting in each queue it is in.
+            request.turn_since = start
+            if request.queued:
+                for queue in self._queues.values():
+                    queue.to_back(request)
         return Bucket(self.grid.batch_for(len(items)), length), items
 
     async def _run(self, bucket: Bucket, items: list[_Item]) -> None:
