@@ -20,6 +20,7 @@ import time
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -517,3 +518,62 @@ def test_results_go_outside_the_package_by_default() -> None:
     args = build_parser().parse_args(["bench", "--serve"])
     assert args.out == DEFAULT_OUT and not args.out.is_absolute()
     assert args.out.parts[0] not in ("perf", "trt_async")
+
+
+# -- the peer's vectors are checked before comparing with it -------------------------------------
+
+
+def _vectors(embed: Callable[[str], list[float]]) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        data = [{"index": i, "embedding": embed(t)} for i, t in enumerate(body["input"])]
+        return web.json_response({"data": data[::-1]})  # any order: rows carry their index
+
+    return handler
+
+
+def _same_model(text: str) -> list[float]:
+    return [float(len(text)), float(text.count("e")) + 1.0, 1.0]
+
+
+async def _parity(ours: Handler, theirs: Handler, tmp_path: Path) -> Any:
+    from trt_async.bench.plan import PLANS
+    from trt_async.bench.run import Bench
+
+    args = argparse.Namespace(
+        model="emb", rerank_model=None, nli_model=None, seed=1, peer_model="peer-emb",
+        encoding_format="float", serve=False, peer_url="peer", api_key=None,
+    )  # fmt: skip
+    async with _serve(ours) as a, _serve(theirs) as b:
+        bench = Bench(args, PLANS["smoke"], a.base_url, tmp_path, model_configs={}, variants=None)
+        await bench.peer_parity(a, b)
+    return bench
+
+
+async def test_peer_parity_passes_for_the_same_vectors(tmp_path: Path) -> None:
+    bench = await _parity(_vectors(_same_model), _vectors(_same_model), tmp_path)
+    parity = bench.extra["peer_parity"]
+    assert parity["texts"] == 16 and parity["min_cosine"] == pytest.approx(1.0)
+    assert bench.notes == []
+
+
+async def test_peer_parity_flags_another_model(tmp_path: Path) -> None:
+    def other(text: str) -> list[float]:
+        return [1.0, float(len(text)), 0.0]
+
+    bench = await _parity(_vectors(_same_model), _vectors(other), tmp_path)
+    assert bench.extra["peer_parity"]["min_cosine"] < 0.999
+    assert any("does not serve the same model" in n for n in bench.notes)
+
+    wider = await _parity(_vectors(_same_model), _vectors(lambda t: [1.0] * 4), tmp_path)
+    assert wider.extra["peer_parity"]["dimensions"] == [3, 4]
+    assert any("4 dimensions, ours 3" in n for n in wider.notes)
+
+
+async def test_peer_parity_reports_a_peer_that_cannot_embed(tmp_path: Path) -> None:
+    async def missing(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    bench = await _parity(_vectors(_same_model), missing, tmp_path)
+    assert "peer_parity" not in bench.extra
+    assert any("peer parity not checked" in n and "answered 404" in n for n in bench.notes)

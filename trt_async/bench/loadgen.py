@@ -165,6 +165,11 @@ class LoadClient:
         async with self.session.get(self.url(path)) as response:
             return response.status, await response.read()
 
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """``POST path`` with a JSON body: status and body (a control request)."""
+        async with self.session.post(self.url(path), data=body) as response:
+            return response.status, await response.read()
+
 
 def make_client(
     base_url: str, connections: int, timeout_s: float = 120.0, api_key: str | None = None

@@ -269,6 +269,13 @@ def markdown(report: Mapping[str, Any]) -> str:
         out += ["## Comparisons (alternating A/B rounds)", ""]
         out.append(comparisons_table(report["comparisons"]))
         out.append("")
+        parity = report.get("peer_parity")
+        if parity and parity.get("min_cosine") is not None:
+            out.append(
+                f"Peer parity: the same {parity['texts']} texts embedded by both servers; "
+                f"lowest cosine between the two vectors of a text {parity['min_cosine']}."
+            )
+            out.append("")
         for c in report["comparisons"]:
             if c.get("meaning"):
                 out.append(f"- **{c['name']}**: {c['meaning']}")

@@ -34,7 +34,7 @@ import msgspec
 import numpy as np
 
 from trt_async.bench import plots, report
-from trt_async.bench.corpus import Corpus
+from trt_async.bench.corpus import Corpus, word_count
 from trt_async.bench.loadgen import LoadClient, PhaseResult, make_client, run_closed, run_open
 from trt_async.bench.plan import Plan, plan_from_args
 from trt_async.bench.server import (
@@ -47,6 +47,15 @@ from trt_async.bench.server import (
 )
 from trt_async.bench.workload import RequestSpec, Targets, build_requests, retarget
 from trt_async.core.config import Config, ModelConfig
+
+#: Mixes that send /v1/embeddings only, so that any OpenAI-compatible peer can serve them.
+EMBEDDING_MIXES = ("short", "long", "docs32", "realistic")
+
+#: Texts embedded on both servers before a peer comparison, and the lowest cosine between
+#: the two vectors of a text below which the peer is taken to compute something else (fp32
+#: ONNX Runtime on the same graph agrees to ~1e-7; another export of the same weights ~1e-5).
+PARITY_TEXTS = 16
+PARITY_MIN_COSINE = 0.999
 
 COMPARISONS = {
     "a": "dynamic bucketing against serial batch-1 execution (same model, same server)",
@@ -205,7 +214,8 @@ class Bench:
                 target="ours", mode="open", level=rate, sweep=True,
             )  # fmt: skip
 
-    async def mixes(self, client: LoadClient, stats: StatsReader) -> None:
+    async def mixes(self, client: LoadClient, stats: StatsReader, peer: LoadClient | None) -> None:
+        """One phase per mix; the embedding mixes also on the peer, right after ours."""
         for mix in self.plan.mixes:
             if mix == "rerank" and not self.targets.rerank:
                 self.notes.append("rerank mix skipped: no reranking model is served")
@@ -218,6 +228,11 @@ class Bench:
                 client, stats, self.requests(mix), name=f"mix {mix}", target="ours",
                 mode="closed", level=c,
             )  # fmt: skip
+            if peer is not None and mix in EMBEDDING_MIXES:
+                reqs = retarget(self.requests(mix), self.args.peer_model or self.targets.embedding)
+                await self.phase(
+                    peer, None, reqs, name=f"mix {mix}", target="peer", mode="closed", level=c,
+                )  # fmt: skip
 
     async def ab(
         self,
@@ -409,6 +424,56 @@ class Bench:
             )
         )
 
+    async def peer_parity(self, client: LoadClient, peer: LoadClient) -> None:
+        """Embed the same texts on both servers and record the cosine of each pair of vectors.
+
+        A peer comparison means something only when the peer computes what we compute: the
+        same model, pooling and inputs. Texts are kept short enough (<= 120 words) that
+        neither server truncates them, whatever its maximum length.
+        """
+        source = self.corpus.source(self.args.seed + 1)
+        texts: list[str] = []
+        while len(texts) < PARITY_TEXTS:
+            text = source.realistic()
+            if word_count(text) <= 120:
+                texts.append(text)
+        peer_model = self.args.peer_model or self.targets.embedding
+        try:
+            ours = await _embed(client, self.targets.embedding, texts)
+            theirs = await _embed(peer, peer_model, texts)
+        except ValueError as exc:
+            self.notes.append(f"peer parity not checked: {exc}")
+            return
+        if ours.shape != theirs.shape:
+            self.extra["peer_parity"] = {
+                "texts": len(texts),
+                "dimensions": [ours.shape[1], theirs.shape[1]],
+                "min_cosine": None,
+            }
+            self.notes.append(
+                f"the peer's vectors have {theirs.shape[1]} dimensions, ours {ours.shape[1]}: "
+                "it serves another model, so (d) compares different work"
+            )
+            return
+        cosine = (ours * theirs).sum(axis=1) / (
+            np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
+        )
+        low = float(cosine.min())
+        self.extra["peer_parity"] = {
+            "texts": len(texts),
+            "dimensions": ours.shape[1],
+            "min_cosine": round(low, 6),
+            "mean_cosine": round(float(cosine.mean()), 6),
+        }
+        line = f"peer parity: {len(texts)} texts, lowest cosine {low:.6f} between the vectors"
+        print(line, file=sys.stderr, flush=True)
+        if low < PARITY_MIN_COSINE:
+            self.notes.append(
+                f"the peer's vectors differ from ours (lowest cosine {low:.4f} over "
+                f"{len(texts)} texts, < {PARITY_MIN_COSINE}): it does not serve the same "
+                "model with the same pooling, so (d) compares different work"
+            )
+
     async def compare_peer(
         self,
         client: LoadClient,
@@ -444,6 +509,8 @@ class Bench:
                     make_client(self.args.peer_url, connections, api_key=self.args.peer_api_key)
                 )
             await self._resolve_models(client)
+            if peer is not None:
+                await self.peer_parity(client, peer)
             stats = StatsReader(client)
             if await stats.snapshot() is None:
                 self.notes.append(stats.reason)
@@ -451,7 +518,7 @@ class Bench:
             started = time.perf_counter()
             await self.sweep(client, stats, peer)
             await self.open_loop(client, stats)
-            await self.mixes(client, stats)
+            await self.mixes(client, stats, peer)
             for key in plan.compare:
                 if key in ("a", "b"):
                     if self.variants is None:
@@ -552,6 +619,33 @@ _MEANINGS = {
     "d": "identical request streams (same seed, same bodies but the model name) sent to our "
     "server and to the peer in alternating rounds",
 }
+
+
+async def _embed(client: LoadClient, model: str, texts: list[str]) -> np.ndarray:
+    """``(texts, dimensions)`` vectors from ``POST /v1/embeddings`` (float encoding)."""
+    body = msgspec.json.encode({"model": model, "input": texts, "encoding_format": "float"})
+    try:
+        status, raw = await client.post("/v1/embeddings", body)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ValueError(f"{client.base_url}: {type(exc).__name__}") from exc
+    if status != 200:
+        raise ValueError(f"{client.base_url}/v1/embeddings answered {status}: {raw[:200]!r}")
+    try:
+        rows = msgspec.json.decode(raw, type=_Embeddings).data
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{client.base_url}/v1/embeddings: unexpected answer ({exc})") from exc
+    if len(rows) != len(texts):
+        raise ValueError(f"{client.base_url}: {len(rows)} vectors for {len(texts)} texts")
+    return np.asarray([r.embedding for r in sorted(rows, key=lambda r: r.index)], np.float64)
+
+
+class _Row(msgspec.Struct):
+    index: int
+    embedding: list[float]
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Row]
 
 
 def _merged_padding(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
