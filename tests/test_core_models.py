@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -229,3 +230,54 @@ async def test_pooling_folded_into_the_graph_gives_the_same_vectors(
         assert cosine_rows(result.vectors, st_reference).min() >= 0.9999
         cut = (await model.embed(TEXTS[:2], dimensions=32)).vectors
         assert np.allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-5)
+
+
+class BlockingTokens:
+    """Stands in for one model's tokenizer: each ``tokens`` call blocks until released, as
+    a large text's tokenisation holds a thread."""
+
+    def __init__(self, calls: int) -> None:
+        self.release = [threading.Event() for _ in range(calls)]
+        self.started = 0
+        self._lock = threading.Lock()
+
+    def tokens(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[object]]:
+        with self._lock:
+            n = self.started
+            self.started += 1
+        self.release[n].wait(timeout=10)
+        return [[] for _ in texts]
+
+
+async def test_one_models_tokenisation_flood_does_not_stall_another(
+    minilm_model_dir, bert_rerank_dir
+) -> None:
+    # Six long tokenisation jobs for model a occupy both tokeniser threads and queue four
+    # more; a request to model b then waits for one of a's running jobs to end, not for all
+    # of a's queued ones (they stay blocked here until the test releases them).
+    config = Config()
+    config.embedding_models["a"] = ModelConfig(model_path=os.fspath(minilm_model_dir))
+    config.reranking_models["b"] = ModelConfig(model_path=os.fspath(bert_rerank_dir))
+    registry = ModelRegistry(config)
+    await registry.start()
+    a, b = registry.get("a"), registry.get("b")
+    blocking = BlockingTokens(6)
+    a.runtime.tokenizer = blocking  # type: ignore[assignment]
+    flood = [asyncio.ensure_future(a.tokenize(["long text"])) for _ in range(6)]
+    try:
+        for _ in range(500):
+            if blocking.started == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert blocking.started == 2
+        other = asyncio.ensure_future(b.tokenize(["hello world"]))
+        await asyncio.sleep(0.05)
+        blocking.release[0].set()
+        rows = await asyncio.wait_for(other, timeout=3)
+        assert [t.text for t in rows[0]][1:3] == ["hello", "world"]
+        assert blocking.started <= 3  # b went before a's queued jobs
+    finally:
+        for event in blocking.release:
+            event.set()
+        await asyncio.gather(*flood)
+        await registry.close()

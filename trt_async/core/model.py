@@ -15,7 +15,6 @@ import logging
 import string
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,6 +39,7 @@ from trt_async.core.errors import (
     Unavailable,
     WrongModelKind,
 )
+from trt_async.core.fairpool import FairPool
 from trt_async.core.heads import finish_embeddings
 from trt_async.core.multivector import Head, make_head_reducers
 from trt_async.core.runner import BatchRunner
@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: One pool for all tokenisation: tokenizers parallelises inside a call, so a couple of
-#: threads keep the loop free without oversubscribing the cores.
-_TOKENIZE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+#: threads keep the loop free without oversubscribing the cores. Model runtimes take turns
+#: on it, so one model's flood cannot stall another model's requests.
+_TOKENIZE_POOL = FairPool(2, "tokenize")
 
 
 class ModelState(str, enum.Enum):
@@ -312,21 +313,18 @@ class ModelRuntime:
         async with self._calibration_lock:
             if self._calibration is not None:
                 return self._calibration
-            loop = asyncio.get_running_loop()
             sha = self.files.manifest.onnx_sha256 if self.files.manifest is not None else None
             root, dim = self.files.root, int(self.output_dim or 0)
-            vectors = await loop.run_in_executor(
-                _TOKENIZE_POOL, lambda: quantize.load_calibration(root, sha, dim)
+            vectors = await _TOKENIZE_POOL.run(
+                self, lambda: quantize.load_calibration(root, sha, dim)
             )
             if vectors is None:
                 tok = self.tokenizer
-                encodings = await loop.run_in_executor(
-                    _TOKENIZE_POOL, lambda: tok.encode(quantize.CALIBRATION_TEXTS, truncate=True)
+                encodings = await _TOKENIZE_POOL.run(
+                    self, lambda: tok.encode(quantize.CALIBRATION_TEXTS, truncate=True)
                 )
                 rows = (await self.scheduler.submit(encodings)).rows.astype(np.float32)
-                await loop.run_in_executor(
-                    _TOKENIZE_POOL, lambda: quantize.save_calibration(root, sha, rows)
-                )
+                await _TOKENIZE_POOL.run(self, lambda: quantize.save_calibration(root, sha, rows))
                 vectors = rows
             self._calibration = vectors
             return vectors
@@ -382,7 +380,7 @@ class ServedModel:
             )
 
     async def _off_loop(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(_TOKENIZE_POOL, fn)
+        return await _TOKENIZE_POOL.run(self.runtime, fn)
 
     async def _encode(
         self,
