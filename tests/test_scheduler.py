@@ -80,6 +80,34 @@ async def test_burst_fills_batches_within_max_batch_tokens_and_keeps_order() -> 
     assert sum(len([t for t in tags if t >= 100]) for _, tags in batches) == 40
 
 
+async def test_next_batch_is_picked_ahead_only_when_it_amortises_its_overhead() -> None:
+    backend = FakeBackend()
+    backend.prepare(GRID)
+    runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
+    scheduler = Scheduler(runner, GRID, concurrency=2, batch_overhead_tokens=8, lookahead_tokens=32)
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    # One 8-token batch would not amortise the overhead: it waits for the loop's next pick.
+    lone = asyncio.ensure_future(scheduler.submit([item(2, 3)]))
+    await asyncio.sleep(0.01)
+    assert scheduler.stats.queued_items == 1
+    assert scheduler.stats.running_batches == 1
+    # Five items of the 8-token queue (40 padded tokens) do: they are picked ahead.
+    burst = asyncio.ensure_future(scheduler.submit([item(10 + i, 6) for i in range(4)]))
+    await asyncio.sleep(0.01)
+    assert scheduler.stats.queued_items == 0
+    assert scheduler.stats.running_batches == 2
+    backend.gate.set()
+    _, alone, together = await asyncio.gather(first, lone, burst)
+    assert tuple(alone.rows[0, :2]) == expected_row(item(2, 3))
+    for i in range(4):
+        assert tuple(together.rows[i, :2]) == expected_row(item(10 + i, 6))
+    # The ahead batch ran right after the first one, all five items at once.
+    assert [(b.batch, b.length) for b, _ in backend.executed] == [(1, 8), (8, 8)]
+    assert sorted(t for t in backend.executed[1][1] if t) == [2, 10, 11, 12, 13]
+
+
 async def test_sparse_neighbouring_lengths_share_a_batch() -> None:
     scheduler, backend = make()
     backend.gate.clear()

@@ -280,6 +280,9 @@ class ModelRuntime:
                 if config.batch_overhead_tokens is not None
                 else spec.batch_overhead_tokens
             ),
+            # One batch runs while the next waits in the runner's queue (picked ahead only
+            # when it amortises its overhead): the thread never idles while the loop picks.
+            concurrency=2,
             observer=observer,
         )
         self.output_dim: int | None = None

@@ -213,6 +213,7 @@ class Scheduler:
         *,
         concurrency: int = 1,
         batch_overhead_tokens: int = 32,
+        lookahead_tokens: float | None = None,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -227,6 +228,10 @@ class Scheduler:
         self._live: dict[int, int] = dict.fromkeys(grid.lengths, 0)
         self._live_tokens: dict[int, int] = dict.fromkeys(grid.lengths, 0)
         self._overhead = float(batch_overhead_tokens)
+        #: Least padded tokens of a batch picked while another runs (default: 4x overhead).
+        self._lookahead_tokens = (
+            4.0 * self._overhead if lookahead_tokens is None else float(lookahead_tokens)
+        )
         self._max_delay = max(self.limits.max_delay_s, 1e-6)
         self._capacity = {length: grid.capacity(length) for length in grid.lengths}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -332,7 +337,11 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         while self.stats.running_batches < self._concurrency and self.stats.queued_items > 0:
-            picked = self._take_batch()
+            # A batch beyond the running one waits in the runner's queue, so its thread starts
+            # it the moment the current batch ends instead of waiting for the loop to pick;
+            # picking early pays only when the batch already amortises its overhead.
+            ahead = self.stats.running_batches > 0
+            picked = self._take_batch(self._lookahead_tokens if ahead else 0.0)
             if picked is None:
                 break
             bucket, items = picked
@@ -342,7 +351,7 @@ class Scheduler:
             task.add_done_callback(self._tasks.discard)
         self._update_idle()
 
-    def _pick(self, now: float) -> tuple[int, int] | None:
+    def _pick(self, now: float, min_tokens: float = 0.0) -> tuple[int, int] | None:
         """The next batch as (padded length, shortest queue merged into it).
 
         A candidate batch at length ``L`` takes queue ``L`` first and may fill up from the
@@ -352,7 +361,8 @@ class Scheduler:
         most real tokens per unit of cost wins: on the CPU (small overhead) that keeps
         lengths exact unless queues are sparse, on the GPU (large per-launch overhead) it
         fills batches. A candidate's score grows with how long the request first in turn in
-        queue ``L`` has waited, relative to ``max_delay_s``.
+        queue ``L`` has waited, relative to ``max_delay_s``. Candidates of fewer than
+        ``min_tokens`` padded tokens are left out.
 
         Fairness bounds that choice: once the request whose turn it is (the one that has
         waited longest since it arrived or was last served) has waited ``max_delay_s``,
@@ -394,14 +404,16 @@ class Scheduler:
                 count += take
                 room -= take
                 fair = fair or length in due
-                cost = self._overhead + self.grid.batch_for(count) * target
-                score = tokens / cost * urgency
+                padded = self.grid.batch_for(count) * target
+                if padded < min_tokens:
+                    continue
+                score = tokens / (self._overhead + padded) * urgency
                 if fair and score > best_score:
                     best, best_score = (target, length), score
         return best
 
-    def _take_batch(self) -> tuple[Bucket, list[_Item]] | None:
-        picked = self._pick(self._clock())
+    def _take_batch(self, min_tokens: float = 0.0) -> tuple[Bucket, list[_Item]] | None:
+        picked = self._pick(self._clock(), min_tokens)
         if picked is None:
             return None
         length, shortest = picked
