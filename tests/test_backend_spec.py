@@ -14,7 +14,8 @@ from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
 from trt_async.core.config import ModelConfig, ModelKind
 from trt_async.core.metrics import Metrics
-from trt_async.core.model import ModelRuntime, ServedModel
+from trt_async.core.runtime import ModelRuntime, create_runtime
+from trt_async.core.tasks import ServedModel
 
 
 def test_default_lengths_end_at_the_models_max_length() -> None:
@@ -45,7 +46,7 @@ def test_unknown_backend_names_the_known_ones(minilm_model_dir: Path) -> None:
 def _runtime(model_dir: Path, backend: FakeBackend, **options: object) -> ModelRuntime:
     files = ModelFiles.resolve(model_dir)
     config = ModelConfig(model_path=str(model_dir), max_length=100, **options)  # type: ignore[arg-type]
-    return ModelRuntime(files, config, backend=backend, label="fake")
+    return create_runtime(files, config, backend=backend, label="fake")
 
 
 def test_grid_and_batch_cost_come_from_the_backends_spec(minilm_model_dir: Path) -> None:

@@ -427,7 +427,7 @@ def test_default_build_covers_the_servers_default_grid(
     from trt_async.backends.modelfiles import default_max_length
     from trt_async.backends.tensorrt.plan import grid_outside_profile
     from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
-    from trt_async.core.model import model_max_length
+    from trt_async.core.runtime import model_max_length
 
     monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
     model = write_model(tmp_path / "mini")
@@ -448,7 +448,7 @@ def test_default_build_covers_the_servers_default_grid(
     )
     m = result.manifest
 
-    # The server's default grid for this folder, assembled as core/model.py does.
+    # The server's default grid for this folder, assembled as core/runtime.py does.
     files = ModelFiles.resolve(model)
     config = ModelConfig(model_path=str(model), backend="tensorrt")
     max_length = model_max_length(config, files)

@@ -22,8 +22,8 @@ import pytest
 from trt_async.backends.modelfiles import ModelDirError, ModelFiles
 from trt_async.core.config import Config, ModelConfig, ModelKind
 from trt_async.core.errors import WrongModelKind
-from trt_async.core.model import ServedModel
 from trt_async.core.registry import ModelRegistry
+from trt_async.core.tasks import ServedModel
 
 torch = pytest.importorskip("torch", reason="references need the export extra")
 transformers = pytest.importorskip("transformers", reason="references need the export extra")

@@ -26,8 +26,8 @@ from tests.http_fixtures import (
 )
 from tests.models import ExportedModel
 from trt_async.app import create_app
-from trt_async.core.model import ModelState
 from trt_async.core.registry import ModelRegistry
+from trt_async.core.tasks import ModelState
 
 pytest_plugins = ["tests.http_fixtures"]
 

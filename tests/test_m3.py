@@ -24,7 +24,6 @@ from tests.models import ExportedModel, export_hf
 from trt_async.backends.base import COLBERT_OUTPUT, SPARSE_OUTPUT
 from trt_async.core.config import Config, ModelConfig
 from trt_async.core.errors import MissingHead
-from trt_async.core.model import ServedModel
 from trt_async.core.multivector import (
     DENSE_OUTPUT,
     SparseVector,
@@ -32,6 +31,7 @@ from trt_async.core.multivector import (
     sparse_reducer,
 )
 from trt_async.core.registry import ModelRegistry
+from trt_async.core.tasks import ServedModel
 from trt_async.tools.export import ExportError, export_model
 
 torch = pytest.importorskip("torch", reason="references need the export extra")

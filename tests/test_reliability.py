@@ -41,8 +41,8 @@ from tests.http_fixtures import (
 from trt_async.app import create_app
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ModelConfig
-from trt_async.core.model import ModelRuntime
 from trt_async.core.registry import ModelRegistry
+from trt_async.core.runtime import ModelRuntime, create_runtime
 from trt_async.http.observability import KeyValueFormatter
 
 pytest_plugins = ["tests.http_fixtures"]
@@ -120,7 +120,7 @@ async def fake_app(minilm_model_dir: Path) -> AsyncIterator[FakeApp]:
             return original(self, name, cfg)
         files = ModelFiles.resolve(Path(cfg.model_path), cfg.tokenizer_path)
         observer = self._observer_factory(name) if self._observer_factory else None
-        return ModelRuntime(files, cfg, backend=backend, observer=observer, label=name)
+        return create_runtime(files, cfg, backend=backend, observer=observer, label=name)
 
     app = create_app(config)
     with pytest.MonkeyPatch.context() as patch:

@@ -112,6 +112,15 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: backend (small on the CPU, where cost grows with tokens; large on the GPU).
     batch_overhead_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
+    def runtime_key(self) -> bytes:
+        """Equal for configs that can share one runtime (one backend, one queue): every
+        option but those read per name (display name, normalisation, score activation,
+        truncation default) is the same."""
+        per_name_defaults = msgspec.structs.replace(
+            self, model_name=None, normalize=True, score_activation="sigmoid", truncate=True
+        )
+        return msgspec.json.encode(per_name_defaults)
+
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "0.0.0.0"

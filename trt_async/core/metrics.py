@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from trt_async.backends.shapes import Bucket
 
 if TYPE_CHECKING:
-    from trt_async.core.model import ServedModel, Timings
+    from trt_async.core.tasks import ServedModel, Timings
 
 PREFIX = "trt_async"
 

@@ -18,46 +18,16 @@ from trt_async.backends import BackendUnavailable
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
 from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound
-from trt_async.core.model import ModelRuntime, ModelState, ServedModel, Timings
+from trt_async.core.runtime import ModelRuntime, create_runtime
 from trt_async.core.scheduler import BatchObserver
+from trt_async.core.tasks import ModelState, ServedModel, Timings
 
 log = logging.getLogger(__name__)
-
-#: Options that change the runtime; the rest (normalize, activation, ...) are per name.
-_RUNTIME_KEYS = (
-    "model_path",
-    "tokenizer_path",
-    "backend",
-    "max_length",
-    "batch_sizes",
-    "lengths",
-    "max_batch_tokens",
-    "pooling",
-    "labels",
-    "intra_op_threads",
-    "device",
-    "graphs",
-    "precision",
-    "rebuild",
-    "gpu_memory_budget_gib",
-    "max_queue_items",
-    "max_queue_tokens",
-    "queue_timeout_s",
-    "max_queue_delay_ms",
-    "batch_overhead_tokens",
-)
 
 ObserverFactory = Callable[[str], BatchObserver]
 TimingsObserver = Callable[[str, Timings], None]
 #: Told the name of each model unloaded (metrics drop its series).
 UnloadObserver = Callable[[str], None]
-
-
-def _runtime_key(config: ModelConfig) -> tuple[object, ...]:
-    return tuple(
-        tuple(v) if isinstance(v, list) else tuple(sorted(v.items())) if isinstance(v, dict) else v
-        for v in (getattr(config, k) for k in _RUNTIME_KEYS)
-    )
 
 
 class ModelRegistry:
@@ -74,7 +44,7 @@ class ModelRegistry:
     ) -> None:
         self.config = config
         self._models: dict[str, ServedModel] = {}
-        self._runtimes: dict[tuple[object, ...], tuple[ModelRuntime, int]] = {}
+        self._runtimes: dict[bytes, tuple[ModelRuntime, int]] = {}
         self._observer_factory = observer_factory
         self._timings_observer = timings_observer
         self._unload_observer = unload_observer
@@ -87,13 +57,10 @@ class ModelRegistry:
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(name, self._models)
-        self._refresh_health(model)
         return model
 
     def __iter__(self) -> Iterator[ServedModel]:
-        for model in list(self._models.values()):
-            self._refresh_health(model)
-            yield model
+        return iter(list(self._models.values()))
 
     def __len__(self) -> int:
         return len(self._models)
@@ -106,10 +73,7 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return bool(self._models) and all(
-            m.state is ModelState.READY
-            for m in self  # refreshes health
-        )
+        return bool(self._models) and all(m.state is ModelState.READY for m in self)
 
     def not_ready_reasons(self) -> dict[str, str]:
         return {
@@ -117,14 +81,6 @@ class ModelRegistry:
             for m in self
             if m.state is not ModelState.READY
         }
-
-    def _refresh_health(self, model: ServedModel) -> None:
-        failures = model.runtime.scheduler.stats.consecutive_failures
-        if model.state is ModelState.READY and failures >= self._unhealthy_after:
-            model.state = ModelState.UNHEALTHY
-            model.reason = f"{failures} consecutive batches failed; see the server log"
-        elif model.state is ModelState.UNHEALTHY and failures == 0:
-            model.state, model.reason = ModelState.READY, None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -140,7 +96,7 @@ class ModelRegistry:
         async with self._lock:
             if name in self._models:
                 raise Conflict(f"model {name!r} is already loaded; unload it first", param="name")
-            key = _runtime_key(config)
+            key = config.runtime_key()
             shared = self._runtimes.get(key)
             if shared is not None:
                 runtime, refs = shared
@@ -170,7 +126,14 @@ class ModelRegistry:
                 if self._timings_observer is not None
                 else None
             )
-            model = ServedModel(name, kind, config, runtime, on_timings=on_timings)
+            model = ServedModel(
+                name,
+                kind,
+                config,
+                runtime,
+                on_timings=on_timings,
+                unhealthy_after=self._unhealthy_after,
+            )
             model.state = ModelState.READY
             self._models[name] = model
             return model
@@ -178,14 +141,14 @@ class ModelRegistry:
     def _build_runtime(self, name: str, config: ModelConfig) -> ModelRuntime:
         files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
         observer = self._observer_factory(name) if self._observer_factory else None
-        return ModelRuntime(files, config, observer=observer, label=name)
+        return create_runtime(files, config, observer=observer, label=name)
 
     async def unload(self, name: str) -> None:
         """Stop taking requests for ``name``, let its queue drain, then free its runtime."""
         async with self._lock:
             model = self.get(name)
             model.state = ModelState.DRAINING
-            key = _runtime_key(model.config)
+            key = model.config.runtime_key()
             runtime, refs = self._runtimes[key]
             if refs > 1:
                 self._runtimes[key] = (runtime, refs - 1)

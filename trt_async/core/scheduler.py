@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -215,7 +215,6 @@ class Scheduler:
         batch_overhead_tokens: int = 32,
         lookahead_tokens: float | None = None,
         observer: BatchObserver | None = None,
-        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.grid = grid
         self.limits = limits or QueueLimits()
@@ -223,7 +222,6 @@ class Scheduler:
         self._runner = runner
         self._concurrency = concurrency
         self._observer = observer
-        self._clock = clock
         self._queues = {length: _LengthQueue() for length in grid.lengths}
         self._live: dict[int, int] = dict.fromkeys(grid.lengths, 0)
         self._live_tokens: dict[int, int] = dict.fromkeys(grid.lengths, 0)
@@ -260,7 +258,7 @@ class Scheduler:
         self.admit(n, tokens)
         stats = self.stats
         loop = asyncio.get_running_loop()
-        now = self._clock()
+        now = time.perf_counter()
         request = _Request(loop.create_future(), n, tokens, now, frozenset(heads))
         for index, encoding in enumerate(encodings):
             length = self.grid.length_for(len(encoding))
@@ -278,11 +276,8 @@ class Scheduler:
         try:
             await request.future
         except asyncio.CancelledError:
-            self._abandon(request)
+            self._end(request, asyncio.CancelledError())  # abandoned: the client went away
             raise
-        finally:
-            if request.deadline_handle is not None:
-                request.deadline_handle.cancel()
         assert request.rows is not None
         start = request.first_start if request.first_start is not None else request.last_end
         return ScheduleResult(
@@ -328,9 +323,7 @@ class Scheduler:
         for queue in self._queues.values():
             while queue:
                 item = queue.popleft()
-                if not item.request.dead:
-                    self._fail(item.request, Unavailable(reason))
-                self._uncount(item, cancelled=True)
+                self._end(item.request, Unavailable(reason))
         self._update_idle()
 
     # -- internals ------------------------------------------------------------------------
@@ -413,7 +406,7 @@ class Scheduler:
         return best
 
     def _take_batch(self, min_tokens: float = 0.0) -> tuple[Bucket, list[_Item]] | None:
-        picked = self._pick(self._clock(), min_tokens)
+        picked = self._pick(time.perf_counter(), min_tokens)
         if picked is None:
             return None
         length, shortest = picked
@@ -430,7 +423,7 @@ class Scheduler:
                     continue
                 self._uncount(item, cancelled=False)
                 items.append(item)
-        start = self._clock()
+        start = time.perf_counter()
         for request in dict.fromkeys(item.request for item in items):
             if request.first_start is None:
                 request.first_start = start
@@ -444,7 +437,7 @@ class Scheduler:
     async def _run(self, bucket: Bucket, items: list[_Item]) -> None:
         stats = self.stats
         real = sum(len(item.encoding) for item in items)
-        start = self._clock()
+        start = time.perf_counter()
         ok = False
         try:
             heads: frozenset[Head] = frozenset().union(*(item.request.heads for item in items))
@@ -461,12 +454,11 @@ class Scheduler:
             stats.failed_batches += 1
             stats.consecutive_failures += 1
             for item in items:
-                if not item.request.dead:
-                    self._fail(item.request, BackendFailure(error_id))
+                self._end(item.request, BackendFailure(error_id))
         else:
             ok = True
             stats.consecutive_failures = 0
-            end = self._clock()
+            end = time.perf_counter()
             for position, (row, item) in enumerate(zip(output.rows, items, strict=False)):
                 request = item.request
                 if request.dead:
@@ -479,9 +471,9 @@ class Scheduler:
                 request.remaining -= 1
                 request.last_end = end
                 if request.remaining == 0:
-                    request.future.set_result(None)
+                    self._end(request, None)
         finally:
-            seconds = self._clock() - start
+            seconds = time.perf_counter() - start
             stats.running_batches -= 1
             stats.batches[bucket] += 1
             stats.items_run += len(items)
@@ -495,7 +487,7 @@ class Scheduler:
         if request.dead or request.first_start is not None:
             return  # already running: a started request is allowed to finish
         self.stats.timed_out_requests += 1
-        self._fail(
+        self._end(
             request,
             Unavailable(
                 f"request waited {self.limits.timeout_s:g} s in the queue without starting; "
@@ -503,22 +495,26 @@ class Scheduler:
             ),
         )
 
-    def _abandon(self, request: _Request) -> None:
-        if not request.future.done():
-            request.future.cancel()
-        self._release_queued(request)
-
-    def _fail(self, request: _Request, error: Exception) -> None:
-        if not request.future.done():
-            request.future.set_exception(error)
-            # Nobody may await a request failed during close(); don't warn about it.
-            request.future.add_done_callback(_consume_exception)
-        self._release_queued(request)
-
-    def _release_queued(self, request: _Request) -> None:
-        """Uncount a dead request's still-queued items; they leave their deques lazily."""
-        for item in request.items:
-            self._uncount(item, cancelled=True)
+    def _end(self, request: _Request, outcome: BaseException | None) -> None:
+        """The one way a request ends: done (``outcome`` None), failed, expired or closed
+        (the error to raise), or abandoned (``CancelledError``: the awaiting task was
+        cancelled). The first end wins; every end uncounts what is still queued (those items
+        leave their queues lazily) and stops the queue-timeout timer."""
+        future = request.future
+        if not future.done():
+            if outcome is None:
+                future.set_result(None)
+            elif isinstance(outcome, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(outcome)
+                # Nobody may await a request failed during close(); don't warn about it.
+                future.add_done_callback(_consume_exception)
+        if request.deadline_handle is not None:
+            request.deadline_handle.cancel()
+        if request.queued:
+            for item in request.items:
+                self._uncount(item, cancelled=True)
         self._update_idle()
 
     def _uncount(self, item: _Item, *, cancelled: bool) -> None:

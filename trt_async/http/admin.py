@@ -18,6 +18,7 @@ from msgspec import Meta
 from trt_async.backends.modelfiles import ModelDirError
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind
 from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath
+from trt_async.core.tasks import ServedModel
 from trt_async.http.auth import ADMIN_OPT, PUBLIC_OPT
 from trt_async.http.common import AnyRequest, JsonBody, error_responses, get_registry
 from trt_async.http.errors import Dialect
@@ -54,9 +55,89 @@ class UnloadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, Meta(description="A served model's name.")]
 
 
+class Buckets(msgspec.Struct):
+    batch_sizes: list[int]
+    lengths: list[int]
+
+
+class ModelStats(msgspec.Struct):
+    """The scheduler's counters for the model's runtime (shared by names on one runtime)."""
+
+    queued_items: int
+    queued_tokens: int
+    running_batches: int
+    batches: int
+    #: Batches run per bucket, keyed ``"<batch>x<length>"``.
+    batches_by_bucket: dict[str, int]
+    items: int
+    real_tokens: int
+    padded_tokens: int
+    padding_efficiency: float
+    cancelled_items: int
+    rejected_requests: int
+    timed_out_requests: int
+    failed_batches: int
+
+
+class ModelDescription(msgspec.Struct):
+    """One model's state, shape and statistics (``/models/status``, ``/models/load``)."""
+
+    name: str
+    kind: str
+    state: str
+    reason: str | None
+    backend: str
+    device: str
+    max_length: int
+    #: Embedding size (embedders only).
+    dimensions: int | None
+    #: Label names by class index (classifiers only).
+    labels: list[str] | None
+    buckets: Buckets
+    stats: ModelStats
+    #: Bytes by purpose, as the backend reports them.
+    memory: dict[str, int]
+
+
 class ModelStatus(msgspec.Struct):
     ready: bool
-    models: list[dict[str, Any]]
+    models: list[ModelDescription]
+
+
+def describe(model: ServedModel) -> ModelDescription:
+    rt = model.runtime
+    stats = rt.scheduler.stats
+    info = rt.info()
+    return ModelDescription(
+        name=model.name,
+        kind=model.kind.value,
+        state=model.state.value,
+        reason=model.reason,
+        backend=info.name,
+        device=info.device,
+        max_length=rt.max_length,
+        dimensions=rt.output_dim if rt.is_embedder else None,
+        labels=[rt.labels[i] for i in sorted(rt.labels)] if not rt.is_embedder else None,
+        buckets=Buckets(list(rt.grid.batch_sizes), list(rt.grid.lengths)),
+        stats=ModelStats(
+            queued_items=stats.queued_items,
+            queued_tokens=stats.queued_tokens,
+            running_batches=stats.running_batches,
+            batches=sum(stats.batches.values()),
+            batches_by_bucket={
+                f"{b.batch}x{b.length}": n for b, n in sorted(stats.batches.items())
+            },
+            items=stats.items_run,
+            real_tokens=stats.real_tokens,
+            padded_tokens=stats.padded_tokens,
+            padding_efficiency=round(stats.padding_efficiency, 4),
+            cancelled_items=stats.cancelled_items,
+            rejected_requests=stats.rejected_requests,
+            timed_out_requests=stats.timed_out_requests,
+            failed_batches=stats.failed_batches,
+        ),
+        memory=dict(info.memory),
+    )
 
 
 class Unloaded(msgspec.Struct):
@@ -113,7 +194,7 @@ class ManagementController(Controller):
         responses=error_responses(Dialect.DETAIL, 400, 401, 403, 409, 422),
         opt={ADMIN_OPT: True},
     )
-    async def load(self, request: AnyRequest, data: JsonBody[LoadRequest]) -> dict[str, Any]:
+    async def load(self, request: AnyRequest, data: JsonBody[LoadRequest]) -> ModelDescription:
         registry = get_registry(request)
         roots = registry.config.server.model_roots
         raw = {**data.options, "model_path": _inside_roots(data.model_path, roots, "model_path")}
@@ -133,7 +214,7 @@ class ManagementController(Controller):
         except OSError as exc:  # a name too long, a folder that cannot be read, ...
             message = f"model_path cannot be read: {exc.strerror}"
             raise InvalidPath(message, param="model_path") from None
-        return model.describe()
+        return describe(model)
 
     @post(
         "/unload",
@@ -149,4 +230,4 @@ class ManagementController(Controller):
     @get("/status", summary="Every model's state, buckets and queue statistics")
     async def status(self, request: AnyRequest) -> ModelStatus:
         registry = get_registry(request)
-        return ModelStatus(registry.ready, [m.describe() for m in registry])
+        return ModelStatus(registry.ready, [describe(m) for m in registry])

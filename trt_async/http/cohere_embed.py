@@ -2,7 +2,7 @@
 
 ``embedding_types`` picks any of float, int8, uint8, binary and ubinary (and base64,
 little-endian float32) at once; the quantised types are computed by
-:meth:`~trt_async.core.model.ServedModel.quantize` (sentence-transformers' arithmetic,
+:meth:`~trt_async.core.tasks.ServedModel.quantize` (sentence-transformers' arithmetic,
 int8/uint8 calibrated per model). ``output_dimension`` keeps the first dimensions
 (Matryoshka) and re-normalises. ``input_type`` is accepted and has no effect: the models
 served here use no prompts. v1 without ``embedding_types`` answers ``embeddings_floats``.
@@ -20,7 +20,7 @@ from litestar import Controller, Response, post
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.model import EmbedResult, ServedModel
+from trt_async.core.tasks import EmbedResult, ServedModel
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 from litestar import Request
 from litestar.datastructures import State
@@ -14,14 +14,16 @@ from msgspec import Meta
 
 from trt_async.core.config import ModelKind, ServerConfig
 from trt_async.core.errors import ModelNotFound, TooManyInputs, Unavailable, WrongModelKind
-from trt_async.core.model import ServedModel, Timings
 from trt_async.core.registry import ModelRegistry
+from trt_async.core.tasks import ServedModel, Timings
 from trt_async.http.errors import DIALECT_STATE_KEY, ERROR_MODELS, Dialect
 from trt_async.http.observability import MODEL_STATE_KEY
 
 REGISTRY_KEY = "registry"
 AnyRequest = Request[Any, Any, State]
 T = TypeVar("T")
+#: TEI's ``truncation_direction`` values (either case).
+DirectionName = Literal["left", "right", "Left", "Right"]
 #: A JSON request body decoded into ``T`` (Litestar's explicit body marker).
 JsonBody: TypeAlias = Annotated[T, Body(media_type=RequestEncodingType.JSON)]
 #: The ``truncate`` field every inference request takes.

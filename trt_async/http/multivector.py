@@ -15,10 +15,11 @@ from litestar import Controller, Response, post
 from litestar.params import FromQuery
 
 from trt_async.core.config import ModelKind
-from trt_async.core.model import EmbedResult
 from trt_async.core.multivector import Head, SparseVector
+from trt_async.core.tasks import EmbedResult
 from trt_async.http.common import (
     AnyRequest,
+    DirectionName,
     JsonBody,
     check_batch,
     error_responses,
@@ -27,7 +28,7 @@ from trt_async.http.common import (
 )
 from trt_async.http.errors import Dialect
 from trt_async.http.openai_api import EmbeddingInput, split_input
-from trt_async.http.tei import Direction, direction, refuse_prompt
+from trt_async.http.tei import direction, refuse_prompt
 
 _KINDS = (ModelKind.EMBEDDING,)
 
@@ -35,7 +36,7 @@ _KINDS = (ModelKind.EMBEDDING,)
 class TokenEmbedRequest(msgspec.Struct, kw_only=True):
     inputs: EmbeddingInput
     truncate: bool | None = None
-    truncation_direction: Direction = "right"
+    truncation_direction: DirectionName = "right"
     prompt_name: str | None = None
     model: str | None = None
 

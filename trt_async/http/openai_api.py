@@ -18,7 +18,7 @@ from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput, WrongModelKind
-from trt_async.core.model import ServedModel
+from trt_async.core.tasks import ServedModel
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,

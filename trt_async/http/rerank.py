@@ -9,7 +9,7 @@ of query and document vectors.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 import numpy as np
@@ -18,9 +18,10 @@ from msgspec import UNSET, Meta, UnsetType
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.model import ScoreResult
+from trt_async.core.tasks import ScoreResult
 from trt_async.http.common import (
     AnyRequest,
+    DirectionName,
     JsonBody,
     Truncate,
     check_batch,
@@ -114,7 +115,7 @@ class AnyRerankRequest(msgspec.Struct, kw_only=True):
     truncate: Truncate = None
     return_text: Annotated[bool, Meta(description="TEI: return each text with its score.")] = False
     truncation_direction: Annotated[
-        Literal["left", "right", "Left", "Right"],
+        DirectionName,
         Meta(description="Accepted for TEI clients; pairs are cut from the document's end."),
     ] = "right"
 

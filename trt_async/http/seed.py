@@ -15,8 +15,8 @@ from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import EmptyInput, InvalidInput
-from trt_async.core.model import ServedModel
 from trt_async.core.multivector import Head, SparseVector
+from trt_async.core.tasks import ServedModel
 from trt_async.http.common import (
     AnyRequest,
     JsonBody,

@@ -19,9 +19,10 @@ from trt_async import __version__
 from trt_async.core import heads
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.model import ClassifyResult, ServedModel
+from trt_async.core.tasks import ClassifyResult, ServedModel
 from trt_async.http.common import (
     AnyRequest,
+    DirectionName,
     JsonBody,
     Truncate,
     check_batch,
@@ -33,14 +34,13 @@ from trt_async.http.common import (
 from trt_async.http.errors import Dialect
 from trt_async.http.openai_api import EmbeddingInput, split_input
 
-Direction = Literal["left", "right", "Left", "Right"]
 _EMBED_KINDS = (ModelKind.EMBEDDING,)
 _PREDICT_KINDS = (ModelKind.NLI, ModelKind.RERANKER)
 _ALL_KINDS = (ModelKind.EMBEDDING, ModelKind.RERANKER, ModelKind.NLI)
 
 
 TruncationDirection = Annotated[
-    Direction, Meta(description="Which end of an over-long input is cut.")
+    DirectionName, Meta(description="Which end of an over-long input is cut.")
 ]
 RawScores = Annotated[bool, Meta(description="Return logits instead of probabilities.")]
 
@@ -151,7 +151,7 @@ def refuse_prompt(served: ServedModel, prompt_name: str | None) -> None:
         )
 
 
-def direction(value: Direction) -> Literal["left", "right"]:
+def direction(value: DirectionName) -> Literal["left", "right"]:
     return "left" if value.lower() == "left" else "right"
 
 

@@ -32,7 +32,7 @@ from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.model import ServedModel
+from trt_async.core.tasks import ServedModel
 from trt_async.http.admin import Health
 from trt_async.http.auth import PUBLIC_OPT
 from trt_async.http.common import (

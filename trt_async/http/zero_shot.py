@@ -49,7 +49,7 @@ class ZeroShotRequest(msgspec.Struct, kw_only=True):
     truncate: Truncate = None
 
 
-class ZeroShotResult(msgspec.Struct):
+class ZeroShotClassification(msgspec.Struct):
     """One text's labels, sorted by score, highest first."""
 
     index: int
@@ -65,7 +65,7 @@ class ZeroShotUsage(msgspec.Struct):
 
 class ZeroShotResponse(msgspec.Struct):
     model: str
-    data: list[ZeroShotResult]
+    data: list[ZeroShotClassification]
     usage: ZeroShotUsage
     object: str = "list"
 
@@ -98,11 +98,11 @@ class ZeroShotController(Controller):
             multi_label=data.multi_label,
             truncate=data.truncate,
         )
-        out: list[ZeroShotResult] = []
+        out: list[ZeroShotClassification] = []
         for i, (text, row) in enumerate(zip(texts, result.scores, strict=True)):
             order = np.argsort(-row, kind="stable")
             out.append(
-                ZeroShotResult(
+                ZeroShotClassification(
                     index=i,
                     sequence=text,
                     labels=[data.candidate_labels[j] for j in order],

@@ -1,0 +1,468 @@
+"""The tasks clients ask for: embed, rerank, classify, zero-shot, tokenize.
+
+:class:`ServedModel` is a configured name with a kind over a
+:class:`~trt_async.core.runtime.ModelRuntime`; its task methods are what every API dialect
+translates to, in domain terms (the HTTP layer names the request fields). Dialects never
+reach past this module and the runtime.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import string
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from trt_async.core import heads, quantize
+from trt_async.core.config import ModelConfig, ModelKind
+from trt_async.core.errors import (
+    EmptyInput,
+    InputTooLong,
+    InvalidInput,
+    MissingHead,
+    Unavailable,
+    WrongModelKind,
+)
+from trt_async.core.heads import finish_embeddings
+from trt_async.core.multivector import Head
+from trt_async.core.runtime import TOKENIZE_POOL, ModelRuntime
+from trt_async.core.scheduler import ScheduleResult
+from trt_async.core.tokenizer import Direction, Encoding, TextInput, TokenInfo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ModelState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    DRAINING = "draining"
+    UNLOADED = "unloaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Seconds spent per stage of one request (reported in ``x-*-time`` headers)."""
+
+    tokenize_s: float
+    queue_s: float
+    inference_s: float
+    total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    vectors: np.ndarray
+    tokens: int
+    timings: Timings
+    #: Per head asked for, one value per input: :class:`~trt_async.core.multivector.
+    #: SparseVector` for ``sparse``, a ``(tokens, dim)`` array for ``colbert`` and ``tokens``.
+    heads: Mapping[Head, list[object]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """Scores per document, in the order sent (callers sort)."""
+
+    scores: np.ndarray
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    logits: np.ndarray
+    #: Label names by class index.
+    labels: Mapping[int, str]
+    tokens: int
+    timings: Timings
+
+    def probabilities(self) -> np.ndarray:
+        return heads.softmax(self.logits.astype(np.float64))
+
+    def predictions(self) -> list[str]:
+        return heads.predictions(self.logits, self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroShotResult:
+    #: ``(texts, candidate labels)``: probability of each candidate label for each text.
+    scores: np.ndarray
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPairs:
+    """Pairs ``(firsts[i], seconds[j])`` whose texts repeat (a rerank query, a zero-shot
+    text and its hypotheses): each text is tokenised once (see ``encode_pairs``)."""
+
+    firsts: Sequence[str]
+    seconds: Sequence[str]
+    index: Sequence[tuple[int, int]]
+    names: tuple[str, str]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+#: Characters all of one request's zero-shot hypotheses may hold together: a template with
+#: many ``{}`` fields and long labels would otherwise multiply a small body into megabytes.
+MAX_HYPOTHESES_CHARS = 1 << 20
+
+_HEAD_HINTS: dict[Head, str] = {
+    "sparse": "sparse weights need a bge-m3 export (trt-async export --task embed of a folder "
+    "with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
+    "colbert": "ColBERT vectors need a bge-m3 export (trt-async export --task embed of a "
+    "folder with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
+    "tokens": "token vectors need a graph with a last_hidden_state output (export without "
+    "--pool-in-graph)",
+}
+
+
+def _template_filler(template: str) -> Callable[[str], str]:
+    """``template.format(label)`` as transformers' pipeline does, but only with bare ``{}``
+    fields: ``{0}``, ``{x}``, ``{0.attr}`` or a format spec would fail or reach into the
+    label object, so they are refused up front."""
+    message = (
+        "hypothesis_template must contain {} where the label goes and no other {...} field "
+        "(write {{ and }} for literal braces)"
+    )
+    try:
+        fields = [f[1:] for f in string.Formatter().parse(template) if f[1] is not None]
+    except ValueError as exc:
+        raise InvalidInput(f"{message}; {exc}", param="hypothesis_template") from None
+    if not fields or any(name or spec or conversion for name, spec, conversion in fields):
+        raise InvalidInput(message, param="hypothesis_template")
+    count = len(fields)
+    return lambda label: template.format(*([label] * count))
+
+
+# -- served model -------------------------------------------------------------------------------
+
+
+class ServedModel:
+    """A configured name and kind over a runtime; the one API every dialect calls."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: ModelKind,
+        config: ModelConfig,
+        runtime: ModelRuntime,
+        *,
+        on_timings: Callable[[Timings], None] | None = None,
+        unhealthy_after: int = 3,
+    ):
+        self.name = name
+        self._on_timings = on_timings
+        self.kind = kind
+        self.config = config
+        self.runtime = runtime
+        #: The lifecycle state the registry sets; health is read from the runtime.
+        self._state = ModelState.LOADING
+        self._unhealthy_after = unhealthy_after
+        self.created = int(time.time())
+
+    @property
+    def state(self) -> ModelState:
+        """The lifecycle state, or UNHEALTHY while a ready model's batches keep failing."""
+        if self._state is ModelState.READY and self.reason is not None:
+            return ModelState.UNHEALTHY
+        return self._state
+
+    @state.setter
+    def state(self, value: ModelState) -> None:
+        self._state = value
+
+    @property
+    def reason(self) -> str | None:
+        """Why a ready model is unhealthy (None when it is not)."""
+        if self._state is not ModelState.READY:
+            return None
+        return self.runtime.failing(self._unhealthy_after)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return self.runtime.max_length
+
+    @property
+    def labels(self) -> Mapping[int, str]:
+        return self.runtime.labels
+
+    def _check_ready(self) -> None:
+        if self.state not in (ModelState.READY, ModelState.UNHEALTHY):
+            raise Unavailable(
+                f"model {self.name!r} is {self.state.value}"
+                + (f": {self.reason}" if self.reason else "")
+            )
+
+    async def _off_loop(self, fn: Callable[[], T]) -> T:
+        return await TOKENIZE_POOL.run(self.runtime, fn)
+
+    async def _encode(
+        self,
+        inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
+        truncate: bool | None,
+        direction: Direction,
+        param: str,
+    ) -> tuple[list[Encoding], float]:
+        if len(inputs) == 0:
+            raise EmptyInput("input is empty; send at least one text", param=param)
+        trunc = self.config.truncate if truncate is None else truncate
+        tok = self.runtime.tokenizer
+        start = time.perf_counter()
+        if isinstance(inputs, SharedPairs):
+            shared = inputs
+            encodings = await self._off_loop(
+                lambda: tok.encode_pairs(
+                    shared.firsts,
+                    shared.seconds,
+                    shared.index,
+                    truncate=trunc,
+                    names=shared.names,
+                    param=param,
+                )
+            )
+            return encodings, time.perf_counter() - start
+        first = inputs[0]
+        if isinstance(first, str | tuple):
+            texts: list[TextInput] = []
+            for i, x in enumerate(inputs):
+                if not isinstance(x, str | tuple):
+                    raise InvalidInput(f"input {i}: mixes token ids and text", param=param)
+                texts.append(x)
+            encodings = await self._off_loop(
+                lambda: tok.encode(texts, truncate=trunc, direction=direction, param=param)
+            )
+        else:
+            id_lists: list[Sequence[int]] = []
+            for i, x in enumerate(inputs):
+                if isinstance(x, str | tuple):
+                    raise InvalidInput(f"input {i}: mixes token ids and text", param=param)
+                id_lists.append(x)
+            # Checking up to millions of ids against the vocabulary is Python work: off the loop.
+            encodings = await self._off_loop(
+                lambda: tok.encode_ids(id_lists, truncate=trunc, direction=direction, param=param)
+            )
+        return encodings, time.perf_counter() - start
+
+    async def _run(
+        self,
+        inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
+        truncate: bool | None,
+        direction: Direction = "right",
+        param: str = "input",
+        heads: Collection[Head] = (),
+    ) -> tuple[ScheduleResult, Timings]:
+        self._check_ready()
+        # Refuse what cannot be queued before paying for its tokenisation.
+        self.runtime.scheduler.admit(len(inputs))
+        start = time.perf_counter()
+        encodings, tokenize_s = await self._encode(inputs, truncate, direction, param)
+        result = await self.runtime.scheduler.submit(encodings, heads)
+        timings = Timings(
+            tokenize_s=tokenize_s,
+            queue_s=result.queue_s,
+            inference_s=result.inference_s,
+            total_s=time.perf_counter() - start,
+        )
+        if self._on_timings is not None:
+            self._on_timings(timings)
+        return result, timings
+
+    def _require_embedder(self, hint: str) -> None:
+        if not self.runtime.is_embedder:
+            raise WrongModelKind(self.name, self.kind.value, hint)
+
+    def _require_logits(self, hint: str) -> None:
+        if self.runtime.is_embedder:
+            raise WrongModelKind(self.name, self.kind.value, hint)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def embed(
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+        heads: Collection[Head] = (),
+        param: str = "input",
+    ) -> EmbedResult:
+        """Embeddings, normalised unless told otherwise, cut to ``dimensions`` (Matryoshka).
+
+        ``heads`` asks for token-level results from the same forward pass: bge-m3's
+        ``sparse`` lexical weights and ``colbert`` vectors, or every token's vector
+        (``tokens``); a model whose graph lacks one answers :class:`MissingHead`.
+        """
+        self._require_embedder("it scores pairs; use a rerank or classification route")
+        for head in heads:
+            self.require_head(head)
+        dim = self.runtime.output_dim
+        if dimensions is not None and (dimensions < 1 or (dim is not None and dimensions > dim)):
+            raise InvalidInput(
+                f"dimensions must be between 1 and {dim} for model {self.name!r}; got {dimensions}",
+                param="dimensions",
+            )
+        result, timings = await self._run(inputs, truncate, direction, param, heads)
+        norm = self.config.normalize if normalize is None else normalize
+        vectors = finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
+        return EmbedResult(
+            vectors.astype(np.float32, copy=False), result.tokens, timings, result.heads
+        )
+
+    async def quantize(
+        self,
+        vectors: np.ndarray,
+        kind: quantize.ScalarType | quantize.BinaryType,
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
+        """``vectors`` (as :meth:`embed` returned them with the same ``normalize`` and
+        ``dimensions``) as int8 / uint8 (ranges of this model's calibration set, finished
+        the same way) or sign bits packed 8 per byte (binary / ubinary)."""
+        if kind == "binary" or kind == "ubinary":
+            return quantize.pack_bits(vectors, kind)
+        calibration = await self.runtime.calibration()
+        norm = self.config.normalize if normalize is None else normalize
+        finished = finish_embeddings(calibration, normalize=norm, dimensions=dimensions)
+        return quantize.quantize_scalar(vectors, quantize.scalar_ranges(finished), kind)
+
+    def has_head(self, head: Head) -> bool:
+        return self.runtime.is_embedder and head in self.runtime.head_reducers
+
+    def require_head(self, head: Head) -> None:
+        if not self.has_head(head):
+            raise MissingHead(self.name, self.kind.value, head, _HEAD_HINTS[head])
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        raw_scores: bool = False,
+        truncate: bool | None = None,
+        max_tokens_per_doc: int | None = None,
+    ) -> ScoreResult:
+        """Relevance of each document to ``query``.
+
+        A cross-encoder scores (query, document) pairs (sigmoid of the logit unless raw
+        scores are asked for or configured); an embedding model scores the cosine of the
+        two vectors, so an embedder can rerank too. ``max_tokens_per_doc`` cuts each
+        document to that many tokens first (Cohere v2).
+        """
+        if not documents:
+            raise EmptyInput("documents is empty; send at least one document", param="documents")
+        if not query:
+            raise EmptyInput("query is an empty string", param="query")
+        if max_tokens_per_doc is not None:
+            documents = await self.clip(documents, max_tokens_per_doc)
+        if self.runtime.is_embedder:
+            try:
+                result, timings = await self._run([query, *documents], truncate)
+            except InputTooLong as exc:  # item 0 is the query, item i + 1 document i
+                if exc.index == 0:
+                    raise exc.renamed(0, "query", what="query") from None
+                raise exc.renamed(
+                    exc.index - 1, "documents", what=f"document {exc.index - 1}"
+                ) from None
+            scores = heads.cosine_scores(result.rows[0], result.rows[1:])
+            return ScoreResult(scores, result.tokens, timings)
+        pairs = SharedPairs(
+            [query], documents, [(0, i) for i in range(len(documents))], ("query", "document")
+        )
+        try:
+            result, timings = await self._run(pairs, truncate, param="documents")
+        except InputTooLong as exc:
+            what = f"the query with document {exc.index}"
+            raise exc.renamed(exc.index, "documents", what=what) from None
+        logits = result.rows[:, 0].astype(np.float64)
+        activate = not raw_scores and self.config.score_activation == "sigmoid"
+        return ScoreResult(heads.sigmoid(logits) if activate else logits, result.tokens, timings)
+
+    async def classify(
+        self,
+        inputs: Sequence[str] | Sequence[tuple[str, str]],
+        *,
+        truncate: bool | None = None,
+        param: str = "inputs",
+    ) -> ClassifyResult:
+        """Logits for texts or (premise, hypothesis) pairs; labels from the model's label map."""
+        self._require_logits("it gives embeddings; use /v1/embeddings or /embed")
+        result, timings = await self._run(inputs, truncate, param=param)
+        return ClassifyResult(result.rows, self.labels, result.tokens, timings)
+
+    async def zero_shot(
+        self,
+        texts: Sequence[str],
+        candidate_labels: Sequence[str],
+        *,
+        hypothesis_template: str = "This example is {}.",
+        multi_label: bool = False,
+        truncate: bool | None = None,
+    ) -> ZeroShotResult:
+        """Zero-shot classification from NLI logits, as transformers' pipeline computes it."""
+        self._require_logits("zero-shot needs an NLI model")
+        if heads.label_index(self.labels, "entail") is None:
+            raise WrongModelKind(
+                self.name,
+                self.kind.value,
+                f"its labels {sorted(self.labels.values())} have no entailment label",
+            )
+        if not candidate_labels:
+            raise EmptyInput("candidate_labels is empty", param="candidate_labels")
+        fill = _template_filler(hypothesis_template)
+        expanded = sum(
+            len(hypothesis_template) + hypothesis_template.count("{}") * len(label)
+            for label in candidate_labels
+        )
+        if expanded > MAX_HYPOTHESES_CHARS:
+            raise InvalidInput(
+                f"hypothesis_template filled with every candidate label gives {expanded} "
+                f"characters, more than {MAX_HYPOTHESES_CHARS}; use fewer {{}} fields, "
+                "fewer or shorter labels",
+                param="hypothesis_template",
+            )
+        hypotheses = [fill(label) for label in candidate_labels]
+        pairs = SharedPairs(
+            texts,
+            hypotheses,
+            [(t, h) for t in range(len(texts)) for h in range(len(hypotheses))],
+            ("text", "hypothesis"),
+        )
+        try:
+            result, timings = await self._run(pairs, truncate, param="text")
+        except InputTooLong as exc:  # pair i is text i // labels with one hypothesis
+            i = exc.index // len(hypotheses)
+            raise exc.renamed(i, "text", what=f"text {i} with its hypothesis") from None
+        logits = result.rows.reshape(len(texts), len(candidate_labels), -1)
+        scores = heads.zero_shot_scores(logits, self.labels, multi_label=multi_label)
+        return ZeroShotResult(scores, result.tokens, timings)
+
+    async def clip(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut to its first ``max_tokens`` tokens (Cohere's ``max_tokens``)."""
+        tok = self.runtime.tokenizer
+        return await self._off_loop(lambda: tok.clip(texts, max_tokens))
+
+    async def tokenize(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True
+    ) -> list[list[TokenInfo]]:
+        if not texts:
+            raise EmptyInput("inputs is empty", param="inputs")
+        tok = self.runtime.tokenizer
+        return await self._off_loop(
+            lambda: tok.tokens(texts, add_special_tokens=add_special_tokens)
+        )
