@@ -12,7 +12,6 @@ for the first one's export instead of repeating it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -23,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from trt_async.backends.modelfiles import MANIFEST_NAME, ONNX_NAME
+from trt_async.backends.modelfiles import MANIFEST_NAME, ONNX_NAME, sha256_file
 from trt_async.core.config import Config, parse_config
 
 #: Environment variable naming the cache folder.
@@ -68,7 +67,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 def embedded_model_dir(cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The exported all-MiniLM-L6-v2 folder, exporting it on the first call."""
     hf_dir, version = _package_model()
-    weights = _sha256(hf_dir / "model.safetensors")[:16]
+    weights = sha256_file(hf_dir / "model.safetensors")[:16]
     key = f"{EMBEDDED_MODEL}-{version}-{weights}-{EXPORT_REVISION}"
     root = cache_root(cache_dir)
     final = root / key
@@ -146,14 +145,6 @@ def _package_model() -> tuple[Path, str]:
             f"{PACKAGE}"
         )
     return hf_dir, version
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

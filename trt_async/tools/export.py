@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from trt_async.backends.modelfiles import (
     position_limit,
     sha256_file,
 )
+from trt_async.core.heads import make_reducer
 from trt_async.tools import m3
 from trt_async.tools.m3 import HeadsOption
 
@@ -168,7 +169,7 @@ def export_model(
     else:
         plain = [_run_torch(model, batch, input_names) for batch in batches]
         if graph_pooling is not None:
-            pool = _POOLERS[graph_pooling]
+            pool = make_reducer(graph_pooling)
             plain = [pool(r, b.mask) for r, b in zip(plain, batches, strict=True)]
         references = [(r,) for r in plain]
     step(f"torch reference outputs for {sum(len(b.mask) for b in batches)} sample inputs")
@@ -553,24 +554,10 @@ def _difference(
         return float(np.abs(out - ref)[batch.mask].max())
     if out.ndim == 3:
         # Padding positions legitimately differ between runtimes: compare real tokens.
-        pool = _POOLERS[pooling if pooling != "none" else "cls"]
+        pool = make_reducer(pooling if pooling != "none" else "cls")
         pooled = float(np.abs(pool(out, batch.mask) - pool(ref, batch.mask)).max())
         return max(float(np.abs(out - ref)[batch.mask].max()), pooled)
     return float(np.abs(out - ref).max())
-
-
-def _mean_pool(x: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
-    m = mask[..., None].astype(np.float32)
-    return np.asarray((x * m).sum(1) / np.maximum(m.sum(1), 1.0), dtype=np.float32)
-
-
-def _cls_pool(x: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
-    return x[:, 0]
-
-
-_POOLERS: dict[
-    str, Callable[[npt.NDArray[np.float32], npt.NDArray[np.bool_]], npt.NDArray[np.float32]]
-] = {"mean": _mean_pool, "cls": _cls_pool}
 
 
 def _sample_batches(
