@@ -27,9 +27,13 @@ from trt_async.core.registry import ModelRegistry
 from trt_async.http.admin import HealthController, ManagementController
 from trt_async.http.auth import make_api_key_guard
 from trt_async.http.cohere_embed import CohereEmbedController
-from trt_async.http.common import REGISTRY_KEY
+from trt_async.http.common import DEPENDENCIES, REGISTRY_KEY
 from trt_async.http.docs import OfflineSwaggerPlugin, document
-from trt_async.http.errors import exception_handlers
+from trt_async.http.errors import (
+    Dialect,
+    route_dialects,
+    routing_error_handlers,
+)
 from trt_async.http.multivector import TokenEmbeddingController
 from trt_async.http.observability import (
     METRICS_STATE_KEY,
@@ -173,6 +177,8 @@ def create_app(config: Config | None = None) -> Litestar:
             await drain.finish()
             await registry.close(deadline_s=config.server.drain_seconds)
 
+    # Filled once the routes exist: path -> the dialect its handlers answer errors in.
+    dialects: dict[str, Dialect] = {}
     app = Litestar(
         route_handlers=[
             metrics_endpoint,
@@ -189,8 +195,10 @@ def create_app(config: Config | None = None) -> Litestar:
         ],
         lifespan=[lifespan],
         middleware=[RequestContextMiddleware(metrics, config.server.body_timeout_s)],
-        exception_handlers=exception_handlers(),
+        dependencies=DEPENDENCIES,
         before_request=strict_body,
+        # Each controller answers errors in its own dialect; these take what no route took.
+        exception_handlers=routing_error_handlers(dialects),
         guards=make_api_key_guard(
             config.server.api_key,
             public_prefixes=(DOCS_PATH,),
@@ -209,6 +217,7 @@ def create_app(config: Config | None = None) -> Litestar:
             render_plugins=[OfflineSwaggerPlugin(DOCS_PATH), JsonRenderPlugin()],
         ),
     )
+    dialects.update(route_dialects(app.routes))
     document(app.openapi_schema, config)
     app.state[METRICS_STATE_KEY] = metrics
     return app

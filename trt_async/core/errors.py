@@ -1,6 +1,8 @@
-"""Errors the core raises; the HTTP layer maps each to a status and a dialect's body.
+"""Errors the core raises: what went wrong, never how to say it over HTTP.
 
-They carry what a client needs to fix the request, never a traceback.
+They carry what a client needs to fix the request, never a traceback. The HTTP layer maps
+each class to a status and to each API dialect's error body, in one table
+(:mod:`trt_async.http.errors`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,6 @@ from collections.abc import Iterable
 class ServingError(Exception):
     """Base of every error a client may see. ``param`` names the offending field."""
 
-    status = 500
-    #: TEI's error_type for this error.
-    kind = "Backend"
-
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -22,19 +20,15 @@ class ServingError(Exception):
 
 
 class InvalidInput(ServingError):
-    """Input that cannot be served as given (422 unless a subclass says otherwise)."""
-
-    status = 422
-    kind = "Validation"
+    """Input that cannot be served as given."""
 
 
 class EmptyInput(InvalidInput):
-    status = 400
-    kind = "Empty"
+    """No input, or an empty text."""
 
 
 class InputTooLong(InvalidInput):
-    kind = "Validation"
+    """An item is longer than the model takes and truncation is off."""
 
     def __init__(
         self,
@@ -79,7 +73,7 @@ class ForeignTokenIds(InvalidInput):
 
 
 class TooManyInputs(InvalidInput):
-    status = 413
+    """More items in one request than the server allows."""
 
     def __init__(self, count: int, limit: int, *, param: str = "input") -> None:
         super().__init__(
@@ -91,8 +85,6 @@ class TooManyInputs(InvalidInput):
 class OverCapacity(InvalidInput):
     """A request larger than a limit that waiting cannot lift: retrying never helps."""
 
-    status = 413
-
     def __init__(self, what: str, size: int, limit: int, setting: str) -> None:
         super().__init__(
             f"this request needs {size} {what}, more than the server ever holds for one "
@@ -103,7 +95,7 @@ class OverCapacity(InvalidInput):
 
 
 class WrongModelKind(InvalidInput):
-    status = 400
+    """The model cannot do what was asked (e.g. embed with a reranker)."""
 
     def __init__(self, model: str, kind: str, hint: str) -> None:
         super().__init__(f"model {model!r} is a {kind} model: {hint}", param="model")
@@ -119,24 +111,19 @@ class MissingHead(WrongModelKind):
 
 
 class InvalidPath(InvalidInput):
-    status = 400
+    """A path that cannot name a model folder."""
 
 
 class Forbidden(ServingError):
     """A request for something the configuration does not allow (e.g. outside model_roots)."""
 
-    status = 403
-    kind = "Validation"
-
 
 class Conflict(ServingError):
-    status = 409
-    kind = "Validation"
+    """The request contradicts the current state (e.g. a name already loaded)."""
 
 
 class ModelNotFound(ServingError):
-    status = 404
-    kind = "Validation"
+    """No model is served under that name."""
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         names = ", ".join(sorted(known)) or "none"
@@ -145,8 +132,7 @@ class ModelNotFound(ServingError):
 
 
 class Overloaded(ServingError):
-    status = 429
-    kind = "Overloaded"
+    """The queue is full; ``retry_after_s`` says when to try again."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
@@ -156,15 +142,9 @@ class Overloaded(ServingError):
 class Unavailable(ServingError):
     """Not ready, shutting down, unloaded while queued, or waited past the queue timeout."""
 
-    status = 503
-    kind = "Unhealthy"
-
 
 class BackendFailure(ServingError):
     """A batch failed in the backend; ``error_id`` is logged with the traceback."""
-
-    status = 500
-    kind = "Backend"
 
     def __init__(self, error_id: str) -> None:
         super().__init__(f"inference failed (error id {error_id}); the server logged the cause")

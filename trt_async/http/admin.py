@@ -18,10 +18,11 @@ from msgspec import Meta
 from trt_async.backends.modelfiles import ModelDirError
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind
 from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath
+from trt_async.core.registry import ModelRegistry
 from trt_async.core.tasks import ServedModel
 from trt_async.http.auth import ADMIN_OPT, PUBLIC_OPT
-from trt_async.http.common import AnyRequest, JsonBody, error_responses, get_registry
-from trt_async.http.errors import Dialect
+from trt_async.http.common import REGISTRY_KEY, AnyRequest, JsonBody, RegistryDep, error_responses
+from trt_async.http.errors import Dialect, dialect_handlers
 
 
 class Health(msgspec.Struct):
@@ -161,7 +162,8 @@ def _inside_roots(path: str, roots: list[str], param: str) -> str:
 
 class HealthController(Controller):
     tags = ["probes"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.DETAIL, PUBLIC_OPT: True}  # noqa: RUF012
+    opt = {PUBLIC_OPT: True}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.DETAIL)
 
     @get("/health", summary="Liveness: 200 while the process serves HTTP")
     async def health(self) -> Health:
@@ -173,7 +175,8 @@ class HealthController(Controller):
         responses={503: error_responses(Dialect.DETAIL, 503)[503]},
     )
     async def ready(self, request: AnyRequest) -> Response[Readiness]:
-        registry = request.app.state.get("registry")
+        # Not the `registry` dependency: while starting, readiness answers instead of failing.
+        registry: ModelRegistry | None = request.app.state.get(REGISTRY_KEY)
         if registry is None:
             return Response(Readiness("starting", {}), status_code=503)
         if registry.ready:
@@ -185,7 +188,7 @@ class HealthController(Controller):
 class ManagementController(Controller):
     path = "/models"
     tags = ["management"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.DETAIL}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.DETAIL)
 
     @post(
         "/load",
@@ -194,8 +197,7 @@ class ManagementController(Controller):
         responses=error_responses(Dialect.DETAIL, 400, 401, 403, 409, 422),
         opt={ADMIN_OPT: True},
     )
-    async def load(self, request: AnyRequest, data: JsonBody[LoadRequest]) -> ModelDescription:
-        registry = get_registry(request)
+    async def load(self, registry: RegistryDep, data: JsonBody[LoadRequest]) -> ModelDescription:
         roots = registry.config.server.model_roots
         raw = {**data.options, "model_path": _inside_roots(data.model_path, roots, "model_path")}
         tokenizer = raw.get("tokenizer_path")
@@ -223,11 +225,10 @@ class ManagementController(Controller):
         responses=error_responses(Dialect.DETAIL, 401, 403, 404, 422),
         opt={ADMIN_OPT: True},
     )
-    async def unload(self, request: AnyRequest, data: JsonBody[UnloadRequest]) -> Unloaded:
-        await get_registry(request).unload(data.name)
+    async def unload(self, registry: RegistryDep, data: JsonBody[UnloadRequest]) -> Unloaded:
+        await registry.unload(data.name)
         return Unloaded(data.name)
 
     @get("/status", summary="Every model's state, buckets and queue statistics")
-    async def status(self, request: AnyRequest) -> ModelStatus:
-        registry = get_registry(request)
+    async def status(self, registry: RegistryDep) -> ModelStatus:
         return ModelStatus(registry.ready, [describe(m) for m in registry])

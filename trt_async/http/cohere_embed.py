@@ -22,15 +22,14 @@ from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
 from trt_async.core.tasks import EmbedResult, ServedModel
 from trt_async.http.common import (
-    AnyRequest,
     JsonBody,
-    check_batch,
+    Models,
+    ModelsDep,
     error_responses,
-    pick_model,
     require_kind,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import Dialect, dialect_handlers
 
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 InputType = Literal["search_document", "search_query", "classification", "clustering", "image"]
@@ -104,11 +103,11 @@ def _types(requested: list[str] | None, default: list[str]) -> list[EmbeddingTyp
 
 
 async def _embed(
-    request: AnyRequest, data: CohereEmbedRequest, route: str
+    models: Models, data: CohereEmbedRequest, route: str
 ) -> tuple[ServedModel, EmbedResult]:
-    model = pick_model(request, data.model, _KINDS, route)
+    model = models.pick(data.model, _KINDS, route)
     require_kind(model, _KINDS, f"{route} takes an embedding model")
-    check_batch(request, len(data.texts), "texts")
+    models.check_batch(len(data.texts), "texts")
     texts = data.texts
     if data.max_tokens is not None:
         texts = await model.clip(texts, data.max_tokens)
@@ -146,7 +145,7 @@ def _meta(version: str, tokens: int) -> EmbedMeta:
 
 class CohereEmbedController(Controller):
     tags = ["cohere"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.COHERE}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.COHERE)
 
     @post(
         "/v2/embed",
@@ -155,10 +154,10 @@ class CohereEmbedController(Controller):
         responses=error_responses(Dialect.COHERE),
     )
     async def embed_v2(
-        self, request: AnyRequest, data: JsonBody[CohereEmbedRequest]
+        self, models: ModelsDep, data: JsonBody[CohereEmbedRequest]
     ) -> Response[EmbedByTypeResponse]:
         types = _types(data.embedding_types, ["float"])
-        model, result = await _embed(request, data, "/v2/embed")
+        model, result = await _embed(models, data, "/v2/embed")
         body = EmbedByTypeResponse(
             id=str(uuid.uuid4()),
             embeddings=await _by_type(model, result, types, data.output_dimension),
@@ -174,10 +173,10 @@ class CohereEmbedController(Controller):
         responses=error_responses(Dialect.COHERE),
     )
     async def embed_v1(
-        self, request: AnyRequest, data: JsonBody[CohereEmbedRequest]
+        self, models: ModelsDep, data: JsonBody[CohereEmbedRequest]
     ) -> Response[EmbedByTypeResponse | EmbedFloatsResponse]:
         types = None if data.embedding_types is None else _types(data.embedding_types, [])
-        model, result = await _embed(request, data, "/v1/embed")
+        model, result = await _embed(models, data, "/v1/embed")
         meta = _meta("1", result.tokens)
         headers = timing_headers(result.timings, result.tokens)
         if types is None:

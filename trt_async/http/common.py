@@ -1,4 +1,4 @@
-"""What every dialect's controller shares: the registry, limits, model choice, headers."""
+"""What every dialect's controller shares: the injected registry and models, limits, headers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
@@ -16,7 +17,7 @@ from trt_async.core.config import ModelKind, ServerConfig
 from trt_async.core.errors import ModelNotFound, TooManyInputs, Unavailable, WrongModelKind
 from trt_async.core.registry import ModelRegistry
 from trt_async.core.tasks import ServedModel, Timings
-from trt_async.http.errors import DIALECT_STATE_KEY, ERROR_MODELS, Dialect
+from trt_async.http.errors import ERROR_MODELS, Dialect
 from trt_async.http.observability import MODEL_STATE_KEY
 
 REGISTRY_KEY = "registry"
@@ -36,51 +37,67 @@ Truncate: TypeAlias = Annotated[
 ]
 
 
-def get_registry(request: AnyRequest) -> ModelRegistry:
-    registry: ModelRegistry | None = request.app.state.get(REGISTRY_KEY)
+def provide_registry(state: State) -> ModelRegistry:
+    """The ``registry`` dependency: the one place that reads it from the app's state."""
+    registry: RegistryDep | None = state.get(REGISTRY_KEY)
     if registry is None:
         raise Unavailable("the server is starting; no model is loaded yet")
     return registry
 
 
-def get_model(request: AnyRequest, name: str) -> ServedModel:
-    """Look a model up, and note its name for the access log and metrics."""
-    model = get_registry(request).get(name)
-    request.scope.setdefault("state", {})[MODEL_STATE_KEY] = model.name
-    return model
+class Models:
+    """The served models as one request sees them (the ``models`` dependency).
+
+    Look-ups note the model's name for the access log and metrics.
+    """
+
+    __slots__ = ("_request", "registry")
+
+    def __init__(self, registry: ModelRegistry, request: AnyRequest) -> None:
+        self.registry = registry
+        self._request = request
+
+    @property
+    def server(self) -> ServerConfig:
+        return self.registry.config.server
+
+    def get(self, name: str) -> ServedModel:
+        model = self.registry.get(name)
+        self._request.scope.setdefault("state", {})[MODEL_STATE_KEY] = model.name
+        return model
+
+    def pick(self, name: str | None, kinds: Sequence[ModelKind], route: str) -> ServedModel:
+        """The named model, or (for routes where ``model`` is optional) the first of a kind."""
+        if name:
+            return self.get(name)
+        for kind in kinds:
+            names = self.registry.names_by_kind()[kind]
+            if names:
+                return self.get(names[0])
+        wanted = " or ".join(k.value for k in kinds)
+        raise ModelNotFound(
+            f"<default {wanted} model for {route}>", (m.name for m in self.registry)
+        )
+
+    def check_batch(self, count: int, param: str = "input") -> None:
+        limit = self.server.max_client_batch_size
+        if count > limit:
+            raise TooManyInputs(count, limit, param=param)
 
 
-def server_config(request: AnyRequest) -> ServerConfig:
-    return get_registry(request).config.server
+def provide_models(request: AnyRequest, registry: RegistryDep) -> Models:
+    return Models(registry, request)
 
 
-def check_batch(request: AnyRequest, count: int, param: str = "input") -> None:
-    limit = server_config(request).max_client_batch_size
-    if count > limit:
-        raise TooManyInputs(count, limit, param=param)
+#: Handler parameters filled by the app's dependencies of those names.
+RegistryDep: TypeAlias = NamedDependency[ModelRegistry]
+ModelsDep: TypeAlias = NamedDependency[Models]
 
-
-def set_dialect(request: AnyRequest, dialect: Dialect) -> None:
-    """Record a dialect decided by the body, so errors raised later use its shape."""
-    request.scope.setdefault("state", {})[DIALECT_STATE_KEY] = dialect
-
-
-def pick_model(
-    request: AnyRequest,
-    name: str | None,
-    kinds: Sequence[ModelKind],
-    route: str,
-) -> ServedModel:
-    """The named model, or (for routes where ``model`` is optional) the first of a kind."""
-    registry = get_registry(request)
-    if name:
-        return get_model(request, name)
-    for kind in kinds:
-        names = registry.names_by_kind()[kind]
-        if names:
-            return get_model(request, names[0])
-    wanted = " or ".join(k.value for k in kinds)
-    raise ModelNotFound(f"<default {wanted} model for {route}>", (m.name for m in registry))
+#: The app's dependencies: every handler may ask for ``registry`` or ``models``.
+DEPENDENCIES = {
+    "registry": Provide(provide_registry, sync_to_thread=False),
+    "models": Provide(provide_models, sync_to_thread=False),
+}
 
 
 def require_kind(model: ServedModel, kinds: Sequence[ModelKind], hint: str) -> None:

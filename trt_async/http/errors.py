@@ -1,11 +1,16 @@
-"""One mapping from every error to a status and the body shape of the client's dialect.
+"""Every error's status and body, per API dialect: one table, handlers per controller.
 
-Core errors (:class:`~trt_async.core.errors.ServingError`), Litestar's own exceptions
-(schema violations, body too large, unknown route, missing key) and anything unexpected
-go through :func:`exception_handlers`. The status is the same in every dialect; only the
-body differs: OpenAI's ``{"error": {...}}`` under ``/v1`` and ``/v2``, TEI's
-``{"error", "error_type"}`` on TEI routes, ``{"detail"}`` (the seed's FastAPI shape)
-elsewhere.
+Core errors (:class:`~trt_async.core.errors.ServingError`) carry meaning only; the table
+:data:`CORE_ERRORS` gives each its status, TEI ``error_type`` and OpenAI-style ``code``.
+Litestar's own exceptions (schema violations, body too large, missing key) and anything
+unexpected are classified beside it. The status is the same in every dialect; only the body
+differs: OpenAI's ``{"error": {...}}`` (with ``detail`` on rerank routes), TEI's
+``{"error", "error_type"}``, Cohere's ``{"message"}``, or ``{"detail"}`` (the seed's FastAPI
+shape). Each dialect's controller installs :func:`dialect_handlers`
+for its own dialect; ``/rerank`` decides between Cohere's and TEI's by its body, the one
+special case (:func:`rerank_dialect`). A request that matches no route has no controller:
+:func:`routing_error_handlers` answers it in the dialect of the route at that path (405)
+or of the versioned OpenAI-style namespace it is under (404), else ``{"detail"}``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import enum
 import logging
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,9 +34,26 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandler, ExceptionHandlersMap
 
-from trt_async.core.errors import BackendFailure, ModelNotFound, Overloaded, ServingError
+from trt_async.core.errors import (
+    BackendFailure,
+    Conflict,
+    EmptyInput,
+    Forbidden,
+    ForeignTokenIds,
+    InputTooLong,
+    InvalidInput,
+    InvalidPath,
+    MissingHead,
+    ModelNotFound,
+    OverCapacity,
+    Overloaded,
+    ServingError,
+    TooManyInputs,
+    Unavailable,
+    WrongModelKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +67,10 @@ class Dialect(str, enum.Enum):
     COHERE = "cohere"
 
 
-#: Key in the connection state where a handler records a dialect decided by the body.
-DIALECT_STATE_KEY = "trt_async_dialect"
-TEI_PATHS = frozenset(
-    {"/embed", "/embed_sparse", "/embed_all", "/predict", "/tokenize", "/info", "/", "/invocations"}
-)
-#: Cohere's embed API answers errors as ``{"message"}``.
-COHERE_PATHS = frozenset({"/v1/embed", "/v2/embed"})
-RERANK_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
+#: Key in the request state where ``/rerank`` records that its body is TEI's.
+TEI_RERANK_STATE_KEY = "trt_async_tei_rerank"
+#: Versioned namespaces of the OpenAI-style APIs (OpenAI, Cohere/Jina, zero-shot).
+OPENAI_NAMESPACES = ("/v1/", "/v2/")
 
 
 # -- wire shapes (also documented in the OpenAPI schema) -------------------------------------
@@ -98,6 +117,49 @@ class DetailError(msgspec.Struct):
 
 
 # -- classification -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMapping:
+    status: int
+    #: TEI's error_type.
+    kind: str
+    #: The OpenAI-style ``code``.
+    code: str
+
+
+#: The one table from core errors to HTTP. A class not listed takes its nearest base's row.
+CORE_ERRORS: Mapping[type[ServingError], ErrorMapping] = {
+    ServingError: ErrorMapping(500, "Backend", "serving_error"),
+    InvalidInput: ErrorMapping(422, "Validation", "invalid_input"),
+    EmptyInput: ErrorMapping(400, "Empty", "empty_input"),
+    InputTooLong: ErrorMapping(422, "Validation", "input_too_long"),
+    ForeignTokenIds: ErrorMapping(422, "Validation", "foreign_token_ids"),
+    TooManyInputs: ErrorMapping(413, "Validation", "too_many_inputs"),
+    OverCapacity: ErrorMapping(413, "Validation", "over_capacity"),
+    WrongModelKind: ErrorMapping(400, "Validation", "wrong_model_kind"),
+    MissingHead: ErrorMapping(400, "Validation", "missing_head"),
+    InvalidPath: ErrorMapping(400, "Validation", "invalid_path"),
+    Forbidden: ErrorMapping(403, "Validation", "forbidden"),
+    Conflict: ErrorMapping(409, "Validation", "conflict"),
+    ModelNotFound: ErrorMapping(404, "Validation", "model_not_found"),
+    Overloaded: ErrorMapping(429, "Overloaded", "overloaded"),
+    Unavailable: ErrorMapping(503, "Unhealthy", "unavailable"),
+    BackendFailure: ErrorMapping(500, "Backend", "backend_error"),
+}
+
+
+def core_error_mapping(exc: ServingError) -> ErrorMapping:
+    return next(CORE_ERRORS[c] for c in type(exc).__mro__ if c in CORE_ERRORS)
+
+
+class UndecodableBody(Exception):
+    """A JSON body that Litestar's decoder fails on with a non-HTTP error (see
+    :func:`trt_async.http.strict.decode_body`); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +214,10 @@ def classify(exc: Exception) -> ErrorInfo:
     """The status, message and TEI kind of any exception a request may raise."""
     if isinstance(exc, ServingError):
         headers: dict[str, str] = {}
-        code = _code_of(exc)
+        row = core_error_mapping(exc)
         if isinstance(exc, Overloaded):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        return ErrorInfo(exc.status, exc.message, exc.kind, exc.param, code, headers)
+        return ErrorInfo(row.status, exc.message, row.kind, exc.param, row.code, headers)
     if isinstance(exc, ValidationException):
         cause = exc.__cause__
         if isinstance(cause, msgspec.DecodeError) and not isinstance(
@@ -174,16 +236,9 @@ def classify(exc: Exception) -> ErrorInfo:
         return ErrorInfo(
             400, f"request body is not valid JSON: {detail}", "Validation", code="invalid_json"
         )
-    if isinstance(exc, RecursionError | UnicodeDecodeError) and _raised_decoding_body(exc):
-        # Litestar's JSON decoding lets these two through: bodies nested deeper than the
-        # decoder recurses, and bytes that are not UTF-8.
-        reason = (
-            "it is nested too deeply"
-            if isinstance(exc, RecursionError)
-            else f"it is not UTF-8 ({exc.reason} at byte {exc.start})"
-        )
+    if isinstance(exc, UndecodableBody):
         return ErrorInfo(
-            400, f"request body is not valid JSON: {reason}", "Validation", code="invalid_json"
+            400, f"request body is not valid JSON: {exc.reason}", "Validation", code="invalid_json"
         )
     if isinstance(exc, NotAuthorizedException):
         return ErrorInfo(
@@ -219,57 +274,20 @@ def classify(exc: Exception) -> ErrorInfo:
     )
 
 
-def _raised_decoding_body(exc: BaseException) -> bool:
-    """Whether ``exc`` came out of Litestar's JSON body decoding (not from the app's code)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if code.co_name == "decode_json" and "litestar" in code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _code_of(exc: ServingError) -> str:
-    if isinstance(exc, ModelNotFound):
-        return "model_not_found"
-    if isinstance(exc, BackendFailure):
-        return "backend_error"
-    # CamelCase class name to snake_case: InputTooLong -> input_too_long.
-    name = type(exc).__name__
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-
-
 # -- dialect --------------------------------------------------------------------------------
 
 
-def dialect_of(request: Request[Any, Any, Any]) -> Dialect:
-    """The dialect the client spoke: recorded by a handler, else decided by the path."""
-    state = request.scope.get("state") or {}
-    recorded = state.get(DIALECT_STATE_KEY)
-    if isinstance(recorded, Dialect):
-        return recorded
-    path = request.scope.get("path", "/")
-    if path in COHERE_PATHS:
-        return Dialect.COHERE
-    if path in RERANK_PATHS:
-        return Dialect.RERANK
-    if path.startswith(("/v1/", "/v2/")):
-        return Dialect.OPENAI
-    if path in TEI_PATHS:
-        return Dialect.TEI
-    if path == "/rerank":
-        return Dialect.TEI if _is_tei_rerank(request) else Dialect.RERANK
-    return Dialect.DETAIL
-
-
-def _is_tei_rerank(request: Request[Any, Any, Any]) -> bool:
-    """A ``/rerank`` body that failed validation: TEI's dialect sends ``texts``.
-
-    The decoded JSON is cached on the connection by the time validation fails.
-    """
-    cached = getattr(getattr(request, "_connection_state", None), "json", None)
-    return isinstance(cached, dict) and "texts" in cached and "documents" not in cached
+async def rerank_dialect(request: Request[Any, Any, Any]) -> None:
+    """``/rerank``'s hook: a body with ``texts`` and no ``documents`` speaks TEI's dialect,
+    so its errors, including schema violations, take TEI's shape."""
+    if request.method != "POST" or not await request.body():
+        return
+    try:
+        body = await request.json()
+    except Exception:  # the handler's body parsing reports it
+        return
+    if isinstance(body, dict) and "texts" in body and "documents" not in body:
+        request.state[TEI_RERANK_STATE_KEY] = True
 
 
 def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
@@ -283,9 +301,10 @@ def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
     return DetailError(info.message)
 
 
-def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def error_response(
+    request: Request[Any, Any, Any], exc: Exception, dialect: Dialect
+) -> Response[Any]:
     info = classify(exc)
-    dialect = dialect_of(request)
     if dialect is Dialect.TEI and info.kind == "Backend" and info.status == 500:
         # TEI answers backend failures with 424 (Failed Dependency); its clients expect that.
         info = replace(info, status=424)
@@ -303,14 +322,70 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
     )
 
 
-def exception_handlers() -> ExceptionHandlersMap:
-    # Exception covers HTTPException, ServingError and the unexpected alike; 404/405 for
-    # unknown routes are raised before any handler and need their own keys.
-    return {
-        Exception: error_response,
-        NotFoundException: error_response,
-        MethodNotAllowedException: error_response,
-    }
+class DialectErrorHandler:
+    """Answers any exception in one dialect's body shape (a Litestar exception handler)."""
+
+    __slots__ = ("dialect",)
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+
+    def __call__(self, request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        return error_response(request, exc, self.dialect)
+
+
+def _handlers(handler: ExceptionHandler[Exception]) -> ExceptionHandlersMap:
+    # Exception covers HTTPException, ServingError and the unexpected alike; the app-level
+    # keys for 404 and 405 are more specific, so they are overridden here too.
+    return {Exception: handler, NotFoundException: handler, MethodNotAllowedException: handler}
+
+
+def dialect_handlers(dialect: Dialect) -> ExceptionHandlersMap:
+    """A controller's ``exception_handlers``: every error in ``dialect``'s shape."""
+    return _handlers(DialectErrorHandler(dialect))
+
+
+class RerankErrorHandler(DialectErrorHandler):
+    """``/rerank``'s handler: TEI's shape when :func:`rerank_dialect` saw TEI's body, else
+    the rerank routes' (OpenAI's envelope with ``detail``)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(Dialect.RERANK)
+
+    def __call__(self, request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        tei = request.state.get(TEI_RERANK_STATE_KEY, False)
+        return error_response(request, exc, Dialect.TEI if tei else self.dialect)
+
+
+RERANK_HANDLERS = _handlers(RerankErrorHandler())
+
+
+def routing_error_handlers(dialects: Mapping[str, Dialect]) -> ExceptionHandlersMap:
+    """The app's handlers, for requests no route handler took (unknown path, wrong method):
+    the dialect of the route at that path (from ``dialects``, path -> dialect), else of
+    the OpenAI-style namespace the path is under, else ``{"detail"}``."""
+
+    def handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        path: str = request.scope["path"]
+        dialect = dialects.get(path)
+        if dialect is None:
+            dialect = Dialect.OPENAI if path.startswith(OPENAI_NAMESPACES) else Dialect.DETAIL
+        return error_response(request, exc, dialect)
+
+    return _handlers(handler)
+
+
+def route_dialects(routes: Any) -> dict[str, Dialect]:
+    """Path -> dialect of the routes' handlers, read from their exception handlers."""
+    out: dict[str, Dialect] = {}
+    for route in routes:
+        for handler in getattr(route, "route_handlers", ()):
+            found = handler.resolve_exception_handlers().get(Exception)
+            if isinstance(found, DialectErrorHandler):
+                out.setdefault(route.path, found.dialect)
+    return out
 
 
 #: Error responses documented for every inference route in the OpenAPI schema.

@@ -18,15 +18,14 @@ from trt_async.core.config import ModelKind
 from trt_async.core.multivector import Head, SparseVector
 from trt_async.core.tasks import EmbedResult
 from trt_async.http.common import (
-    AnyRequest,
     DirectionName,
     JsonBody,
-    check_batch,
+    Models,
+    ModelsDep,
     error_responses,
-    pick_model,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import Dialect, dialect_handlers
 from trt_async.http.openai_api import EmbeddingInput, split_input
 from trt_async.http.tei import direction, refuse_prompt
 
@@ -53,13 +52,13 @@ def sparse_values(vector: SparseVector) -> list[SparseValue]:
 
 
 async def _run(
-    request: AnyRequest, data: TokenEmbedRequest, model: str | None, route: str, head: Head
+    models: Models, data: TokenEmbedRequest, model: str | None, route: str, head: Head
 ) -> EmbedResult:
-    served = pick_model(request, data.model or model, _KINDS, route)
+    served = models.pick(data.model or model, _KINDS, route)
     refuse_prompt(served, data.prompt_name)
     served.require_head(head)
     inputs = split_input(data.inputs, "inputs")
-    check_batch(request, len(inputs), "inputs")
+    models.check_batch(len(inputs), "inputs")
     return await served.embed(
         inputs,
         truncate=data.truncate,
@@ -71,7 +70,7 @@ async def _run(
 
 class TokenEmbeddingController(Controller):
     tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.TEI}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.TEI)
 
     @post(
         "/embed_sparse",
@@ -81,11 +80,11 @@ class TokenEmbeddingController(Controller):
     )
     async def embed_sparse(
         self,
-        request: AnyRequest,
+        models: ModelsDep,
         data: JsonBody[TokenEmbedRequest],
         model: FromQuery[str | None] = None,
     ) -> Response[list[list[SparseValue]]]:
-        result = await _run(request, data, model, "/embed_sparse", "sparse")
+        result = await _run(models, data, model, "/embed_sparse", "sparse")
         body = [sparse_values(v) for v in result.heads["sparse"]]  # type: ignore[arg-type]
         return Response(body, headers=timing_headers(result.timings, result.tokens))
 
@@ -97,10 +96,10 @@ class TokenEmbeddingController(Controller):
     )
     async def embed_all(
         self,
-        request: AnyRequest,
+        models: ModelsDep,
         data: JsonBody[TokenEmbedRequest],
         model: FromQuery[str | None] = None,
     ) -> Response[list[list[list[float]]]]:
-        result = await _run(request, data, model, "/embed_all", "tokens")
+        result = await _run(models, data, model, "/embed_all", "tokens")
         body = [v.tolist() for v in result.heads["tokens"]]  # type: ignore[attr-defined]
         return Response(body, headers=timing_headers(result.timings, result.tokens))

@@ -20,16 +20,14 @@ from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput, WrongModelKind
 from trt_async.core.tasks import ServedModel
 from trt_async.http.common import (
-    AnyRequest,
     JsonBody,
+    ModelsDep,
+    RegistryDep,
     Truncate,
-    check_batch,
     error_responses,
-    get_model,
-    get_registry,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import Dialect, dialect_handlers
 
 #: A text, a list of texts, one token-id list, or a list of token-id lists. msgspec allows a
 #: single array type in a union, so lists are checked for consistency after decoding.
@@ -140,7 +138,7 @@ def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["openai"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.OPENAI}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.OPENAI)
 
     @post(
         "/embeddings",
@@ -154,11 +152,11 @@ class OpenAIController(Controller):
         responses=error_responses(Dialect.OPENAI),
     )
     async def embeddings(
-        self, request: AnyRequest, data: JsonBody[EmbeddingRequest]
+        self, models: ModelsDep, data: JsonBody[EmbeddingRequest]
     ) -> Response[EmbeddingResponse]:
-        model = get_model(request, data.model)
+        model = models.get(data.model)
         inputs = split_input(data.input)
-        check_batch(request, len(inputs))
+        models.check_batch(len(inputs))
         if data.query is not None or model.kind is ModelKind.RERANKER:
             return await self._rerank(model, data, inputs)
         if model.kind is ModelKind.NLI:
@@ -203,14 +201,14 @@ class OpenAIController(Controller):
         return Response(body, headers=timing_headers(result.timings, result.tokens))
 
     @get("/models", summary="List served models (OpenAI)")
-    async def list_models(self, request: AnyRequest) -> ModelList:
-        return ModelList([ModelCard(m.name, m.created) for m in get_registry(request)])
+    async def list_models(self, registry: RegistryDep) -> ModelList:
+        return ModelList([ModelCard(m.name, m.created) for m in registry])
 
     @get(
         "/models/{model_id:str}",
         summary="Describe one served model (OpenAI)",
         responses=error_responses(Dialect.OPENAI, 404),
     )
-    async def get_model(self, request: AnyRequest, model_id: FromPath[str]) -> ModelCard:
-        model = get_registry(request).get(model_id)
+    async def get_model(self, registry: RegistryDep, model_id: FromPath[str]) -> ModelCard:
+        model = registry.get(model_id)
         return ModelCard(model.name, model.created)

@@ -20,18 +20,17 @@ from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
 from trt_async.core.tasks import ScoreResult
 from trt_async.http.common import (
-    AnyRequest,
     DirectionName,
     JsonBody,
+    Models,
+    ModelsDep,
     Truncate,
-    check_batch,
     error_responses,
-    pick_model,
     require_kind,
-    set_dialect,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import RERANK_HANDLERS, Dialect, dialect_handlers
+from trt_async.http.strict import check_rerank_body
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 ModelField = Annotated[
@@ -201,7 +200,7 @@ def _order(scores: np.ndarray, top_n: int | None) -> list[int]:
 
 
 async def _score(
-    request: AnyRequest,
+    models: Models,
     model_name: str | None,
     query: str,
     documents: list[str],
@@ -211,8 +210,8 @@ async def _score(
     route: str,
     max_tokens_per_doc: int | None = None,
 ) -> tuple[str, ScoreResult]:
-    check_batch(request, len(documents), "documents")
-    model = pick_model(request, model_name, _KINDS, route)
+    models.check_batch(len(documents), "documents")
+    model = models.pick(model_name, _KINDS, route)
     require_kind(model, _KINDS, _HINT)
     result = await model.rerank(
         query,
@@ -237,13 +236,14 @@ def _results(
 
 class RerankController(Controller):
     tags = ["rerank"]  # noqa: RUF012 - Litestar reads class attributes
+    exception_handlers = dialect_handlers(Dialect.RERANK)
 
     async def _cohere(
-        self, request: AnyRequest, data: RerankRequest | AnyRerankRequest, route: str
+        self, models: Models, data: RerankRequest | AnyRerankRequest, route: str
     ) -> tuple[str, ScoreResult, list[RerankResult]]:
         documents = _texts(data.documents or [])
         name, result = await _score(
-            request,
+            models,
             data.model,
             data.query,
             documents,
@@ -261,21 +261,21 @@ class RerankController(Controller):
         responses=error_responses(Dialect.RERANK),
     )
     async def rerank_v1(
-        self, request: AnyRequest, data: JsonBody[RerankRequest]
+        self, models: ModelsDep, data: JsonBody[RerankRequest]
     ) -> Response[RerankResponse | VoyageRerankResponse]:
         if data.voyage:
-            return await self._voyage(request, data)
-        body, headers = await self._cohere_v1(request, data, "/v1/rerank")
+            return await self._voyage(models, data)
+        body, headers = await self._cohere_v1(models, data, "/v1/rerank")
         return Response(body, headers=headers)
 
     async def _voyage(
-        self, request: AnyRequest, data: RerankRequest
+        self, models: Models, data: RerankRequest
     ) -> Response[RerankResponse | VoyageRerankResponse]:
         if data.truncate is None and isinstance(data.truncation, bool):
             data.truncate = data.truncation
         if isinstance(data.top_k, int):
             data.top_n = data.top_k
-        name, result, ranked = await self._cohere(request, data, "/v1/rerank")
+        name, result, ranked = await self._cohere(models, data, "/v1/rerank")
         results = [
             VoyageResult(r.relevance_score, r.index, r.document.text if r.document else None)
             for r in ranked
@@ -290,9 +290,9 @@ class RerankController(Controller):
         responses=error_responses(Dialect.RERANK),
     )
     async def rerank_v2(
-        self, request: AnyRequest, data: JsonBody[RerankRequest]
+        self, models: ModelsDep, data: JsonBody[RerankRequest]
     ) -> Response[RerankV2Response]:
-        name, result, results = await self._cohere(request, data, "/v2/rerank")
+        name, result, results = await self._cohere(models, data, "/v2/rerank")
         meta = RerankMeta(ApiVersion("2"), BilledUnits(1))
         body = RerankV2Response(uuid.uuid4().hex, name, results, RerankUsage(result.tokens), meta)
         return Response(body, headers=timing_headers(result.timings, result.tokens))
@@ -306,36 +306,35 @@ class RerankController(Controller):
             "dialect) it is TEI's bare array `[{index, score, text?}]`, sorted by score."
         ),
         responses=error_responses(Dialect.RERANK),
+        # The one route whose dialect its body decides: TEI's with `texts`, else Cohere's.
+        before_request=check_rerank_body,
+        exception_handlers=RERANK_HANDLERS,
     )
     async def rerank_any(
-        self, request: AnyRequest, data: JsonBody[AnyRerankRequest]
+        self, models: ModelsDep, data: JsonBody[AnyRerankRequest]
     ) -> Response[RerankResponse | list[TEIRank]]:
         body: RerankResponse | list[TEIRank]
         if data.texts is not None and data.documents is None:
-            body, result = await tei_rerank(request, data)
+            body, result = await tei_rerank(models, data)
             return Response(body, headers=timing_headers(result.timings, result.tokens))
-        set_dialect(request, Dialect.RERANK)
         if data.documents is None:
             raise InvalidInput("documents is required", param="documents")
-        cohere, headers = await self._cohere_v1(request, data, "/rerank")
+        cohere, headers = await self._cohere_v1(models, data, "/rerank")
         return Response(cohere, headers=headers)
 
     async def _cohere_v1(
-        self, request: AnyRequest, data: RerankRequest | AnyRerankRequest, route: str
+        self, models: Models, data: RerankRequest | AnyRerankRequest, route: str
     ) -> tuple[RerankResponse, dict[str, str]]:
-        name, result, results = await self._cohere(request, data, route)
+        name, result, results = await self._cohere(models, data, route)
         body = RerankResponse(uuid.uuid4().hex, name, results, RerankUsage(result.tokens))
         return body, timing_headers(result.timings, result.tokens)
 
 
-async def tei_rerank(
-    request: AnyRequest, data: AnyRerankRequest
-) -> tuple[list[TEIRank], ScoreResult]:
+async def tei_rerank(models: Models, data: AnyRerankRequest) -> tuple[list[TEIRank], ScoreResult]:
     """TEI's rerank: a bare array of ``{index, score, text?}`` sorted by score."""
-    set_dialect(request, Dialect.TEI)
     texts = data.texts or []
     _, result = await _score(
-        request,
+        models,
         data.model,
         data.query,
         texts,

@@ -18,17 +18,15 @@ from trt_async.core.errors import EmptyInput, InvalidInput
 from trt_async.core.multivector import Head, SparseVector
 from trt_async.core.tasks import ServedModel
 from trt_async.http.common import (
-    AnyRequest,
     JsonBody,
+    ModelsDep,
+    RegistryDep,
     Truncate,
-    check_batch,
     elapsed_ms,
     error_responses,
-    get_model,
-    get_registry,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import Dialect, dialect_handlers
 
 
 class ModelLists(msgspec.Struct):
@@ -145,11 +143,11 @@ async def _m3_infer(
 
 class SeedController(Controller):
     tags = ["seed"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.DETAIL}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.DETAIL)
 
     @get("/models", summary="Served models by kind (seed shape)")
-    async def list_models(self, request: AnyRequest) -> ModelsResponse:
-        by_kind = get_registry(request).names_by_kind()
+    async def list_models(self, registry: RegistryDep) -> ModelsResponse:
+        by_kind = registry.names_by_kind()
         return ModelsResponse(
             ModelLists(
                 embedding_models=by_kind[ModelKind.EMBEDDING],
@@ -165,9 +163,9 @@ class SeedController(Controller):
         responses=error_responses(Dialect.DETAIL),
     )
     async def infer(
-        self, request: AnyRequest, model: FromPath[str], data: JsonBody[InferRequest]
+        self, models: ModelsDep, model: FromPath[str], data: JsonBody[InferRequest]
     ) -> Response[InferResponse]:
-        served = get_model(request, model)
+        served = models.get(model)
         if served.kind is ModelKind.NLI:
             premises = _as_list(data.premises, "premises")
             hypotheses = _as_list(data.hypotheses, "hypotheses")
@@ -177,7 +175,7 @@ class SeedController(Controller):
                     f"and {len(hypotheses)}",
                     param="hypotheses",
                 )
-            check_batch(request, len(premises), "premises")
+            models.check_batch(len(premises), "premises")
             result = await served.classify(
                 list(zip(premises, hypotheses, strict=True)), truncate=data.truncate
             )
@@ -190,7 +188,7 @@ class SeedController(Controller):
                 headers=timing_headers(result.timings, result.tokens),
             )
         documents = _as_list(data.documents, "documents")
-        check_batch(request, len(documents), "documents")
+        models.check_batch(len(documents), "documents")
         if served.kind is ModelKind.RERANKER or data.query is not None:
             if data.query is None:
                 raise InvalidInput("query is required for a reranker", param="query")

@@ -18,6 +18,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
 from trt_async.http.common import AnyRequest
+from trt_async.http.errors import UndecodableBody, rerank_dialect
 
 
 @cache
@@ -42,8 +43,23 @@ def _field(error: msgspec.ValidationError) -> tuple[str, str]:
     return where.rstrip("`").removeprefix("$").lstrip("."), what
 
 
+async def decode_body(request: AnyRequest) -> None:
+    """Decode the body as the handler's argument parsing will (the result is cached on the
+    request), so that a body that is not JSON is reported as such before its types are
+    checked, and the two failures Litestar's decoder lets through as non-HTTP errors —
+    nesting deeper than it recurses, bytes that are not UTF-8 — are known to come from the
+    body."""
+    try:
+        await request.json()
+    except RecursionError:
+        raise UndecodableBody("it is nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise UndecodableBody(f"it is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
 async def strict_body(request: AnyRequest) -> None:
-    """Litestar ``before_request`` hook: refuse a body whose JSON types are not the schema's."""
+    """Litestar ``before_request`` hook: refuse a body that is not JSON, or whose JSON types
+    are not the schema's."""
     target = _body_type(request.route_handler)
     if target is None:
         return None
@@ -59,16 +75,22 @@ async def strict_body(request: AnyRequest) -> None:
             "invalid request: the body is empty; send a JSON object",
             extra=[{"key": None, "message": "the body is empty; send a JSON object"}],
         )
+    await decode_body(request)
     try:
         msgspec.json.decode(body, type=target, strict=True)
     except msgspec.ValidationError as exc:
         key, message = _field(exc)
-        # The error handler tells dialects apart by the decoded body (``/rerank``).
-        await request.json()
         raise ValidationException(
             f"invalid request: {key}: {message}",
             extra=[{"key": key or None, "message": message, "source": "body"}],
         ) from None
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return None  # not JSON at all: Litestar's decoding reports it as before
+    except (msgspec.DecodeError, RecursionError):
+        return None  # Litestar's decoder took it above: its parsing reports the rest
     return None
+
+
+async def check_rerank_body(request: AnyRequest) -> None:
+    """``/rerank``'s ``before_request``: note first whether the body speaks TEI's dialect,
+    so that the checks' errors already take its shape."""
+    await rerank_dialect(request)
+    await strict_body(request)

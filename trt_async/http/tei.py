@@ -21,17 +21,15 @@ from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
 from trt_async.core.tasks import ClassifyResult, ServedModel
 from trt_async.http.common import (
-    AnyRequest,
     DirectionName,
     JsonBody,
+    Models,
+    ModelsDep,
     Truncate,
-    check_batch,
     error_responses,
-    pick_model,
-    server_config,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import Dialect, dialect_handlers
 from trt_async.http.openai_api import EmbeddingInput, split_input
 
 _EMBED_KINDS = (ModelKind.EMBEDDING,)
@@ -188,12 +186,12 @@ def _model_type(model: ServedModel) -> dict[str, dict[str, Any]]:
 
 
 async def embed_answer(
-    request: AnyRequest, served: ServedModel, data: EmbedRequest
+    models: Models, served: ServedModel, data: EmbedRequest
 ) -> Response[list[list[float]]]:
     """TEI's ``/embed`` answer with ``served``: a bare array of vectors."""
     refuse_prompt(served, data.prompt_name)
     inputs = split_input(data.inputs, "inputs")
-    check_batch(request, len(inputs), "inputs")
+    models.check_batch(len(inputs), "inputs")
     result = await served.embed(
         inputs,
         normalize=data.normalize,
@@ -232,11 +230,11 @@ async def classify_items(
 
 
 async def predict_answer(
-    request: AnyRequest, served: ServedModel, data: PredictRequest
+    models: Models, served: ServedModel, data: PredictRequest
 ) -> Response[list[Prediction] | list[list[Prediction]]]:
     """TEI's ``/predict`` answer with ``served``: one list, or a list per input."""
     items, batched = _predict_inputs(data.inputs)
-    check_batch(request, len(items), "inputs")
+    models.check_batch(len(items), "inputs")
     ranked, result = await classify_items(
         served, items, raw_scores=data.raw_scores, truncate=data.truncate
     )
@@ -246,7 +244,7 @@ async def predict_answer(
 
 class TEIController(Controller):
     tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.TEI}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.TEI)
 
     @post(
         "/embed",
@@ -255,10 +253,10 @@ class TEIController(Controller):
         responses=error_responses(Dialect.TEI),
     )
     async def embed(
-        self, request: AnyRequest, data: JsonBody[EmbedRequest], model: FromQuery[str | None] = None
+        self, models: ModelsDep, data: JsonBody[EmbedRequest], model: FromQuery[str | None] = None
     ) -> Response[list[list[float]]]:
-        served = pick_model(request, data.model or model, _EMBED_KINDS, "/embed")
-        return await embed_answer(request, served, data)
+        served = models.pick(data.model or model, _EMBED_KINDS, "/embed")
+        return await embed_answer(models, served, data)
 
     @post(
         "/predict",
@@ -273,12 +271,12 @@ class TEIController(Controller):
     )
     async def predict(
         self,
-        request: AnyRequest,
+        models: ModelsDep,
         data: JsonBody[PredictRequest],
         model: FromQuery[str | None] = None,
     ) -> Response[list[Prediction] | list[list[Prediction]]]:
-        served = pick_model(request, data.model or model, _PREDICT_KINDS, "/predict")
-        return await predict_answer(request, served, data)
+        served = models.pick(data.model or model, _PREDICT_KINDS, "/predict")
+        return await predict_answer(models, served, data)
 
     @post(
         "/tokenize",
@@ -288,13 +286,13 @@ class TEIController(Controller):
     )
     async def tokenize(
         self,
-        request: AnyRequest,
+        models: ModelsDep,
         data: JsonBody[TokenizeRequest],
         model: FromQuery[str | None] = None,
     ) -> list[list[SimpleToken]]:
-        served = pick_model(request, data.model or model, _ALL_KINDS, "/tokenize")
+        served = models.pick(data.model or model, _ALL_KINDS, "/tokenize")
         texts = [data.inputs] if isinstance(data.inputs, str) else data.inputs
-        check_batch(request, len(texts), "inputs")
+        models.check_batch(len(texts), "inputs")
         rows = await served.tokenize(texts, add_special_tokens=data.add_special_tokens)
         return [
             [SimpleToken(t.id, t.text, t.special, t.start, t.stop) for t in row] for row in rows
@@ -305,9 +303,9 @@ class TEIController(Controller):
         summary="Model and server facts (TEI)",
         responses=error_responses(Dialect.TEI, 401, 404),
     )
-    async def info(self, request: AnyRequest, model: FromQuery[str | None] = None) -> Info:
-        served = pick_model(request, model, _ALL_KINDS, "/info")
-        server = server_config(request)
+    async def info(self, models: ModelsDep, model: FromQuery[str | None] = None) -> Info:
+        served = models.pick(model, _ALL_KINDS, "/info")
+        server = models.server
         cfg = served.config
         return Info(
             model_id=served.name,

@@ -36,17 +36,14 @@ from trt_async.core.tasks import ServedModel
 from trt_async.http.admin import Health
 from trt_async.http.auth import PUBLIC_OPT
 from trt_async.http.common import (
-    AnyRequest,
     JsonBody,
-    check_batch,
+    Models,
+    ModelsDep,
     error_responses,
-    get_registry,
-    pick_model,
     require_kind,
-    set_dialect,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import Dialect, dialect_handlers
 from trt_async.http.rerank import AnyRerankRequest, tei_rerank
 from trt_async.http.tei import (
     EmbedRequest,
@@ -101,17 +98,18 @@ def _convert(body: dict[str, Any], type_: type[Any]) -> Any:
         raise InvalidInput(f"invalid request: {what or exc}", param=param) from None
 
 
-def _root_model(request: AnyRequest, name: str | None) -> ServedModel:
+def _root_model(models: Models, name: str | None) -> ServedModel:
     if name:
-        return pick_model(request, name, (), "/")
-    first = next(iter(get_registry(request)), None)
+        return models.pick(name, (), "/")
+    first = next(iter(models.registry), None)
     if first is None:
-        return pick_model(request, None, tuple(ModelKind), "/")
-    return pick_model(request, first.name, (), "/")
+        return models.pick(None, tuple(ModelKind), "/")
+    return models.pick(first.name, (), "/")
 
 
 class TEIRootController(Controller):
     tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
+    exception_handlers = dialect_handlers(Dialect.TEI)
 
     @get(["/", "/ping"], summary="Liveness, as TEI answers at / and /ping", opt={PUBLIC_OPT: True})
     async def ping(self) -> Health:
@@ -126,48 +124,47 @@ class TEIRootController(Controller):
     )
     async def invoke(
         self,
-        request: AnyRequest,
+        models: ModelsDep,
         data: JsonBody[dict[str, Any]],
         model: FromQuery[str | None] = None,
     ) -> Response[Any]:
-        set_dialect(request, Dialect.TEI)
         name = model or (data.get("model") if isinstance(data.get("model"), str) else None)
         if "query" in data and "texts" in data:
             rerank: AnyRerankRequest = _convert(data, AnyRerankRequest)
             rerank.model = name
-            ranks, result = await tei_rerank(request, rerank)
+            ranks, result = await tei_rerank(models, rerank)
             return Response(ranks, headers=timing_headers(result.timings, result.tokens))
         inputs = data.get("inputs")
         if isinstance(inputs, dict):
             similarity: SimilarityRequest = _convert(data, SimilarityRequest)
-            return await self._similarity(request, similarity, name)
+            return await self._similarity(models, similarity, name)
         if "parameters" in data:
             classification: ClassificationRequest = _convert(data, ClassificationRequest)
-            return await self._classify(request, classification, name)
-        served = _root_model(request, name)
+            return await self._classify(models, classification, name)
+        served = _root_model(models, name)
         if served.kind is ModelKind.EMBEDDING:
-            return await embed_answer(request, served, _convert(data, EmbedRequest))
-        return await predict_answer(request, served, _convert(data, PredictRequest))
+            return await embed_answer(models, served, _convert(data, EmbedRequest))
+        return await predict_answer(models, served, _convert(data, PredictRequest))
 
     async def _similarity(
-        self, request: AnyRequest, data: SimilarityRequest, name: str | None
+        self, models: Models, data: SimilarityRequest, name: str | None
     ) -> Response[Any]:
-        served = pick_model(request, name, _EMBED_KINDS, "/")
+        served = models.pick(name, _EMBED_KINDS, "/")
         require_kind(served, _EMBED_KINDS, "sentence similarity needs an embedding model")
         texts = [data.inputs.source_sentence, *data.inputs.sentences]
-        check_batch(request, len(texts), "inputs.sentences")
+        models.check_batch(len(texts), "inputs.sentences")
         result = await served.embed(texts, normalize=True)
         vectors = result.vectors.astype(np.float64)
         scores: list[float] = (vectors[1:] @ vectors[0]).tolist()
         return Response(scores, headers=timing_headers(result.timings, result.tokens))
 
     async def _classify(
-        self, request: AnyRequest, data: ClassificationRequest, name: str | None
+        self, models: Models, data: ClassificationRequest, name: str | None
     ) -> Response[Any]:
-        served = pick_model(request, name, _CLASSIFIER_KINDS, "/")
+        served = models.pick(name, _CLASSIFIER_KINDS, "/")
         require_kind(served, _CLASSIFIER_KINDS, "text classification needs an NLI model")
         texts = [data.inputs] if isinstance(data.inputs, str) else data.inputs
-        check_batch(request, len(texts), "inputs")
+        models.check_batch(len(texts), "inputs")
         activation = data.parameters.function_to_apply
         ranked, result = await classify_items(
             served,

@@ -18,16 +18,14 @@ from msgspec import Meta
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import EmptyInput, InvalidInput
 from trt_async.http.common import (
-    AnyRequest,
     JsonBody,
+    ModelsDep,
     Truncate,
-    check_batch,
     error_responses,
-    pick_model,
     require_kind,
     timing_headers,
 )
-from trt_async.http.errors import Dialect
+from trt_async.http.errors import Dialect, dialect_handlers
 
 
 class ZeroShotRequest(msgspec.Struct, kw_only=True):
@@ -72,7 +70,7 @@ class ZeroShotResponse(msgspec.Struct):
 
 class ZeroShotController(Controller):
     tags = ["zero-shot"]  # noqa: RUF012 - Litestar reads class attributes
-    opt = {"dialect": Dialect.OPENAI}  # noqa: RUF012
+    exception_handlers = dialect_handlers(Dialect.OPENAI)
 
     @post(
         "/v1/zero-shot",
@@ -81,13 +79,13 @@ class ZeroShotController(Controller):
         responses=error_responses(Dialect.OPENAI),
     )
     async def zero_shot(
-        self, request: AnyRequest, data: JsonBody[ZeroShotRequest]
+        self, models: ModelsDep, data: JsonBody[ZeroShotRequest]
     ) -> Response[ZeroShotResponse]:
         if (data.text is None) == (data.texts is None):
             raise InvalidInput("send exactly one of text and texts", param="text")
         texts = [data.text] if data.text is not None else list(data.texts or [])
-        check_batch(request, len(texts) * max(1, len(data.candidate_labels)), "texts")
-        model = pick_model(request, data.model, (ModelKind.NLI,), "/v1/zero-shot")
+        models.check_batch(len(texts) * max(1, len(data.candidate_labels)), "texts")
+        model = models.pick(data.model, (ModelKind.NLI,), "/v1/zero-shot")
         require_kind(model, (ModelKind.NLI,), "zero-shot needs an NLI model")
         if not texts:
             raise EmptyInput("texts is empty", param="texts")
