@@ -11,6 +11,7 @@ from tests.fake_backend import EXECUTED, FAKE_SPEC, FakeBackend
 from trt_async.backends import BackendUnavailable, backend_spec, create_backend
 from trt_async.backends.base import BackendOptions
 from trt_async.backends.modelfiles import ModelFiles
+from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
 from trt_async.core.config import ModelConfig, ModelKind
 from trt_async.core.metrics import Metrics
@@ -77,3 +78,28 @@ async def test_metrics_export_the_counters_a_backend_declares(minilm_model_dir: 
         assert f'trt_async_{EXECUTED.family}_total{{model="fake-embed"}} {float(ran)}' in text
     finally:
         await runtime.close()
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads RSS from /proc")
+def test_a_large_batch_does_not_keep_its_memory(minilm_model_dir: Path) -> None:
+    # ONNX Runtime's CPU arena grows to the largest run and keeps it: a 16 x 128 MiniLM batch
+    # left ~60 MiB behind, a 32 x 256 one ~780 MiB. Large batches give it back when they end.
+    files = ModelFiles.resolve(minilm_model_dir)
+    backend = create_backend("onnxruntime", files, BackendOptions(intra_op_threads=2))
+    backend.prepare(BucketGrid([1, 16], [8, 128], max_batch_tokens=2048))
+    large = Bucket(16, 128)
+    for name, view in backend.inputs(large).items():
+        view[:] = 0 if name == "token_type_ids" else 1
+    backend.execute(Bucket(1, 8))
+    before = rss_mib()
+    backend.execute(large)
+    backend.execute(Bucket(1, 8))
+    assert rss_mib() - before < 25
+    backend.close()
