@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests.http_fixtures import (
+    COSINE_RERANKER,
     EMBEDDER,
     MAX_BODY_BYTES,
     assert_error,
@@ -258,6 +259,18 @@ CASES = [
         "rerank",
         ("empty",),
         "documents",
+    ),
+    *(
+        Hostile(
+            f"empty-document-{model}",
+            "/v1/rerank",
+            {"model": model, "query": "q", "documents": ["a", "", "b"]},
+            400,
+            "rerank",
+            ("documents[1]", "empty"),
+            "documents",
+        )
+        for model in (COSINE_RERANKER, "bert-rerank")
     ),
     Hostile("empty-query", "/rerank", {"query": "", "texts": ["a"]}, 400, "tei", ("query",)),
     Hostile(

@@ -368,6 +368,11 @@ class ServedModel:
             raise EmptyInput("documents is empty; send at least one document", param="documents")
         if not query:
             raise EmptyInput("query is an empty string", param="query")
+        empty = next((i for i, document in enumerate(documents) if not document), None)
+        if empty is not None:
+            raise EmptyInput(
+                f"documents[{empty}] is an empty string; send non-empty text", param="documents"
+            )
         if max_tokens_per_doc is not None:
             documents = await self.clip(documents, max_tokens_per_doc)
         if self.runtime.is_embedder:
