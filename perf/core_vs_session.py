@@ -3,7 +3,7 @@
 ``python -m perf.core_vs_session [--config FILE --model NAME] [--rounds 3] [--seconds 10]``
 
 The core path is :class:`~trt_async.core.registry.ModelRegistry` +
-:meth:`ServedModel.embed <trt_async.core.model.ServedModel.embed>`, one text per call,
+:meth:`ServedModel.embed <trt_async.core.tasks.ServedModel.embed>`, one text per call,
 driven by ``--concurrency`` asyncio tasks so that the scheduler always has full batches to
 form: it includes tokenisation, queueing, the worker-thread hop, packing, pooling and
 normalisation. The bare path is ``session.run`` on a second ``InferenceSession`` of the

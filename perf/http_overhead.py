@@ -31,8 +31,8 @@ import msgspec
 from trt_async.bench.corpus import corpus_dir
 from trt_async.bench.loadgen import LoadClient
 from trt_async.core.config import CONFIG_ENV, Config, ModelKind, load_config
-from trt_async.core.model import ServedModel
 from trt_async.core.registry import ModelRegistry
+from trt_async.core.tasks import ServedModel
 
 Call = Callable[[str], Awaitable[None]]
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from trt_async.bench.corpus import Corpus
 from trt_async.core.config import Config, ModelConfig
-from trt_async.core.model import ServedModel
 from trt_async.core.registry import ModelRegistry
+from trt_async.core.tasks import ServedModel
 
 
 def _texts(n: int, seed: int) -> list[str]:

@@ -1,10 +1,11 @@
-"""The bare backend: ONNX Runtime driven directly, without HTTP, queues or asyncio.
+"""The bare backend: the model's backend driven directly, without HTTP, queues or asyncio.
 
-It is what the server is measured against. A :class:`BareBackend` builds the same
-tokenizer, bucket grid and :class:`~trt_async.backends.onnxruntime.OnnxRuntimeBackend` as
-the server's runtime for a model config, then runs batches in the calling thread: fill the
-bucket's buffers (``pack``), ``execute``, pool. Tokenisation is done before the clock
-starts.
+It is what the server is measured against. A :class:`BareBackend` builds its runtime with
+:func:`~trt_async.core.runtime.create_runtime`, the server's own composition root, so the
+tokenizer, bucket grid, backend and pooling are those the server would serve the config
+with. It then runs batches in the calling thread: fill the bucket's buffers (``pack``),
+``execute``, pool. The runtime's scheduler and worker thread stay unused. Tokenisation is
+done before the clock starts.
 """
 
 from __future__ import annotations
@@ -18,18 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from trt_async.backends.modelfiles import ModelFiles
-from trt_async.backends.onnxruntime import OnnxRuntimeBackend
-from trt_async.backends.shapes import Bucket, BucketGrid
-from trt_async.core import heads
-from trt_async.core.config import ModelConfig, Pooling
-from trt_async.core.model import (
-    backend_options,
-    default_batch_sizes,
-    default_lengths,
-    model_max_length,
-)
+from trt_async.backends.shapes import Bucket
+from trt_async.core.config import ModelConfig
 from trt_async.core.runner import pack
-from trt_async.core.tokenizer import Encoding, TextTokenizer
+from trt_async.core.runtime import create_runtime
+from trt_async.core.tokenizer import Encoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,38 +45,21 @@ def parse_bucket(key: str) -> Bucket:
 
 
 class BareBackend:
-    """One model's tokenizer, grid and ONNX Runtime backend, run synchronously."""
+    """One model's runtime (as the server builds it), its batches run synchronously."""
 
     def __init__(self, config: ModelConfig) -> None:
         files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
-        self.max_length = model_max_length(config, files)
-        self.backend = OnnxRuntimeBackend(files, backend_options(config))
-        self.tokenizer = TextTokenizer(
-            files.tokenizer,
-            self.max_length,
-            with_type_ids="token_type_ids" in self.backend.io.inputs,
-        )
-        lengths = config.lengths or default_lengths("onnxruntime", self.max_length)
-        if max(lengths) < self.max_length:
-            lengths = [*lengths, self.max_length]
-        lengths = [n for n in lengths if n <= self.max_length]
-        self.grid = BucketGrid(
-            config.batch_sizes or default_batch_sizes("onnxruntime"),
-            lengths,
-            max(config.max_batch_tokens, max(lengths)),
-        )
-        # The same choice as ModelRuntime._pooling.
-        pooling: Pooling
-        if config.pooling is not None:
-            pooling = config.pooling
-        elif self.backend.io.output in ("sentence_embedding", "logits"):
-            pooling = "none"
-        elif files.manifest is not None and files.manifest.pooling != "none":
-            pooling = files.manifest.pooling
-        else:
-            pooling = files.st_pooling or "cls"
-        self.reduce = heads.make_reducer(pooling)
-        self.backend.prepare(self.grid)
+        self.runtime = create_runtime(files, config, label="bare")
+        self.backend = self.runtime.backend
+        self.tokenizer = self.runtime.tokenizer
+        self.grid = self.runtime.grid
+        self.max_length = self.runtime.max_length
+        self.reduce = self.runtime.reduce
+        try:
+            self.backend.prepare(self.grid)
+        except BaseException:
+            self.close()
+            raise
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         return self.tokenizer.encode(list(texts), truncate=True)
@@ -160,4 +137,6 @@ class BareBackend:
         )
 
     def close(self) -> None:
+        """Free the backend (the runtime's worker thread never started: nothing ran there)."""
         self.backend.close()
+        self.runtime.runner.shutdown()

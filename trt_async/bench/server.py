@@ -28,7 +28,7 @@ import yaml
 
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ModelConfig
-from trt_async.core.model import model_max_length
+from trt_async.core.runtime import model_max_length
 
 if TYPE_CHECKING:
     from trt_async.bench.loadgen import LoadClient
