@@ -341,6 +341,9 @@ def test_rendered_deployment_properties(overlay: str) -> None:
     container = server_container(docs)
     env = env_of(container)
 
+    # A server whose worker died exits non-zero; the kubelet restarts the container (Always is
+    # a Deployment's only policy, and the default when the field is left out).
+    assert pod.get("restartPolicy", "Always") == "Always"
     # Probes: alive on /health, ready on /ready, a start-up budget of minutes.
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
@@ -679,3 +682,14 @@ def test_cpu_image_entry_command_serves_and_drains(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_systemd_unit_restarts_a_server_that_fails() -> None:
+    # The server exits non-zero when its worker dies (tests/test_http_serve.py); systemd
+    # restarts it only if Restart= covers a failure exit (on-failure, on-abnormal does not).
+    unit = (DEPLOY / "multi-gpu" / "trt-async@.service").read_text(encoding="utf-8")
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["Restart"] in ("on-failure", "always")
+    assert float(settings["RestartSec"]) > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +84,52 @@ def test_serve_fails_fast_when_a_model_cannot_load(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode != 0
     assert "no-such-model" in out
+
+
+def sigterm_caught(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc")
+def test_sigterm_during_start_up_exits_0(tmp_path: Path, bert_rerank_dir: ExportedModel) -> None:
+    # A stop asked for while the command is still checking its config, before granian takes
+    # the signals over, ends the process with 0, not killed by the signal (exit -15).
+    config = write_config(tmp_path / "config.yaml", bert_rerank_dir, bert_rerank_dir)
+    proc = start(config, free_port())
+    try:
+        deadline = time.monotonic() + 30
+        while not sigterm_caught(proc.pid) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no SIGTERM handler in 30 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Sent before granian started: the handler that caught it was the command's own.
+    assert "Starting granian" not in out, out
+    assert proc.returncode == 0, out
+
+
+def test_a_dead_worker_ends_the_server_with_a_failure_code(
+    server: tuple[subprocess.Popen[str], str],
+) -> None:
+    # What deploy/ relies on to restart the server: if its one worker dies (OOM killer,
+    # crash), the main process exits non-zero, so systemd (Restart=on-failure), Kubernetes
+    # and a container runtime with a restart policy start it again.
+    proc, url = server
+    wait_ready(proc, url)
+    workers = [
+        int(pid)
+        for task in Path(f"/proc/{proc.pid}/task").glob("*/children")
+        for pid in task.read_text().split()
+    ]
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode not in (0, None) and proc.returncode > 0, out
