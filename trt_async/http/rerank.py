@@ -65,18 +65,23 @@ Documents = Annotated[
 ]
 
 
-class RerankRequest(msgspec.Struct, kw_only=True):
-    """Cohere/Jina rerank (Voyage's with ``top_k`` or ``truncation``). Results come sorted
-    by score, highest first."""
+class _RerankFields(msgspec.Struct, kw_only=True):
+    """The fields every rerank body shares (Cohere v1 and v2, Jina, Voyage, TEI)."""
 
     query: Query
-    documents: Documents
     model: ModelField = None
     top_n: TopN = None
     return_documents: ReturnDocuments = False
     max_tokens_per_doc: MaxTokensPerDoc = None
     raw_scores: RawScores = False
     truncate: Truncate = None
+
+
+class RerankRequest(_RerankFields, kw_only=True):
+    """Cohere/Jina rerank (Voyage's with ``top_k`` or ``truncation``). Results come sorted
+    by score, highest first."""
+
+    documents: Documents
     top_k: Annotated[
         PositiveInt | UnsetType | None,
         Meta(
@@ -95,10 +100,9 @@ class RerankRequest(msgspec.Struct, kw_only=True):
         return self.top_k is not UNSET or self.truncation is not UNSET
 
 
-class AnyRerankRequest(msgspec.Struct, kw_only=True):
+class AnyRerankRequest(_RerankFields, kw_only=True):
     """``/rerank``: Cohere/Jina's body (``documents``) or TEI's (``texts``)."""
 
-    query: Query
     documents: Annotated[
         list[str | RerankDocument] | None,
         Meta(description='Cohere/Jina\'s field: texts or `{"text": ...}` objects.'),
@@ -106,12 +110,6 @@ class AnyRerankRequest(msgspec.Struct, kw_only=True):
     texts: Annotated[
         list[str] | None, Meta(description="TEI's field; the answer is then TEI's bare array.")
     ] = None
-    model: ModelField = None
-    top_n: TopN = None
-    return_documents: ReturnDocuments = False
-    max_tokens_per_doc: MaxTokensPerDoc = None
-    raw_scores: RawScores = False
-    truncate: Truncate = None
     return_text: Annotated[bool, Meta(description="TEI: return each text with its score.")] = False
     truncation_direction: Annotated[
         DirectionName,

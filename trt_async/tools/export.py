@@ -430,33 +430,31 @@ def _torch_export(
     args = tuple(torch.from_numpy(batch.feeds[name]) for name in input_names)
     with _quiet(), torch.no_grad():
         try:
+            options: dict[str, Any]
             if exporter == "dynamo":
                 batch_dim = torch.export.Dim("batch")
                 seq_dim = torch.export.Dim("sequence")
-                torch.onnx.export(
-                    wrapped,
-                    args,
-                    str(path),
-                    input_names=list(input_names),
-                    output_names=output_names,
-                    dynamo=True,
-                    verbose=False,
-                    opset_version=opset,
-                    dynamic_shapes=tuple({0: batch_dim, 1: seq_dim} for _ in input_names),
-                )
+                options = {
+                    "verbose": False,
+                    "opset_version": opset,
+                    "dynamic_shapes": tuple({0: batch_dim, 1: seq_dim} for _ in input_names),
+                }
             else:
                 axes = {0: "batch", 1: "sequence"}
-                torch.onnx.export(
-                    wrapped,
-                    args,
-                    str(path),
-                    input_names=list(input_names),
-                    output_names=output_names,
-                    dynamo=False,
-                    opset_version=opset or TORCHSCRIPT_OPSET,
-                    dynamic_axes={name: axes for name in (*input_names, *output_names)},
-                    do_constant_folding=True,
-                )
+                options = {
+                    "opset_version": opset or TORCHSCRIPT_OPSET,
+                    "dynamic_axes": {name: axes for name in (*input_names, *output_names)},
+                    "do_constant_folding": True,
+                }
+            torch.onnx.export(
+                wrapped,
+                args,
+                str(path),
+                input_names=list(input_names),
+                output_names=output_names,
+                dynamo=exporter == "dynamo",
+                **options,
+            )
         except Exception as exc:
             raise ExportError(f"torch.onnx.export ({exporter}) failed: {exc}") from exc
 
