@@ -309,10 +309,12 @@ class Bench:
         from trt_async.bench.bare import BareBackend
 
         model_cfg = self.model_configs.get(self.targets.embedding)
-        if model_cfg is None or model_cfg.backend == "tensorrt":
+        if model_cfg is None:
+            # The bare path assembles the same runtime as the server (create_runtime), on
+            # whichever backend the config resolves to; it needs that config.
             self.notes.append(
                 "comparison (c) skipped: the bare backend needs the served model's config "
-                "(use --serve or --config) and an ONNX Runtime model"
+                "(use --serve or --config)"
             )
             return
         bare = await asyncio.to_thread(BareBackend, model_cfg)
