@@ -21,7 +21,7 @@ import pytest
 
 from trt_async.backends.modelfiles import ModelDirError, ModelFiles
 from trt_async.core.config import Config, ModelConfig, ModelKind
-from trt_async.core.errors import WrongModelKind
+from trt_async.core.errors import OverCapacity, WrongModelKind
 from trt_async.core.registry import ModelRegistry
 from trt_async.core.tasks import ServedModel
 
@@ -92,6 +92,24 @@ async def test_matryoshka_dimensions_renormalise(minilm_model_dir) -> None:
         assert cut.shape == (3, 64)
         expected = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
         assert np.allclose(cut, expected, atol=1e-6)
+
+
+async def test_token_level_results_over_the_budget_are_refused_before_any_batch(
+    minilm_model_dir,
+) -> None:
+    """Every token's vector is 1.5 KiB on MiniLM: 1 MiB holds ~680 tokens. A request whose
+    token-level results exceed max_request_output_mib is refused with the limit named, and
+    no batch runs for it; within the budget, and dense-only, it is served."""
+    async for model in served(minilm_model_dir, max_request_output_mib=1):
+        small = await model.embed(TEXTS[:2], heads=("tokens",))
+        assert len(small.heads["tokens"]) == 2
+        batches = sum(model.runtime.scheduler.stats.batches.values())
+        with pytest.raises(OverCapacity, match=r"max_request_output_mib: 1\b") as info:
+            await model.embed([TEXTS[3]] * 20, heads=("tokens",))
+        assert info.value.limit == 1 and info.value.size > 1
+        assert sum(model.runtime.scheduler.stats.batches.values()) == batches
+        dense = await model.embed([TEXTS[3]] * 20)
+        assert dense.vectors.shape == (20, 384)
 
 
 async def test_embedding_model_reranks_by_cosine(minilm_model_dir, st_reference) -> None:

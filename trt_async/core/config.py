@@ -104,6 +104,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Backpressure: beyond these a request is answered 429 at once.
     max_queue_items: Positive = 8192
     max_queue_tokens: Positive = 2_000_000
+    #: Memory one request's token-level results may take (every token's vector, ColBERT
+    #: vectors, sparse weights): checked after tokenising, before any batch runs.
+    max_request_output_mib: Positive = 512
     #: A request waiting longer than this in the queue is answered 503.
     queue_timeout_s: NonNegativeFloat = 30.0
     #: Waiting this long doubles a queue's claim on the next batch, so none starves.
@@ -115,9 +118,14 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def runtime_key(self) -> bytes:
         """Equal for configs that can share one runtime (one backend, one queue): every
         option but those read per name (display name, normalisation, score activation,
-        truncation default) is the same."""
+        truncation default, output budget) is the same."""
         per_name_defaults = msgspec.structs.replace(
-            self, model_name=None, normalize=True, score_activation="sigmoid", truncate=True
+            self,
+            model_name=None,
+            normalize=True,
+            score_activation="sigmoid",
+            truncate=True,
+            max_request_output_mib=512,
         )
         return msgspec.json.encode(per_name_defaults)
 

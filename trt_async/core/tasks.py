@@ -25,6 +25,7 @@ from trt_async.core.errors import (
     InputTooLong,
     InvalidInput,
     MissingHead,
+    OverCapacity,
     Unavailable,
     WrongModelKind,
 )
@@ -269,6 +270,8 @@ class ServedModel:
         self.runtime.scheduler.admit(len(inputs))
         start = time.perf_counter()
         encodings, tokenize_s = await self._encode(inputs, truncate, direction, param)
+        if heads:
+            self._check_output_budget(encodings, heads)
         result = await self.runtime.scheduler.submit(encodings, heads)
         timings = Timings(
             tokenize_s=tokenize_s,
@@ -279,6 +282,20 @@ class ServedModel:
         if self._on_timings is not None:
             self._on_timings(timings)
         return result, timings
+
+    def _check_output_budget(self, encodings: Sequence[Encoding], heads: Collection[Head]) -> None:
+        """Token-level results grow with every token (a 1024-float vector per token for
+        bge-m3's ColBERT head): refuse a request whose results cannot fit the budget before
+        any batch is spent on it."""
+        tokens = sum(len(e.ids) for e in encodings)
+        width = 4 * (self.runtime.output_dim or 1)  # float32 vectors as wide as the model's
+        per_token = sum(8 if head == "sparse" else width for head in heads)  # sparse: id + weight
+        need_mib = -(-tokens * per_token // (1 << 20))
+        limit = self.config.max_request_output_mib
+        if need_mib > limit:
+            raise OverCapacity(
+                "MiB of token-level results", need_mib, limit, "max_request_output_mib"
+            )
 
     def _require_embedder(self, hint: str) -> None:
         if not self.runtime.is_embedder:
