@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import pytest
@@ -78,6 +78,32 @@ async def test_burst_fills_batches_within_max_batch_tokens_and_keeps_order() -> 
     assert max(sizes) == 8
     assert 10 <= len(batches) <= 12
     assert sum(len([t for t in tags if t >= 100]) for _, tags in batches) == 40
+
+
+async def test_a_batch_picked_ahead_does_not_start_after_close() -> None:
+    """close() (the drain deadline, an unload) lets the running batch finish; a batch that
+    was picked ahead and still waits for the worker is not run: its requests get 503 like
+    the ones still queued, and the backend never sees it."""
+    backend = FakeBackend()
+    backend.prepare(GRID)
+    runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
+    scheduler = Scheduler(runner, GRID, concurrency=2, batch_overhead_tokens=0, lookahead_tokens=0)
+    backend.gate.clear()
+    running = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    ahead = asyncio.ensure_future(scheduler.submit([item(2, 3)]))
+    await asyncio.sleep(0.01)
+    assert scheduler.stats.running_batches == 2 and scheduler.stats.queued_items == 0
+    scheduler.close("the drain deadline passed")
+    backend.gate.set()
+    done = await asyncio.wait_for(running, timeout=5)
+    assert tuple(done.rows[0, :2]) == expected_row(item(1, 3))
+    with pytest.raises(Unavailable, match="drain deadline"):
+        await asyncio.wait_for(ahead, timeout=5)
+    assert [tags for _, tags in backend.executed] == [[1]]
+    await asyncio.wait_for(scheduler.drain(), timeout=5)
+    assert scheduler.stats.running_batches == 0
+    assert sum(scheduler.stats.batches.values()) == 1
 
 
 async def test_next_batch_is_picked_ahead_only_when_it_amortises_its_overhead() -> None:
@@ -266,7 +292,11 @@ class GatedRunner:
         self.gate = asyncio.Event()
 
     async def run(
-        self, bucket: Bucket, items: list[Encoding], heads: Collection[Head] = ()
+        self,
+        bucket: Bucket,
+        items: list[Encoding],
+        heads: Collection[Head] = (),
+        abandoned: Callable[[], bool] | None = None,
     ) -> BatchOutput:
         await self.gate.wait()
         return BatchOutput(np.zeros((len(items), 2), np.float32), 0.0)

@@ -61,6 +61,10 @@ def pack(buffers: Mapping[str, np.ndarray], items: Sequence[Encoding], pad_id: i
     return mask
 
 
+class BatchAbandoned(Exception):
+    """A batch waiting for the worker was not run: the scheduler closed before it started."""
+
+
 class BatchRunner:
     """Owns the one worker thread that talks to a backend (backends are single-threaded)."""
 
@@ -79,15 +83,31 @@ class BatchRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
 
     async def run(
-        self, bucket: Bucket, items: Sequence[Encoding], heads: Collection[Head] = ()
+        self,
+        bucket: Bucket,
+        items: Sequence[Encoding],
+        heads: Collection[Head] = (),
+        abandoned: Callable[[], bool] | None = None,
     ) -> BatchOutput:
-        """Run ``items`` in ``bucket``; ``heads`` are the token-level results wanted too."""
+        """Run ``items`` in ``bucket``; ``heads`` are the token-level results wanted too.
+
+        A batch picked ahead waits behind the running one; ``abandoned`` is asked when the
+        worker reaches it, and a True answer raises :class:`BatchAbandoned` instead of
+        running it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._job, bucket, items, heads)
+        return await loop.run_in_executor(
+            self._executor, self._job, bucket, items, heads, abandoned
+        )
 
     def _job(
-        self, bucket: Bucket, items: Sequence[Encoding], heads: Collection[Head]
+        self,
+        bucket: Bucket,
+        items: Sequence[Encoding],
+        heads: Collection[Head],
+        abandoned: Callable[[], bool] | None,
     ) -> BatchOutput:
+        if abandoned is not None and abandoned():
+            raise BatchAbandoned
         buffers = self.backend.inputs(bucket)
         mask = pack(buffers, items, self._pad_id)
         wanted = [(head, *self._heads[head]) for head in heads]

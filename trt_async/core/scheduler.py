@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,7 +37,7 @@ import numpy as np
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, OverCapacity, Overloaded, Unavailable
 from trt_async.core.multivector import Head
-from trt_async.core.runner import BatchOutput
+from trt_async.core.runner import BatchAbandoned, BatchOutput
 from trt_async.core.tokenizer import Encoding
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 
 class Runner(Protocol):
     async def run(
-        self, bucket: Bucket, items: Sequence[Encoding], heads: Collection[Head] = ()
+        self,
+        bucket: Bucket,
+        items: Sequence[Encoding],
+        heads: Collection[Head] = (),
+        abandoned: Callable[[], bool] | None = None,
     ) -> BatchOutput: ...
 
 
@@ -438,11 +442,23 @@ class Scheduler:
         stats = self.stats
         real = sum(len(item.encoding) for item in items)
         start = time.perf_counter()
-        ok = False
+        ok = ran = False
         try:
             heads: frozenset[Head] = frozenset().union(*(item.request.heads for item in items))
-            output = await self._runner.run(bucket, [item.encoding for item in items], heads)
+            output = await self._runner.run(
+                bucket,
+                [item.encoding for item in items],
+                heads,
+                # A batch picked ahead must not start after close(): the drain deadline
+                # has passed, so its requests get 503 like the ones still queued.
+                abandoned=lambda: self._closed is not None,
+            )
+            ran = True
+        except BatchAbandoned:
+            for item in items:
+                self._end(item.request, Unavailable(self._closed or "the model was closed"))
         except Exception:
+            ran = True
             error_id = uuid.uuid4().hex[:12]
             log.exception(
                 "batch failed: error_id=%s bucket=%dx%d items=%d",
@@ -475,12 +491,13 @@ class Scheduler:
         finally:
             seconds = time.perf_counter() - start
             stats.running_batches -= 1
-            stats.batches[bucket] += 1
-            stats.items_run += len(items)
-            stats.real_tokens += real
-            stats.padded_tokens += bucket.tokens
-            if self._observer is not None:
-                self._observer.batch_done(bucket, len(items), real, seconds, ok)
+            if ran:
+                stats.batches[bucket] += 1
+                stats.items_run += len(items)
+                stats.real_tokens += real
+                stats.padded_tokens += bucket.tokens
+                if self._observer is not None:
+                    self._observer.batch_done(bucket, len(items), real, seconds, ok)
             self._dispatch()
 
     def _expire(self, request: _Request) -> None:
