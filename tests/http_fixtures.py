@@ -219,6 +219,17 @@ def start(config: Path, port: int, *extra: str, log: Path | None = None) -> subp
         )
 
 
+def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``. SIGKILL first would orphan granian's worker,
+    which keeps the port and its memory after the test session ends."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_fixtures import REPO, free_port, start, wait_ready
+from tests.http_fixtures import REPO, free_port, start, stop, wait_ready
 from tests.models import ExportedModel
 
 pytestmark = pytest.mark.integration
@@ -65,12 +65,7 @@ def live_url(
         wait_ready(proc, url)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def test_the_page_has_a_recipe_for_every_client() -> None:

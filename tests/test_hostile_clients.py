@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.http_fixtures import (
     free_port,
     http_config,
     start,
+    stop,
     wait_ready,
 )
 from tests.models import ExportedModel
@@ -69,12 +69,7 @@ def tight_server(
         wait_ready(proc, url)
         yield url, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def connect(url: str, data: bytes = b"") -> socket.socket:

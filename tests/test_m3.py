@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.http_fixtures import free_port, start, wait_ready
+from tests.http_fixtures import free_port, start, stop, wait_ready
 from tests.m3_models import flag_m3_model, write_xlmr_m3
 from tests.models import ExportedModel, export_hf
 from trt_async.backends.base import COLBERT_OUTPUT, SPARSE_OUTPUT
@@ -218,8 +218,7 @@ def server(
         wait_ready(proc, url)
         yield url
     finally:
-        proc.kill()
-        proc.wait()
+        stop(proc)
 
 
 def test_cohere_sdk_v2_embeds_every_type(server: str, minilm_model_dir: Path) -> None:
