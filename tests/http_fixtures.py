@@ -16,12 +16,13 @@ Served models:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,19 @@ def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def serving(config: Path, log: Path) -> Iterator[str]:
+    """``trt-async serve`` on a free loopback port, ready; its URL. Stopped on exit."""
+    port = free_port()
+    proc = start(config, port, log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        yield url
+    finally:
+        stop(proc)
 
 
 def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 90) -> None:

@@ -17,7 +17,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from tests.models import HIDDEN_SIZE, XLMR_MAX_POSITIONS, write_xlmr_tokenizer
+from tests.models import HIDDEN_SIZE, tiny_xlmr_config, write_xlmr_tokenizer
 
 COLBERT_DIM = HIDDEN_SIZE
 
@@ -26,24 +26,11 @@ def write_xlmr_m3(out_dir: Path, seed: int = 0) -> Path:
     """A 2-layer XLMRobertaModel with random bge-m3 heads, in FlagEmbedding's layout."""
     import torch
     from tokenizers import Tokenizer
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaModel
 
     write_xlmr_tokenizer(out_dir)
     vocab_size = Tokenizer.from_file(str(out_dir / "tokenizer.json")).get_vocab_size()
-    config = XLMRobertaConfig(
-        vocab_size=vocab_size,
-        hidden_size=HIDDEN_SIZE,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=XLMR_MAX_POSITIONS,
-        type_vocab_size=1,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        initializer_range=0.2,
-        architectures=["XLMRobertaModel"],
-    )
+    config = tiny_xlmr_config(vocab_size, architectures=["XLMRobertaModel"])
     torch.manual_seed(seed)
     model = XLMRobertaModel(config, add_pooling_layer=False).eval()
     model.save_pretrained(out_dir)

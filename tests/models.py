@@ -17,6 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trt_async.backends.modelfiles import ExportManifest, Task
 
@@ -215,18 +216,12 @@ def write_xlmr_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
-def write_xlmr_classifier(
-    out_dir: Path, num_labels: int = 1, id2label: dict[int, str] | None = None, seed: int = 0
-) -> Path:
-    """A 2-layer XLMRobertaForSequenceClassification with :func:`write_xlmr_tokenizer`'s files."""
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+def tiny_xlmr_config(vocab_size: int, **extra: Any) -> Any:
+    """A 2-layer XLM-RoBERTa of ``HIDDEN_SIZE`` with the special-token ids of
+    :func:`write_xlmr_tokenizer`; ``extra`` sets the head's fields."""
+    from transformers import XLMRobertaConfig
 
-    write_xlmr_tokenizer(out_dir)
-    vocab_size = Tokenizer.from_file(str(out_dir / "tokenizer.json")).get_vocab_size()
-    labels = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-    config = XLMRobertaConfig(
+    return XLMRobertaConfig(
         vocab_size=vocab_size,
         hidden_size=HIDDEN_SIZE,
         num_hidden_layers=2,
@@ -238,6 +233,23 @@ def write_xlmr_classifier(
         bos_token_id=0,
         eos_token_id=2,
         initializer_range=0.2,
+        **extra,
+    )
+
+
+def write_xlmr_classifier(
+    out_dir: Path, num_labels: int = 1, id2label: dict[int, str] | None = None, seed: int = 0
+) -> Path:
+    """A 2-layer XLMRobertaForSequenceClassification with :func:`write_xlmr_tokenizer`'s files."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import XLMRobertaForSequenceClassification
+
+    write_xlmr_tokenizer(out_dir)
+    vocab_size = Tokenizer.from_file(str(out_dir / "tokenizer.json")).get_vocab_size()
+    labels = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+    config = tiny_xlmr_config(
+        vocab_size,
         num_labels=len(labels),
         id2label=labels,
         label2id={v: k for k, v in labels.items()},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_fixtures import REPO, free_port, start, stop, wait_ready
+from tests.http_fixtures import REPO, serving
 from tests.models import ExportedModel
 
 pytestmark = pytest.mark.integration
@@ -58,14 +58,8 @@ def live_url(
         f"  xnli:\n    model_path: {os.fspath(bert_nli_dir)!r}\n",
         encoding="utf-8",
     )
-    port = free_port()
-    proc = start(config, port, log=root / "server.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
+    with serving(config, root / "server.log") as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def test_the_page_has_a_recipe_for_every_client() -> None:

@@ -30,11 +30,8 @@ from tests.http_fixtures import (
     BASE_URL,
     EMBEDDER,
     assert_error,
-    free_port,
     http_config,
-    start,
-    stop,
-    wait_ready,
+    serving,
 )
 from tests.models import ExportedModel
 from trt_async.app import create_app
@@ -62,14 +59,9 @@ def tight_server(
         f"  header_timeout_s: {TIMEOUT_S}\n  body_timeout_s: {TIMEOUT_S}\n",
         encoding="utf-8",
     )
-    port, log = free_port(), folder / "server.log"
-    proc = start(config, port, log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
+    log = folder / "server.log"
+    with serving(config, log) as url:
         yield url, log
-    finally:
-        stop(proc)
 
 
 def connect(url: str, data: bytes = b"") -> socket.socket:

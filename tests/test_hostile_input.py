@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,7 @@ from tests.http_fixtures import (
     EMBEDDER,
     MAX_BODY_BYTES,
     assert_error,
-    free_port,
-    start,
-    wait_ready,
+    serving,
 )
 from tests.models import ExportedModel
 
@@ -572,19 +569,8 @@ def fuzz_server(
         f"server:\n  max_client_batch_size: 64\n  max_body_bytes: {MAX_BODY_BYTES}\n",
         encoding="utf-8",
     )
-    port = free_port()
-    proc = start(config, port, log=folder / "server.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
+    with serving(config, folder / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.integration

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.http_fixtures import free_port, start, stop, wait_ready
+from tests.http_fixtures import serving
 from tests.m3_models import flag_m3_model, write_xlmr_m3
 from tests.models import ExportedModel, export_hf
 from trt_async.backends.base import COLBERT_OUTPUT, SPARSE_OUTPUT
@@ -211,14 +211,8 @@ def server(
         "server:\n  drain_seconds: 5\n",
         encoding="utf-8",
     )
-    port = free_port()
-    proc = start(config, port, log=root / "server.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
+    with serving(config, root / "server.log") as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def test_cohere_sdk_v2_embeds_every_type(server: str, minilm_model_dir: Path) -> None:
