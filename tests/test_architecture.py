@@ -3,12 +3,15 @@ and the one table from core errors to HTTP."""
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 from trt_async.core import errors
 from trt_async.core.config import ModelConfig, ModelKind
+from trt_async.core.errors import Part
 from trt_async.core.runtime import ModelRuntime
 from trt_async.core.tasks import ModelState, ServedModel
 from trt_async.http.errors import CORE_ERRORS, core_error_mapping
@@ -66,3 +69,50 @@ def test_every_core_error_has_its_own_row_and_carries_no_http() -> None:
     assert core_error_mapping(errors.EmptyInput("e")).status == 400
     assert core_error_mapping(errors.Overloaded("o")).status == 429
     assert core_error_mapping(errors.BackendFailure("id")).kind == "Backend"
+
+
+def _tagged(part: Part) -> str:
+    return f"<{part.name}>"
+
+
+def test_core_errors_name_whole_parts_through_the_namer() -> None:
+    """A core message names a part only through the namer it is described with, so the HTTP
+    layer words it with each API's field (``inputs``, ``texts``, ``output_dimension``)."""
+    cases = [
+        (errors.EmptyInput(Part.DOCUMENTS), "<DOCUMENTS> is empty; send at least one document"),
+        (errors.EmptyInput(Part.QUERY), "<QUERY> is an empty string"),
+        (
+            errors.EmptyInput(Part.DOCUMENTS, 3),
+            "<DOCUMENTS>[3] is an empty string; send non-empty text",
+        ),
+        (
+            errors.InputTooLong(2, 600, 512),
+            "input 2 must have less than 513 tokens. Given: 600. Shorten it or send <TRUNCATION>.",
+        ),
+        (
+            errors.DimensionsOutOfRange("m", 999, 384),
+            "<DIMENSIONS> must be between 1 and 384 for model 'm'; got 999",
+        ),
+    ]
+    for exc, expected in cases:
+        assert exc.describe(_tagged) == expected
+        assert str(exc) == exc.describe(errors.core_name)
+    assert errors.InvalidTemplate("x").describe(_tagged).startswith("<TEMPLATE> must contain {}")
+    assert errors.EmptyInput(Part.TEXTS, field="texts").describe(_tagged) == (
+        "texts is empty; send at least one text"
+    )
+
+
+def test_core_and_backends_give_no_api_field_names() -> None:
+    """Only the HTTP layer gives an error an API's own ``field`` (or the old ``param``)."""
+    package = Path(errors.__file__).parents[1]
+    offenders = []
+    for path in [*(package / "core").rglob("*.py"), *(package / "backends").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                for keyword in node.keywords:
+                    value = keyword.value
+                    passed_on = isinstance(value, ast.Name) and value.id == keyword.arg
+                    if keyword.arg in ("field", "param") and not passed_on:
+                        offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []

@@ -176,6 +176,44 @@ async def test_empty_inputs_are_400(client: Any) -> None:
     )
 
 
+async def test_each_dialect_names_its_own_fields(client: Any) -> None:
+    """Core errors name parts of the request; each dialect's handler words them with the
+    field names its clients send."""
+    empty_tei = tei_error(await client.post("/embed", json={"inputs": []}), 400, "Empty")
+    assert empty_tei == "inputs is empty; send at least one text"
+    empty_texts = tei_error(
+        await client.post("/rerank", json={"query": "q", "texts": []}), 400, "Empty"
+    )
+    assert empty_texts == "texts is empty; send at least one document"
+    documents = rerank_error(
+        await client.post("/v1/rerank", json={"query": "q", "documents": []}), 400, "documents"
+    )
+    assert documents["message"] == "documents is empty; send at least one document"
+    labels = openai_error(
+        await client.post("/v1/zero-shot", json={"text": "hi", "candidate_labels": []}),
+        400,
+        "candidate_labels",
+    )
+    assert labels["message"] == "candidate_labels is empty; send at least one label"
+    too_wide = await client.post(
+        "/v2/embed", json={"model": EMBEDDER, "texts": ["a"], "output_dimension": 100000}
+    )
+    assert too_wide.status_code == 422, too_wide.text
+    assert too_wide.json()["message"].startswith("output_dimension must be between 1 and 384")
+    cut = await client.post(
+        "/v2/embed", json={"model": EMBEDDER, "texts": [LONG_TEXT], "truncate": "NONE"}
+    )
+    assert cut.status_code == 422 and cut.json()["message"].endswith("send truncate=END.")
+    openai_long = openai_error(
+        await client.post(
+            "/v1/embeddings", json={"model": EMBEDDER, "input": LONG_TEXT, "truncate": False}
+        ),
+        422,
+        "input",
+    )
+    assert openai_long["message"].endswith("Shorten it or send truncate=true.")
+
+
 async def test_wrong_model_kind_is_400(client: Any) -> None:
     err = openai_error(
         await client.post("/v1/embeddings", json={"model": "bert-nli", "input": "x"}), 400, "model"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong, InvalidInput
+from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong, InvalidInput, Part
 from trt_async.core.tokenizer import TextTokenizer
 
 transformers = pytest.importorskip("transformers", reason="the reference needs the export extra")
@@ -87,7 +87,7 @@ def test_token_ids_from_another_tokenizer_are_refused(minilm_folder: Path) -> No
     assert (ours.prefix_ids, ours.suffix_ids) == ((101,), (102,))  # [CLS], [SEP]
     with pytest.raises(ForeignTokenIds, match="check_embedding_ctx_length=False") as info:
         ours.encode_ids([[101, 7592, 102], CL100K_HELLO_WORLD], truncate=True)
-    assert info.value.param == "input" and "input 1 " in info.value.message
+    assert info.value.part is Part.INPUTS and "input 1 " in info.value.message
     assert "starts with [101] and ends with [102]" in info.value.message
     # The model's own ids without its special tokens would embed as another text too.
     own = transformers.AutoTokenizer.from_pretrained(str(minilm_folder))

@@ -17,7 +17,7 @@ from pathlib import Path
 from trt_async.backends import BackendUnavailable
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
-from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound
+from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound, Part
 from trt_async.core.runtime import ModelRuntime, create_runtime
 from trt_async.core.scheduler import BatchObserver
 from trt_async.core.tasks import ModelState, ServedModel, Timings
@@ -92,10 +92,10 @@ class ModelRegistry:
     async def load(self, name: str, kind: ModelKind, config: ModelConfig) -> ServedModel:
         problem = model_name_problem(name)
         if problem is not None:
-            raise InvalidInput(problem, param="name")
+            raise InvalidInput(problem, part=Part.NAME)
         async with self._lock:
             if name in self._models:
-                raise Conflict(f"model {name!r} is already loaded; unload it first", param="name")
+                raise Conflict(f"model {name!r} is already loaded; unload it first", part=Part.NAME)
             key = config.runtime_key()
             shared = self._runtimes.get(key)
             if shared is not None:

@@ -21,11 +21,14 @@ import numpy as np
 from trt_async.core import heads, quantize
 from trt_async.core.config import ModelConfig, ModelKind
 from trt_async.core.errors import (
+    DimensionsOutOfRange,
     EmptyInput,
     InputTooLong,
-    InvalidInput,
+    InvalidTemplate,
     MissingHead,
+    MixedInputs,
     OverCapacity,
+    Part,
     Unavailable,
     WrongModelKind,
 )
@@ -108,7 +111,8 @@ class SharedPairs:
     firsts: Sequence[str]
     seconds: Sequence[str]
     index: Sequence[tuple[int, int]]
-    names: tuple[str, str]
+    #: The parts of the request the firsts and the seconds come from.
+    parts: tuple[Part, Part]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -132,16 +136,12 @@ def _template_filler(template: str) -> Callable[[str], str]:
     """``template.format(label)`` as transformers' pipeline does, but only with bare ``{}``
     fields: ``{0}``, ``{x}``, ``{0.attr}`` or a format spec would fail or reach into the
     label object, so they are refused up front."""
-    message = (
-        "hypothesis_template must contain {} where the label goes and no other {...} field "
-        "(write {{ and }} for literal braces)"
-    )
     try:
         fields = [f[1:] for f in string.Formatter().parse(template) if f[1] is not None]
     except ValueError as exc:
-        raise InvalidInput(f"{message}; {exc}", param="hypothesis_template") from None
+        raise InvalidTemplate(str(exc)) from None
     if not fields or any(name or spec or conversion for name, spec, conversion in fields):
-        raise InvalidInput(message, param="hypothesis_template")
+        raise InvalidTemplate()
     count = len(fields)
     return lambda label: template.format(*([label] * count))
 
@@ -215,10 +215,9 @@ class ServedModel:
         inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
         truncate: bool | None,
         direction: Direction,
-        param: str,
     ) -> tuple[list[Encoding], float]:
         if len(inputs) == 0:
-            raise EmptyInput("input is empty; send at least one text", param=param)
+            raise EmptyInput(Part.INPUTS)
         trunc = self.config.truncate if truncate is None else truncate
         tok = self.runtime.tokenizer
         start = time.perf_counter()
@@ -230,8 +229,7 @@ class ServedModel:
                     shared.seconds,
                     shared.index,
                     truncate=trunc,
-                    names=shared.names,
-                    param=param,
+                    parts=shared.parts,
                 )
             )
             return encodings, time.perf_counter() - start
@@ -240,20 +238,20 @@ class ServedModel:
             texts: list[TextInput] = []
             for i, x in enumerate(inputs):
                 if not isinstance(x, str | tuple):
-                    raise InvalidInput(f"input {i}: mixes token ids and text", param=param)
+                    raise MixedInputs(i)
                 texts.append(x)
             encodings = await self._off_loop(
-                lambda: tok.encode(texts, truncate=trunc, direction=direction, param=param)
+                lambda: tok.encode(texts, truncate=trunc, direction=direction)
             )
         else:
             id_lists: list[Sequence[int]] = []
             for i, x in enumerate(inputs):
                 if isinstance(x, str | tuple):
-                    raise InvalidInput(f"input {i}: mixes token ids and text", param=param)
+                    raise MixedInputs(i)
                 id_lists.append(x)
             # Checking up to millions of ids against the vocabulary is Python work: off the loop.
             encodings = await self._off_loop(
-                lambda: tok.encode_ids(id_lists, truncate=trunc, direction=direction, param=param)
+                lambda: tok.encode_ids(id_lists, truncate=trunc, direction=direction)
             )
         return encodings, time.perf_counter() - start
 
@@ -262,14 +260,13 @@ class ServedModel:
         inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
         truncate: bool | None,
         direction: Direction = "right",
-        param: str = "input",
         heads: Collection[Head] = (),
     ) -> tuple[ScheduleResult, Timings]:
         self._check_ready()
         # Refuse what cannot be queued before paying for its tokenisation.
         self.runtime.scheduler.admit(len(inputs))
         start = time.perf_counter()
-        encodings, tokenize_s = await self._encode(inputs, truncate, direction, param)
+        encodings, tokenize_s = await self._encode(inputs, truncate, direction)
         if heads:
             self._check_output_budget(encodings, heads)
         result = await self.runtime.scheduler.submit(encodings, heads)
@@ -316,7 +313,6 @@ class ServedModel:
         truncate: bool | None = None,
         direction: Direction = "right",
         heads: Collection[Head] = (),
-        param: str = "input",
     ) -> EmbedResult:
         """Embeddings, normalised unless told otherwise, cut to ``dimensions`` (Matryoshka).
 
@@ -329,11 +325,8 @@ class ServedModel:
             self.require_head(head)
         dim = self.runtime.output_dim
         if dimensions is not None and (dimensions < 1 or (dim is not None and dimensions > dim)):
-            raise InvalidInput(
-                f"dimensions must be between 1 and {dim} for model {self.name!r}; got {dimensions}",
-                param="dimensions",
-            )
-        result, timings = await self._run(inputs, truncate, direction, param, heads)
+            raise DimensionsOutOfRange(self.name, dimensions, dim)
+        result, timings = await self._run(inputs, truncate, direction, heads)
         norm = self.config.normalize if normalize is None else normalize
         vectors = finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
         return EmbedResult(
@@ -382,14 +375,12 @@ class ServedModel:
         document to that many tokens first (Cohere v2).
         """
         if not documents:
-            raise EmptyInput("documents is empty; send at least one document", param="documents")
+            raise EmptyInput(Part.DOCUMENTS)
         if not query:
-            raise EmptyInput("query is an empty string", param="query")
+            raise EmptyInput(Part.QUERY)
         empty = next((i for i, document in enumerate(documents) if not document), None)
         if empty is not None:
-            raise EmptyInput(
-                f"documents[{empty}] is an empty string; send non-empty text", param="documents"
-            )
+            raise EmptyInput(Part.DOCUMENTS, empty)
         if max_tokens_per_doc is not None:
             documents = await self.clip(documents, max_tokens_per_doc)
         if self.runtime.is_embedder:
@@ -397,20 +388,22 @@ class ServedModel:
                 result, timings = await self._run([query, *documents], truncate)
             except InputTooLong as exc:  # item 0 is the query, item i + 1 document i
                 if exc.index == 0:
-                    raise exc.renamed(0, "query", what="query") from None
-                raise exc.renamed(
-                    exc.index - 1, "documents", what=f"document {exc.index - 1}"
-                ) from None
+                    raise exc.about(0, Part.QUERY, "query") from None
+                i = exc.index - 1
+                raise exc.about(i, Part.DOCUMENTS, f"document {i}") from None
             scores = heads.cosine_scores(result.rows[0], result.rows[1:])
             return ScoreResult(scores, result.tokens, timings)
         pairs = SharedPairs(
-            [query], documents, [(0, i) for i in range(len(documents))], ("query", "document")
+            [query],
+            documents,
+            [(0, i) for i in range(len(documents))],
+            (Part.QUERY, Part.DOCUMENTS),
         )
         try:
-            result, timings = await self._run(pairs, truncate, param="documents")
+            result, timings = await self._run(pairs, truncate)
         except InputTooLong as exc:
             what = f"the query with document {exc.index}"
-            raise exc.renamed(exc.index, "documents", what=what) from None
+            raise exc.about(exc.index, Part.DOCUMENTS, what) from None
         logits = result.rows[:, 0].astype(np.float64)
         activate = not raw_scores and self.config.score_activation == "sigmoid"
         return ScoreResult(heads.sigmoid(logits) if activate else logits, result.tokens, timings)
@@ -420,11 +413,10 @@ class ServedModel:
         inputs: Sequence[str] | Sequence[tuple[str, str]],
         *,
         truncate: bool | None = None,
-        param: str = "inputs",
     ) -> ClassifyResult:
         """Logits for texts or (premise, hypothesis) pairs; labels from the model's label map."""
-        self._require_logits("it gives embeddings; use /v1/embeddings or /embed")
-        result, timings = await self._run(inputs, truncate, param=param)
+        self._require_logits("it gives embeddings; use an embedding route")
+        result, timings = await self._run(inputs, truncate)
         return ClassifyResult(result.rows, self.labels, result.tokens, timings)
 
     async def zero_shot(
@@ -445,31 +437,26 @@ class ServedModel:
                 f"its labels {sorted(self.labels.values())} have no entailment label",
             )
         if not candidate_labels:
-            raise EmptyInput("candidate_labels is empty", param="candidate_labels")
+            raise EmptyInput(Part.LABELS)
         fill = _template_filler(hypothesis_template)
         expanded = sum(
             len(hypothesis_template) + hypothesis_template.count("{}") * len(label)
             for label in candidate_labels
         )
         if expanded > MAX_HYPOTHESES_CHARS:
-            raise InvalidInput(
-                f"hypothesis_template filled with every candidate label gives {expanded} "
-                f"characters, more than {MAX_HYPOTHESES_CHARS}; use fewer {{}} fields, "
-                "fewer or shorter labels",
-                param="hypothesis_template",
-            )
+            raise InvalidTemplate(size=expanded, limit=MAX_HYPOTHESES_CHARS)
         hypotheses = [fill(label) for label in candidate_labels]
         pairs = SharedPairs(
             texts,
             hypotheses,
             [(t, h) for t in range(len(texts)) for h in range(len(hypotheses))],
-            ("text", "hypothesis"),
+            (Part.TEXTS, Part.LABELS),
         )
         try:
-            result, timings = await self._run(pairs, truncate, param="text")
+            result, timings = await self._run(pairs, truncate)
         except InputTooLong as exc:  # pair i is text i // labels with one hypothesis
             i = exc.index // len(hypotheses)
-            raise exc.renamed(i, "text", what=f"text {i} with its hypothesis") from None
+            raise exc.about(i, Part.TEXTS, f"text {i} with its hypothesis") from None
         logits = result.rows.reshape(len(texts), len(candidate_labels), -1)
         scores = heads.zero_shot_scores(logits, self.labels, multi_label=multi_label)
         return ZeroShotResult(scores, result.tokens, timings)
@@ -483,7 +470,7 @@ class ServedModel:
         self, texts: Sequence[str], *, add_special_tokens: bool = True
     ) -> list[list[TokenInfo]]:
         if not texts:
-            raise EmptyInput("inputs is empty", param="inputs")
+            raise EmptyInput(Part.INPUTS)
         tok = self.runtime.tokenizer
         return await self._off_loop(
             lambda: tok.tokens(texts, add_special_tokens=add_special_tokens)

@@ -17,7 +17,7 @@ from tokenizers import Encoding as _RustEncoding
 from tokenizers import Tokenizer
 
 from trt_async.backends.modelfiles import ModelDirError
-from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong
+from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong, Part
 
 TextInput = str | tuple[str, str]
 Direction = Literal["right", "left"]
@@ -100,19 +100,18 @@ class TextTokenizer:
         *,
         truncate: bool,
         direction: Direction = "right",
-        param: str = "input",
     ) -> list[Encoding]:
         """Tokenise with special tokens; raise :class:`InputTooLong` if not truncating."""
         for i, text in enumerate(inputs):
             parts = text if isinstance(text, tuple) else (text,)
             if any(not p for p in parts):
-                raise EmptyInput(f"input {i} is an empty string; send non-empty text", param=param)
+                raise EmptyInput(Part.INPUTS, i)
         tok = (self._right if direction == "right" else self._left) if truncate else self._full
         encoded: list[_RustEncoding] = tok.encode_batch(list(inputs), add_special_tokens=True)
         if not truncate:
             for i, enc in enumerate(encoded):
                 if len(enc.ids) > self.max_length:
-                    raise InputTooLong(i, len(enc.ids), self.max_length, param=param)
+                    raise InputTooLong(i, len(enc.ids), self.max_length)
         if self.with_type_ids:
             return [Encoding(enc.ids, enc.type_ids) for enc in encoded]
         return [Encoding(enc.ids) for enc in encoded]
@@ -124,8 +123,7 @@ class TextTokenizer:
         pairs: Sequence[tuple[int, int]],
         *,
         truncate: bool,
-        names: tuple[str, str] = ("first text", "second text"),
-        param: str = "input",
+        parts: tuple[Part, Part] = (Part.INPUTS, Part.INPUTS),
     ) -> list[Encoding]:
         """``(firsts[i], seconds[j])`` for each ``(i, j)`` of ``pairs``, each text tokenised once
         (truncated from the right, as pairs are).
@@ -136,12 +134,10 @@ class TextTokenizer:
         joined with the tokenizer's own post-processor (special tokens, type ids,
         ``longest_first`` truncation): the same ids as tokenising each pair's text.
         """
-        for name, texts in zip(names, (firsts, seconds), strict=True):
+        for part, texts in zip(parts, (firsts, seconds), strict=True):
             for i, text in enumerate(texts):
                 if not text:
-                    raise EmptyInput(
-                        f"{name} {i} is an empty string; send non-empty text", param=param
-                    )
+                    raise EmptyInput(part, i)
         tok = self._right if truncate else self._full
         a = self._full.encode_batch(list(firsts), add_special_tokens=False)
         b = self._full.encode_batch(list(seconds), add_special_tokens=False)
@@ -165,7 +161,7 @@ class TextTokenizer:
                 second = seconds_cut[(j, keep)]
             enc = tok.post_process(a[i], second, add_special_tokens=True)
             if not truncate and len(enc.ids) > self.max_length:
-                raise InputTooLong(k, len(enc.ids), self.max_length, param=param)
+                raise InputTooLong(k, len(enc.ids), self.max_length)
             out.append(Encoding(enc.ids, enc.type_ids if self.with_type_ids else None))
         return out
 
@@ -198,12 +194,7 @@ class TextTokenizer:
             n = len(self._full.encode(piece, add_special_tokens=add_special_tokens).ids)
             if n > self.max_length:
                 raise InputTooLong(
-                    index,
-                    n,
-                    self.max_length,
-                    param="inputs",
-                    at_least=len(piece) < len(text),
-                    fix="Send it in shorter parts.",
+                    index, n, self.max_length, at_least=len(piece) < len(text), truncatable=False
                 )
             if len(piece) == len(text):
                 return
@@ -215,13 +206,12 @@ class TextTokenizer:
         *,
         truncate: bool,
         direction: Direction = "right",
-        param: str = "input",
     ) -> list[Encoding]:
         """Pre-tokenised ids (OpenAI allows them), taken as the whole sequence with specials."""
         out: list[Encoding] = []
         for i, ids in enumerate(inputs):
             if len(ids) == 0:
-                raise EmptyInput(f"input {i} is an empty token list", param=param)
+                raise EmptyInput(Part.INPUTS, i, token_list=True)
             bad = (
                 None
                 if min(ids) >= 0 and max(ids) < self.vocab_size
@@ -229,7 +219,7 @@ class TextTokenizer:
             )
             if bad is not None:
                 reason = f"it holds token id {bad}, outside this model's vocabulary"
-                raise ForeignTokenIds(i, f"{reason} [0, {self.vocab_size})", param=param)
+                raise ForeignTokenIds(i, f"{reason} [0, {self.vocab_size})")
             # This tokenizer frames every text with its special tokens; a list that lacks
             # them was made by another tokenizer (or without them) and would embed as noise.
             head, tail = self.prefix_ids, self.suffix_ids
@@ -240,10 +230,10 @@ class TextTokenizer:
                     f"such a list starts with {list(head)} and ends with {list(tail)} (the "
                     "model's special tokens)"
                 )
-                raise ForeignTokenIds(i, reason, param=param)
+                raise ForeignTokenIds(i, reason)
             if len(ids) > self.max_length:
                 if not truncate:
-                    raise InputTooLong(i, len(ids), self.max_length, param=param)
+                    raise InputTooLong(i, len(ids), self.max_length)
                 ids = ids[: self.max_length] if direction == "right" else ids[-self.max_length :]
             ids = list(ids)
             out.append(Encoding(ids, [0] * len(ids) if self.with_type_ids else None))

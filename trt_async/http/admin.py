@@ -149,15 +149,15 @@ def _inside_roots(path: str, roots: list[str], param: str) -> str:
     if not roots:
         raise Forbidden(
             "loading models at run time is disabled; list allowed folders in server.model_roots",
-            param=param,
+            field=param,
         )
     if "\0" in path:
-        raise InvalidPath(f"{param} contains a NUL character", param=param)
+        raise InvalidPath(f"{param} contains a NUL character", field=param)
     real = Path(os.path.realpath(path))
     for root in roots:
         if real.is_relative_to(os.path.realpath(root)):
             return str(real)
-    raise Forbidden(f"{param} {path!r} is outside server.model_roots", param=param)
+    raise Forbidden(f"{param} {path!r} is outside server.model_roots", field=param)
 
 
 class HealthController(Controller):
@@ -206,16 +206,16 @@ class ManagementController(Controller):
         try:
             config = msgspec.convert(raw, ModelConfig, strict=True)
         except msgspec.ValidationError as exc:
-            raise InvalidInput(f"options: {exc}", param="options") from None
+            raise InvalidInput(f"options: {exc}", field="options") from None
         try:
             model = await registry.load(data.name, data.kind, config)
         except ModelDirError as exc:
             raise HTTPException(str(exc), status_code=400) from None
         except ConfigError as exc:
-            raise InvalidInput(str(exc), param="options") from None
+            raise InvalidInput(str(exc), field="options") from None
         except OSError as exc:  # a name too long, a folder that cannot be read, ...
             message = f"model_path cannot be read: {exc.strerror}"
-            raise InvalidPath(message, param="model_path") from None
+            raise InvalidPath(message, field="model_path") from None
         return describe(model)
 
     @post(

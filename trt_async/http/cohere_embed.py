@@ -93,11 +93,11 @@ def _types(requested: list[str] | None, default: list[str]) -> list[EmbeddingTyp
     if bad:
         raise InvalidInput(
             f"invalid embedding_types {bad}; each must be one of {', '.join(allowed)}",
-            param="embedding_types",
+            field="embedding_types",
         )
     if not names:
         raise InvalidInput(
-            "embedding_types is empty; ask for at least one type", param="embedding_types"
+            "embedding_types is empty; ask for at least one type", field="embedding_types"
         )
     return [t for t in allowed if t in names]
 
@@ -117,7 +117,6 @@ async def _embed(
         dimensions=data.output_dimension,
         truncate=data.truncate != "NONE",
         direction="left" if data.truncate == "START" else "right",
-        param="texts",
     )
     return model, result
 

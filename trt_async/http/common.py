@@ -79,10 +79,10 @@ class Models:
             f"<default {wanted} model for {route}>", (m.name for m in self.registry)
         )
 
-    def check_batch(self, count: int, param: str = "input") -> None:
+    def check_batch(self, count: int, field: str = "input") -> None:
         limit = self.server.max_client_batch_size
         if count > limit:
-            raise TooManyInputs(count, limit, param=param)
+            raise TooManyInputs(count, limit, field=field)
 
 
 def provide_models(request: AnyRequest, registry: RegistryDep) -> Models:

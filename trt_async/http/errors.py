@@ -19,7 +19,7 @@ import enum
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,16 +39,20 @@ from litestar.types import ExceptionHandler, ExceptionHandlersMap
 from trt_async.core.errors import (
     BackendFailure,
     Conflict,
+    DimensionsOutOfRange,
     EmptyInput,
     Forbidden,
     ForeignTokenIds,
     InputTooLong,
     InvalidInput,
     InvalidPath,
+    InvalidTemplate,
     MissingHead,
+    MixedInputs,
     ModelNotFound,
     OverCapacity,
     Overloaded,
+    Part,
     ServingError,
     TooManyInputs,
     Unavailable,
@@ -65,6 +69,32 @@ class Dialect(str, enum.Enum):
     TEI = "tei"
     DETAIL = "detail"
     COHERE = "cohere"
+
+
+#: What each dialect calls the parts of a request, in ``param`` and in messages. A part
+#: not listed keeps the core's own name; the seed's routes and the management API
+#: (``{"detail"}``) take several shapes, so they keep the core's names throughout.
+FIELD_NAMES: Mapping[Dialect, Mapping[Part, str]] = {
+    Dialect.OPENAI: {
+        Part.INPUTS: "input",
+        Part.LABELS: "candidate_labels",
+        Part.TEMPLATE: "hypothesis_template",
+    },
+    Dialect.RERANK: {},
+    Dialect.TEI: {Part.INPUTS: "inputs", Part.DOCUMENTS: "texts"},
+    Dialect.COHERE: {
+        Part.INPUTS: "texts",
+        Part.DIMENSIONS: "output_dimension",
+        Part.TRUNCATION: "truncate=END",
+    },
+    Dialect.DETAIL: {},
+}
+
+
+def field_namer(dialect: Dialect) -> Callable[[Part], str]:
+    """How ``dialect`` names each part: its own field name, else the core's."""
+    names = FIELD_NAMES[dialect]
+    return lambda part: names.get(part, part.value)
 
 
 #: Key in the request state where ``/rerank`` records that its body is TEI's.
@@ -132,6 +162,9 @@ class ErrorMapping:
 CORE_ERRORS: Mapping[type[ServingError], ErrorMapping] = {
     ServingError: ErrorMapping(500, "Backend", "serving_error"),
     InvalidInput: ErrorMapping(422, "Validation", "invalid_input"),
+    MixedInputs: ErrorMapping(422, "Validation", "invalid_input"),
+    DimensionsOutOfRange: ErrorMapping(422, "Validation", "invalid_input"),
+    InvalidTemplate: ErrorMapping(422, "Validation", "invalid_input"),
     EmptyInput: ErrorMapping(400, "Empty", "empty_input"),
     InputTooLong: ErrorMapping(422, "Validation", "input_too_long"),
     ForeignTokenIds: ErrorMapping(422, "Validation", "foreign_token_ids"),
@@ -210,14 +243,18 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     return "invalid request: " + "; ".join(parts), param
 
 
-def classify(exc: Exception) -> ErrorInfo:
-    """The status, message and TEI kind of any exception a request may raise."""
+def classify(exc: Exception, dialect: Dialect = Dialect.DETAIL) -> ErrorInfo:
+    """The status, message and TEI kind of any exception a request may raise; core errors
+    name the parts of the request as ``dialect`` does."""
     if isinstance(exc, ServingError):
         headers: dict[str, str] = {}
         row = core_error_mapping(exc)
         if isinstance(exc, Overloaded):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        return ErrorInfo(row.status, exc.message, row.kind, exc.param, row.code, headers)
+        name = field_namer(dialect)
+        param = exc.field or (name(exc.part) if exc.part is not None else None)
+        message = exc.describe(name)
+        return ErrorInfo(row.status, message, row.kind, param, row.code, headers)
     if isinstance(exc, ValidationException):
         cause = exc.__cause__
         if isinstance(cause, msgspec.DecodeError) and not isinstance(
@@ -304,7 +341,7 @@ def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
 def error_response(
     request: Request[Any, Any, Any], exc: Exception, dialect: Dialect
 ) -> Response[Any]:
-    info = classify(exc)
+    info = classify(exc, dialect)
     if dialect is Dialect.TEI and info.kind == "Backend" and info.status == 500:
         # TEI answers backend failures with 424 (Failed Dependency); its clients expect that.
         info = replace(info, status=424)

@@ -64,7 +64,6 @@ async def _run(
         truncate=data.truncate,
         direction=direction(data.truncation_direction),
         heads=(head,),
-        param="inputs",
     )
 
 

@@ -107,7 +107,7 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-def split_input(value: EmbeddingInput, param: str = "input") -> list[str] | list[list[int]]:
+def split_input(value: EmbeddingInput, field: str = "input") -> list[str] | list[list[int]]:
     """Texts or token-id lists; mixing them is refused, as OpenAI does."""
     if isinstance(value, str):
         return [value]
@@ -122,7 +122,7 @@ def split_input(value: EmbeddingInput, param: str = "input") -> list[str] | list
     raise InvalidInput(
         "input must be a string, a list of strings, a list of token ids or a list of "
         "token-id lists; this list mixes them",
-        param=param,
+        field=field,
     )
 
 
@@ -182,11 +182,11 @@ class OpenAIController(Controller):
             raise InvalidInput(
                 f"model {model.name!r} is a reranker: send the query in a `query` field "
                 "and the documents as `input`",
-                param="query",
+                field="query",
             )
         documents = [x for x in inputs if isinstance(x, str)]
         if len(documents) != len(inputs):
-            raise InvalidInput("reranking takes documents as text, not token ids", param="input")
+            raise InvalidInput("reranking takes documents as text, not token ids", field="input")
         if model.kind is ModelKind.NLI:
             raise WrongModelKind(model.name, model.kind.value, "it cannot rerank")
         # Raw logits, as the seed answers; an embedder gives cosine similarities.

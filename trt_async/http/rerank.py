@@ -316,7 +316,7 @@ class RerankController(Controller):
             body, result = await tei_rerank(models, data)
             return Response(body, headers=timing_headers(result.timings, result.tokens))
         if data.documents is None:
-            raise InvalidInput("documents is required", param="documents")
+            raise InvalidInput("documents is required", field="documents")
         cohere, headers = await self._cohere_v1(models, data, "/rerank")
         return Response(cohere, headers=headers)
 

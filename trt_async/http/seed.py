@@ -14,7 +14,7 @@ from litestar.params import FromPath
 from msgspec import Meta
 
 from trt_async.core.config import ModelKind
-from trt_async.core.errors import EmptyInput, InvalidInput
+from trt_async.core.errors import EmptyInput, InvalidInput, Part
 from trt_async.core.multivector import Head, SparseVector
 from trt_async.core.tasks import ServedModel
 from trt_async.http.common import (
@@ -100,7 +100,7 @@ class NLIInferResponse(msgspec.Struct):
 
 def _as_list(value: str | list[str] | None, param: str) -> list[str]:
     if value is None:
-        raise InvalidInput(f"{param} is required for this model", param=param)
+        raise InvalidInput(f"{param} is required for this model", field=param)
     return [value] if isinstance(value, str) else value
 
 
@@ -118,7 +118,7 @@ async def _m3_infer(
     if not heads and not data.return_dense:
         raise InvalidInput(
             "ask for at least one of return_dense, return_sparse and return_colbert_vecs",
-            param="return_dense",
+            field="return_dense",
         )
     result = await served.embed(documents, truncate=data.truncate, heads=heads)
     body = M3InferResponse(elapsed_ms=elapsed_ms(result.timings))
@@ -173,7 +173,7 @@ class SeedController(Controller):
                 raise InvalidInput(
                     f"premises and hypotheses must have the same length; got {len(premises)} "
                     f"and {len(hypotheses)}",
-                    param="hypotheses",
+                    field="hypotheses",
                 )
             models.check_batch(len(premises), "premises")
             result = await served.classify(
@@ -191,9 +191,9 @@ class SeedController(Controller):
         models.check_batch(len(documents), "documents")
         if served.kind is ModelKind.RERANKER or data.query is not None:
             if data.query is None:
-                raise InvalidInput("query is required for a reranker", param="query")
+                raise InvalidInput("query is required for a reranker", field="query")
             if not documents:
-                raise EmptyInput("documents is empty", param="documents")
+                raise EmptyInput(Part.DOCUMENTS, field="documents")
             scores = await served.rerank(
                 data.query, documents, raw_scores=True, truncate=data.truncate
             )

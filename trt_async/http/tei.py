@@ -145,7 +145,7 @@ def refuse_prompt(served: ServedModel, prompt_name: str | None) -> None:
     if prompt_name is not None:
         raise InvalidInput(
             f"model {served.name!r} has no prompts; prompt_name cannot be used",
-            param="prompt_name",
+            field="prompt_name",
         )
 
 
@@ -170,7 +170,7 @@ def _predict_inputs(value: PredictInput) -> tuple[list[str | tuple[str, str]], b
         else:
             raise InvalidInput(
                 f"inputs[{i}] has {len(x)} texts; send one text or a [premise, hypothesis] pair",
-                param="inputs",
+                field="inputs",
             )
     return items, True
 

@@ -95,7 +95,7 @@ def _convert(body: dict[str, Any], type_: type[Any]) -> Any:
     except msgspec.ValidationError as exc:
         what, _, where = str(exc).rpartition(" - at `")
         param = where.rstrip("`").removeprefix("$").lstrip(".") or None
-        raise InvalidInput(f"invalid request: {what or exc}", param=param) from None
+        raise InvalidInput(f"invalid request: {what or exc}", field=param) from None
 
 
 def _root_model(models: Models, name: str | None) -> ServedModel:

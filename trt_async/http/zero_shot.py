@@ -16,7 +16,7 @@ from litestar import Controller, Response, post
 from msgspec import Meta
 
 from trt_async.core.config import ModelKind
-from trt_async.core.errors import EmptyInput, InvalidInput
+from trt_async.core.errors import EmptyInput, InvalidInput, Part
 from trt_async.http.common import (
     JsonBody,
     ModelsDep,
@@ -82,13 +82,13 @@ class ZeroShotController(Controller):
         self, models: ModelsDep, data: JsonBody[ZeroShotRequest]
     ) -> Response[ZeroShotResponse]:
         if (data.text is None) == (data.texts is None):
-            raise InvalidInput("send exactly one of text and texts", param="text")
+            raise InvalidInput("send exactly one of text and texts", field="text")
         texts = [data.text] if data.text is not None else list(data.texts or [])
         models.check_batch(len(texts) * max(1, len(data.candidate_labels)), "texts")
         model = models.pick(data.model, (ModelKind.NLI,), "/v1/zero-shot")
         require_kind(model, (ModelKind.NLI,), "zero-shot needs an NLI model")
         if not texts:
-            raise EmptyInput("texts is empty", param="texts")
+            raise EmptyInput(Part.TEXTS, field="texts")
         result = await model.zero_shot(
             texts,
             data.candidate_labels,
