@@ -427,7 +427,7 @@ def test_default_build_covers_the_servers_default_grid(
     from trt_async.backends.modelfiles import default_max_length
     from trt_async.backends.tensorrt.plan import grid_outside_profile
     from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
-    from trt_async.core.runtime import model_max_length
+    from trt_async.core.runtime import bucket_grid, model_max_length
 
     monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
     model = write_model(tmp_path / "mini")
@@ -453,10 +453,7 @@ def test_default_build_covers_the_servers_default_grid(
     config = ModelConfig(model_path=str(model), backend="tensorrt")
     max_length = model_max_length(config, files)
     assert max_length == default_max_length(files) == 512
-    lengths = TENSORRT_SPEC.lengths(max_length)
-    grid = BucketGrid(
-        TENSORRT_SPEC.batch_sizes, lengths, max(config.max_batch_tokens, max(lengths))
-    )
+    grid = bucket_grid(config, TENSORRT_SPEC, max_length)
     assert any(b.batch == 64 for b in grid.buckets())
     lo, hi = (m.profile_min[0], m.profile_min[1]), (m.profile_max[0], m.profile_max[1])
     assert grid_outside_profile(grid, lo, hi) == []

@@ -82,6 +82,8 @@ class BackendSpec:
     batch_sizes: tuple[int, ...]
     #: Fixed cost of one batch in token-equivalents, for choosing batches.
     batch_overhead_tokens: int
+    #: Most padded tokens (rows x length) one batch holds by default.
+    max_batch_tokens: int = 16384
     #: The dtype the model computes in, by configured precision (TEI's ``model_dtype``).
     dtypes: Mapping[str, str] = field(default_factory=dict)
     #: Counters :meth:`Backend.counters` reports values for.

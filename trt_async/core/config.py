@@ -83,7 +83,8 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Bucket grid. Defaults come from the backend's spec (``BackendSpec``).
     batch_sizes: list[Positive] | None = None
     lengths: list[Positive] | None = None
-    max_batch_tokens: Positive = 16384
+    #: Most padded tokens (rows x length) in one batch. Default: the backend's (``BackendSpec``).
+    max_batch_tokens: Positive | None = None
     #: Embedding pooling; default from the export manifest or sentence-transformers' config.
     pooling: Pooling | None = None
     normalize: bool = True

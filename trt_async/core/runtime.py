@@ -15,7 +15,13 @@ import logging
 import numpy as np
 
 from trt_async.backends import create_backend, resolve_backend
-from trt_async.backends.base import KNOWN_INPUTS, Backend, BackendInfo, BackendOptions
+from trt_async.backends.base import (
+    KNOWN_INPUTS,
+    Backend,
+    BackendInfo,
+    BackendOptions,
+    BackendSpec,
+)
 from trt_async.backends.modelfiles import (
     ModelDirError,
     ModelFiles,
@@ -78,6 +84,20 @@ def pooling_for(config: ModelConfig, files: ModelFiles, output: str) -> Pooling:
     return files.st_pooling or "cls"
 
 
+def bucket_grid(config: ModelConfig, spec: BackendSpec, max_length: int) -> BucketGrid:
+    """The grid a model serves: the config's batch sizes, lengths and token budget, else the
+    backend's defaults; lengths never pass ``max_length``, which is always one of them."""
+    lengths = config.lengths or spec.lengths(max_length)
+    if max(lengths) < max_length:
+        lengths = [*lengths, max_length]
+    lengths = [n for n in lengths if n <= max_length]
+    return BucketGrid(
+        config.batch_sizes or spec.batch_sizes,
+        lengths,
+        max(config.max_batch_tokens or spec.max_batch_tokens, max(lengths)),
+    )
+
+
 class ModelRuntime:
     """Tokenizer, backend, runner and scheduler for one model folder.
 
@@ -120,16 +140,8 @@ class ModelRuntime:
                 f"{label}: max_length {config.max_length} is more than the model's position "
                 f"table allows ({limit} tokens, from {files.root.name}/config.json); lower it"
             )
-        lengths = config.lengths or spec.lengths(self.max_length)
-        if max(lengths) < self.max_length:
-            lengths = [*lengths, self.max_length]
-        lengths = [n for n in lengths if n <= self.max_length]
         try:
-            self.grid = BucketGrid(
-                config.batch_sizes or spec.batch_sizes,
-                lengths,
-                max(config.max_batch_tokens, max(lengths)),
-            )
+            self.grid = bucket_grid(config, spec, self.max_length)
         except ValueError as exc:
             raise ConfigError(f"{label}: bucket grid: {exc}") from None
         skip_ids = files.manifest.sparse_skip_ids if files.manifest is not None else None

@@ -313,7 +313,7 @@ class TEIController(Controller):
             model_type=_model_type(served),
             max_concurrent_requests=cfg.max_queue_items,
             max_input_length=served.max_length,
-            max_batch_tokens=cfg.max_batch_tokens,
+            max_batch_tokens=served.runtime.grid.max_batch_tokens,
             max_batch_requests=max(served.runtime.grid.batch_sizes),
             max_client_batch_size=server.max_client_batch_size,
             auto_truncate=cfg.truncate,
