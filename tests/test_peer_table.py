@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from perf.peer_table import BEGIN, END, POINTS, replace_part, table
+from perf.peer_table import (
+    BEGIN,
+    CEILING,
+    END,
+    POINTS,
+    bare_ceiling,
+    ceiling_batches,
+    goals,
+    replace_part,
+    table,
+)
+from trt_async.backends.shapes import Bucket, BucketGrid
 
 
 def _round(items_per_s: float, p50: float, worst: float, errors: int = 0) -> dict[str, object]:
@@ -12,18 +23,26 @@ def _round(items_per_s: float, p50: float, worst: float, errors: int = 0) -> dic
     return {"items_per_s": items_per_s, "requests": 10, "errors": errors, "latency_ms": latency}
 
 
+def _ceiling(items_per_s: float) -> dict[str, object]:
+    return {"items_per_s": items_per_s, "requests": 0, "errors": 0, "latency_ms": None}
+
+
 def _report() -> dict[str, object]:
     rounds = {
         key: {
             "ours": [_round(200.0, 10.0, 30.0), _round(180.0, 12.0, 40.0)],
             "peer": [_round(100.0, 20.0, 50.0), _round(120.0, 22.0, 60.0, errors=1)],
+            CEILING: [_ceiling(200.0), _ceiling(200.0)],
         }
         for key, *_ in POINTS
     }
+    for one, ms in zip(rounds["single-c1"][CEILING], (8.0, 10.0), strict=True):
+        one["batch_one_ms"] = ms
     return {
         "targets": {"ours": "http://127.0.0.1:1", "peer": "http://127.0.0.1:2"},
         "rounds": rounds,
-        "ceiling_items_per_s": [210.0, 190.0, 200.0],
+        "ceilings": [{"by_cap": {"realistic": {"256": 150.0, "1024": 200.0}}}],
+        "ceiling_caps": {"realistic": 1024},
         "machine": {"machine": "x86_64", "cpus": 2, "system": "Linux"},
         "load": {"start": [1.0, 1.0, 1.0], "end": [2.0, 1.0, 1.0]},
     }
@@ -31,17 +50,34 @@ def _report() -> dict[str, object]:
 
 def test_table_has_one_row_per_point_with_per_round_ratios() -> None:
     text = table(_report(), "python -m perf.peer_table --target ours=URL")
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "load" not in line]
+    points_table = text.split("\n\n")[2]  # command, machine, points, goals
+    rows = [line for line in points_table.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == len(POINTS)
     first = rows[0].split(" | ")
     # Medians over rounds: 190 items/s, p50 11 ms, p99 22 ms, worst max 40 ms.
     assert first[1] == "190.0 (11.0 / 22 / 40)"
     assert first[2] == "110.0 (21.0 / 42 / 60), 1 errors"
-    assert first[3] == "0.95"  # 190 over the median ceiling of 200
+    assert first[3] == "200.0"  # the ceiling's own items/s
+    # Against the ceiling per round: 200/200 and 180/200, median 0.95.
+    assert first[4] == "**0.95** (1.00, 0.90)"
     # Per-round ratios 2.00 and 1.50, their median 1.75.
-    assert first[4].strip(" |") == "**1.75** (2.00, 1.50)"
+    assert first[5].strip(" |") == "**1.75** (2.00, 1.50)"
     assert "`python -m perf.peer_table --target ours=URL`" in text
-    assert "median 200" in text
+    assert "realistic 1024" in text and "realistic 256: 150, 1024: 200" in text
+
+
+def test_goals_are_computed_from_the_rounds_and_can_fail() -> None:
+    rows = {g: (got, met) for g, got, _, met in goals(_report(), "peer")}
+    # 0.95 exactly is met; the per-round median decides, not the medians' ratio.
+    assert rows["1 text, 64 clients: ours / bare ceiling"] == ("0.95", True)
+    # Per-round ratios 2.00 and 1.50: median 1.75 >= 1.5.
+    assert rows["1 text, 1 client: ours / peer"] == ("1.75", True)
+    # p50 10 and 12 ms against one bare text of 8 and 10 ms: 1.25 and 1.2, median 1.23 > 1.2.
+    one = next(k for k in rows if k.startswith("1 client:"))
+    assert rows[one] == ("1.23", False)
+    # p99 is 2x p50 in every round (met); the worst max 40 ms is 3.6x the median p50 11.
+    assert rows["1 text, 64 clients: p99 / p50"] == ("2.00", True)
+    assert rows["1 text, 64 clients: max / p50"] == ("3.64", False)
 
 
 def test_replace_part_swaps_only_the_marked_part() -> None:
@@ -49,3 +85,38 @@ def test_replace_part_swaps_only_the_marked_part() -> None:
     assert replace_part(doc, "new") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
     with pytest.raises(ValueError, match="peer-table"):
         replace_part("no markers here", "new")
+
+
+class _Bare:
+    """The part of BareBackend the ceiling uses: a text of n words is n tokens."""
+
+    def __init__(self) -> None:
+        self.grid = BucketGrid([1, 2, 4, 8, 32], [8, 16, 64], max_batch_tokens=256)
+        self.ran: list[tuple[Bucket, list[int]]] = []
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [list(range(len(t.split()))) for t in texts]
+
+    def run_batch(self, bucket: Bucket, items: list[list[int]]) -> None:
+        self.ran.append((bucket, [len(e) for e in items]))
+
+
+def test_ceiling_batches_are_sorted_and_each_padded_to_its_own_longest_item() -> None:
+    bare = _Bare()
+    texts = [" ".join(["w"] * n) for n in [60, 3, 5, 7, 2, 9, 12, 4] * 8]
+    batches = ceiling_batches(bare, texts)  # type: ignore[arg-type]
+    lengths = [len(t.split()) for b in batches for t in b]
+    assert lengths == sorted(lengths)
+    # At most 256 tokens in a batch of a grid size: 32 rows of 8, 8 of 16, 4 of 64.
+    assert [len(b) for b in batches] == [32, 8, 8, 8, 4, 4]
+    rate = bare_ceiling(bare, batches, 0.05)  # type: ignore[arg-type]
+    assert rate > 0 and len(bare.ran) >= len(batches)
+    for bucket, items in bare.ran:
+        assert bucket.length == bare.grid.length_for(max(items))
+        assert bucket.batch == bare.grid.batch_for(len(items))
+    # A token cap shortens batches further: 32 tokens is 4 rows of 8, 2 of 16, 1 of 64.
+    capped = ceiling_batches(bare, texts, 32)  # type: ignore[arg-type]
+    assert [len(b) for b in capped] == [4] * 10 + [2] * 8 + [1] * 8
+    # Every batch is run in turn before any repeats (a seeded shuffle, not a prefix).
+    first = sorted(tuple(items) for _, items in bare.ran[: len(batches)])
+    assert first == sorted(tuple(len(t.split()) for t in b) for b in batches)
