@@ -270,10 +270,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     else:
                         got = await phase(clients[name], data[mix], concurrency, args)
                     rounds.setdefault(key, {}).setdefault(name, []).append(got)
-                    lat = got["latency_ms"] or {}
+                    lat = got["latency_ms"]
+                    said = f", p50 {lat['p50']:.1f} ms, errors {got['errors']}" if lat else ""
                     print(
-                        f"{key} round {r + 1} {name}: {got['items_per_s']:.1f} items/s, "
-                        f"p50 {lat.get('p50', 0):.1f} ms, errors {got['errors']}",
+                        f"{key} round {r + 1} {name}: {got['items_per_s']:.1f} items/s{said}",
                         flush=True,
                     )
     ceilings.append(measure_ceilings(bare, texts, singles, args.ceiling_seconds))

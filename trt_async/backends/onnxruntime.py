@@ -40,17 +40,17 @@ _ORT_INT_TYPES: dict[str, np.dtype] = {
 #: Fine-grained lengths and every batch size: ONNX Runtime takes any shape, so padding (whose
 #: cost is linear on the CPU) is what to avoid, and no padding rows are ever computed. The
 #: per-batch overhead was measured for all-MiniLM-L6-v2 (2 threads): about 2.2 ms + 0.068 ms
-#: per padded token, i.e. ~32 tokens. Past about a thousand padded tokens a batch's
-#: activations leave the CPU's caches and each item costs more (all-MiniLM-L6-v2, 2 threads:
-#: at length 160, 46 ms an item in batches of 32 against 33-38 ms in batches of 2-8; sorted
-#: long texts ran 1.3x faster capped at 512-1024 tokens than at 8192, ``perf/peer_table.py``'s
-#: ceiling sweep), so a batch holds at most 1024 padded tokens by default.
+#: per padded token, i.e. ~32 tokens. Batches of many long rows cost more per item than a
+#: few rows (their activations leave the caches: at length 160, 46 ms an item in batches of
+#: 32 against 33-38 ms in batches of 2-8), but a budget of 1024 padded tokens made the server
+#: 5-8 % slower on 32-text requests and long texts side by side (``perf/peer_table.py``): the
+#: queue seldom holds that many long rows, and more, smaller batches each cost the overhead.
+#: So the token budget stays the common default.
 ONNXRUNTIME_SPEC = BackendSpec(
     name="onnxruntime",
     length_steps=(*range(8, 129, 8), *range(144, 257, 16), *range(288, 8193, 32)),
     batch_sizes=tuple(range(1, 33)),
     batch_overhead_tokens=32,
-    max_batch_tokens=1024,
 )
 
 
