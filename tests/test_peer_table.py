@@ -69,15 +69,15 @@ def test_table_has_one_row_per_point_with_per_round_ratios() -> None:
 def test_goals_are_computed_from_the_rounds_and_can_fail() -> None:
     rows = {g: (got, met) for g, got, _, met in goals(_report(), "peer")}
     # 0.95 exactly is met; the per-round median decides, not the medians' ratio.
-    assert rows["1 text, 64 clients: ours / bare ceiling"] == ("0.95", True)
+    assert rows["1 text, 64 clients: ours / bare ceiling"] == ("0.950", True)
     # Per-round ratios 2.00 and 1.50: median 1.75 >= 1.5.
-    assert rows["1 text, 1 client: ours / peer"] == ("1.75", True)
-    # p50 10 and 12 ms against one bare text of 8 and 10 ms: 1.25 and 1.2, median 1.23 > 1.2.
+    assert rows["1 text, 1 client: ours / peer"] == ("1.750", True)
+    # p50 10 and 12 ms against one bare text of 8 and 10 ms: 1.25 and 1.2, median 1.225 > 1.2.
     one = next(k for k in rows if k.startswith("1 client:"))
-    assert rows[one] == ("1.23", False)
+    assert rows[one] == ("1.225", False)
     # p99 is 2x p50 in every round (met); the worst max 40 ms is 3.6x the median p50 11.
-    assert rows["1 text, 64 clients: p99 / p50"] == ("2.00", True)
-    assert rows["1 text, 64 clients: max / p50"] == ("3.64", False)
+    assert rows["1 text, 64 clients: p99 / p50"] == ("2.000", True)
+    assert rows["1 text, 64 clients: max / p50"] == ("3.636", False)
 
 
 def test_replace_part_swaps_only_the_marked_part() -> None:
