@@ -98,11 +98,11 @@ class EmptyInput(InvalidInput):
     def describe(self, name: Naming) -> str:
         assert self.part is not None
         own = self.field or name(self.part)
-        items = ITEMS.get(self.part)
-        if items is None:
+        item = ITEMS.get(self.part)
+        if item is None:
             return f"{own} is an empty string"
         if self.index is None:
-            return f"{own} is empty; send at least one {items}"
+            return f"{own} is empty; send at least one {item}"
         what = "token list" if self.token_list else "string; send non-empty text"
         return f"{own}[{self.index}] is an empty {what}"
 
