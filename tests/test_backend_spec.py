@@ -9,7 +9,7 @@ import pytest
 
 from tests.fake_backend import EXECUTED, FAKE_SPEC, FakeBackend
 from trt_async.backends import BackendUnavailable, backend_spec, create_backend
-from trt_async.backends.base import BackendOptions
+from trt_async.backends.base import Backend, BackendOptions
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
@@ -87,16 +87,22 @@ def rss_mib() -> float:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
+def _filled_minilm(model_dir: Path, grid: BucketGrid, bucket: Bucket) -> Backend:
+    """MiniLM on ONNX Runtime (2 threads) with ``bucket``'s inputs filled with ones."""
+    files = ModelFiles.resolve(model_dir)
+    backend = create_backend("onnxruntime", files, BackendOptions(intra_op_threads=2))
+    backend.prepare(grid)
+    for name, view in backend.inputs(bucket).items():
+        view[:] = 0 if name == "token_type_ids" else 1
+    return backend
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads RSS from /proc")
 def test_a_large_batch_does_not_keep_its_memory(minilm_model_dir: Path) -> None:
     # ONNX Runtime's CPU arena grows to the largest run and keeps it: a 16 x 128 MiniLM batch
     # left ~60 MiB behind, a 32 x 256 one ~780 MiB. Large batches give it back when they end.
-    files = ModelFiles.resolve(minilm_model_dir)
-    backend = create_backend("onnxruntime", files, BackendOptions(intra_op_threads=2))
-    backend.prepare(BucketGrid([1, 16], [8, 128], max_batch_tokens=2048))
     large = Bucket(16, 128)
-    for name, view in backend.inputs(large).items():
-        view[:] = 0 if name == "token_type_ids" else 1
+    backend = _filled_minilm(minilm_model_dir, BucketGrid([1, 16], [8, 128], 2048), large)
     backend.execute(Bucket(1, 8))
     before = rss_mib()
     backend.execute(large)
@@ -113,12 +119,8 @@ def test_onnxruntime_threads_spin_during_a_batch_and_stop_when_it_ends(
     # CPU the event loop and the tokenizer need between batches.
     import time
 
-    files = ModelFiles.resolve(minilm_model_dir)
-    backend = create_backend("onnxruntime", files, BackendOptions(intra_op_threads=2))
-    backend.prepare(BucketGrid([1, 4], [8, 32], max_batch_tokens=128))
     bucket = Bucket(4, 32)
-    for name, view in backend.inputs(bucket).items():
-        view[:] = 0 if name == "token_type_ids" else 1
+    backend = _filled_minilm(minilm_model_dir, BucketGrid([1, 4], [8, 32], 128), bucket)
     for _ in range(3):
         backend.execute(bucket)
     start = time.process_time()
