@@ -111,12 +111,10 @@ def test_a_large_batch_does_not_keep_its_memory(minilm_model_dir: Path) -> None:
     backend.close()
 
 
-def test_onnxruntime_threads_spin_during_a_batch_and_stop_when_it_ends(
-    minilm_model_dir: Path,
-) -> None:
-    # Without session.force_spinning_stop the intra-op threads of a spinning session keep
-    # spinning after a run (about 0.06 CPU-seconds over the next half second here), which is
-    # CPU the event loop and the tokenizer need between batches.
+def test_onnxruntime_threads_do_not_spin_between_batches(minilm_model_dir: Path) -> None:
+    # ONNX Runtime's default lets intra-op threads spin after a run (about 0.06 CPU-seconds
+    # over the next half second here, with session.intra_op.allow_spinning=1), CPU the event
+    # loop and the tokenizer need between batches.
     import time
 
     bucket = Bucket(4, 32)

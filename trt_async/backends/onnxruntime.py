@@ -78,15 +78,12 @@ class OnnxRuntimeBackend:
         settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         settings.intra_op_num_threads = options.intra_op_threads or (os.cpu_count() or 1)
         settings.inter_op_num_threads = 1
-        # Intra-op threads spin while a batch runs, so each operator's share reaches the
-        # second thread at once rather than through a wake-up per operator (a small batch is
-        # many short operators, and a sleeping thread on a busy core wakes late), and stop
-        # the moment the run returns: ONNX Runtime's session.force_spinning_stop makes its
-        # thread-pool threads stop spinning as soon as the last concurrent Run() returns
-        # (onnxruntime_session_options_config_keys.h). Spinning idle between batches
-        # starved the event loop and the tokenizer, which share the cores.
-        settings.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        settings.add_session_config_entry("session.force_spinning_stop", "1")
+        # Idle intra-op threads would otherwise spin on every core between batches and starve
+        # the event loop and the tokenizer, which share those cores in a server. Spinning
+        # only while a batch runs (allow_spinning=1 with session.force_spinning_stop=1) was
+        # measured too and lost: 0.79x the items/s at 16 clients and 0.94x at 64
+        # (perf/results/peer-table-spin, three alternating rounds).
+        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(files.onnx), settings, providers=["CPUExecutionProvider"]
