@@ -7,9 +7,11 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import litestar.concurrency
 import pytest
 import pytest_asyncio
 from litestar import Litestar
@@ -478,3 +480,36 @@ async def test_api_key_is_required_except_for_probes(secured: Any) -> None:
     assert ok.status_code == 200
     for path in ("/health", "/ready", "/docs/openapi.json"):
         assert (await secured.get(path)).status_code == 200, path
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.jobs = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.jobs += 1
+        return super().submit(*args, **kwargs)
+
+
+async def test_requests_take_no_trip_through_litestars_thread_pool(
+    secured: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Litestar runs any plain-function guard, dependency or handler in its thread pool: a
+    thread hop there and back on every request. The key checks are coroutines, so neither
+    an accepted nor a refused request uses that pool (a plain ``def`` guard fails this)."""
+    counting = CountingExecutor()
+    # The pool Litestar's sync_to_thread hands work to (set_asyncio_executor refuses to
+    # change it while a loop runs).
+    monkeypatch.setattr(litestar.concurrency, "get_asyncio_executor", lambda: counting)
+    try:
+        key = {"Authorization": f"Bearer {API_KEY}"}
+        body = {"query": "q", "documents": ["d"]}
+        assert (await secured.post("/v1/rerank", json=body, headers=key)).status_code == 200
+        predicted = await secured.post("/predict", json={"inputs": "x"}, headers=key)
+        assert predicted.status_code == 200
+        rerank_error(await secured.post("/v1/rerank", json=body), 401)
+        detail_error(await secured.post("/models/unload", json={"name": "x"}, headers=key), 401)
+    finally:
+        counting.shutdown()
+    assert counting.jobs == 0

@@ -36,12 +36,15 @@ def make_api_key_guard(
     *,
     admin_api_key: str | None = None,
 ) -> list[Any]:
-    """Guards for the app: the inference key check (none without a key) and the admin check."""
+    """Guards for the app: the inference key check (none without a key) and the admin check.
+
+    They are coroutines because Litestar runs a plain-function guard in a worker thread:
+    two thread hops on every request for a header comparison."""
     guards: list[Any] = []
     if api_key:
         expected = api_key.encode()
 
-        def guard(
+        async def guard(
             connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
         ) -> None:
             if handler.opt.get(PUBLIC_OPT) or connection.scope["path"].startswith(public_prefixes):
@@ -56,7 +59,7 @@ def make_api_key_guard(
         guards.append(guard)
     admin = admin_api_key.encode() if admin_api_key else None
 
-    def admin_guard(
+    async def admin_guard(
         connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
     ) -> None:
         if not handler.opt.get(ADMIN_OPT):
