@@ -26,6 +26,7 @@ import json
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,8 @@ CEILING_BATCH = 32
 #: CPU, past a few hundred padded tokens a bigger batch costs more per item (its activations
 #: leave the caches), so 32 rows of long texts are not the runtime's best.
 CEILING_CAPS = (256, 512, 1024, 2048, 8192)
+#: The sweep's key prefix for batches run one at a time on the solo lane.
+SOLO = "solo"
 
 
 def streams(model: str, seed: int, count: int) -> dict[str, list[RequestSpec]]:
@@ -133,29 +136,51 @@ def ceiling_batches(
     return batches
 
 
-def bare_ceiling(bare: BareBackend, batches: Sequence[Sequence[str]], seconds: float) -> float:
+def bare_ceiling(
+    bare: BareBackend, batches: Sequence[Sequence[str]], seconds: float, parallel: bool = True
+) -> float:
     """Items/s of ``batches`` run in a seeded random order for about ``seconds``: each batch
     tokenised, padded to the bucket of its own longest item and run.
 
-    A random order of all the sorted batches, not a pass from the start, so a run cut by
-    the clock sees short and long batches in their proportions."""
+    With ``parallel`` and a backend of several parallel lanes, one thread per lane takes
+    the next batch, as the server's lanes do under load; otherwise batches run one after
+    another on the lane a batch alone gets. A random order of all the sorted batches, not
+    a pass from the start, so a run cut by the clock sees short and long batches in their
+    proportions."""
     order = list(range(len(batches)))
     random.Random(0).shuffle(order)
-    done = 0
-    k = 0
+    lanes = list(range(bare.lanes.parallel)) if parallel else [bare.lanes.solo_lane or 0]
+    lock = threading.Lock()
+    state = {"next": 0, "done": 0}
     start = time.perf_counter()
-    while time.perf_counter() - start < seconds or done == 0:
-        texts = batches[order[k % len(order)]]
-        k += 1
-        items = bare.encode(texts)
-        length = bare.grid.length_for(max(len(e) for e in items))
-        bare.run_batch(Bucket(bare.grid.batch_for(len(items)), length), items)
-        done += len(items)
-    return done / (time.perf_counter() - start)
+
+    def work(lane: int) -> None:
+        while True:
+            with lock:
+                if time.perf_counter() - start >= seconds and state["done"] > 0:
+                    return
+                texts = batches[order[state["next"] % len(order)]]
+                state["next"] += 1
+            items = bare.encode(texts)
+            length = bare.grid.length_for(max(len(e) for e in items))
+            bare.run_batch(Bucket(bare.grid.batch_for(len(items)), length), items, lane)
+            with lock:
+                state["done"] += len(items)
+
+    if len(lanes) == 1:
+        work(lanes[0])
+    else:
+        threads = [threading.Thread(target=work, args=(lane,)) for lane in lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return state["done"] / (time.perf_counter() - start)
 
 
 def batch_one_ms(bare: BareBackend, texts: Sequence[str]) -> float:
-    """Median milliseconds of one text alone: tokenise, then a batch-1 call at its length."""
+    """Median milliseconds of one text alone: tokenise, then a batch-1 call at its length
+    (on the lane a batch alone gets)."""
     out: list[float] = []
     for text in texts:
         start = time.perf_counter()
@@ -169,15 +194,23 @@ def measure_ceilings(
     bare: BareBackend, texts: dict[str, list[str]], singles: Sequence[str], seconds: float
 ) -> dict[str, Any]:
     """Each mix's ceiling (the best of :data:`CEILING_CAPS`, every cap's figure kept) and the
-    time of one text alone, once the machine is idle."""
+    time of one text alone, once the machine is idle.
+
+    With several parallel lanes, the caps run on them side by side, and the best cap also
+    one batch at a time on the solo lane (key ``solo <cap>``): the ceiling is the better."""
     busy = wait_until_idle()
     out: dict[str, Any] = {"cpu_busy_before": None if busy is None else round(busy, 3)}
     by_cap: dict[str, dict[str, float]] = {}
     for mix, mix_texts in texts.items():
-        by_cap[mix] = {
+        rates = {
             str(cap): bare_ceiling(bare, ceiling_batches(bare, mix_texts, cap), seconds)
             for cap in CEILING_CAPS
         }
+        if bare.lanes.solo:
+            cap = int(max(rates, key=rates.__getitem__))
+            solo = ceiling_batches(bare, mix_texts, cap)
+            rates[f"{SOLO} {cap}"] = bare_ceiling(bare, solo, seconds, parallel=False)
+        by_cap[mix] = rates
     out["by_cap"] = by_cap
     out["items_per_s"] = {mix: max(rates.values()) for mix, rates in by_cap.items()}
     out["batch_one_ms"] = batch_one_ms(bare, singles)
@@ -193,13 +226,20 @@ def measure_ceilings(
     return out
 
 
+def best_ceiling(rates: dict[str, float]) -> tuple[int, bool]:
+    """The sweep's best (cap, on the parallel lanes) from its ``by_cap`` figures."""
+    key = max(rates, key=rates.__getitem__)
+    mode, _, cap = key.rpartition(" ")
+    return int(cap), mode != SOLO
+
+
 def ceiling_phase(
-    bare: BareBackend, batches: Sequence[Sequence[str]], seconds: float
+    bare: BareBackend, batches: Sequence[Sequence[str]], seconds: float, parallel: bool = True
 ) -> dict[str, Any]:
     """The bare ceiling as one more contender of a round, once the servers are idle."""
     busy = wait_until_idle(limit_s=10.0)
     return {
-        "items_per_s": bare_ceiling(bare, batches, seconds),
+        "items_per_s": bare_ceiling(bare, batches, seconds, parallel),
         "requests": 0,
         "errors": 0,
         "latency_ms": None,
@@ -238,16 +278,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         next(iter(config.embedding_models.values())), max_batch_tokens=max(CEILING_CAPS)
     )
     bare = BareBackend(model_config)
-    mixes = sorted({mix for _, _, mix, _ in POINTS})
+    points = [p for p in POINTS if p[0] in args.points]
+    mixes = sorted({mix for _, _, mix, _ in points})
     texts = {mix: [t for spec in data[mix] for t in spec.texts] for mix in mixes}
     singles = [spec.texts[0] for spec in data["realistic"][: args.batch_one_texts]]
-    bare_ceiling(bare, ceiling_batches(bare, texts["realistic"]), 1.0)  # warm
+    bare_ceiling(bare, ceiling_batches(bare, texts[mixes[0]]), 1.0)  # warm
     ceilings = [measure_ceilings(bare, texts, singles, args.ceiling_seconds)]
-    # Each mix's best token cap, found at the start, is what the rounds run.
-    best = {
-        mix: int(max(rates, key=rates.__getitem__)) for mix, rates in ceilings[0]["by_cap"].items()
-    }
-    batches = {mix: ceiling_batches(bare, texts[mix], best[mix]) for mix in mixes}
+    # Each mix's best token cap (and lanes), found at the start, is what the rounds run.
+    chosen = {mix: best_ceiling(rates) for mix, rates in ceilings[0]["by_cap"].items()}
+    best = {mix: cap if parallel else f"{SOLO} {cap}" for mix, (cap, parallel) in chosen.items()}
+    batches = {mix: ceiling_batches(bare, texts[mix], chosen[mix][0]) for mix in mixes}
     rounds: dict[str, dict[str, list[dict[str, Any]]]] = {}
     names = [*targets, CEILING]
     async with contextlib.AsyncExitStack() as stack:
@@ -259,12 +299,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await run_closed(
                 client, data["realistic"], concurrency=4, duration_s=2.0, max_requests=400
             )
-        for key, _, mix, concurrency in POINTS:
+        for key, _, mix, concurrency in points:
             for r in range(args.rounds):
                 order = names if r % 2 == 0 else names[::-1]
                 for name in order:
                     if name == CEILING:
-                        got = ceiling_phase(bare, batches[mix], args.ceiling_seconds)
+                        got = ceiling_phase(
+                            bare, batches[mix], args.ceiling_seconds, chosen[mix][1]
+                        )
                         if concurrency == 1:
                             got["batch_one_ms"] = batch_one_ms(bare, singles)
                     else:
@@ -368,6 +410,8 @@ def table(report: dict[str, Any], command: str, peer: str | None = None) -> str:
     head += [f"{first} / ceiling", *(f"{first} / {n}" for n in rest)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, what, _, _ in POINTS:
+        if key not in report["rounds"]:
+            continue  # not measured (--points)
         per = report["rounds"].get(key, {})
         cells = [what]
         for n in names:
@@ -398,7 +442,10 @@ def table(report: dict[str, Any], command: str, peer: str | None = None) -> str:
             f"The bare ceiling is one more contender of every round, run once the servers "
             f"are idle: ONNX Runtime on `{first}`'s model and grid in the driver, the point's "
             f"texts sorted by token count, in batches of at most {CEILING_BATCH} rows and a "
-            "padded-token cap, each padded to its own longest item, tokenisation included. "
+            "padded-token cap, each padded to its own longest item, tokenisation included; "
+            "one thread per parallel lane of the backend takes the next batch, as the "
+            "server's lanes do under load (`solo`: one batch at a time on the lane a batch "
+            "alone gets). "
             f"The cap is each mix's best of {', '.join(map(str, CEILING_CAPS))} in a sweep "
             f"at the start: {', '.join(f'{m} {c}' for m, c in sorted(caps.items()))} "
             f"(items/s by cap, start then end: {'; '.join(sweeps)}). "
@@ -435,6 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--max-requests", type=int, default=20000)
     p.add_argument(
+        "--points",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        default=[key for key, *_ in POINTS],
+        help=f"comma-separated points to run (default: all: {','.join(k for k, *_ in POINTS)})",
+    )
+    p.add_argument(
         "--ceiling-seconds", type=float, default=4.0, help="seconds per mix and token cap"
     )
     p.add_argument(
@@ -448,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--results", type=Path, help="Markdown file whose peer-table part to replace")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.points) - {key for key, *_ in POINTS})
+    if unknown or not args.points:
+        p.error(f"--points: unknown {', '.join(unknown) or '(none given)'}")
     if args.render is not None:
         report = json.loads(args.render.read_text(encoding="utf-8"))
         command = report["command"]

@@ -3,13 +3,16 @@ metrics export the counters a backend declares, with no backend named above ``ba
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.fake_backend import EXECUTED, FAKE_SPEC, FakeBackend
 from trt_async.backends import BackendUnavailable, backend_spec, create_backend
-from trt_async.backends.base import Backend, BackendOptions
+from trt_async.backends.base import Backend, BackendOptions, Lanes
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
@@ -17,6 +20,7 @@ from trt_async.core.config import ModelConfig, ModelKind
 from trt_async.core.metrics import Metrics
 from trt_async.core.runtime import ModelRuntime, create_runtime
 from trt_async.core.tasks import ServedModel
+from trt_async.core.tokenizer import Encoding
 
 
 def test_default_lengths_end_at_the_models_max_length() -> None:
@@ -87,12 +91,12 @@ def rss_mib() -> float:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def _filled_minilm(model_dir: Path, grid: BucketGrid, bucket: Bucket) -> Backend:
+def _filled_minilm(model_dir: Path, grid: BucketGrid, bucket: Bucket, lane: int = 0) -> Backend:
     """MiniLM on ONNX Runtime (2 threads) with ``bucket``'s inputs filled with ones."""
     files = ModelFiles.resolve(model_dir)
     backend = create_backend("onnxruntime", files, BackendOptions(intra_op_threads=2))
     backend.prepare(grid)
-    for name, view in backend.inputs(bucket).items():
+    for name, view in backend.inputs(bucket, lane).items():
         view[:] = 0 if name == "token_type_ids" else 1
     return backend
 
@@ -118,10 +122,101 @@ def test_onnxruntime_threads_do_not_spin_between_batches(minilm_model_dir: Path)
     import time
 
     bucket = Bucket(4, 32)
-    backend = _filled_minilm(minilm_model_dir, BucketGrid([1, 4], [8, 32], 128), bucket)
+    grid = BucketGrid([1, 4], [8, 32], 128)
+    # The solo lane's session is the one with a pool of intra-op threads.
+    solo = 2
+    backend = _filled_minilm(minilm_model_dir, grid, bucket, solo)
+    assert backend.lanes() == Lanes(2, solo=True)
     for _ in range(3):
-        backend.execute(bucket)
+        backend.execute(bucket, (), solo)
     start = time.process_time()
     time.sleep(0.5)
     assert time.process_time() - start < 0.02
     backend.close()
+
+
+def _minilm_inputs(backend: Backend, bucket: Bucket, lane: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for name, view in backend.inputs(bucket, lane).items():
+        if name == "input_ids":
+            view[:] = rng.integers(1000, 2000, size=view.shape)
+            view[:, 0] = 101
+        else:
+            view[:] = 0 if name == "token_type_ids" else 1
+
+
+def test_onnxruntime_lanes_compute_the_same_and_run_side_by_side(minilm_model_dir: Path) -> None:
+    """Two threads on two one-thread lanes at once, and the solo lane alone, give the same
+    rows for the same inputs: each lane has buffers of its own."""
+    files = ModelFiles.resolve(minilm_model_dir)
+    backend = create_backend("onnxruntime", files, BackendOptions(intra_op_threads=2))
+    assert backend.lanes() == Lanes(2, solo=True)
+    grid = BucketGrid([1, 4], [8, 32], 128)
+    backend.prepare(grid)
+    bucket = Bucket(4, 32)
+    expected = {}
+    for seed in (1, 2):
+        _minilm_inputs(backend, bucket, 2, seed)
+        expected[seed] = backend.execute(bucket, (), 2)[backend.io.output].copy()
+    assert not np.allclose(expected[1], expected[2])
+    got: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    barrier = threading.Barrier(2)
+
+    def lane_work(lane: int) -> None:
+        barrier.wait()
+        for _ in range(5):
+            _minilm_inputs(backend, bucket, lane, lane + 1)
+            got[lane].append(backend.execute(bucket, (), lane)[backend.io.output].copy())
+
+    threads = [threading.Thread(target=lane_work, args=(lane,)) for lane in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for lane in (0, 1):
+        assert len(got[lane]) == 5
+        for out in got[lane]:
+            np.testing.assert_allclose(out, expected[lane + 1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="lane 3 is not one of this backend's 3"):
+        backend.inputs(bucket, 3)
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    ("threads", "parallel", "lanes"),
+    [(2, None, Lanes(2, solo=True)), (2, 1, Lanes(1)), (1, None, Lanes(1)), (4, 2, Lanes(2, True))],
+)
+def test_onnxruntime_lanes_follow_threads_and_parallel_batches(
+    minilm_model_dir: Path, threads: int, parallel: int | None, lanes: Lanes
+) -> None:
+    files = ModelFiles.resolve(minilm_model_dir)
+    options = BackendOptions(intra_op_threads=threads, parallel_batches=parallel)
+    backend = create_backend("onnxruntime", files, options)
+    assert backend.lanes() == lanes
+    details = backend.info().details
+    assert details["parallel_batches"] == lanes.parallel
+    assert details["threads_per_parallel_batch"] == max(1, threads // lanes.parallel)
+    backend.close()
+
+
+async def test_closing_a_runtime_waits_for_the_batches_on_every_lane(
+    minilm_model_dir: Path,
+) -> None:
+    """With several lanes no single thread orders close() after the batches: here a batch
+    runs on the solo lane while the parallel lanes' threads are free, and the runtime
+    still waits for it before the backend frees what it uses."""
+    backend = FakeBackend(lanes=Lanes(2, solo=True))
+    runtime = _runtime(minilm_model_dir, backend)
+    await runtime.start()
+    backend.gate.clear()
+    backend.started.clear()
+    request = asyncio.ensure_future(runtime.scheduler.submit([Encoding([1, 5, 5])]))
+    await asyncio.wait_for(asyncio.to_thread(backend.started.wait, 5), timeout=6)
+    closing = asyncio.ensure_future(runtime.close())
+    await asyncio.sleep(0.05)
+    assert not backend.closed and not closing.done()
+    backend.gate.set()
+    await asyncio.wait_for(closing, timeout=5)
+    assert backend.closed
+    assert backend.executed_lanes[-1] == 2
+    assert (await request).rows.shape[0] == 1

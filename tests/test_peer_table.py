@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from perf.peer_table import (
@@ -10,11 +13,14 @@ from perf.peer_table import (
     END,
     POINTS,
     bare_ceiling,
+    best_ceiling,
     ceiling_batches,
     goals,
+    main,
     replace_part,
     table,
 )
+from trt_async.backends.base import Lanes
 from trt_async.backends.shapes import Bucket, BucketGrid
 
 
@@ -66,6 +72,25 @@ def test_table_has_one_row_per_point_with_per_round_ratios() -> None:
     assert "realistic 1024" in text and "realistic 256: 150, 1024: 200" in text
 
 
+def test_a_run_of_some_points_draws_only_those() -> None:
+    report = _report()
+    rounds = report["rounds"]
+    assert isinstance(rounds, dict)
+    report["rounds"] = {key: rounds[key] for key in ("single-c64",)}
+    text = table(report, "python -m perf.peer_table --points single-c64")
+    rows = [line for line in text.split("\n\n")[2].splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1 text, 64 clients"]
+    measured = [g for g, *_ in goals(report, "peer")]
+    assert measured and all(g.startswith("1 text, 64 clients") for g in measured)
+
+
+def test_unknown_points_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--target", "a=http://127.0.0.1:1", "--out", "x", "--points", "single-c65"])
+    assert exit_info.value.code == 2
+    assert "--points: unknown single-c65" in capsys.readouterr().err
+
+
 def test_goals_are_computed_from_the_rounds_and_can_fail() -> None:
     rows = {g: (got, met) for g, got, _, met in goals(_report(), "peer")}
     # 0.95 exactly is met; the per-round median decides, not the medians' ratio.
@@ -90,15 +115,33 @@ def test_replace_part_swaps_only_the_marked_part() -> None:
 class _Bare:
     """The part of BareBackend the ceiling uses: a text of n words is n tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: Lanes | None = None) -> None:
         self.grid = BucketGrid([1, 2, 4, 8, 32], [8, 16, 64], max_batch_tokens=256)
+        self.lanes = lanes or Lanes()
         self.ran: list[tuple[Bucket, list[int]]] = []
+        self.threads_by_lane: dict[int, set[int]] = {}
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return [list(range(len(t.split()))) for t in texts]
 
-    def run_batch(self, bucket: Bucket, items: list[list[int]]) -> None:
+    def run_batch(self, bucket: Bucket, items: list[list[int]], lane: int = 0) -> None:
         self.ran.append((bucket, [len(e) for e in items]))
+        self.threads_by_lane.setdefault(lane, set()).add(threading.get_ident())
+        time.sleep(0.001)  # let the other lane's thread take turns
+
+
+def test_the_ceiling_runs_every_parallel_lane_from_its_own_thread_or_the_solo_lane() -> None:
+    bare = _Bare(Lanes(2, solo=True))
+    batches = [["w w"], ["w w w"]] * 10
+    assert bare_ceiling(bare, batches, 0.1) > 0  # type: ignore[arg-type]
+    assert sorted(bare.threads_by_lane) == [0, 1]
+    threads = [t for lane in (0, 1) for t in bare.threads_by_lane[lane]]
+    assert len(threads) == len(set(threads)) == 2  # a thread of its own per lane
+    bare.threads_by_lane.clear()
+    assert bare_ceiling(bare, batches, 0.05, parallel=False) > 0  # type: ignore[arg-type]
+    assert list(bare.threads_by_lane) == [2]  # the solo lane, one batch at a time
+    assert best_ceiling({"256": 90.0, "1024": 100.0, "solo 1024": 95.0}) == (1024, True)
+    assert best_ceiling({"256": 90.0, "solo 256": 95.0}) == (256, False)
 
 
 def test_ceiling_batches_are_sorted_and_each_padded_to_its_own_longest_item() -> None:

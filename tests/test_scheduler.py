@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.fake_backend import FakeBackend
+from trt_async.backends.base import Lanes
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
 from trt_async.core.heads import make_reducer
@@ -87,7 +88,7 @@ async def test_a_batch_picked_ahead_does_not_start_after_close() -> None:
     backend = FakeBackend()
     backend.prepare(GRID)
     runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
-    scheduler = Scheduler(runner, GRID, concurrency=2, batch_overhead_tokens=0, lookahead_tokens=0)
+    scheduler = Scheduler(runner, GRID, ahead=1, batch_overhead_tokens=0, lookahead_tokens=0)
     backend.gate.clear()
     running = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
     await wait_started(backend)
@@ -110,7 +111,7 @@ async def test_next_batch_is_picked_ahead_only_when_it_amortises_its_overhead() 
     backend = FakeBackend()
     backend.prepare(GRID)
     runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
-    scheduler = Scheduler(runner, GRID, concurrency=2, batch_overhead_tokens=8, lookahead_tokens=32)
+    scheduler = Scheduler(runner, GRID, ahead=1, batch_overhead_tokens=8, lookahead_tokens=32)
     backend.gate.clear()
     first = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
     await wait_started(backend)
@@ -288,6 +289,8 @@ def test_grid_capacity_and_buckets() -> None:
 class GatedRunner:
     """A runner that finishes a batch when told to, in the same loop turn as other events."""
 
+    lanes = Lanes()
+
     def __init__(self) -> None:
         self.gate = asyncio.Event()
 
@@ -297,6 +300,7 @@ class GatedRunner:
         items: list[Encoding],
         heads: Collection[Head] = (),
         abandoned: Callable[[], bool] | None = None,
+        solo: bool = False,
     ) -> BatchOutput:
         await self.gate.wait()
         return BatchOutput(np.zeros((len(items), 2), np.float32), 0.0)
@@ -352,9 +356,11 @@ class SlowBackend(FakeBackend):
         super().__init__()
         self.batch_s = batch_s
 
-    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
+    def execute(
+        self, bucket: Bucket, extra: Collection[str] = (), lane: int = 0
+    ) -> Mapping[str, np.ndarray]:
         time.sleep(self.batch_s)
-        return super().execute(bucket, extra)
+        return super().execute(bucket, extra, lane)
 
 
 def batch_of(backend: FakeBackend, tag: int) -> int:
@@ -407,3 +413,65 @@ async def test_small_requests_behind_a_large_one_still_share_a_batch() -> None:
     assert not big.done()
     assert {batch_of(backend, 10 + i) for i in range(8)} == {2}
     await asyncio.wait_for(big, timeout=5)
+
+
+def make_lanes(ahead: int = 1) -> tuple[Scheduler, FakeBackend]:
+    backend = FakeBackend(lanes=Lanes(2, solo=True))
+    backend.prepare(GRID)
+    runner = BatchRunner(backend, make_reducer("none"), pad_id=0, name="test")
+    scheduler = Scheduler(runner, GRID, ahead=ahead, batch_overhead_tokens=0, lookahead_tokens=0)
+    return scheduler, backend
+
+
+async def test_a_lone_batch_runs_on_the_solo_lane_and_a_queue_on_the_parallel_ones() -> None:
+    scheduler, backend = make_lanes()
+    result = await asyncio.wait_for(scheduler.submit([item(7, 5)]), timeout=2)
+    assert tuple(result.rows[0, :2]) == expected_row(item(7, 5))
+    assert backend.executed_lanes == [2]  # the solo lane: nothing else was waiting
+    # A request of several lengths is more than one batch: its batches share the lanes.
+    backend.executed_lanes.clear()
+    request = [item(10 + i, [3, 12, 30, 60][i % 4]) for i in range(8)]
+    result = await asyncio.wait_for(scheduler.submit(request), timeout=2)
+    for i, enc in enumerate(request):
+        assert tuple(result.rows[i, :2]) == expected_row(enc)
+    assert set(backend.executed_lanes) <= {0, 1} and len(backend.executed_lanes) >= 2
+
+
+async def test_parallel_lanes_run_at_once_and_the_solo_lane_never_overlaps_them() -> None:
+    scheduler, backend = make_lanes()
+    backend.gate.clear()
+    # Two lengths queued at once (one request): two batches, one per parallel lane, at once.
+    request = [item(i, 3) for i in range(1, 5)] + [item(i, 60) for i in range(5, 7)]
+    tasks = [asyncio.ensure_future(scheduler.submit(request))]
+    await wait_started(backend)
+    for _ in range(200):
+        if backend.most_at_once == 2:
+            break
+        await asyncio.sleep(0.005)
+    assert backend.most_at_once == 2
+    # One more batch is picked ahead, to wait for whichever lane frees first.
+    late = asyncio.ensure_future(scheduler.submit([item(9, 20)]))
+    await asyncio.sleep(0.01)
+    assert scheduler.stats.running_batches == 3 and scheduler.stats.queued_items == 0
+    backend.gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks, late), timeout=5)
+    assert 2 not in backend.executed_lanes
+    assert backend.most_at_once == 2  # the fake refuses a lane entered twice at once
+
+
+async def test_work_arriving_during_a_solo_batch_waits_for_it() -> None:
+    """The solo lane has every thread: a second batch alongside it would take them back."""
+    scheduler, backend = make_lanes()
+    backend.gate.clear()
+    alone = asyncio.ensure_future(scheduler.submit([item(1, 3)]))
+    await wait_started(backend)
+    # Three rows of length 64 (two fit a batch): more than one batch's worth.
+    later = [asyncio.ensure_future(scheduler.submit([item(i, 60)])) for i in (2, 3, 4)]
+    await asyncio.sleep(0.02)
+    assert scheduler.stats.running_batches == 1 and scheduler.stats.queued_items == 3
+    assert backend.most_at_once == 1
+    backend.gate.set()
+    await asyncio.wait_for(asyncio.gather(alone, *later), timeout=5)
+    assert backend.executed_lanes[0] == 2
+    # What waited was more than one batch: it ran on the parallel lanes.
+    assert len(backend.executed_lanes) == 3 and set(backend.executed_lanes[1:]) <= {0, 1}

@@ -1,9 +1,9 @@
 """The contract between the core and an executor, and what each executor says about itself.
 
-A backend is synchronous and single-minded: it owns one preallocated set of input and
-output buffers per bucket and runs one bucket at a time when asked. Threads, queues and
-cancellation belong to the core (its runner and scheduler), so the same scheduler drives
-every backend and a fake backend is a few lines in a test.
+A backend is synchronous: it owns preallocated input and output buffers per bucket and
+runs a bucket when asked, one at a time on each of its lanes (:class:`Lanes`). Threads,
+queues and cancellation belong to the core (its runner and scheduler), so the same
+scheduler drives every backend and a fake backend is a few lines in a test.
 
 This module, :mod:`~trt_async.backends.shapes` and :mod:`~trt_async.backends.modelfiles`
 are the base layer: they import nothing else of the project. Whatever differs between
@@ -48,6 +48,8 @@ class BackendOptions:
 
     #: ONNX Runtime: intra-op threads (default: one per core).
     intra_op_threads: int | None = None
+    #: ONNX Runtime: batches run side by side under load (default: one per thread).
+    parallel_batches: int | None = None
     #: TensorRT: CUDA device ordinal.
     device: int = 0
     #: TensorRT: capture one CUDA graph per bucket (``False`` runs plain enqueues).
@@ -98,6 +100,28 @@ class BackendSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Lanes:
+    """How many batches one backend instance runs at once, and where.
+
+    Lanes ``0 .. parallel - 1`` run batches side by side, each from its own thread. The
+    solo lane, when there is one (index ``parallel``), is for a batch that runs alone:
+    faster for that one batch than a parallel lane, and not meant to overlap other work
+    (ONNX Runtime: every thread on one batch, against one thread per batch under load).
+    """
+
+    parallel: int = 1
+    solo: bool = False
+
+    @property
+    def solo_lane(self) -> int | None:
+        return self.parallel if self.solo else None
+
+    @property
+    def count(self) -> int:
+        return self.parallel + int(self.solo)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelIO:
     """What the graph takes and gives, by tensor name.
 
@@ -135,7 +159,8 @@ class Backend(Protocol):
     """A synchronous executor of fixed-shape buckets.
 
     Lifecycle: ``prepare(grid)`` once (allocate, capture, warm up), then any number of
-    ``inputs(bucket)`` / ``execute(bucket)`` pairs from one worker thread, then ``close()``.
+    ``inputs(bucket, lane)`` / ``execute(bucket, extra, lane)`` pairs, each lane from one
+    thread at a time (different lanes from different threads at once), then ``close()``.
     """
 
     @property
@@ -147,15 +172,22 @@ class Backend(Protocol):
     def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
         """Allocate every bucket's buffers and warm (or capture) each bucket once."""
 
-    def inputs(self, bucket: Bucket) -> Mapping[str, np.ndarray]:
-        """Writable input arrays of exactly ``(bucket.batch, bucket.length)`` for ``bucket``.
+    def lanes(self) -> Lanes:
+        """The lanes this instance runs batches on (see :class:`Lanes`)."""
+
+    def inputs(self, bucket: Bucket, lane: int = 0) -> Mapping[str, np.ndarray]:
+        """Writable input arrays of exactly ``(bucket.batch, bucket.length)`` for ``bucket``
+        on ``lane``.
 
         The caller fills them in place and then calls :meth:`execute`; on the GPU these are
         the pinned host buffers the bucket's CUDA graph copies from.
         """
 
-    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
-        """Run ``bucket`` on the current contents of its inputs; block until done.
+    def execute(
+        self, bucket: Bucket, extra: Collection[str] = (), lane: int = 0
+    ) -> Mapping[str, np.ndarray]:
+        """Run ``bucket`` on the current contents of its inputs on ``lane``; block until
+        done.
 
         Returns ``io.output`` and each of ``extra`` (names from ``io.extra_outputs``) by
         name: views of the bucket's output buffers, valid until the bucket runs again,

@@ -1,10 +1,10 @@
 """ONNX Runtime on the CPU: the embedded default and the numerical reference.
 
-Buffers are allocated once, at the size of the largest bucket, and every bucket's input and
-output arrays are views into them, bound to the session with IOBinding. That is safe
-because a backend runs one bucket at a time (the core's runner owns a single thread) and
-the outputs are reduced before the next bucket runs. No per-batch allocation happens on
-the hot path.
+Buffers are allocated once per lane, at the size of the largest bucket, and every bucket's
+input and output arrays are views into its lane's buffers, bound to the session with
+IOBinding. That is safe because a lane runs one bucket at a time (the core's runner gives
+each lane one thread) and the outputs are reduced before that lane runs again. No
+per-batch allocation happens on the hot path.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from trt_async.backends.base import (
     BackendOptions,
     BackendSpec,
     CounterSpec,
+    Lanes,
     ModelIO,
     Progress,
 )
@@ -64,7 +65,18 @@ class _Bound:
 
 
 class OnnxRuntimeBackend:
-    """Runs an exported ``model.onnx`` with the CPU execution provider."""
+    """Runs an exported ``model.onnx`` with the CPU execution provider.
+
+    Under load, batches run side by side on parallel lanes, each on its share of the
+    threads: one session with that many intra-op threads, which several threads may
+    call at once (ONNX Runtime's ``Run`` is documented as safe to call concurrently on one
+    session). A batch alone runs on the solo lane, a second session with every thread.
+    Side by side on 2 cores, two one-thread batches ran 1.05-1.36x the items/s of one
+    two-thread session (sorted realistic batches, three alternating rounds each, with and
+    without a thread standing in for the event loop): the threads of one batch wait for
+    each other at every operator, which a one-thread batch never does, while a single
+    batch (one client) is ~1.5x faster on two threads than on one.
+    """
 
     def __init__(self, files: ModelFiles, options: BackendOptions) -> None:
         if files.onnx is None:
@@ -73,25 +85,19 @@ class OnnxRuntimeBackend:
                 "the exported model folder (with model.onnx) or set backend: tensorrt"
             )
         self._path = files.onnx
-        settings = ort.SessionOptions()
-        settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        settings.intra_op_num_threads = options.intra_op_threads or (os.cpu_count() or 1)
-        settings.inter_op_num_threads = 1
-        # Idle intra-op threads would otherwise spin on every core between batches and starve
-        # the event loop and the tokenizer, which share those cores in a server. Spinning
-        # only while a batch runs (allow_spinning=1 with session.force_spinning_stop=1) was
-        # measured too and lost: 0.79x the items/s at 16 clients and 0.94x at 64
-        # (perf/results/peer-table-spin, three alternating rounds).
-        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(
-                str(files.onnx), settings, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelDirError(f"{files.onnx}: ONNX Runtime cannot load it: {exc}") from None
-        inputs = self._session.get_inputs()
-        outputs = [o.name for o in self._session.get_outputs()]
+        threads = options.intra_op_threads or (os.cpu_count() or 1)
+        parallel = options.parallel_batches or threads
+        per_lane = max(1, threads // parallel)
+        self._threads = threads
+        self._per_lane = per_lane
+        self._lanes = Lanes(parallel, solo=parallel > 1 and threads > per_lane)
+        shared = self._session(files, per_lane)
+        #: The session each lane runs on: parallel lanes share one.
+        self._sessions = [shared] * parallel
+        if self._lanes.solo:
+            self._sessions.append(self._session(files, threads))
+        inputs = shared.get_inputs()
+        outputs = [o.name for o in shared.get_outputs()]
         wanted = files.manifest.output if files.manifest is not None else None
         output = (
             wanted if wanted in outputs else next((n for n in KNOWN_OUTPUTS if n in outputs), None)
@@ -104,12 +110,12 @@ class OnnxRuntimeBackend:
         extra = tuple(n for n in outputs if n != output and n in EXTRA_OUTPUTS)
         dtype = _ORT_INT_TYPES.get(inputs[0].type, np.dtype(np.int64))
         self._io = ModelIO(tuple(i.name for i in inputs), output, dtype, extra)
-        self._threads = settings.intra_op_num_threads
-        self._in_arena: dict[str, np.ndarray] = {}
-        self._out_arena: dict[str, np.ndarray] = {}
+        #: Per lane: input and output buffers at the largest bucket's size.
+        self._in_arena: list[dict[str, np.ndarray]] = []
+        self._out_arena: list[dict[str, np.ndarray]] = []
         #: Per output: trailing feature shape, and whether its second axis is the length.
         self._shapes: dict[str, tuple[bool, tuple[int, ...]]] = {}
-        self._bound: dict[tuple[Bucket, frozenset[str]], _Bound] = {}
+        self._bound: dict[tuple[int, Bucket, frozenset[str]], _Bound] = {}
         # ONNX Runtime's CPU arena keeps the peak of every run: one 32 x 256 MiniLM batch left
         # ~780 MiB held for good. Batches of at least a quarter of the largest bucket's
         # tokens hand what they grew back at the end of their run; smaller ones reuse it.
@@ -117,12 +123,35 @@ class OnnxRuntimeBackend:
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._shrink_from = 0
 
+    @staticmethod
+    def _session(files: ModelFiles, threads: int) -> ort.InferenceSession:
+        settings = ort.SessionOptions()
+        settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        settings.intra_op_num_threads = threads
+        settings.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin on every core between batches and starve
+        # the event loop and the tokenizer, which share those cores in a server. Spinning
+        # only while a batch runs (allow_spinning=1 with session.force_spinning_stop=1) was
+        # measured too and lost: 0.79x the items/s at 16 clients and 0.94x at 64
+        # (perf/results/peer-table-spin, three alternating rounds).
+        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(
+                str(files.onnx), settings, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelDirError(f"{files.onnx}: ONNX Runtime cannot load it: {exc}") from None
+
     @property
     def io(self) -> ModelIO:
         return self._io
 
     def spec(self) -> BackendSpec:
         return ONNXRUNTIME_SPEC
+
+    def lanes(self) -> Lanes:
+        return self._lanes
 
     def counters(self) -> dict[CounterSpec, int]:
         return {}
@@ -132,9 +161,8 @@ class OnnxRuntimeBackend:
         if "token_type_ids" in feeds:
             feeds["token_type_ids"][:] = 0
         names = list(self._io.outputs)
-        return {
-            n: tuple(o.shape) for n, o in zip(names, self._session.run(names, feeds), strict=True)
-        }
+        outputs = self._sessions[0].run(names, feeds)
+        return {n: tuple(o.shape) for n, o in zip(names, outputs, strict=True)}
 
     def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
         # Two probes tell each output's length axis (it changes with the input's length)
@@ -146,33 +174,40 @@ class OnnxRuntimeBackend:
         most_tokens = max(b.tokens for b in grid.buckets())
         most_rows = max(b.batch for b in grid.buckets())
         self._shrink_from = max(most_tokens // 4, 1)
-        self._in_arena = {
-            name: np.zeros(most_tokens, dtype=self._io.input_dtype) for name in self._io.inputs
-        }
-        for name, (per_token, features) in self._shapes.items():
-            size = (most_tokens if per_token else most_rows) * int(np.prod(features))
-            self._out_arena[name] = np.zeros(size, dtype=np.float32)
+        dtype = self._io.input_dtype
+        for _ in range(self._lanes.count):
+            self._in_arena.append(
+                {name: np.zeros(most_tokens, dtype=dtype) for name in self._io.inputs}
+            )
+            outs = {}
+            for name, (per_token, features) in self._shapes.items():
+                size = (most_tokens if per_token else most_rows) * int(np.prod(features))
+                outs[name] = np.zeros(size, dtype=np.float32)
+            self._out_arena.append(outs)
         # CPU kernels are shape-agnostic: the first run pays one-off costs, not each shape, so
-        # warm each length once at batch 1 rather than every bucket.
-        lengths = grid.lengths
-        for i, length in enumerate(lengths):
-            self.execute(Bucket(1, length), self._io.extra_outputs)
+        # warm each length once at batch 1 rather than every bucket, on each session.
+        lanes = [0] if self._lanes.solo_lane is None else [0, self._lanes.solo_lane]
+        steps = [(lane, length) for lane in lanes for length in grid.lengths]
+        for i, (lane, length) in enumerate(steps):
+            self.execute(Bucket(1, length), self._io.extra_outputs, lane)
             if progress is not None:
-                progress(i + 1, len(lengths), f"warm-up length {length}")
+                progress(i + 1, len(steps), f"warm-up length {length}")
 
-    def _binding(self, bucket: Bucket, names: frozenset[str]) -> _Bound:
-        key = (bucket, names)
+    def _binding(self, bucket: Bucket, names: frozenset[str], lane: int) -> _Bound:
+        key = (lane, bucket, names)
         bound = self._bound.get(key)
         if bound is not None:
             return bound
         if not self._out_arena:
             raise RuntimeError("prepare() must run before the first bucket")
+        if not 0 <= lane < self._lanes.count:
+            raise ValueError(f"lane {lane} is not one of this backend's {self._lanes.count}")
         n = bucket.tokens
         views = {
             name: arena[:n].reshape(bucket.batch, bucket.length)
-            for name, arena in self._in_arena.items()
+            for name, arena in self._in_arena[lane].items()
         }
-        binding = self._session.io_binding()
+        binding = self._sessions[lane].io_binding()
         for name, view in views.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(view))
         outs: dict[str, np.ndarray] = {}
@@ -181,27 +216,29 @@ class OnnxRuntimeBackend:
             per_token, features = self._shapes[name]
             lead = (bucket.batch, bucket.length) if per_token else (bucket.batch,)
             shape = (*lead, *features)
-            outs[name] = self._out_arena[name][: int(np.prod(shape))].reshape(shape)
+            outs[name] = self._out_arena[lane][name][: int(np.prod(shape))].reshape(shape)
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(outs[name]))
         bound = _Bound(binding, views, outs)
         self._bound[key] = bound
         return bound
 
-    def inputs(self, bucket: Bucket) -> Mapping[str, np.ndarray]:
-        return self._binding(bucket, frozenset((self._io.output,))).views
+    def inputs(self, bucket: Bucket, lane: int = 0) -> Mapping[str, np.ndarray]:
+        return self._binding(bucket, frozenset((self._io.output,)), lane).views
 
-    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
+    def execute(
+        self, bucket: Bucket, extra: Collection[str] = (), lane: int = 0
+    ) -> Mapping[str, np.ndarray]:
         unknown = set(extra) - set(self._io.outputs)
         if unknown:
             raise ValueError(f"outputs {sorted(unknown)} are not among {list(self._io.outputs)}")
-        bound = self._binding(bucket, frozenset((self._io.output, *extra)))
+        bound = self._binding(bucket, frozenset((self._io.output, *extra)), lane)
         shrink = self._shrink if bucket.tokens >= self._shrink_from else None
-        self._session.run_with_iobinding(bound.binding, shrink)
+        self._sessions[lane].run_with_iobinding(bound.binding, shrink)
         return bound.outputs
 
     def info(self) -> BackendInfo:
-        buffers = sum(a.nbytes for a in self._in_arena.values())
-        buffers += sum(a.nbytes for a in self._out_arena.values())
+        buffers = sum(a.nbytes for lane in self._in_arena for a in lane.values())
+        buffers += sum(a.nbytes for lane in self._out_arena for a in lane.values())
         return BackendInfo(
             name="onnxruntime",
             device="cpu",
@@ -209,6 +246,9 @@ class OnnxRuntimeBackend:
             details={
                 "provider": "CPUExecutionProvider",
                 "intra_op_threads": self._threads,
+                "parallel_batches": self._lanes.parallel,
+                "threads_per_parallel_batch": self._per_lane,
+                "solo_lane": self._lanes.solo,
                 "onnx": self._path.name,
                 "output": self._io.output,
                 "extra_outputs": list(self._io.extra_outputs),
@@ -217,5 +257,5 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         self._bound.clear()
-        self._in_arena = {}
-        self._out_arena = {}
+        self._in_arena = []
+        self._out_arena = []

@@ -4,8 +4,9 @@ It is what the server is measured against. A :class:`BareBackend` builds its run
 :func:`~trt_async.core.runtime.create_runtime`, the server's own composition root, so the
 tokenizer, bucket grid, backend and pooling are those the server would serve the config
 with. It then runs batches in the calling thread: fill the bucket's buffers (``pack``),
-``execute``, pool. The runtime's scheduler and worker thread stay unused. Tokenisation is
-done before the clock starts.
+``execute``, pool. The runtime's scheduler and worker threads stay unused. Tokenisation is
+done before the clock starts. A batch runs on the lane a lone batch gets in the server (the
+solo lane, where the backend has one), unless a lane is named.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_async.backends.base import Lanes
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.shapes import Bucket
 from trt_async.core.config import ModelConfig
@@ -64,11 +66,21 @@ class BareBackend:
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         return self.tokenizer.encode(list(texts), truncate=True)
 
-    def run_batch(self, bucket: Bucket, items: Sequence[Encoding]) -> np.ndarray:
-        """Pack, execute, pool: what the server's batch job does, minus the thread hop."""
-        buffers = self.backend.inputs(bucket)
+    @property
+    def lanes(self) -> Lanes:
+        return self.runtime.runner.lanes
+
+    def run_batch(
+        self, bucket: Bucket, items: Sequence[Encoding], lane: int | None = None
+    ) -> np.ndarray:
+        """Pack, execute, pool: what the server's batch job does, minus the thread hop.
+
+        ``lane`` defaults to the one a batch alone runs on (see the module's doc)."""
+        if lane is None:
+            lane = self.lanes.solo_lane or 0
+        buffers = self.backend.inputs(bucket, lane)
         mask = pack(buffers, items, self.tokenizer.pad_id)
-        out = self.backend.execute(bucket)[self.backend.io.output]
+        out = self.backend.execute(bucket, (), lane)[self.backend.io.output]
         n = len(items)
         return self.reduce(out[:n], mask[:n])
 

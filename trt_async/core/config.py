@@ -95,6 +95,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Truncate over-long inputs unless a request says otherwise (TEI's ``auto_truncate``).
     truncate: bool = True
     intra_op_threads: Positive | None = None
+    #: ONNX Runtime: batches run side by side under load, each on its share of the
+    #: threads (default: one per thread; 1 runs every batch on all threads).
+    parallel_batches: Positive | None = None
     device: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: TensorRT: capture one CUDA graph per bucket (``false`` runs plain enqueues).
     graphs: bool = True

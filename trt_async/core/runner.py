@@ -1,13 +1,19 @@
-"""Runs one bucket on a backend in a worker thread, so the event loop never waits.
+"""Runs buckets on a backend in worker threads, so the event loop never waits.
 
 The job done in the thread is the whole of a batch's CPU work: packing the items into the
 bucket's input buffers (pinned host memory on the GPU), executing, and reducing the output
 to one row per item. Only that row matrix crosses back to the loop.
+
+Each of the backend's parallel lanes has one thread of a pool, so a batch waiting for a
+lane starts on whichever frees first; the solo lane, if the backend has one, has a thread
+of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from trt_async.backends.base import Backend
+from trt_async.backends.base import Backend, Lanes
 from trt_async.backends.shapes import Bucket
 from trt_async.core.heads import Reducer
 from trt_async.core.multivector import Head, HeadReducer
@@ -66,7 +72,7 @@ class BatchAbandoned(Exception):
 
 
 class BatchRunner:
-    """Owns the one worker thread that talks to a backend (backends are single-threaded)."""
+    """Owns the worker threads that talk to a backend: one per lane."""
 
     def __init__(
         self,
@@ -80,7 +86,27 @@ class BatchRunner:
         self._reduce = reduce
         self._heads = dict(head_reducers or {})
         self._pad_id = pad_id
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self.lanes: Lanes = backend.lanes()
+        self._lane = threading.local()
+        numbers = itertools.count()
+
+        def take_lane() -> None:
+            self._lane.index = next(numbers)
+
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.lanes.parallel,
+            thread_name_prefix=f"batch-{name}",
+            initializer=take_lane,
+        )
+        self._solo = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}-solo")
+            if self.lanes.solo
+            else None
+        )
+        #: Batches handed to a lane and not back yet (counted on the event loop).
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def run(
         self,
@@ -88,16 +114,33 @@ class BatchRunner:
         items: Sequence[Encoding],
         heads: Collection[Head] = (),
         abandoned: Callable[[], bool] | None = None,
+        solo: bool = False,
     ) -> BatchOutput:
         """Run ``items`` in ``bucket``; ``heads`` are the token-level results wanted too.
 
-        A batch picked ahead waits behind the running one; ``abandoned`` is asked when the
-        worker reaches it, and a True answer raises :class:`BatchAbandoned` instead of
-        running it."""
+        ``solo``: the batch runs alone, so it takes the solo lane if the backend has one.
+        A batch picked ahead waits for a lane; ``abandoned`` is asked when a worker
+        reaches it, and a True answer raises :class:`BatchAbandoned` instead of running
+        it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._job, bucket, items, heads, abandoned
-        )
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            if solo and self._solo is not None:
+                return await loop.run_in_executor(
+                    self._solo, self._job, bucket, items, heads, abandoned, self.lanes.parallel
+                )
+            return await loop.run_in_executor(
+                self._executor, self._job, bucket, items, heads, abandoned, None
+            )
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until no batch is running or waiting for a lane."""
+        await self._idle.wait()
 
     def _job(
         self,
@@ -105,14 +148,17 @@ class BatchRunner:
         items: Sequence[Encoding],
         heads: Collection[Head],
         abandoned: Callable[[], bool] | None,
+        lane: int | None,
     ) -> BatchOutput:
         if abandoned is not None and abandoned():
             raise BatchAbandoned
-        buffers = self.backend.inputs(bucket)
+        if lane is None:
+            lane = self._lane.index
+        buffers = self.backend.inputs(bucket, lane)
         mask = pack(buffers, items, self._pad_id)
         wanted = [(head, *self._heads[head]) for head in heads]
         start = time.perf_counter()
-        outputs = self.backend.execute(bucket, [name for _, name, _ in wanted])
+        outputs = self.backend.execute(bucket, [name for _, name, _ in wanted], lane)
         execute_s = time.perf_counter() - start
         n = len(items)
         # Reducers copy out of the bucket's output buffers, which the next run reuses.
@@ -122,9 +168,12 @@ class BatchRunner:
         return BatchOutput(rows, execute_s, extras)
 
     async def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the backend's thread (prepare, close) without blocking the loop."""
+        """Run ``fn`` on a backend thread (prepare, close) without blocking the loop; with
+        several lanes, only while no batch runs (see :meth:`drain`)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._solo is not None:
+            self._solo.shutdown(wait=True, cancel_futures=True)

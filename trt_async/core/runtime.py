@@ -49,6 +49,7 @@ def backend_options(config: ModelConfig) -> BackendOptions:
     """The options of ``config`` that a backend reads."""
     return BackendOptions(
         intra_op_threads=config.intra_op_threads,
+        parallel_batches=config.parallel_batches,
         device=config.device,
         graphs=config.graphs,
         precision=config.precision,
@@ -163,9 +164,9 @@ class ModelRuntime:
                 if config.batch_overhead_tokens is not None
                 else spec.batch_overhead_tokens
             ),
-            # One batch runs while the next waits in the runner's queue (picked ahead only
-            # when it amortises its overhead): the thread never idles while the loop picks.
-            concurrency=2,
+            # Batches run on every lane while one more waits in the runner's queue (picked
+            # ahead only when it amortises its overhead): no lane idles while the loop picks.
+            ahead=1,
             observer=observer,
         )
         self.output_dim: int | None = None
@@ -227,6 +228,8 @@ class ModelRuntime:
 
     async def close(self, reason: str = "the model was unloaded") -> None:
         self.scheduler.close(reason)
+        # Batches already on a lane finish; those waiting for one see the close and stop.
+        await self.runner.drain()
         await self.runner.call(self.backend.close)
         self.runner.shutdown()
 

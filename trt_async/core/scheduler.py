@@ -34,6 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
+from trt_async.backends.base import Lanes
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, OverCapacity, Overloaded, Unavailable
 from trt_async.core.multivector import Head
@@ -44,12 +45,15 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
+    lanes: Lanes
+
     async def run(
         self,
         bucket: Bucket,
         items: Sequence[Encoding],
         heads: Collection[Head] = (),
         abandoned: Callable[[], bool] | None = None,
+        solo: bool = False,
     ) -> BatchOutput: ...
 
 
@@ -207,7 +211,13 @@ class _LengthQueue:
 
 
 class Scheduler:
-    """Groups items into grid buckets and keeps up to ``concurrency`` batches running."""
+    """Groups items into grid buckets and keeps the runner's lanes busy.
+
+    A batch picked when nothing runs and nothing else waits runs alone, on the solo lane
+    if the runner has one; the next pick waits for it. Otherwise batches go to the
+    parallel lanes, one per lane, and beyond the busy lanes ``ahead`` more batches may be
+    picked early to wait for a lane.
+    """
 
     def __init__(
         self,
@@ -215,7 +225,7 @@ class Scheduler:
         grid: BucketGrid,
         limits: QueueLimits | None = None,
         *,
-        concurrency: int = 1,
+        ahead: int = 0,
         batch_overhead_tokens: int = 32,
         lookahead_tokens: float | None = None,
         observer: BatchObserver | None = None,
@@ -224,7 +234,10 @@ class Scheduler:
         self.limits = limits or QueueLimits()
         self.stats = SchedulerStats()
         self._runner = runner
-        self._concurrency = concurrency
+        self._lanes = runner.lanes
+        self._ahead = ahead
+        #: Batches on the solo lane (0 or 1).
+        self._on_solo = 0
         self._observer = observer
         self._queues = {length: _LengthQueue() for length in grid.lengths}
         self._live: dict[int, int] = dict.fromkeys(grid.lengths, 0)
@@ -333,17 +346,26 @@ class Scheduler:
     # -- internals ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while self.stats.running_batches < self._concurrency and self.stats.queued_items > 0:
-            # A batch beyond the running one waits in the runner's queue, so its thread starts
-            # it the moment the current batch ends instead of waiting for the loop to pick;
-            # picking early pays only when the batch already amortises its overhead.
-            ahead = self.stats.running_batches > 0
-            picked = self._take_batch(self._lookahead_tokens if ahead else 0.0)
+        stats = self.stats
+        parallel = self._lanes.parallel
+        # A batch alone on the solo lane has every thread: what arrives meanwhile waits for
+        # it, then runs on the parallel lanes if more than one batch's worth is queued.
+        while stats.queued_items > 0 and not self._on_solo:
+            running = stats.running_batches
+            if running >= parallel + self._ahead:
+                break
+            # A batch beyond the busy lanes waits in the runner's queue, so a thread starts
+            # it the moment a lane frees instead of waiting for the loop to pick; picking
+            # early pays only when the batch already amortises its overhead.
+            early = running >= parallel
+            picked = self._take_batch(self._lookahead_tokens if early else 0.0)
             if picked is None:
                 break
             bucket, items = picked
-            self.stats.running_batches += 1
-            task = asyncio.get_running_loop().create_task(self._run(bucket, items))
+            solo = self._lanes.solo and running == 0 and stats.queued_items == 0
+            stats.running_batches += 1
+            self._on_solo += solo
+            task = asyncio.get_running_loop().create_task(self._run(bucket, items, solo))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._update_idle()
@@ -438,7 +460,7 @@ class Scheduler:
                     queue.to_back(request)
         return Bucket(self.grid.batch_for(len(items)), length), items
 
-    async def _run(self, bucket: Bucket, items: list[_Item]) -> None:
+    async def _run(self, bucket: Bucket, items: list[_Item], solo: bool = False) -> None:
         stats = self.stats
         real = sum(len(item.encoding) for item in items)
         start = time.perf_counter()
@@ -452,6 +474,7 @@ class Scheduler:
                 # A batch picked ahead must not start after close(): the drain deadline
                 # has passed, so its requests get 503 like the ones still queued.
                 abandoned=lambda: self._closed is not None,
+                solo=solo,
             )
             ran = True
         except BatchAbandoned:
@@ -491,6 +514,7 @@ class Scheduler:
         finally:
             seconds = time.perf_counter() - start
             stats.running_batches -= 1
+            self._on_solo -= solo
             if ran:
                 stats.batches[bucket] += 1
                 stats.items_run += len(items)

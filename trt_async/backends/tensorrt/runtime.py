@@ -40,6 +40,7 @@ from trt_async.backends.base import (
     BackendSpec,
     BackendUnavailable,
     CounterSpec,
+    Lanes,
     ModelIO,
     Progress,
 )
@@ -610,8 +611,15 @@ class TensorRTBackend:
                 cu.graph_destroy(graph)
 
     # -- execution ---------------------------------------------------------------------
-    def inputs(self, bucket: Bucket) -> Mapping[str, np.ndarray]:
+    def inputs(self, bucket: Bucket, lane: int = 0) -> Mapping[str, np.ndarray]:
+        self._check_lane(lane)
         return self._state(bucket).inputs
+
+    @staticmethod
+    def _check_lane(lane: int) -> None:
+        # One stream and one set of pinned buffers per bucket: a single lane.
+        if lane != 0:
+            raise TensorRTError(f"lane {lane}: this backend has one lane (0)")
 
     def _state(self, bucket: Bucket) -> _BucketState:
         st = self._states.get(bucket)
@@ -625,7 +633,10 @@ class TensorRTBackend:
             self.cuda.set_device(self.config.device)
             self._thread.device_set = True
 
-    def execute(self, bucket: Bucket, extra: Collection[str] = ()) -> Mapping[str, np.ndarray]:
+    def execute(
+        self, bucket: Bucket, extra: Collection[str] = (), lane: int = 0
+    ) -> Mapping[str, np.ndarray]:
+        self._check_lane(lane)
         st = self._state(bucket)
         wanted = [n for n in extra if n != self.io.output]
         unknown = [n for n in wanted if n not in st.extras]
@@ -670,6 +681,9 @@ class TensorRTBackend:
     # -- reporting and teardown ----------------------------------------------------------
     def spec(self) -> BackendSpec:
         return TENSORRT_SPEC
+
+    def lanes(self) -> Lanes:
+        return Lanes()
 
     def counters(self) -> dict[CounterSpec, int]:
         return {GRAPH_REPLAYS: self.replays, PLAIN_ENQUEUES: self.enqueues}
