@@ -149,32 +149,24 @@ def bare_ceiling(
     proportions."""
     order = list(range(len(batches)))
     random.Random(0).shuffle(order)
-    lanes = list(range(bare.lanes.parallel)) if parallel else [bare.lanes.solo_lane or 0]
     lock = threading.Lock()
     state = {"next": 0, "done": 0}
     start = time.perf_counter()
 
-    def work(lane: int) -> None:
-        while True:
-            with lock:
-                if time.perf_counter() - start >= seconds and state["done"] > 0:
-                    return
-                texts = batches[order[state["next"] % len(order)]]
-                state["next"] += 1
-            items = bare.encode(texts)
-            length = bare.grid.length_for(max(len(e) for e in items))
-            bare.run_batch(Bucket(bare.grid.batch_for(len(items)), length), items, lane)
-            with lock:
-                state["done"] += len(items)
+    def work(lane: int) -> bool:
+        with lock:
+            if time.perf_counter() - start >= seconds and state["done"] > 0:
+                return False
+            texts = batches[order[state["next"] % len(order)]]
+            state["next"] += 1
+        items = bare.encode(texts)
+        length = bare.grid.length_for(max(len(e) for e in items))
+        bare.run_batch(Bucket(bare.grid.batch_for(len(items)), length), items, lane)
+        with lock:
+            state["done"] += len(items)
+        return True
 
-    if len(lanes) == 1:
-        work(lanes[0])
-    else:
-        threads = [threading.Thread(target=work, args=(lane,)) for lane in lanes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    bare.on_lanes(work, parallel)
     return state["done"] / (time.perf_counter() - start)
 
 

@@ -22,6 +22,7 @@ from perf.peer_table import (
 )
 from trt_async.backends.base import Lanes
 from trt_async.backends.shapes import Bucket, BucketGrid
+from trt_async.bench.bare import BareBackend
 
 
 def _round(items_per_s: float, p50: float, worst: float, errors: int = 0) -> dict[str, object]:
@@ -129,6 +130,10 @@ class _Bare:
         self.threads_by_lane.setdefault(lane, set()).add(threading.get_ident())
         time.sleep(0.001)  # let the other lane's thread take turns
 
+    # The real lane handling, run against this stand-in's batches.
+    on_lanes = BareBackend.on_lanes
+    run = BareBackend.run
+
 
 def test_the_ceiling_runs_every_parallel_lane_from_its_own_thread_or_the_solo_lane() -> None:
     bare = _Bare(Lanes(2, solo=True))
@@ -140,6 +145,11 @@ def test_the_ceiling_runs_every_parallel_lane_from_its_own_thread_or_the_solo_la
     bare.threads_by_lane.clear()
     assert bare_ceiling(bare, batches, 0.05, parallel=False) > 0  # type: ignore[arg-type]
     assert list(bare.threads_by_lane) == [2]  # the solo lane, one batch at a time
+    # A fixed list runs once, batch by batch, over the lanes.
+    bare.ran.clear()
+    fixed = [(Bucket(1, 8), [[0, 1]]), (Bucket(2, 8), [[0], [0, 1, 2]]), (Bucket(1, 16), [[0] * 9])]
+    assert bare.run(fixed).items == 4  # type: ignore[arg-type]
+    assert sorted(b.batch * 100 + b.length for b, _ in bare.ran) == [108, 116, 208]
     assert best_ceiling({"256": 90.0, "1024": 100.0, "solo 1024": 95.0}) == (1024, True)
     assert best_ceiling({"256": 90.0, "solo 256": 95.0}) == (256, False)
 

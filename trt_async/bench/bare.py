@@ -11,9 +11,10 @@ solo lane, where the backend has one), unless a lane is named.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,10 +136,46 @@ class BareBackend:
                 batches.append((bucket, items))
         return batches
 
-    def run(self, batches: Sequence[tuple[Bucket, Sequence[Encoding]]]) -> BareRun:
+    def on_lanes(self, work: Callable[[int], bool], parallel: bool = True) -> None:
+        """Call ``work(lane)`` until it returns False: from one thread per parallel lane at
+        once, as the server's lanes run under load, or (``parallel`` False, or a single
+        lane) from this thread on the lane a batch alone gets. ``work`` must take its next
+        batch under a lock of its own."""
+        if parallel and self.lanes.parallel > 1:
+            lanes = list(range(self.lanes.parallel))
+        else:
+            lanes = [self.lanes.solo_lane or 0]
+
+        def loop(lane: int) -> None:
+            while work(lane):
+                pass
+
+        if len(lanes) == 1:
+            loop(lanes[0])
+            return
+        threads = [threading.Thread(target=loop, args=(lane,)) for lane in lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def run(
+        self, batches: Sequence[tuple[Bucket, Sequence[Encoding]]], parallel: bool = True
+    ) -> BareRun:
+        """Run ``batches`` once each, on the lanes as :meth:`on_lanes` uses them."""
+        pending = iter(batches)
+        lock = threading.Lock()
+
+        def work(lane: int) -> bool:
+            with lock:
+                batch = next(pending, None)
+            if batch is None:
+                return False
+            self.run_batch(batch[0], batch[1], lane)
+            return True
+
         start = time.perf_counter()
-        for bucket, items in batches:
-            self.run_batch(bucket, items)
+        self.on_lanes(work, parallel)
         seconds = time.perf_counter() - start
         return BareRun(
             items=sum(len(items) for _, items in batches),
