@@ -7,7 +7,9 @@ rounds (A B C, C B A, ...). The bare ceiling is one more contender of every roun
 this process once the servers are idle: ONNX Runtime driven directly on the first target's
 model config (the embedded default unless ``--config``), the point's texts sorted by token
 count and run in batches each padded only to its own longest item, tokenisation included,
-with the padded-token cap per batch that a sweep at the start found best for that mix. In
+with the padded-token cap per batch that a sweep at the start found best for that mix, one
+thread per parallel lane of the backend taking the next batch (or, where the sweep found
+it faster, one batch at a time on the solo lane). ``--points`` runs some of the points. In
 the 1-client rounds it also times one text at a time (tokenise + batch-1 call), the
 reference of the latency goal. Machine speed drifts over a run, so every ratio, the
 ceiling's included, is a median of per-round ratios. It writes ``table.json`` (every

@@ -615,9 +615,10 @@ _MEANINGS = {
     "once with batch_sizes [1]; items/s at the same concurrency shows what batching buys",
     "b": "the same model folder with the default length buckets and with one length (the "
     "maximum); the padding efficiency is real tokens over tokens computed",
-    "c": "the server's items/s against ONNX Runtime run directly (pack, execute, pool in one "
-    "thread, no HTTP, no tokenisation on the clock) on the same batch shapes the server ran; "
-    "the ratio is what HTTP, JSON, tokenisation and scheduling cost at saturation",
+    "c": "the server's items/s against ONNX Runtime run directly (pack, execute, pool; one "
+    "thread per lane of the backend, as the server runs batches under load; no HTTP, no "
+    "tokenisation on the clock) on the same batch shapes the server ran; the ratio is what "
+    "HTTP, JSON, tokenisation and scheduling cost at saturation",
     "d": "identical request streams (same seed, same bodies but the model name) sent to our "
     "server and to the peer in alternating rounds",
 }
