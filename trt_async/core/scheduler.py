@@ -1,8 +1,9 @@
 """The length-bucket scheduler: one per served model runtime.
 
 Requests become items (one per text or pair). Items wait in one FIFO per padded length of
-the bucket grid. Whenever the backend is free a batch starts at once: no fixed batching
-delay, so a lone request runs as batch 1. While the backend is busy items accumulate, and
+the bucket grid. Whenever a lane of the backend is free a batch starts at once: no fixed
+batching delay, so a lone request runs as batch 1 (on the solo lane, where the backend has
+one). While the lanes are busy items accumulate, and
 the next batch is the one with the most real tokens per unit of cost (a per-batch
 overhead plus its padded tokens, under ``max_batch_tokens``), merging sparse neighbouring
 length queues when that pays. A batch is padded to the smallest grid batch size that holds
@@ -17,7 +18,7 @@ request ahead of it, never for the whole of a large one; many small requests sti
 batches, since a batch takes every request in turn order until it is full.
 
 Everything here runs on the event loop and is O(items) bookkeeping; the backend work
-happens in :class:`~trt_async.core.runner.BatchRunner`'s thread. This module knows no
+happens in :class:`~trt_async.core.runner.BatchRunner`'s threads. This module knows no
 backend library.
 """
 
