@@ -71,11 +71,11 @@ class OnnxRuntimeBackend:
     threads: one session with that many intra-op threads, which several threads may
     call at once (ONNX Runtime's ``Run`` is documented as safe to call concurrently on one
     session). A batch alone runs on the solo lane, a second session with every thread.
-    Side by side on 2 cores, two one-thread batches ran 1.05-1.36x the items/s of one
-    two-thread session (sorted realistic batches, three alternating rounds each, with and
-    without a thread standing in for the event loop): the threads of one batch wait for
-    each other at every operator, which a one-thread batch never does, while a single
-    batch (one client) is ~1.5x faster on two threads than on one.
+    Side by side on 2 cores, two one-thread batches ran a median 1.06x the items/s of one
+    two-thread session (sorted realistic batches, nine alternating rounds, 0.99-1.55), and
+    1.10x (1.06-1.36) with a thread standing in for the event loop: the threads of one
+    batch wait for each other at every operator, which a one-thread batch never does,
+    while a single batch (one client) is ~1.5x faster on two threads than on one.
     """
 
     def __init__(self, files: ModelFiles, options: BackendOptions) -> None:

@@ -198,7 +198,7 @@ class ModelRuntime:
         return None
 
     async def start(self) -> None:
-        """Prepare every bucket on the backend's thread, then run one real item as a check."""
+        """Prepare every bucket on a backend thread, then run one real item as a check."""
         await self.runner.call(lambda: self.backend.prepare(self.grid))
         probe = self.tokenizer.encode(["warm up"], truncate=True)
         result = await self.scheduler.submit(probe)
