@@ -133,3 +133,41 @@ def test_a_dead_worker_ends_the_server_with_a_failure_code(
     os.kill(workers[0], signal.SIGKILL)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode not in (0, None) and proc.returncode > 0, out
+
+
+def test_the_cli_log_level_reaches_the_workers_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trt-async --log-level WARNING serve`` used to leave the worker's ``trt_async``
+    loggers at INFO (the app set them itself), so every request still wrote an access line.
+    The CLI hands the level to the worker through the environment."""
+    import logging
+
+    import granian
+
+    from trt_async.app import create_app
+    from trt_async.cli import main
+    from trt_async.core.config import LOG_LEVEL_ENV, Config
+
+    served: list[str | None] = []
+
+    class NoServer:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def serve(self) -> None:  # the worker would build the app here
+            served.append(os.environ.get(LOG_LEVEL_ENV))
+
+    monkeypatch.setattr(granian, "Granian", NoServer)
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)  # leave pytest's root alone
+    monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+    port = free_port()
+    assert main(["--log-level", "WARNING", "serve", "--port", str(port)]) == 0
+    assert served == ["WARNING"]
+    create_app(Config())
+    access = logging.getLogger("trt_async.access")
+    assert not access.isEnabledFor(logging.INFO)
+    monkeypatch.delenv(LOG_LEVEL_ENV)
+    create_app(Config())  # the default keeps the access log on
+    assert access.isEnabledFor(logging.INFO)
+    monkeypatch.setenv(LOG_LEVEL_ENV, "loud")
+    with pytest.raises(ValueError, match="not a log level; use DEBUG, INFO, WARNING or ERROR"):
+        create_app(Config())

@@ -21,7 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from trt_async import __version__
-from trt_async.core.config import CONFIG_ENV, Config, load_config
+from trt_async.core.config import CONFIG_ENV, LOG_LEVEL_ENV, Config, load_config
 from trt_async.core.metrics import Metrics
 from trt_async.core.registry import ModelRegistry
 from trt_async.http.admin import HealthController, ManagementController
@@ -146,10 +146,22 @@ def chain_shutdown_signals(callback: Callable[[], None]) -> Callable[[], None]:
     return restore
 
 
+def log_level() -> int:
+    """The level ``trt_async`` logs at: ``$TRT_ASYNC_LOG_LEVEL`` (the CLI's ``--log-level``,
+    passed on to the worker process), else INFO, so the access log is on by default."""
+    name = os.environ.get(LOG_LEVEL_ENV, "INFO").strip().upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise ValueError(
+            f"{LOG_LEVEL_ENV}={name!r} is not a log level; use DEBUG, INFO, WARNING or ERROR"
+        )
+    return level
+
+
 def create_app(config: Config | None = None) -> Litestar:
     config = resolve_config(config)
 
-    configure_logging(config.server.log_format)
+    configure_logging(config.server.log_format, log_level())
     metrics = Metrics(lambda: list(app.state.get(REGISTRY_KEY) or ()))
 
     @asynccontextmanager

@@ -23,6 +23,8 @@ from trt_async.backends.base import Precision as Precision  # the engine build t
 
 #: Environment variable naming the config file for ``granian --factory trt_async.app:create_app``.
 CONFIG_ENV = "TRT_ASYNC_CONFIG"
+#: The server's log level (``trt-async --log-level`` sets it for the worker; default INFO).
+LOG_LEVEL_ENV = "TRT_ASYNC_LOG_LEVEL"
 
 Pooling = Literal["cls", "mean", "none"]
 Positive = Annotated[int, msgspec.Meta(ge=1)]

@@ -22,6 +22,7 @@ import yaml
 from trt_async.backends.modelfiles import ModelDirError, ModelFiles
 from trt_async.core.config import (
     CONFIG_ENV,
+    LOG_LEVEL_ENV,
     Config,
     ConfigError,
     ModelKind,
@@ -154,6 +155,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if args.api_key:
         os.environ[API_KEY_ENV] = args.api_key
+    # The worker builds the app (and its loggers) in a process of its own.
+    os.environ[LOG_LEVEL_ENV] = str(getattr(args, "log_level", "INFO"))
     granian = Granian(
         FACTORY,
         factory=True,
