@@ -103,15 +103,17 @@ def _filled_minilm(model_dir: Path, grid: BucketGrid, bucket: Bucket, lane: int 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads RSS from /proc")
 def test_a_large_batch_does_not_keep_its_memory(minilm_model_dir: Path) -> None:
-    # ONNX Runtime's CPU arena grows to the largest run and keeps it: a 16 x 128 MiniLM batch
-    # left ~60 MiB behind, a 32 x 256 one ~780 MiB. Large batches give it back when they end.
-    large = Bucket(16, 128)
-    backend = _filled_minilm(minilm_model_dir, BucketGrid([1, 16], [8, 128], 2048), large)
+    # ONNX Runtime's CPU arena grows to the largest run and keeps it: a 32 x 128 MiniLM batch
+    # left ~100 MiB behind, a 32 x 256 one ~780 MiB. Large batches give it back when they end
+    # (2-8 MiB of growth here). The bound sits between the two, clear of the few tens of MiB
+    # a full test run's other threads can add to the process meanwhile.
+    large = Bucket(32, 128)
+    backend = _filled_minilm(minilm_model_dir, BucketGrid([1, 32], [8, 128], 4096), large)
     backend.execute(Bucket(1, 8))
     before = rss_mib()
     backend.execute(large)
     backend.execute(Bucket(1, 8))
-    assert rss_mib() - before < 25
+    assert rss_mib() - before < 50
     backend.close()
 
 
