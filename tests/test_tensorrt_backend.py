@@ -12,6 +12,7 @@ import pytest
 
 from tests.fake_trt import EngineSpec, FakeCudaRuntime, FakeTensorRT, write_plan
 from trt_async.backends import Backend, BackendUnavailable, create_backend
+from trt_async.backends.base import Lanes
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt import (
@@ -91,6 +92,20 @@ def test_satisfies_the_backend_protocol(tmp_path: Path) -> None:
     assert backend.io.inputs == ("input_ids", "attention_mask")
     assert backend.io.output == "sentence_embedding"
     assert backend.io.input_dtype == np.dtype(np.int64)
+
+
+def test_one_lane_and_no_other(tmp_path: Path) -> None:
+    """Every bucket shares one stream and one scratch, so batches never overlap: the
+    backend declares a single lane and refuses to hand out or run any other."""
+    backend, *_ = make_backend(tmp_path)
+    assert backend.lanes() == Lanes()
+    backend.prepare(GRID)
+    bucket = next(iter(GRID.buckets()))
+    with pytest.raises(TensorRTError, match="lane 1: this backend has one lane"):
+        backend.inputs(bucket, 1)
+    with pytest.raises(TensorRTError, match="lane 1: this backend has one lane"):
+        backend.execute(bucket, (), 1)
+    backend.close()
 
 
 def test_every_bucket_replays_its_graph_with_correct_numbers(tmp_path: Path) -> None:
