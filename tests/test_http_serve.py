@@ -158,7 +158,9 @@ def test_the_cli_log_level_reaches_the_workers_loggers(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(granian, "Granian", NoServer)
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)  # leave pytest's root alone
-    monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+    # run_serve writes os.environ itself: setenv first, so that the original state (set or
+    # not) is what monkeypatch restores (delenv of an unset name would record nothing).
+    monkeypatch.setenv(LOG_LEVEL_ENV, "INFO")
     port = free_port()
     assert main(["--log-level", "WARNING", "serve", "--port", str(port)]) == 0
     assert served == ["WARNING"]
