@@ -113,8 +113,9 @@ class Lanes:
     solo: bool = False
 
     @property
-    def solo_lane(self) -> int | None:
-        return self.parallel if self.solo else None
+    def alone(self) -> int:
+        """The lane a batch that runs alone takes: the solo lane, else lane 0."""
+        return self.parallel if self.solo else 0
 
     @property
     def count(self) -> int:

@@ -186,7 +186,7 @@ class OnnxRuntimeBackend:
             self._out_arena.append(outs)
         # CPU kernels are shape-agnostic: the first run pays one-off costs, not each shape, so
         # warm each length once at batch 1 rather than every bucket, on each session.
-        lanes = [0] if self._lanes.solo_lane is None else [0, self._lanes.solo_lane]
+        lanes = sorted({0, self._lanes.alone})  # each session once
         steps = [(lane, length) for lane in lanes for length in grid.lengths]
         for i, (lane, length) in enumerate(steps):
             self.execute(Bucket(1, length), self._io.extra_outputs, lane)

@@ -78,7 +78,7 @@ class BareBackend:
 
         ``lane`` defaults to the one a batch alone runs on (see the module's doc)."""
         if lane is None:
-            lane = self.lanes.solo_lane or 0
+            lane = self.lanes.alone
         buffers = self.backend.inputs(bucket, lane)
         mask = pack(buffers, items, self.tokenizer.pad_id)
         out = self.backend.execute(bucket, (), lane)[self.backend.io.output]
@@ -144,7 +144,7 @@ class BareBackend:
         if parallel and self.lanes.parallel > 1:
             lanes = list(range(self.lanes.parallel))
         else:
-            lanes = [self.lanes.solo_lane or 0]
+            lanes = [self.lanes.alone]
 
         def loop(lane: int) -> None:
             while work(lane):

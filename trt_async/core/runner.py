@@ -123,15 +123,17 @@ class BatchRunner:
         reaches it, and a True answer raises :class:`BatchAbandoned` instead of running
         it."""
         loop = asyncio.get_running_loop()
+        # A parallel lane is known only on the pool thread that takes the job (None here).
+        executor, lane = (
+            (self._solo, self.lanes.alone)
+            if solo and self._solo is not None
+            else (self._executor, None)
+        )
         self._in_flight += 1
         self._idle.clear()
         try:
-            if solo and self._solo is not None:
-                return await loop.run_in_executor(
-                    self._solo, self._job, bucket, items, heads, abandoned, self.lanes.parallel
-                )
             return await loop.run_in_executor(
-                self._executor, self._job, bucket, items, heads, abandoned, None
+                executor, self._job, bucket, items, heads, abandoned, lane
             )
         finally:
             self._in_flight -= 1
