@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import hashlib
 import importlib.util
@@ -213,6 +214,25 @@ def test_model_max_length_reserves_roberta_offsets() -> None:
                              "pad_token_id": 1}) == 512  # fmt: skip
     assert position_limit({"model_type": "bert", "max_position_embeddings": 512}) == 512
     assert position_limit({"model_type": "bert"}) is None
+
+
+def test_sdpa_attention_traces_another_graph_that_computes_the_same(
+    tiny_hf: Path, tmp_path: Path
+) -> None:
+    # The server serves the eager graph; the SDPA one is there to compare graphs
+    # (perf/graph_variants.py). Each export is checked against torch on its own.
+    onnx = pytest.importorskip("onnx")
+    ops: dict[str, collections.Counter[str]] = {}
+    logits: dict[str, np.ndarray] = {}
+    enc = hf_encode(tiny_hf, PAIRS, 128)
+    for attention in ("eager", "sdpa"):
+        out = tmp_path / attention
+        export_model(tiny_hf, "nli", out, progress=False, attention=attention)
+        graph = onnx.load(str(out / "model.onnx")).graph
+        ops[attention] = collections.Counter(node.op_type for node in graph.node)
+        logits[attention] = run_onnx(out, as_feeds(enc))
+    assert ops["eager"] != ops["sdpa"]
+    assert np.abs(logits["eager"] - logits["sdpa"]).max() < 1e-4
 
 
 @pytest.mark.slow

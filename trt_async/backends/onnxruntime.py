@@ -64,6 +64,23 @@ class _Bound:
     outputs: dict[str, np.ndarray]
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options of the backend's sessions, with ``threads`` intra-op threads."""
+    settings = ort.SessionOptions()
+    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    settings.intra_op_num_threads = threads
+    settings.inter_op_num_threads = 1
+    # Idle intra-op threads would otherwise spin on every core between batches and starve
+    # the event loop and the tokenizer, which share those cores in a server. Spinning only
+    # while a batch runs (allow_spinning=1 with session.force_spinning_stop=1) lost: 0.79x
+    # the items/s at 16 clients and 0.94x at 64 (perf/results/peer-table-spin); on the solo
+    # lane alone it gained 1.09x at one client but lost 0.95x on long texts at 16 clients
+    # (perf/results/peer-table-spin-solo).
+    settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return settings
+
+
 class OnnxRuntimeBackend:
     """Runs an exported ``model.onnx`` with the CPU execution provider.
 
@@ -125,17 +142,7 @@ class OnnxRuntimeBackend:
 
     @staticmethod
     def _session(files: ModelFiles, threads: int) -> ort.InferenceSession:
-        settings = ort.SessionOptions()
-        settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        settings.intra_op_num_threads = threads
-        settings.inter_op_num_threads = 1
-        # Idle intra-op threads would otherwise spin on every core between batches and starve
-        # the event loop and the tokenizer, which share those cores in a server. Spinning
-        # only while a batch runs (allow_spinning=1 with session.force_spinning_stop=1) was
-        # measured too and lost: 0.79x the items/s at 16 clients and 0.94x at 64
-        # (perf/results/peer-table-spin, three alternating rounds).
-        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        settings = session_options(threads)
         try:
             return ort.InferenceSession(
                 str(files.onnx), settings, providers=["CPUExecutionProvider"]

@@ -45,6 +45,8 @@ from trt_async.tools import m3
 from trt_async.tools.m3 import HeadsOption
 
 Exporter = Literal["torchscript", "dynamo"]
+#: transformers' attention implementation the graph is traced from.
+Attention = Literal["eager", "sdpa"]
 
 #: Largest difference allowed between ONNX Runtime and torch on real tokens.
 TOLERANCE = 1e-3
@@ -104,6 +106,7 @@ def export_model(
     exporter: Exporter = "torchscript",
     pool_in_graph: bool = False,
     heads: HeadsOption = "auto",
+    attention: Attention = "eager",
 ) -> ExportManifest:
     """Export ``hf_dir`` for ``task`` into ``out_dir`` and return the manifest written there.
 
@@ -115,7 +118,8 @@ def export_model(
     requests choose it and Matryoshka truncation needs the unnormalised vector.
     ``heads`` (embedders only): ``auto`` exports bge-m3's sparse and ColBERT heads with the
     dense vector when FlagEmbedding's head files are in the folder (:mod:`.m3`), ``m3``
-    requires them, ``none`` ignores them.
+    requires them, ``none`` ignores them. ``attention="sdpa"`` exports transformers' default
+    attention instead of the eager one, for comparing the two graphs.
     """
     if task not in get_args(Task):
         raise ExportError(f"unknown task {task!r}; use one of {', '.join(get_args(Task))}")
@@ -137,7 +141,7 @@ def export_model(
     _require_export_libraries(exporter)
 
     step(f"load {src.name} ({task})")
-    model, input_names = _load_model(src, task, hf_config, progress)
+    model, input_names = _load_model(src, task, hf_config, progress, attention)
     max_length = position_limit(hf_config)
     graph_pooling: Literal["cls", "mean"] | None = None
     if pool_in_graph and pooling != "none":
@@ -331,7 +335,7 @@ def _torch_version() -> str:
 
 
 def _load_model(
-    src: Path, task: Task, hf_config: dict[str, Any], progress: bool
+    src: Path, task: Task, hf_config: dict[str, Any], progress: bool, attention: Attention
 ) -> tuple[Any, tuple[str, ...]]:
     import torch
     import transformers
@@ -348,7 +352,7 @@ def _load_model(
             model, info = auto.from_pretrained(
                 str(src),
                 dtype=torch.float32,
-                attn_implementation="eager",
+                attn_implementation=attention,
                 output_loading_info=True,
                 local_files_only=True,
             )
