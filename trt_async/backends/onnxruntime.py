@@ -29,6 +29,7 @@ from trt_async.backends.base import (
     Progress,
 )
 from trt_async.backends.modelfiles import ModelDirError, ModelFiles
+from trt_async.backends.ortfusion import fused_graph
 from trt_async.backends.shapes import Bucket, BucketGrid
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,17 @@ class OnnxRuntimeBackend:
         self._threads = threads
         self._per_lane = per_lane
         self._lanes = Lanes(parallel, solo=parallel > 1 and threads > per_lane)
-        shared = self._session(files, per_lane)
+        graph: str | bytes = str(files.onnx)
+        self._fused = False
+        if options.fused_attention:
+            fused = fused_graph(files.onnx, files.hf_config)
+            if fused is not None:
+                graph, self._fused = fused, True
+        shared = self._session(files, graph, per_lane)
         #: The session each lane runs on: parallel lanes share one.
         self._sessions = [shared] * parallel
         if self._lanes.solo:
-            self._sessions.append(self._session(files, threads))
+            self._sessions.append(self._session(files, graph, threads))
         inputs = shared.get_inputs()
         outputs = [o.name for o in shared.get_outputs()]
         wanted = files.manifest.output if files.manifest is not None else None
@@ -141,12 +148,10 @@ class OnnxRuntimeBackend:
         self._shrink_from = 0
 
     @staticmethod
-    def _session(files: ModelFiles, threads: int) -> ort.InferenceSession:
+    def _session(files: ModelFiles, graph: str | bytes, threads: int) -> ort.InferenceSession:
         settings = session_options(threads)
         try:
-            return ort.InferenceSession(
-                str(files.onnx), settings, providers=["CPUExecutionProvider"]
-            )
+            return ort.InferenceSession(graph, settings, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelDirError(f"{files.onnx}: ONNX Runtime cannot load it: {exc}") from None
 
@@ -257,6 +262,7 @@ class OnnxRuntimeBackend:
                 "threads_per_parallel_batch": self._per_lane,
                 "solo_lane": self._lanes.solo,
                 "onnx": self._path.name,
+                "graph": "fused attention" if self._fused else "as exported",
                 "output": self._io.output,
                 "extra_outputs": list(self._io.extra_outputs),
             },
