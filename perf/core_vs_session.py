@@ -29,9 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.onnxruntime import session_options
-from trt_async.backends.ortfusion import fused_graph
 from trt_async.backends.shapes import Bucket
 from trt_async.bench.corpus import Corpus
 from trt_async.core.config import Config, ModelConfig
@@ -67,14 +65,11 @@ class Round:
 
 
 def session_for(config: ModelConfig, onnx: Path) -> ort.InferenceSession:
-    """A session as ``OnnxRuntimeBackend`` builds its solo lane: its options, every thread,
-    and its graph (fused attention where the backend would fuse it)."""
+    """A session as ``OnnxRuntimeBackend`` builds its solo lane: its options, every thread."""
     threads = config.intra_op_threads or (os.cpu_count() or 1)
-    graph: str | bytes = str(onnx)
-    if config.fused_attention:
-        hf_config = ModelFiles.resolve(config.model_path, config.tokenizer_path).hf_config
-        graph = fused_graph(onnx, hf_config) or graph
-    return ort.InferenceSession(graph, session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(onnx), session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
 
 def build_feeds(

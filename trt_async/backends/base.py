@@ -50,9 +50,6 @@ class BackendOptions:
     intra_op_threads: int | None = None
     #: ONNX Runtime: batches run side by side under load (default: one per thread).
     parallel_batches: int | None = None
-    #: ONNX Runtime: the solo lane runs BERT-style encoders with the attention fused
-    #: (checked at start-up).
-    fused_attention: bool = True
     #: TensorRT: CUDA device ordinal.
     device: int = 0
     #: TensorRT: capture one CUDA graph per bucket (``False`` runs plain enqueues).

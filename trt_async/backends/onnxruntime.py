@@ -29,7 +29,6 @@ from trt_async.backends.base import (
     Progress,
 )
 from trt_async.backends.modelfiles import ModelDirError, ModelFiles
-from trt_async.backends.ortfusion import fused_graph
 from trt_async.backends.shapes import Bucket, BucketGrid
 
 log = logging.getLogger(__name__)
@@ -109,21 +108,11 @@ class OnnxRuntimeBackend:
         self._threads = threads
         self._per_lane = per_lane
         self._lanes = Lanes(parallel, solo=parallel > 1 and threads > per_lane)
-        exported = str(files.onnx)
-        shared = self._session(files, exported, per_lane)
+        shared = self._session(files, per_lane)
         #: The session each lane runs on: parallel lanes share one.
         self._sessions = [shared] * parallel
-        # A batch alone (one client) ran 1.05x faster on ONNX Runtime's fused attention in
-        # the server, batches side by side on one thread each 0.90-0.96x slower (the
-        # unfused target in perf/results/peer-table-fused-all): only the solo lane runs it.
-        self._fused = False
         if self._lanes.solo:
-            solo: str | bytes = exported
-            if options.fused_attention:
-                fused = fused_graph(files.onnx, files.hf_config)
-                if fused is not None:
-                    solo, self._fused = fused, True
-            self._sessions.append(self._session(files, solo, threads))
+            self._sessions.append(self._session(files, threads))
         inputs = shared.get_inputs()
         outputs = [o.name for o in shared.get_outputs()]
         wanted = files.manifest.output if files.manifest is not None else None
@@ -152,10 +141,12 @@ class OnnxRuntimeBackend:
         self._shrink_from = 0
 
     @staticmethod
-    def _session(files: ModelFiles, graph: str | bytes, threads: int) -> ort.InferenceSession:
+    def _session(files: ModelFiles, threads: int) -> ort.InferenceSession:
         settings = session_options(threads)
         try:
-            return ort.InferenceSession(graph, settings, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(
+                str(files.onnx), settings, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelDirError(f"{files.onnx}: ONNX Runtime cannot load it: {exc}") from None
 
@@ -266,7 +257,6 @@ class OnnxRuntimeBackend:
                 "threads_per_parallel_batch": self._per_lane,
                 "solo_lane": self._lanes.solo,
                 "onnx": self._path.name,
-                "solo_lane_graph": "fused attention" if self._fused else "as exported",
                 "output": self._io.output,
                 "extra_outputs": list(self._io.extra_outputs),
             },

@@ -100,11 +100,6 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: ONNX Runtime: batches run side by side under load, each on its share of the
     #: threads (default: one per thread; 1 runs every batch on all threads).
     parallel_batches: Positive | None = None
-    #: ONNX Runtime: a batch alone (the solo lane, every thread) of a BERT-style encoder
-    #: (BERT, RoBERTa, XLM-R) runs ONNX Runtime's fused attention, made in memory at start-up
-    #: and used only if it gives the exported graph's outputs; ``false`` runs the exported
-    #: graph on every lane.
-    fused_attention: bool = True
     device: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: TensorRT: capture one CUDA graph per bucket (``false`` runs plain enqueues).
     graphs: bool = True

@@ -50,7 +50,6 @@ def backend_options(config: ModelConfig) -> BackendOptions:
     return BackendOptions(
         intra_op_threads=config.intra_op_threads,
         parallel_batches=config.parallel_batches,
-        fused_attention=config.fused_attention,
         device=config.device,
         graphs=config.graphs,
         precision=config.precision,
