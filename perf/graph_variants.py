@@ -164,11 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/graph-variants"))
     args = parser.parse_args(argv)
 
-    name, model = next(iter(base_config(None).embedding_models.items()))
+    model_name, model = next(iter(base_config(None).embedding_models.items()))
     ours = Path(model.model_path) / "model.onnx"
     config = json.loads((Path(model.model_path) / "config.json").read_text(encoding="utf-8"))
     bare = BareBackend(model)
-    data = streams(name, args.seed, 400)
+    data = streams(model_name, args.seed, 400)
     cores = os.cpu_count() or 1
     result: dict[str, Any] = {
         "command": "python -m " + " ".join(["perf.graph_variants", *(argv or sys.argv[1:])]),
@@ -195,9 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             texts = [r.texts[i] for r in data[mix] for i in range(len(r.texts))]
             groups = batches(bare, texts, size, count)
             work = [feeds(sessions["ours"], g, length) for g, length in groups]
-            for name in ("plain", "fused"):
-                diff = max_difference(sessions["ours"], sessions[name], work[0])
-                result["max_difference"][name] = max(result["max_difference"].get(name, 0.0), diff)
+            for other in ("plain", "fused"):
+                diff = max_difference(sessions["ours"], sessions[other], work[0])
+                result["max_difference"][other] = max(
+                    result["max_difference"].get(other, 0.0), diff
+                )
             print(f"{load}: {len(work)} batches on {n} thread(s)", file=sys.stderr, flush=True)
             rates = run_rounds(sessions, work, args.rounds)
             per_round = {
