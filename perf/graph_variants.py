@@ -38,12 +38,13 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Encoding
 
 from perf.peer_table import streams
 from trt_async.backends.onnxruntime import session_options
 from trt_async.bench.bare import BareBackend
 from trt_async.bench.server import base_config
+from trt_async.core.runner import pack
+from trt_async.core.tokenizer import Encoding
 
 #: (name, batch size, batches per round, threads: 0 = every core, the mix of the texts)
 WORKLOADS: tuple[tuple[str, int, int, int, str], ...] = (
@@ -79,18 +80,13 @@ def plain_export(src: Path, dst: Path) -> Path:
     return dst / src.name
 
 
-def feeds(session: ort.InferenceSession, items: Sequence[Encoding], length: int) -> Batch:
-    ids = np.zeros((len(items), length), np.int64)
-    mask = np.zeros_like(ids)
-    for row, enc in enumerate(items):
-        n = min(len(enc.ids), length)
-        ids[row, :n] = enc.ids[:n]
-        mask[row, :n] = 1
-    names = {i.name for i in session.get_inputs()}
-    out = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in names:
-        out["token_type_ids"] = np.zeros_like(ids)
-    return out, len(items)
+def feeds(
+    session: ort.InferenceSession, items: Sequence[Encoding], length: int, pad_id: int
+) -> Batch:
+    """``items`` packed as the server packs a bucket, for ``session``'s inputs."""
+    buffers = {i.name: np.zeros((len(items), length), np.int64) for i in session.get_inputs()}
+    pack(buffers, items, pad_id)
+    return buffers, len(items)
 
 
 def batches(bare: BareBackend, texts: Sequence[str], size: int, count: int) -> list[tuple]:
@@ -194,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             texts = [r.texts[i] for r in data[mix] for i in range(len(r.texts))]
             groups = batches(bare, texts, size, count)
-            work = [feeds(sessions["ours"], g, length) for g, length in groups]
+            work = [
+                feeds(sessions["ours"], g, length, bare.tokenizer.pad_id) for g, length in groups
+            ]
             for other in ("plain", "fused"):
                 diff = max_difference(sessions["ours"], sessions[other], work[0])
                 result["max_difference"][other] = max(
