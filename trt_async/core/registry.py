@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -87,9 +88,16 @@ class ModelRegistry:
     async def start(self) -> None:
         """Load and warm every configured model; the first failure stops start-up."""
         for name, kind, config in self.config.models():
-            await self.load(name, kind, config)
+            await self._load(name, kind, config)
+        settle_heap()
 
     async def load(self, name: str, kind: ModelKind, config: ModelConfig) -> ServedModel:
+        """Load a model while serving (the admin route)."""
+        model = await self._load(name, kind, config)
+        settle_heap()
+        return model
+
+    async def _load(self, name: str, kind: ModelKind, config: ModelConfig) -> ServedModel:
         problem = model_name_problem(name)
         if problem is not None:
             raise InvalidInput(problem, part=Part.NAME)
@@ -145,6 +153,11 @@ class ModelRegistry:
 
     async def unload(self, name: str) -> None:
         """Stop taking requests for ``name``, let its queue drain, then free its runtime."""
+        await self._unload(name)
+        # Here, not in _unload: its locals would keep the model alive through the collection.
+        settle_heap()
+
+    async def _unload(self, name: str) -> None:
         async with self._lock:
             model = self.get(name)
             model.state = ModelState.DRAINING
@@ -176,3 +189,20 @@ class ModelRegistry:
         self._runtimes.clear()
         for model in self._models.values():
             model.state = ModelState.UNLOADED
+        # What the models held may sit in reference cycles: let the collector see it again.
+        gc.unfreeze()
+
+
+def settle_heap() -> None:
+    """Collect, then move every object still alive into the collector's permanent generation.
+
+    A loaded server holds ~10^5 long-lived objects (sessions, tokenizers, the web app), and
+    every full collection walks all of them on the event loop, stalling every request in
+    flight (tens of milliseconds on a small CPU, every few hundred requests). Frozen objects
+    are skipped by every collection. Unloading a model or closing the registry unfreezes
+    them, so a model that sits in a reference cycle is still freed; a load or unload while
+    serving pays one full collection.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
