@@ -304,6 +304,19 @@ async def test_management_is_off_without_an_admin_key(open_app_config: Any) -> N
         assert [m["name"] for m in listing["models"]] == ["bert-rerank"]
 
 
+def test_only_the_management_routes_run_the_admin_guard(open_app_config: Any) -> None:
+    # Litestar copies the route handler for each guard of each request: without an API key,
+    # an inference request runs none.
+    app = create_app(open_app_config)
+    guards = {
+        route.path: len(handler.resolve_guards())
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+    }
+    assert guards["/v1/embeddings"] == guards["/rerank"] == guards["/embed"] == 0
+    assert guards["/models/load"] == guards["/models/unload"] == 1
+
+
 async def test_the_admin_key_and_the_inference_key_are_not_interchangeable(
     open_app_config: Any,
 ) -> None:

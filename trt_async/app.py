@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
@@ -25,7 +25,7 @@ from trt_async.core.config import CONFIG_ENV, LOG_LEVEL_ENV, Config, load_config
 from trt_async.core.metrics import Metrics
 from trt_async.core.registry import ModelRegistry
 from trt_async.http.admin import HealthController, ManagementController
-from trt_async.http.auth import make_api_key_guard
+from trt_async.http.auth import make_admin_guard, make_api_key_guard
 from trt_async.http.cohere_embed import CohereEmbedController
 from trt_async.http.common import DEPENDENCIES, REGISTRY_KEY
 from trt_async.http.docs import OfflineSwaggerPlugin, document
@@ -203,7 +203,12 @@ def create_app(config: Config | None = None) -> Litestar:
             TEIRootController,
             ZeroShotController,
             HealthController,
-            ManagementController,
+            # Only these routes run the admin check (a guard costs a handler copy per call).
+            Router(
+                path="/",
+                route_handlers=[ManagementController],
+                guards=[make_admin_guard(config.server.admin_api_key)],
+            ),
         ],
         lifespan=[lifespan],
         middleware=[RequestContextMiddleware(metrics, config.server.body_timeout_s)],

@@ -36,10 +36,11 @@ def make_api_key_guard(
     *,
     admin_api_key: str | None = None,
 ) -> list[Any]:
-    """Guards for the app: the inference key check (none without a key) and the admin check.
+    """The app-wide guards: the inference key check, none without a key.
 
-    They are coroutines because Litestar runs a plain-function guard in a worker thread:
-    two thread hops on every request for a header comparison."""
+    Guards are coroutines because Litestar runs a plain-function guard in a worker thread:
+    two thread hops on every request for a header comparison. And there are as few as can
+    be: Litestar copies the route handler for every guard call of every request."""
     guards: list[Any] = []
     if api_key:
         expected = api_key.encode()
@@ -57,6 +58,11 @@ def make_api_key_guard(
                 )
 
         guards.append(guard)
+    return guards
+
+
+def make_admin_guard(admin_api_key: str | None) -> Any:
+    """The guard of the management routes alone (see :data:`ADMIN_OPT`)."""
     admin = admin_api_key.encode() if admin_api_key else None
 
     async def admin_guard(
@@ -75,5 +81,4 @@ def make_api_key_guard(
                 "<server.admin_api_key>'"
             )
 
-    guards.append(admin_guard)
-    return guards
+    return admin_guard
