@@ -40,6 +40,7 @@ from trt_async.http.observability import (
     RequestContextMiddleware,
     configure_logging,
     metrics_endpoint,
+    stop_log_writer,
 )
 from trt_async.http.openai_api import OpenAIController
 from trt_async.http.rerank import RerankController
@@ -188,6 +189,8 @@ def create_app(config: Config | None = None) -> Litestar:
             restore()
             await drain.finish()
             await registry.close(deadline_s=config.server.drain_seconds)
+            # The worker process ends without running exit handlers: write what is queued.
+            stop_log_writer()
 
     # Filled once the routes exist: path -> the dialect its handlers answer errors in.
     dialects: dict[str, Dialect] = {}

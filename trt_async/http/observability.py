@@ -13,9 +13,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import logging.handlers
+import queue
+import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, TextIO
 
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
@@ -209,11 +212,97 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=True)
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
-    """Route ``trt_async`` logs through one handler in the configured format."""
-    logger = logging.getLogger("trt_async")
-    handler = logging.StreamHandler()
+#: Log records waiting for the writer thread; past this many, new ones are dropped and
+#: counted, so that a log reader that stalls neither blocks the event loop nor fills memory.
+LOG_QUEUE_RECORDS = 10_000
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands each record to the writer thread as it is: formatting happens there."""
+
+    def __init__(self, records: queue.Queue[Any]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The stdlib formats here, for queues that pickle; this one stays in the process.
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _Writer(logging.handlers.QueueListener):
+    """Formats and writes records on its own thread, and says how many were dropped."""
+
+    def __init__(self, records: queue.Queue[Any], handler: logging.Handler, source: _Enqueue):
+        super().__init__(records, handler)
+        self._records = records
+        self._source = source
+        self._reported = 0
+
+    def handle(self, record: logging.LogRecord) -> None:
+        self._report_drops()
+        super().handle(record)
+
+    def stop(self) -> None:
+        super().stop()
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        dropped = self._source.dropped
+        if dropped == self._reported:
+            return
+        note = logging.makeLogRecord(
+            {
+                "name": "trt_async",
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": "%d log records dropped: the log output did not keep up",
+                "args": (dropped - self._reported,),
+            }
+        )
+        self._reported = dropped
+        super().handle(note)
+
+    def enqueue_sentinel(self) -> None:
+        # QueueListener's stop sentinel is None; waiting for room, so a full queue cannot
+        # lose the stop (the stdlib's put_nowait would raise).
+        self._records.put(None)
+
+
+_writer: _Writer | None = None
+
+
+def configure_logging(
+    log_format: str, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Route ``trt_async`` logs through one handler in the configured format, written by a
+    thread of its own: a write to a slow or blocked stderr (a full pipe, a stalled log
+    shipper) then never holds up the event loop."""
+    global _writer
+    stop_log_writer()
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else KeyValueFormatter())
-    logger.handlers = [handler]
+    records: queue.Queue[Any] = queue.Queue(LOG_QUEUE_RECORDS)
+    enqueue = _Enqueue(records)
+    _writer = _Writer(records, handler, enqueue)
+    _writer.start()
+    logger = logging.getLogger("trt_async")
+    logger.handlers = [enqueue]
     logger.setLevel(level)
     logger.propagate = False
+
+
+def stop_log_writer() -> None:
+    """Write what is queued, stop the writer thread, and write directly from then on (the
+    server's last lines, after its event loop has stopped serving)."""
+    global _writer
+    if _writer is None:
+        return
+    writer, _writer = _writer, None
+    writer.stop()
+    logging.getLogger("trt_async").handlers = list(writer.handlers)
