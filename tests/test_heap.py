@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 
 from trt_async.core.config import Config, ModelConfig, ModelKind
-from trt_async.core.registry import ModelRegistry
+from trt_async.core.registry import YOUNG_GC_THRESHOLD, ModelRegistry
 
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
     """Leave the process's collector as the test found it."""
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def tracked(obj: object) -> bool:
@@ -34,6 +36,7 @@ async def test_started_models_are_frozen_and_an_unloaded_cycle_is_freed(
     await registry.start()
     runtime = registry.get("m").runtime
     assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
     assert not tracked(runtime), "a full collection would walk the loaded model"
 
     # A cycle through the runtime: only the collector can free it, and a frozen object is

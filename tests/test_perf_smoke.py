@@ -111,3 +111,20 @@ def test_bench_smoke_against_our_server(minilm_model_dir: Path, tmp_path: Path) 
     assert port is not None
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_gc_pauses_runs_both_arms(minilm_model_dir: Path, tmp_path: Path) -> None:
+    from perf.gc_pauses import main
+    from trt_async.tools.embedded import embedded_config_yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(embedded_config_yaml(minilm_model_dir), encoding="utf-8")
+    out = tmp_path / "gc.json"
+    argv = ["--config", str(config), "--requests", "24", "--concurrency", "4", "--rounds", "1"]
+    main([*argv, "--json", str(out)])
+    result = json.loads(out.read_text(encoding="utf-8"))
+    served, defaults = result["arms"]["served"][0], result["arms"]["defaults"][0]
+    assert served["requests"] == defaults["requests"] == 24
+    # Served, the loaded app's objects are out of every generation the collector walks.
+    assert served["tracked_at_start"] * 2 < defaults["tracked_at_start"]
+    assert set(served["pause_ms_per_1000_requests"]) == {"gen0", "gen1", "gen2"}
