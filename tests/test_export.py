@@ -235,6 +235,72 @@ def test_sdpa_attention_traces_another_graph_that_computes_the_same(
     assert np.abs(logits["eager"] - logits["sdpa"]).max() < 1e-4
 
 
+@pytest.fixture(scope="module")
+def minilm_int8_dir(minilm_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "minilm-int8"
+    export_model(minilm_hf_dir, "embed", out, progress=False, quantize="int8")
+    return out
+
+
+async def test_int8_export_is_smaller_marked_and_close_to_fp32(
+    minilm_int8_dir: Path, minilm_model_dir: Path
+) -> None:
+    onnx = pytest.importorskip("onnx")
+    from trt_async.backends import resolve_backend
+    from trt_async.core.config import Config, ModelConfig
+    from trt_async.core.registry import ModelRegistry
+
+    files = ModelFiles.resolve(minilm_int8_dir)
+    assert files.manifest is not None and files.manifest.quantization == "int8-dynamic"
+    graph = onnx.load(str(minilm_int8_dir / "model.onnx")).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    assert ops["MatMulInteger"] >= 36 and ops["DynamicQuantizeLinear"] > 0
+    fp32_size = (minilm_model_dir / "model.onnx").stat().st_size
+    assert (minilm_int8_dir / "model.onnx").stat().st_size < 0.4 * fp32_size
+    assert resolve_backend("auto", files) == "onnxruntime"
+
+    texts = [
+        "A man is eating food.",
+        "The new movie is awesome and everyone should see it at least once this year.",
+        "Reranking turns a list of candidates into a ranked list.",
+        "Un texte qui n'est pas en anglais.",
+    ]
+    config = Config(
+        embedding_models={
+            "fp32": ModelConfig(model_path=str(minilm_model_dir)),
+            "int8": ModelConfig(model_path=str(minilm_int8_dir)),
+        }
+    )
+    registry = ModelRegistry(config)
+    await registry.start()
+    try:
+        fp32 = (await registry.get("fp32").embed(texts)).vectors
+        int8 = (await registry.get("int8").embed(texts)).vectors
+    finally:
+        await registry.close()
+    cosine = (fp32 * int8).sum(axis=1)  # both are normalised
+    assert cosine.min() > export.INT8_MIN_COSINE
+    assert np.abs(fp32 - int8).max() > 1e-4, "an int8 graph cannot match fp32 exactly"
+
+
+def test_int8_is_refused_where_it_cannot_be_checked_or_built(
+    minilm_hf_dir: Path, minilm_int8_dir: Path, tiny_hf: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    with pytest.raises(ExportError, match="--int8 applies to embedding models"):
+        export_model(tiny_hf, "nli", tmp_path / "nli", progress=False, quantize="int8")
+    # The accuracy floor is enforced: above what int8 reaches, the export fails.
+    monkeypatch.setattr(export, "INT8_MIN_COSINE", 1.01)
+    with pytest.raises(ExportError, match=r"cosine of only 0\.9\d+ .*export without --int8"):
+        export_model(minilm_hf_dir, "embed", tmp_path / "strict", progress=False, quantize="int8")
+    assert not (tmp_path / "strict" / "trt_async.json").exists()
+    # TensorRT's ONNX parser has no DynamicQuantizeLinear: refused before any GPU work.
+    from trt_async.backends.tensorrt.build import BuildError, build_engine
+
+    with pytest.raises(BuildError, match="runs on ONNX Runtime only"):
+        build_engine(minilm_int8_dir, progress=False, trt_module=object(), cuda=object())  # type: ignore[arg-type]
+
+
 @pytest.mark.slow
 def test_dynamo_exporter_matches_too(tmp_path: Path) -> None:
     hf_dir = write_bert_classifier(tmp_path / "hf", 3, BERT_NLI_LABELS)

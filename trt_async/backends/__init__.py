@@ -91,6 +91,8 @@ def resolve_backend(name: str, files: ModelFiles) -> str:
         return name
     if files.plan is not None and files.onnx is None:
         return "tensorrt"
+    if files.manifest is not None and files.manifest.quantization is not None:
+        return "onnxruntime"  # an int8 export: TensorRT cannot build it
     return "tensorrt" if tensorrt_available() else "onnxruntime"
 
 

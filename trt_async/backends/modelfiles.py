@@ -102,6 +102,8 @@ class ExportManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     opset: int | None = None
     exporter: str | None = None
     source: str | None = None
+    #: ``int8-dynamic``: int8 weights, activations quantised per batch (ONNX Runtime only).
+    quantization: str | None = None
 
 
 def read_manifest(path: Path) -> ExportManifest:

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trt_async.backends.base import Precision
-from trt_async.backends.modelfiles import ONNX_NAME, ModelDirError, ModelFiles, default_max_length
+from trt_async.backends.modelfiles import (
+    MANIFEST_NAME,
+    ONNX_NAME,
+    ModelDirError,
+    ModelFiles,
+    default_max_length,
+    read_manifest,
+)
 from trt_async.backends.tensorrt.cuda import Cuda
 from trt_async.backends.tensorrt.plan import (
     PlanManifest,
@@ -159,6 +166,14 @@ def _resolve_onnx(model: Path) -> Path:
     if not onnx.is_file() or onnx.suffix != ".onnx":
         raise BuildError(
             f"{onnx}: no ONNX graph; run `trt-async export <hf-folder> -o {model}` first"
+        )
+    manifest = onnx.parent / MANIFEST_NAME
+    if manifest.is_file() and read_manifest(manifest).quantization is not None:
+        # ONNX Runtime's dynamic quantisation writes DynamicQuantizeLinear and
+        # MatMulInteger, which onnx-tensorrt's operator table lists as unsupported.
+        raise BuildError(
+            f"{onnx}: an int8 export (trt-async export --int8) runs on ONNX Runtime only; "
+            "export again without --int8 for TensorRT, which picks its own precision"
         )
     return onnx
 
