@@ -122,6 +122,14 @@ def run_rounds(
     return rates
 
 
+def publish(out: Path, table: str, result: dict[str, Any]) -> None:
+    """Print ``table`` and write it with the numbers behind it: ``table.md``, ``table.json``."""
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table, encoding="utf-8")
+    (out / "table.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
 def render(result: dict[str, Any]) -> str:
     names = result["variants"]
     lines = [
@@ -212,11 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ratio_to_ours": {k: statistics.median(v) for k, v in per_round.items()},
             }
     bare.close()
-    table = render(result)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(table, encoding="utf-8")
-    (args.out / "table.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    publish(args.out, render(result), result)
     return 0
 
 
