@@ -195,7 +195,7 @@ class ModelRegistry:
 
 #: Allocations between two collections of the youngest generation (Python's default: 700).
 #: Each of those collections walks every young object alive, and under load that is every
-#: request in flight: at 64 clients the young collections paused the loop 0.13-0.14 ms a
+#: request in flight: at 64 clients the young collections paused the loop 0.12-0.14 ms a
 #: request at 700 and 0.03 ms at 10,000 (``perf/gc_pauses.py``). Only garbage in
 #: reference cycles waits longer to be freed.
 YOUNG_GC_THRESHOLD = 10_000
