@@ -209,7 +209,8 @@ def settle_heap() -> None:
     flight (~130 ms, once in 10,000 requests at 64 clients: ``perf/gc_pauses.py``). Frozen
     objects are skipped by every collection. Unloading a model or closing the registry
     unfreezes them, so a model that sits in a reference cycle is still freed; a load or
-    unload while serving pays one full collection.
+    unload while serving pays one full collection. Both settings are the process's: a
+    program that embeds a registry gets them too.
     """
     gc.unfreeze()
     gc.collect()
