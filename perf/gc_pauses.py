@@ -194,8 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     # The access log would add a line per request; the writer thread is not measured here.
-    os.environ.setdefault(LOG_LEVEL_ENV, "WARNING")
-    result = asyncio.run(run(args))
+    # The variable is put back afterwards: apps created later in this process keep theirs.
+    previous = os.environ.get(LOG_LEVEL_ENV)
+    os.environ[LOG_LEVEL_ENV] = previous or "WARNING"
+    try:
+        result = asyncio.run(run(args))
+    finally:
+        if previous is None:
+            del os.environ[LOG_LEVEL_ENV]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -6,6 +6,7 @@ Asserts that the report is complete and consistent, not how fast anything was.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -115,13 +116,17 @@ def test_bench_smoke_against_our_server(minilm_model_dir: Path, tmp_path: Path) 
 
 def test_gc_pauses_runs_both_arms(minilm_model_dir: Path, tmp_path: Path) -> None:
     from perf.gc_pauses import main
+    from trt_async.core.config import LOG_LEVEL_ENV
     from trt_async.tools.embedded import embedded_config_yaml
 
     config = tmp_path / "config.yaml"
     config.write_text(embedded_config_yaml(minilm_model_dir), encoding="utf-8")
     out = tmp_path / "gc.json"
     argv = ["--config", str(config), "--requests", "24", "--concurrency", "4", "--rounds", "1"]
+    before = os.environ.get(LOG_LEVEL_ENV)
     main([*argv, "--json", str(out)])
+    # It quiets the access log for itself only: later apps in this process log requests.
+    assert os.environ.get(LOG_LEVEL_ENV) == before
     result = json.loads(out.read_text(encoding="utf-8"))
     served, defaults = result["arms"]["served"][0], result["arms"]["defaults"][0]
     assert served["requests"] == defaults["requests"] == 24
