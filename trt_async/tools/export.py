@@ -127,9 +127,9 @@ def export_model(
     dense vector when FlagEmbedding's head files are in the folder (:mod:`.m3`), ``m3``
     requires them, ``none`` ignores them. ``attention="sdpa"`` exports transformers' default
     attention instead of the eager one, for comparing the two graphs.
-    ``quantize="int8"`` (embedders only, ONNX Runtime only) stores the weights as int8 and
-    quantises activations per batch (ONNX Runtime's dynamic quantisation), after the fp32
-    graph has been verified; the int8 graph must keep a cosine of at least
+    ``quantize="int8"`` (embedders only, ONNX Runtime only) stores the weights as 8-bit
+    integers and quantises activations per batch (ONNX Runtime's dynamic quantisation),
+    after the fp32 graph has been verified; the int8 graph must keep a cosine of at least
     :data:`INT8_MIN_COSINE` to torch's vectors on the sample inputs.
     """
     if task not in get_args(Task):
@@ -758,7 +758,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="embed only, ONNX Runtime only: int8 weights with activations quantised per "
+        help="embed only, ONNX Runtime only: 8-bit weights with activations quantised per "
         "batch (smaller and often faster on a CPU, not exact: the export refuses a cosine "
         f"to torch's vectors under {INT8_MIN_COSINE}); TensorRT refuses such a graph",
     )
