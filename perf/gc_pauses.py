@@ -27,17 +27,12 @@ from typing import Any
 from litestar import Litestar
 
 from trt_async.app import create_app
-from trt_async.bench.corpus import corpus_dir
+from trt_async.bench.corpus import Corpus
 from trt_async.core.config import LOG_LEVEL_ENV, ModelKind, load_config
 from trt_async.core.registry import settle_heap
 
 #: The interpreter's own thresholds, read before any app changes them.
 DEFAULT_THRESHOLD = gc.get_threshold()
-
-
-def _texts() -> list[str]:
-    lines = (corpus_dir() / "en.txt").read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
 async def _lifespan(app: Litestar) -> tuple[asyncio.Task[None], asyncio.Queue[dict[str, str]]]:
@@ -150,7 +145,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     task, lifespan = await _lifespan(app)
     registry = app.state["registry"]
     name = args.model or next(m.name for m in registry if m.kind is ModelKind.EMBEDDING)
-    texts = _texts()
+    texts = Corpus().languages["en"].sentences
     bodies = [
         json.dumps({"model": name, "input": texts[i % len(texts)]}).encode()
         for i in range(args.requests)

@@ -35,15 +35,14 @@ from perf.graph_variants import WORKLOADS, batches, feeds, publish, run_rounds
 from perf.peer_table import streams
 from trt_async.backends.onnxruntime import session_options
 from trt_async.bench.bare import BareBackend
-from trt_async.bench.corpus import corpus_dir
+from trt_async.bench.corpus import Corpus
 from trt_async.bench.server import base_config
 from trt_async.core.config import Config, ModelConfig
 from trt_async.core.registry import ModelRegistry
 
 
 def _texts(data: dict[str, Any]) -> list[str]:
-    lines = (corpus_dir() / "en.txt").read_text(encoding="utf-8").splitlines()
-    corpus = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    corpus = list(Corpus().languages["en"].sentences)
     mixes = [t for mix in ("realistic", "long150") for r in data[mix] for t in r.texts]
     return list(dict.fromkeys(corpus + mixes))
 

@@ -40,7 +40,7 @@ from trt_async.backends.modelfiles import (
     position_limit,
     sha256_file,
 )
-from trt_async.core.heads import make_reducer
+from trt_async.core.heads import l2_normalize, make_reducer
 from trt_async.tools import m3
 from trt_async.tools.m3 import HeadsOption
 
@@ -596,11 +596,9 @@ def _quantize_int8(
             (got,) = session.run([output], {n: batch.feeds[n] for n in input_names})
             vectors, expected = np.asarray(got, np.float32), refs[0]
             if vectors.ndim == 3:
-                pool = make_reducer(pooling if pooling != "none" else "cls")
-                vectors, expected = pool(vectors, batch.mask), pool(expected, batch.mask)
-            dot = (vectors * expected).sum(axis=1)
-            norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(expected, axis=1)
-            least = min(least, float((dot / norms).min()))
+                vectors, expected = (_pool(x, batch, pooling) for x in (vectors, expected))
+            cosine = (l2_normalize(vectors) * l2_normalize(expected)).sum(axis=1)
+            least = min(least, float(cosine.min()))
         if least < INT8_MIN_COSINE:
             raise ExportError(
                 f"{path}: the int8 graph's vectors reach a cosine of only {least:.4f} to "
@@ -608,6 +606,16 @@ def _quantize_int8(
             )
         _finalise_onnx(out, path)
     return least
+
+
+def _pool(
+    hidden: npt.NDArray[np.float32], batch: _Batch, pooling: Literal["cls", "mean", "none"]
+) -> npt.NDArray[np.float32]:
+    """Per-token outputs pooled as the server pools them (CLS for a graph that pools)."""
+    pooled: npt.NDArray[np.float32] = make_reducer(pooling if pooling != "none" else "cls")(
+        hidden, batch.mask
+    )
+    return pooled
 
 
 def _difference(
@@ -624,8 +632,7 @@ def _difference(
         return float(np.abs(out - ref)[batch.mask].max())
     if out.ndim == 3:
         # Padding positions legitimately differ between runtimes: compare real tokens.
-        pool = make_reducer(pooling if pooling != "none" else "cls")
-        pooled = float(np.abs(pool(out, batch.mask) - pool(ref, batch.mask)).max())
+        pooled = float(np.abs(_pool(out, batch, pooling) - _pool(ref, batch, pooling)).max())
         return max(float(np.abs(out - ref)[batch.mask].max()), pooled)
     return float(np.abs(out - ref).max())
 
