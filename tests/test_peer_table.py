@@ -15,6 +15,7 @@ from perf.peer_table import (
     bare_ceiling,
     best_ceiling,
     ceiling_batches,
+    ceiling_texts,
     goals,
     main,
     replace_part,
@@ -170,6 +171,33 @@ def test_ceiling_batches_are_sorted_and_each_padded_to_its_own_longest_item() ->
     # A token cap shortens batches further: 32 tokens is 4 rows of 8, 2 of 16, 1 of 64.
     capped = ceiling_batches(bare, texts, 32)  # type: ignore[arg-type]
     assert [len(b) for b in capped] == [4] * 10 + [2] * 8 + [1] * 8
-    # Every batch is run in turn before any repeats (a seeded shuffle, not a prefix).
-    first = sorted(tuple(items) for _, items in bare.ran[: len(batches)])
-    assert first == sorted(tuple(len(t.split()) for t in b) for b in batches)
+    # Every batch is run in turn before any repeats, longest first.
+    first = [tuple(items) for _, items in bare.ran[: len(batches)]]
+    assert first == [tuple(len(t.split()) for t in b) for b in batches][::-1]
+
+
+def test_the_ceiling_counts_whole_passes_only() -> None:
+    """A clock cut would count whichever batches it let in (a seeded order's first ones read
+    3-8 % above a whole pass): every batch runs once a pass, and passes end it."""
+    bare = _Bare(Lanes(2, solo=True))
+    texts = [" ".join(["w"] * n) for n in [60, 3, 5, 7, 2, 9, 12, 4] * 8]
+    batches = ceiling_batches(bare, texts)  # type: ignore[arg-type]
+    for seconds in (0.0, 0.03):
+        bare.ran.clear()
+        assert bare_ceiling(bare, batches, seconds) > 0  # type: ignore[arg-type]
+        assert len(bare.ran) % len(batches) == 0 and len(bare.ran) >= len(batches)
+    assert len(bare.ran) > len(batches)  # 30 ms is more than one pass of 1-ms batches
+    passes = len(bare.ran) // len(batches)
+    ran = sorted(tuple(items) for _, items in bare.ran)
+    assert ran == sorted(tuple(len(t.split()) for t in b) for b in batches * passes)
+
+
+def test_the_ceiling_sample_keeps_the_spread_of_lengths() -> None:
+    bare = _Bare()
+    texts = [" ".join(["w"] * n) for n in range(1, 101)]  # 5050 tokens
+    sample = ceiling_texts(bare, texts, 505)  # type: ignore[arg-type]
+    lengths = [len(t.split()) for t in sample]
+    assert len(lengths) == 10 and lengths == sorted(lengths)
+    assert lengths[0] <= 10 and lengths[-1] >= 91  # both ends, not a prefix
+    assert abs(sum(lengths) / len(lengths) - 50.5) <= 1.0
+    assert ceiling_texts(bare, texts[:5], 505) == texts[:5]  # fewer tokens: all of them
