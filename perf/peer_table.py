@@ -5,12 +5,12 @@ streams to every target at each point of the table (one text from 1, 16 and 64 c
 texts from 4 and 16 clients; one text of 150-200 words from 16 clients) in alternating
 rounds (A B C, C B A, ...). The bare ceiling is one more contender of every round, run in
 this process once the servers are idle: ONNX Runtime driven directly on the first target's
-model config (the embedded default unless ``--config``): a sample of the mix's texts with
-its spread of lengths, sorted by token count and run in whole passes, in batches each padded
-only to its own longest item, tokenisation included, with the padded-token cap per batch
-that a sweep at the start found best for that mix, one thread per parallel lane of the
-backend taking the next batch (or, where the sweep found it faster, one batch at a time on
-the solo lane). ``--points`` runs some of the points. In
+model config (the embedded default unless ``--config``), the mix's texts (a sample with
+their spread of lengths where they are many) sorted by token count and run in whole passes,
+in batches each padded only to its own longest item, tokenisation included, with the
+padded-token cap per batch that a sweep at the start found best for that mix, one thread
+per parallel lane of the backend taking the next batch (or, where the sweep found it
+faster, one batch at a time on the solo lane). ``--points`` runs some of the points. In
 the 1-client rounds it also times one text at a time (tokenise + batch-1 call), the
 reference of the latency goal. Machine speed drifts over a run, so every ratio, the
 ceiling's included, is a median of per-round ratios. It writes ``table.json`` (every
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import threading
@@ -67,9 +68,13 @@ CEILING_BATCH = 32
 CEILING_CAPS = (256, 512, 1024, 2048, 8192)
 #: The sweep's key prefix for batches run one at a time on the solo lane.
 SOLO = "solo"
-#: Tokens of each mix's texts the ceiling runs per pass: a few seconds on 2 cores, long
-#: enough for several hundred short texts or ~100 long ones.
-CEILING_PASS_TOKENS = 24576
+#: Tokens of each mix's texts the ceiling runs per pass: the whole pools of the one-text and
+#: 32-text mixes (47k and 92k tokens at the default seed and pool), and half of the long
+#: mix's (208k; its texts are all 164-251 tokens long, so a sparser set pads no more). A
+#: sparser sample sorts into wider batches that pad more: at 24k tokens it read a median
+#: 0.95x a whole pool (0.75-1.06, ``perf/ceiling_sampling.py``), which would flatter every
+#: server.
+CEILING_PASS_TOKENS = 98304
 
 
 def streams(model: str, seed: int, count: int) -> dict[str, list[RequestSpec]]:
@@ -159,9 +164,9 @@ def bare_ceiling(
     passed): each batch tokenised, padded to the bucket of its own longest item and run.
 
     Every pass runs every batch once, so the figure is the mix's, not that of whichever
-    batches a clock cut let in (a seeded order cut after 4 s read 3-8 % above a whole pass
-    for 256-token batches and 25 % below it for 2048-token ones). A pass runs the batches
-    longest first, so the lanes finish it together: the last batches are the shortest.
+    batches a clock cut let in (a seeded order cut after 4 s read 0.62-1.10x a whole pass
+    over the same batches, ``perf/ceiling_sampling.py``). A pass runs the batches longest
+    first, so the lanes finish it together: the last batches are the shortest.
     With ``parallel`` and a backend of several parallel lanes, one thread per lane takes
     the next batch, as the server's lanes do under load; otherwise batches run one after
     another on the lane a batch alone gets."""
@@ -177,15 +182,22 @@ def bare_ceiling(
                 return False
             texts = batches[order[at % len(order)]]
             state["next"] += 1
-        items = bare.encode(texts)
-        length = bare.grid.length_for(max(len(e) for e in items))
-        bare.run_batch(Bucket(bare.grid.batch_for(len(items)), length), items, lane)
+        ran = run_texts(bare, texts, lane)
         with lock:
-            state["done"] += len(items)
+            state["done"] += ran
         return True
 
     bare.on_lanes(work, parallel)
     return state["done"] / (time.perf_counter() - start)
+
+
+def run_texts(bare: BareBackend, texts: Sequence[str], lane: int) -> int:
+    """Tokenise ``texts`` and run them on ``lane`` as one batch padded to its own longest
+    item; returns how many ran."""
+    items = bare.encode(texts)
+    length = bare.grid.length_for(max(len(e) for e in items))
+    bare.run_batch(Bucket(bare.grid.batch_for(len(items)), length), items, lane)
+    return len(items)
 
 
 def batch_one_ms(bare: BareBackend, texts: Sequence[str]) -> float:
@@ -260,6 +272,7 @@ def ceiling_phase(
 async def phase(
     client: LoadClient, requests: Sequence[RequestSpec], concurrency: int, args: argparse.Namespace
 ) -> dict[str, Any]:
+    start = time.perf_counter()
     result = await run_closed(
         client,
         requests,
@@ -268,6 +281,7 @@ async def phase(
         max_requests=args.max_requests,
         warmup_s=args.warmup,
     )
+    elapsed = time.perf_counter() - start
     ok = [r for r in result.records if r.ok]
     items = sum(r.items for r in ok)
     return {
@@ -276,6 +290,12 @@ async def phase(
         "errors": len(result.records) - len(ok),
         "latency_ms": percentiles_ms([r.latency for r in ok]),
         "load": loadavg(),
+        # The load generator shares the machine with the server; the bare ceiling has no
+        # client. Its share of all CPUs over the phase (warm-up included) bounds how close
+        # any server measured this way can come to the ceiling.
+        "client_cpu_share": result.client_cpu_s / (elapsed * (os.cpu_count() or 1))
+        if elapsed > 0
+        else None,
     }
 
 
@@ -331,7 +351,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         f"{key} round {r + 1} {name}: {got['items_per_s']:.1f} items/s{said}",
                         flush=True,
                     )
-    ceilings.append(measure_ceilings(bare, texts, singles, args.ceiling_seconds))
     bare.close()
     return {
         "targets": targets,
@@ -448,11 +467,27 @@ def table(report: dict[str, Any], command: str, peer: str | None = None) -> str:
             sweeps.append(f"{mix} " + ", ".join(f"{cap}: {v:.0f}" for cap, v in rates.items()))
     load = report["load"]
     pass_tokens = report.get("ceiling_pass_tokens")
-    sample = (
-        f"~{pass_tokens} tokens of each mix's texts (evenly spaced in length order), run in "
-        "whole passes (each batch once a pass, longest first),"
+    sample, order = (
+        (
+            f"each mix's texts (up to {pass_tokens} tokens: beyond that, a sample spaced "
+            "evenly in length order)",
+            "run in whole passes (each batch once a pass, longest first)",
+        )
         if pass_tokens
-        else "the point's texts (in a seeded order cut by the clock),"
+        else ("the point's texts", "run in a seeded order until the clock stops them")
+    )
+    shares = []
+    for key, what, _, _ in POINTS:
+        mine = report["rounds"].get(key, {}).get(first, [])
+        got = [r["client_cpu_share"] for r in mine if r.get("client_cpu_share") is not None]
+        if got:
+            shares.append(f"{what} {100 * _median(got):.1f} %")
+    client = (
+        "The load generator (the driver's process) took this share of all CPUs during "
+        f"`{first}`'s phases (medians over rounds), CPU the bare ceiling's runs have to "
+        f"themselves: {', '.join(shares)}. "
+        if shares
+        else ""
     )
     goal_rows = [
         f"| {g} | {got} | {target} | {'yes' if met else '**no**'} |"
@@ -466,15 +501,16 @@ def table(report: dict[str, Any], command: str, peer: str | None = None) -> str:
             f"{report['machine']['system']}; load average at the start {load['start']}, "
             f"at the end {load['end']}. "
             f"The bare ceiling is one more contender of every round, run once the servers "
-            f"are idle: ONNX Runtime on `{first}`'s model and grid in the driver, {sample} "
+            f"are idle: ONNX Runtime on `{first}`'s model and grid in the driver, {sample}, "
             f"sorted by token count, in batches of at most {CEILING_BATCH} rows and a "
-            "padded-token cap, each padded to its own longest item, tokenisation included; "
+            "padded-token cap, each padded to its own longest item, tokenisation included, "
+            f"{order}; "
             "one thread per parallel lane of the backend takes the next batch, as the "
             "server's lanes do under load (`solo`: one batch at a time on the lane a batch "
             "alone gets). "
             f"The cap is each mix's best of {', '.join(map(str, CEILING_CAPS))} in a sweep "
             f"at the start: {', '.join(f'{m} {c}' for m, c in sorted(caps.items()))} "
-            f"(items/s by cap, start then end: {'; '.join(sweeps)}). "
+            f"(items/s by cap: {'; '.join(sweeps)}). {client}"
             "Ratios are medians of per-round ratios (each round listed); items/s and "
             "latencies are medians over rounds, max is the worst of all rounds.",
             "",
@@ -549,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "table.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     peer = args.peer or (list(report["targets"])[-1] if len(report["targets"]) > 1 else None)
     text = table(report, command, peer)
+    args.out.mkdir(parents=True, exist_ok=True)  # --render may draw into a new folder
     (args.out / "table.md").write_text(text, encoding="utf-8")
     print(text)
     if args.results is not None:

@@ -74,6 +74,17 @@ def test_table_has_one_row_per_point_with_per_round_ratios() -> None:
     assert "realistic 1024" in text and "realistic 256: 150, 1024: 200" in text
 
 
+def test_the_load_generators_share_of_the_cpus_is_reported_where_measured() -> None:
+    report = _report()
+    assert "load generator" not in table(report, "cmd")  # older reports: not measured
+    rounds = report["rounds"]
+    assert isinstance(rounds, dict)
+    for share, got in zip((0.02, 0.04), rounds["single-c64"]["ours"], strict=True):
+        got["client_cpu_share"] = share
+    text = table(report, "cmd")
+    assert "load generator" in text and "1 text, 64 clients 3.0 %" in text
+
+
 def test_a_run_of_some_points_draws_only_those() -> None:
     report = _report()
     rounds = report["rounds"]
@@ -177,8 +188,8 @@ def test_ceiling_batches_are_sorted_and_each_padded_to_its_own_longest_item() ->
 
 
 def test_the_ceiling_counts_whole_passes_only() -> None:
-    """A clock cut would count whichever batches it let in (a seeded order's first ones read
-    3-8 % above a whole pass): every batch runs once a pass, and passes end it."""
+    """A clock cut would count whichever batches it let in (0.62-1.10x a whole pass on this
+    machine): every batch runs once a pass, and passes end it."""
     bare = _Bare(Lanes(2, solo=True))
     texts = [" ".join(["w"] * n) for n in [60, 3, 5, 7, 2, 9, 12, 4] * 8]
     batches = ceiling_batches(bare, texts)  # type: ignore[arg-type]

@@ -133,3 +133,23 @@ def test_gc_pauses_runs_both_arms(minilm_model_dir: Path, tmp_path: Path) -> Non
     # Served, the loaded app's objects are out of every generation the collector walks.
     assert served["tracked_at_start"] * 2 < defaults["tracked_at_start"]
     assert set(served["pause_ms_per_1000_requests"]) == {"gen0", "gen1", "gen2"}
+
+
+def test_ceiling_sampling_measures_every_mix_and_cap_three_ways(
+    minilm_model_dir: Path, tmp_path: Path
+) -> None:
+    from perf.ceiling_sampling import CAPS, MIXES, main
+    from trt_async.tools.embedded import embedded_config_yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(embedded_config_yaml(minilm_model_dir), encoding="utf-8")
+    argv = ["--config", str(config), "--pool", "16", "--seconds", "0.1", "--rounds", "1"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    runs = json.loads((tmp_path / "out" / "table.json").read_text(encoding="utf-8"))
+    assert sorted(runs) == sorted(MIXES)
+    for caps in runs.values():
+        assert sorted(caps, key=int) == [str(c) for c in CAPS]
+        for got in caps.values():
+            assert sorted(got) == ["all", "cut", "sample"]
+            assert all(len(v) == 1 and v[0] > 0 for v in got.values())
+    assert "| realistic | 256 |" in (tmp_path / "out" / "table.md").read_text(encoding="utf-8")
