@@ -2,7 +2,8 @@
 
 The ceiling of ``perf/peer_table.py`` is items/s of bare ONNX Runtime on a mix's texts,
 sorted by token count and cut into batches under a padded-token cap. Three ways to measure
-it, in alternating rounds, for each mix and cap:
+it, one after another for each mix and cap, the caps in alternating order from round to
+round:
 
 - ``all``: one whole pass over every text of the mix's pool (each batch once, longest
   first), the reference;
