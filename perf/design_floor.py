@@ -1,11 +1,12 @@
 """The least a server of this design can add to one text's time: the one-client floor.
 
 A Litestar app with one route, ``POST /v1/embeddings``, served the way ``trt-async serve``
-serves (granian, one worker, uvloop, HTTP/1): the body decoded by msgspec, the text
-tokenised, run at batch 1 on the lane a batch alone gets and mean-pooled by the bare
-backend (the server's own runtime and session options) in one thread hop off the event
-loop, the vectors encoded by msgspec. No scheduler, no second thread hop for the
-tokenizer, no middleware (request ids, timing headers, access log, metrics, keys).
+serves (granian, one worker, uvloop, HTTP/1): the body decoded into the server's own
+request struct (msgspec), the text tokenised, run at batch 1 on the lane a batch alone gets
+and mean-pooled by the bare backend (the server's own runtime and session options) in one
+thread hop off the event loop, the vectors encoded as the server encodes them. No
+scheduler, no second thread hop for the tokenizer, no middleware (request ids, timing
+headers, access log, metrics, keys).
 
     python -m perf.design_floor --port 8205 [--config FILE]
 
@@ -29,42 +30,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
-import msgspec
 import numpy as np
 from litestar import Litestar, post
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import ValidationException
 from litestar.params import Body
 
 from trt_async.backends.shapes import Bucket
 from trt_async.bench.bare import BareBackend
 from trt_async.bench.server import base_config
+from trt_async.core.errors import InvalidInput
 from trt_async.core.heads import l2_normalize
+from trt_async.http.openai_api import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Usage,
+    encode_vectors,
+    split_input,
+)
 
 #: The floor app reads its model config from here (unset: the embedded model).
 CONFIG_ENV = "TRT_ASYNC_FLOOR_CONFIG"
-
-
-class EmbeddingsBody(msgspec.Struct):
-    input: str | list[str]
-    model: str = ""
-
-
-class Embedding(msgspec.Struct):
-    embedding: list[float]
-    index: int
-    object: str = "embedding"
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingsReply(msgspec.Struct):
-    data: list[Embedding]
-    model: str
-    usage: Usage
-    object: str = "list"
 
 
 def create_floor_app() -> Litestar:
@@ -80,15 +67,23 @@ def create_floor_app() -> Litestar:
         pooled = bare.run_batch(Bucket(bare.grid.batch_for(len(items)), length), items)
         return l2_normalize(pooled), sum(len(e) for e in items)
 
+    # The server's own wire structs and vector encoding, so decoding and encoding cost what
+    # they cost the server.
     @post("/v1/embeddings", status_code=200)
     async def embeddings(
-        data: Annotated[EmbeddingsBody, Body(media_type=RequestEncodingType.JSON)],
-    ) -> EmbeddingsReply:
-        texts = [data.input] if isinstance(data.input, str) else data.input
+        data: Annotated[EmbeddingRequest, Body(media_type=RequestEncodingType.JSON)],
+    ) -> EmbeddingResponse:
+        try:
+            texts = split_input(data.input)
+        except InvalidInput as exc:
+            raise ValidationException(str(exc)) from None
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValidationException("the floor embeds texts: send a string or strings")
         loop = asyncio.get_running_loop()
         vectors, tokens = await loop.run_in_executor(worker, embed, texts)
-        return EmbeddingsReply(
-            data=[Embedding(v, i) for i, v in enumerate(vectors.tolist())],
+        rows = encode_vectors(vectors, data.encoding_format)
+        return EmbeddingResponse(
+            data=[Embedding(row, i) for i, row in enumerate(rows)],
             model=data.model,
             usage=Usage(tokens, tokens),
         )
