@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from types import FrameType
 
 from litestar import Litestar, Router
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
@@ -214,7 +215,13 @@ def create_app(config: Config | None = None) -> Litestar:
             ),
         ],
         lifespan=[lifespan],
-        middleware=[RequestContextMiddleware(metrics, config.server.body_timeout_s)],
+        middleware=[
+            DefineMiddleware(
+                RequestContextMiddleware,
+                metrics=metrics,
+                body_timeout_s=config.server.body_timeout_s,
+            )
+        ],
         dependencies=DEPENDENCIES,
         before_request=strict_body,
         # Each controller answers errors in its own dialect; these take what no route took.

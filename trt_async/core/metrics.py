@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -82,17 +82,32 @@ class Metrics:
         r.register(_SchedulerCollector(models))
         #: (route, status) pairs seen per model, so a model's series can be removed.
         self._request_series: dict[str, set[tuple[str, str]]] = {}
+        #: The children a request observes, by (route, model, status) and by model: looking
+        #: a child up by its labels costs more than the observation itself.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._timing_children: dict[str, tuple[Any, Any, Any]] = {}
 
     def batch_observer(self, model: str) -> _BatchObserver:
         return _BatchObserver(self, model)
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, model, str(status)).inc()
-        self.request_seconds.labels(route, model).observe(seconds)
-        self._request_series.setdefault(model, set()).add((route, str(status)))
+        children = self._request_children.get((route, model, status))
+        if children is None:
+            children = (
+                self.requests.labels(route, model, str(status)),
+                self.request_seconds.labels(route, model),
+            )
+            self._request_children[(route, model, status)] = children
+            self._request_series.setdefault(model, set()).add((route, str(status)))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def forget_model(self, model: str) -> None:
         """Drop every series labelled with ``model`` (it was unloaded)."""
+        self._request_children = {
+            key: value for key, value in self._request_children.items() if key[1] != model
+        }
+        self._timing_children.pop(model, None)
         routes: set[str] = set()
         for route, status in self._request_series.pop(model, set()):
             self.requests.remove(route, model, status)
@@ -107,9 +122,17 @@ class Metrics:
                 family.remove(model)
 
     def observe_timings(self, model: str, timings: Timings) -> None:
-        self.queue_seconds.labels(model).observe(timings.queue_s)
-        self.tokenize_seconds.labels(model).observe(timings.tokenize_s)
-        self.inference_seconds.labels(model).observe(timings.inference_s)
+        children = self._timing_children.get(model)
+        if children is None:
+            children = (
+                self.queue_seconds.labels(model),
+                self.tokenize_seconds.labels(model),
+                self.inference_seconds.labels(model),
+            )
+            self._timing_children[model] = children
+        children[0].observe(timings.queue_s)
+        children[1].observe(timings.tokenize_s)
+        children[2].observe(timings.inference_s)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
