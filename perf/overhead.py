@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trt_async.backends.modelfiles import MANIFEST_NAME
+
 REPO = Path(__file__).resolve().parents[1]
 _TICK = os.sysconf("SC_CLK_TCK")
 MODEL_NAME = "tiny"
@@ -70,7 +72,7 @@ POINT_TITLES = {
 def build_tiny_model(work: Path) -> Path:
     """Export the near-instant model into ``work`` once; return the exported folder."""
     out = work / "tiny-export"
-    if (out / "manifest.json").is_file():
+    if (out / MANIFEST_NAME).is_file():
         return out
     import torch
     from transformers import BertConfig, BertModel

@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 from trt_async.backends.shapes import Bucket
 
 if TYPE_CHECKING:
-    from trt_async.core.tasks import ServedModel, Timings
+    from trt_async.core.requests import Timings
+    from trt_async.core.tasks import ServedModel
 
 PREFIX = "trt_async"
 

@@ -19,9 +19,10 @@ from trt_async.backends import BackendUnavailable
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
 from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound, Part
+from trt_async.core.requests import Timings
 from trt_async.core.runtime import ModelRuntime, create_runtime
 from trt_async.core.scheduler import BatchObserver
-from trt_async.core.tasks import ModelState, ServedModel, Timings
+from trt_async.core.tasks import ModelState, ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from trt_async.core.fairpool import FairPool
 from trt_async.core.multivector import make_head_reducers
 from trt_async.core.runner import BatchRunner
 from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler
+from trt_async.core.tokenize_queue import TokenizeQueue
 from trt_async.core.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class ModelRuntime:
         self.tokenizer = TextTokenizer(
             files.tokenizer, self.max_length, with_type_ids="token_type_ids" in io.inputs
         )
+        self.tokenize_queue = TokenizeQueue(self.tokenizer, TOKENIZE_POOL, self)
         limit = position_limit(files.hf_config)
         if config.max_length is not None and limit is not None and config.max_length > limit:
             raise ConfigError(

@@ -19,21 +19,21 @@ from typing import TypeVar
 import numpy as np
 
 from trt_async.core import heads, quantize
+from trt_async.core.capabilities import Capabilities
 from trt_async.core.config import ModelConfig, ModelKind
 from trt_async.core.errors import (
     DimensionsOutOfRange,
     EmptyInput,
     InputTooLong,
     InvalidTemplate,
-    MissingHead,
     MixedInputs,
     OverCapacity,
     Part,
     Unavailable,
-    WrongModelKind,
 )
 from trt_async.core.heads import finish_embeddings
 from trt_async.core.multivector import Head
+from trt_async.core.requests import Timings
 from trt_async.core.runtime import TOKENIZE_POOL, ModelRuntime
 from trt_async.core.scheduler import ScheduleResult
 from trt_async.core.tokenizer import Direction, Encoding, TextInput, TokenInfo
@@ -49,16 +49,6 @@ class ModelState(str, enum.Enum):
     UNHEALTHY = "unhealthy"
     DRAINING = "draining"
     UNLOADED = "unloaded"
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """Seconds spent per stage of one request (reported in ``x-*-time`` headers)."""
-
-    tokenize_s: float
-    queue_s: float
-    inference_s: float
-    total_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +112,6 @@ class SharedPairs:
 #: many ``{}`` fields and long labels would otherwise multiply a small body into megabytes.
 MAX_HYPOTHESES_CHARS = 1 << 20
 
-_HEAD_HINTS: dict[Head, str] = {
-    "sparse": "sparse weights need a bge-m3 export (trt-async export --task embed of a folder "
-    "with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
-    "colbert": "ColBERT vectors need a bge-m3 export (trt-async export --task embed of a "
-    "folder with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
-    "tokens": "token vectors need a graph with a last_hidden_state output (export without "
-    "--pool-in-graph)",
-}
-
 
 def _template_filler(template: str) -> Callable[[str], str]:
     """``template.format(label)`` as transformers' pipeline does, but only with bare ``{}``
@@ -167,6 +148,13 @@ class ServedModel:
         self.kind = kind
         self.config = config
         self.runtime = runtime
+        #: What it can do, decided once from its role and its graph.
+        self.capabilities = Capabilities.of(
+            kind,
+            gives_vectors=runtime.is_embedder,
+            heads_available=frozenset(runtime.head_reducers),
+            labels=runtime.labels,
+        )
         #: The lifecycle state the registry sets; health is read from the runtime.
         self._state = ModelState.LOADING
         self._unhealthy_after = unhealthy_after
@@ -240,8 +228,8 @@ class ServedModel:
                 if not isinstance(x, str | tuple):
                     raise MixedInputs(i)
                 texts.append(x)
-            encodings = await self._off_loop(
-                lambda: tok.encode(texts, truncate=trunc, direction=direction)
+            encodings = await self.runtime.tokenize_queue.encode(
+                texts, truncate=trunc, direction=direction
             )
         else:
             id_lists: list[Sequence[int]] = []
@@ -294,14 +282,6 @@ class ServedModel:
                 "MiB of token-level results", need_mib, limit, "max_request_output_mib"
             )
 
-    def _require_embedder(self, hint: str) -> None:
-        if not self.runtime.is_embedder:
-            raise WrongModelKind(self.name, self.kind.value, hint)
-
-    def _require_logits(self, hint: str) -> None:
-        if self.runtime.is_embedder:
-            raise WrongModelKind(self.name, self.kind.value, hint)
-
     # -- tasks -----------------------------------------------------------------------------
 
     async def embed(
@@ -320,7 +300,7 @@ class ServedModel:
         ``sparse`` lexical weights and ``colbert`` vectors, or every token's vector
         (``tokens``); a model whose graph lacks one answers :class:`MissingHead`.
         """
-        self._require_embedder("it scores pairs; use a rerank or classification route")
+        self.capabilities.require_embeds(self.name)
         for head in heads:
             self.require_head(head)
         dim = self.runtime.output_dim
@@ -352,11 +332,10 @@ class ServedModel:
         return quantize.quantize_scalar(vectors, quantize.scalar_ranges(finished), kind)
 
     def has_head(self, head: Head) -> bool:
-        return self.runtime.is_embedder and head in self.runtime.head_reducers
+        return head in self.capabilities.heads
 
     def require_head(self, head: Head) -> None:
-        if not self.has_head(head):
-            raise MissingHead(self.name, self.kind.value, head, _HEAD_HINTS[head])
+        self.capabilities.require_head(self.name, head)
 
     async def rerank(
         self,
@@ -383,7 +362,8 @@ class ServedModel:
             raise EmptyInput(Part.DOCUMENTS, empty)
         if max_tokens_per_doc is not None:
             documents = await self.clip(documents, max_tokens_per_doc)
-        if self.runtime.is_embedder:
+        self.capabilities.require_reranks(self.name)
+        if self.capabilities.embeds:
             try:
                 result, timings = await self._run([query, *documents], truncate)
             except InputTooLong as exc:  # item 0 is the query, item i + 1 document i
@@ -410,13 +390,14 @@ class ServedModel:
 
     async def classify(
         self,
-        inputs: Sequence[str] | Sequence[tuple[str, str]],
+        inputs: Sequence[str | tuple[str, str]],
         *,
         truncate: bool | None = None,
+        direction: Direction = "right",
     ) -> ClassifyResult:
         """Logits for texts or (premise, hypothesis) pairs; labels from the model's label map."""
-        self._require_logits("it gives embeddings; use an embedding route")
-        result, timings = await self._run(inputs, truncate)
+        self.capabilities.require_classifies(self.name)
+        result, timings = await self._run(inputs, truncate, direction)
         return ClassifyResult(result.rows, self.labels, result.tokens, timings)
 
     async def zero_shot(
@@ -429,13 +410,7 @@ class ServedModel:
         truncate: bool | None = None,
     ) -> ZeroShotResult:
         """Zero-shot classification from NLI logits, as transformers' pipeline computes it."""
-        self._require_logits("zero-shot needs an NLI model")
-        if heads.label_index(self.labels, "entail") is None:
-            raise WrongModelKind(
-                self.name,
-                self.kind.value,
-                f"its labels {sorted(self.labels.values())} have no entailment label",
-            )
+        self.capabilities.require_zero_shot(self.name)
         if not candidate_labels:
             raise EmptyInput(Part.LABELS)
         fill = _template_filler(hypothesis_template)
