@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
@@ -266,6 +266,28 @@ class _Exchange:
             self._disconnect = None
 
 
+class AccessEntry(NamedTuple):
+    """One request's access-log fields, as the log writer takes them."""
+
+    created: float
+    request_id: str
+    method: str
+    path: str
+    route: str
+    model: str
+    status: int
+    duration_ms: float
+    client: str
+
+    def extras(self) -> dict[str, Any]:
+        """The fields a log record carries (in the order the formatters write them)."""
+        return {name: getattr(self, name) for name in ACCESS_FIELDS}
+
+
+#: The access-log fields a record carries, in order.
+ACCESS_FIELDS = AccessEntry._fields[1:]
+
+
 def log_request(
     request_id: str,
     method: str,
@@ -278,29 +300,43 @@ def log_request(
 ) -> None:
     """The access-log line of one request, handed to the log writer.
 
-    The record is made directly (``Logger.info`` would walk the stack for the caller's file
-    and line on every request); the writer thread formats it.
+    When the line can only reach the writer (the access logger has no handler or filter of
+    its own), the fields go to it as they are and the writer thread builds the line: a log
+    record costs the event loop more to make than the rest of a request's logging. Otherwise
+    a record is made directly (``Logger.info`` would also walk the stack for the caller's
+    file and line) and handled as any other.
     """
-    record = access_log.makeRecord(
-        access_log.name,
-        logging.INFO,
-        "",
-        0,
-        "request",
-        (),
-        None,
-        extra={
-            "request_id": request_id,
-            "method": method,
-            "path": path,
-            "route": route,
-            "model": model,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "client": client,
-        },
+    entry = AccessEntry(
+        time.time(),
+        request_id,
+        method,
+        path,
+        route,
+        model,
+        status,
+        round(seconds * 1000, 3),
+        client,
     )
+    writer = _writer
+    if writer is not None and writer.only_route_of(access_log):
+        writer.put(entry)
+        return
+    record = access_log.makeRecord(
+        access_log.name, logging.INFO, "", 0, "request", (), None, extra=entry.extras()
+    )
+    record.created = entry.created
+    record.msecs = (entry.created - int(entry.created)) * 1000
     access_log.handle(record)
+
+
+def access_record(entry: AccessEntry) -> logging.LogRecord:
+    """The log record of an access entry (made in the writer thread)."""
+    record = access_log.makeRecord(
+        access_log.name, logging.INFO, "", 0, "request", (), None, extra=entry.extras()
+    )
+    record.created = entry.created
+    record.msecs = (entry.created - int(entry.created)) * 1000
+    return record
 
 
 @get(
@@ -338,13 +374,23 @@ def escape(value: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+class _Stamp:
+    """The two attributes of a record that ``formatTime`` reads."""
+
+    __slots__ = ("created", "msecs")
+
+    def __init__(self, created: float) -> None:
+        self.created = created
+        self.msecs = (created - int(created)) * 1000
+
+
 class _CachedTime(logging.Formatter):
     """``formatTime`` with the date and time of day formatted once a second: the access log
     writes a line per request, and ``strftime`` was most of a line's cost."""
 
     _cached: tuple[int, str] = (-1, "")
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+    def formatTime(self, record: Any, datefmt: str | None = None) -> str:
         if datefmt is not None or self.datefmt is not None:
             return super().formatTime(record, datefmt)
         second = int(record.created)
@@ -357,6 +403,12 @@ class _CachedTime(logging.Formatter):
 
 class KeyValueFormatter(_CachedTime):
     """``ts level logger message key=value ...``: greppable, one line per event."""
+
+    def format_access(self, entry: AccessEntry) -> str:
+        """What :meth:`format` writes for the entry's record, without making the record."""
+        stamp = self.formatTime(_Stamp(entry.created))
+        extras = " ".join(f"{k}={escape(v)}" for k, v in zip(ACCESS_FIELDS, entry[1:], strict=True))
+        return f"{stamp} INFO {access_log.name}: request {extras}"
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
@@ -372,6 +424,17 @@ class KeyValueFormatter(_CachedTime):
 
 
 class JsonFormatter(_CachedTime):
+    def format_access(self, entry: AccessEntry) -> str:
+        """What :meth:`format` writes for the entry's record, without making the record."""
+        data: dict[str, Any] = {
+            "ts": self.formatTime(_Stamp(entry.created)),
+            "level": "INFO",
+            "logger": access_log.name,
+            "message": "request",
+        }
+        data.update(zip(ACCESS_FIELDS, entry[1:], strict=True))
+        return json.dumps(data, default=str, ensure_ascii=True)
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
             "ts": self.formatTime(record),
@@ -403,6 +466,7 @@ class _Enqueue(logging.Handler):
     def __init__(self, writer: _Writer) -> None:
         super().__init__()
         self.writer = writer
+        writer.enqueue = self
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: the append is atomic, and the writer counts what it drops.
@@ -419,7 +483,9 @@ class _Writer:
 
     def __init__(self, handler: logging.StreamHandler[TextIO], limit: int) -> None:
         self.handler = handler
-        self._records: collections.deque[logging.LogRecord] = collections.deque()
+        #: The handler that puts records here (set by it).
+        self.enqueue: logging.Handler | None = None
+        self._records: collections.deque[logging.LogRecord | AccessEntry] = collections.deque()
         self._limit = limit
         #: Records taken from the queue and not yet written (they count against the limit).
         self._held = 0
@@ -431,11 +497,24 @@ class _Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, record: logging.LogRecord) -> None:
+    def put(self, record: logging.LogRecord | AccessEntry) -> None:
         if len(self._records) + self._held >= self._limit:
             self.dropped += 1
             return
         self._records.append(record)
+
+    def only_route_of(self, logger: logging.Logger) -> bool:
+        """Whether a record of ``logger`` at INFO would reach this writer and nothing else."""
+        parent = logger.parent
+        return (
+            not logger.handlers
+            and not logger.filters
+            and logger.propagate
+            and parent is not None
+            and parent.handlers == [self.enqueue]
+            and not parent.filters
+            and logger.isEnabledFor(logging.INFO)
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(LOG_WRITE_INTERVAL_S):
@@ -445,7 +524,7 @@ class _Writer:
     def _write_queued(self) -> None:
         records = self._records
         while records or self.dropped != self._reported:
-            batch: list[logging.LogRecord] = []
+            batch: list[logging.LogRecord | AccessEntry] = []
             with_note = self._drop_note()
             if with_note is not None:
                 batch.append(with_note)
@@ -471,14 +550,20 @@ class _Writer:
         self._reported = dropped
         return note
 
-    def _write(self, batch: list[logging.LogRecord]) -> None:
+    def _write(self, batch: list[logging.LogRecord | AccessEntry]) -> None:
         handler = self.handler
         lines = []
-        for record in batch:
+        fast = getattr(handler.formatter, "format_access", None)
+        for item in batch:
             try:
-                lines.append(handler.format(record))
+                if isinstance(item, AccessEntry):
+                    lines.append(
+                        fast(item) if fast is not None else handler.format(access_record(item))
+                    )
+                else:
+                    lines.append(handler.format(item))
             except Exception:
-                handler.handleError(record)
+                handler.handleError(access_record(item) if isinstance(item, AccessEntry) else item)
         if not lines:
             return
         with handler.lock or contextlib.nullcontext():
@@ -486,7 +571,8 @@ class _Writer:
                 handler.stream.write("\n".join(lines) + handler.terminator)
                 handler.flush()
             except Exception:
-                handler.handleError(batch[-1])
+                last = batch[-1]
+                handler.handleError(access_record(last) if isinstance(last, AccessEntry) else last)
 
     def stop(self) -> None:
         self._stop.set()
