@@ -24,7 +24,7 @@ import numpy as np
 
 from trt_async.backends.base import Backend, Lanes
 from trt_async.backends.shapes import Bucket
-from trt_async.core.heads import Reducer
+from trt_async.core.heads import Reducer, l2_normalize
 from trt_async.core.multivector import Head, HeadReducer
 from trt_async.core.tokenizer import Encoding
 
@@ -38,6 +38,8 @@ class BatchOutput:
     execute_s: float
     #: Per head asked for, one value per item of the batch (see core.multivector).
     heads: Mapping[Head, Sequence[object]] = field(default_factory=dict)
+    #: ``rows`` L2-normalised, for runners that give vectors (what most requests return).
+    units: np.ndarray | None = None
 
 
 def pack(buffers: Mapping[str, np.ndarray], items: Sequence[Encoding], pad_id: int) -> np.ndarray:
@@ -145,9 +147,15 @@ class BatchRunner:
         pad_id: int,
         name: str,
         head_reducers: Mapping[Head, tuple[str, HeadReducer]] | None = None,
+        *,
+        units: bool = False,
     ) -> None:
         self.backend = backend
         self._reduce = reduce
+        #: Whether each batch's rows are also given L2-normalised (vectors, not logits): the
+        #: worker thread normalises a whole batch in one operation, the event loop would
+        #: pay for one per request.
+        self._units = units
         self._heads = dict(head_reducers or {})
         self._pad_id = pad_id
         self.lanes: Lanes = backend.lanes()
@@ -212,7 +220,8 @@ class BatchRunner:
         rows = self._reduce(outputs[self.backend.io.output][:n], mask[:n])
         ids = buffers["input_ids"][:n]
         extras = {head: reduce(outputs[name][:n], ids, mask[:n]) for head, name, reduce in wanted}
-        return BatchOutput(rows, execute_s, extras)
+        units = l2_normalize(rows) if self._units else None
+        return BatchOutput(rows, execute_s, extras, units)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on a backend thread (prepare, close) without blocking the loop; with

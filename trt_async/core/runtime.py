@@ -34,7 +34,7 @@ from trt_async.core.config import ConfigError, ModelConfig, Pooling
 from trt_async.core.fairpool import FairPool
 from trt_async.core.multivector import make_head_reducers
 from trt_async.core.runner import BatchRunner
-from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler
+from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, prepare
 from trt_async.core.tokenize_queue import TokenizeQueue
 from trt_async.core.tokenizer import TextTokenizer
 
@@ -136,7 +136,6 @@ class ModelRuntime:
         self.tokenizer = TextTokenizer(
             files.tokenizer, self.max_length, with_type_ids="token_type_ids" in io.inputs
         )
-        self.tokenize_queue = TokenizeQueue(self.tokenizer, TOKENIZE_POOL, self)
         limit = position_limit(files.hf_config)
         if config.max_length is not None and limit is not None and config.max_length > limit:
             raise ConfigError(
@@ -147,10 +146,19 @@ class ModelRuntime:
             self.grid = bucket_grid(config, spec, self.max_length)
         except ValueError as exc:
             raise ConfigError(f"{label}: bucket grid: {exc}") from None
+        grid = self.grid
+        self.tokenize_queue = TokenizeQueue(
+            self.tokenizer, TOKENIZE_POOL, self, lambda encodings: prepare(encodings, grid)
+        )
         skip_ids = files.manifest.sparse_skip_ids if files.manifest is not None else None
         self.head_reducers = make_head_reducers(io.outputs, skip_ids or ())
         self.runner = BatchRunner(
-            self.backend, self.reduce, self.tokenizer.pad_id, label, self.head_reducers
+            self.backend,
+            self.reduce,
+            self.tokenizer.pad_id,
+            label,
+            self.head_reducers,
+            units=self.is_embedder,
         )
         self.scheduler = Scheduler(
             self.runner,

@@ -35,8 +35,8 @@ from trt_async.core.heads import finish_embeddings
 from trt_async.core.multivector import Head
 from trt_async.core.requests import Timings
 from trt_async.core.runtime import TOKENIZE_POOL, ModelRuntime
-from trt_async.core.scheduler import ScheduleResult
-from trt_async.core.tokenizer import Direction, Encoding, TextInput, TokenInfo
+from trt_async.core.scheduler import Prepared, ScheduleResult, prepare
+from trt_async.core.tokenizer import Direction, TextInput, TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -203,21 +203,26 @@ class ServedModel:
         inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
         truncate: bool | None,
         direction: Direction,
-    ) -> tuple[list[Encoding], float]:
+    ) -> tuple[Prepared, float]:
+        """The inputs tokenised and grouped for the scheduler, off the event loop."""
         if len(inputs) == 0:
             raise EmptyInput(Part.INPUTS)
         trunc = self.config.truncate if truncate is None else truncate
         tok = self.runtime.tokenizer
+        grid = self.runtime.grid
         start = time.perf_counter()
         if isinstance(inputs, SharedPairs):
             shared = inputs
             encodings = await self._off_loop(
-                lambda: tok.encode_pairs(
-                    shared.firsts,
-                    shared.seconds,
-                    shared.index,
-                    truncate=trunc,
-                    parts=shared.parts,
+                lambda: prepare(
+                    tok.encode_pairs(
+                        shared.firsts,
+                        shared.seconds,
+                        shared.index,
+                        truncate=trunc,
+                        parts=shared.parts,
+                    ),
+                    grid,
                 )
             )
             return encodings, time.perf_counter() - start
@@ -239,7 +244,7 @@ class ServedModel:
                 id_lists.append(x)
             # Checking up to millions of ids against the vocabulary is Python work: off the loop.
             encodings = await self._off_loop(
-                lambda: tok.encode_ids(id_lists, truncate=trunc, direction=direction)
+                lambda: prepare(tok.encode_ids(id_lists, truncate=trunc, direction=direction), grid)
             )
         return encodings, time.perf_counter() - start
 
@@ -249,6 +254,7 @@ class ServedModel:
         truncate: bool | None,
         direction: Direction = "right",
         heads: Collection[Head] = (),
+        unit: bool = False,
     ) -> tuple[ScheduleResult, Timings]:
         self._check_ready()
         # Refuse what cannot be queued before paying for its tokenisation.
@@ -257,7 +263,7 @@ class ServedModel:
         encodings, tokenize_s = await self._encode(inputs, truncate, direction)
         if heads:
             self._check_output_budget(encodings, heads)
-        result = await self.runtime.scheduler.submit(encodings, heads)
+        result = await self.runtime.scheduler.submit(encodings, heads, unit=unit)
         timings = Timings(
             tokenize_s=tokenize_s,
             queue_s=result.queue_s,
@@ -268,11 +274,11 @@ class ServedModel:
             self._on_timings(timings)
         return result, timings
 
-    def _check_output_budget(self, encodings: Sequence[Encoding], heads: Collection[Head]) -> None:
+    def _check_output_budget(self, encodings: Prepared, heads: Collection[Head]) -> None:
         """Token-level results grow with every token (a 1024-float vector per token for
         bge-m3's ColBERT head): refuse a request whose results cannot fit the budget before
         any batch is spent on it."""
-        tokens = sum(len(e.ids) for e in encodings)
+        tokens = encodings.tokens
         width = 4 * (self.runtime.output_dim or 1)  # float32 vectors as wide as the model's
         per_token = sum(8 if head == "sparse" else width for head in heads)  # sparse: id + weight
         need_mib = -(-tokens * per_token // (1 << 20))
@@ -306,9 +312,15 @@ class ServedModel:
         dim = self.runtime.output_dim
         if dimensions is not None and (dimensions < 1 or (dim is not None and dimensions > dim)):
             raise DimensionsOutOfRange(self.name, dimensions, dim)
-        result, timings = await self._run(inputs, truncate, direction, heads)
         norm = self.config.normalize if normalize is None else normalize
-        vectors = finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
+        # Unit rows come normalised with their batch; anything else is finished here.
+        unit = norm and dimensions is None
+        result, timings = await self._run(inputs, truncate, direction, heads, unit=unit)
+        vectors = (
+            result.rows
+            if unit
+            else finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
+        )
         return EmbedResult(
             vectors.astype(np.float32, copy=False), result.tokens, timings, result.heads
         )

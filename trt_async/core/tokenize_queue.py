@@ -11,7 +11,8 @@ requests that arrived while the previous hop ran. The loop itself never tokenise
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, TypeVar
 
 from trt_async.core.errors import InvalidInput
 from trt_async.core.fairpool import FairPool
@@ -23,29 +24,39 @@ from trt_async.core.tokenizer import (
     TextTokenizer,
 )
 
+T = TypeVar("T")
+
 #: Texts one hop takes at most: a hop's result must not wait for a flood behind it.
 MAX_TEXTS_PER_HOP = 4096
 
 
-class TokenizeQueue:
+class TokenizeQueue(Generic[T]):
     """The texts of one model's requests, tokenised in shared hops on ``pool``."""
 
     def __init__(
-        self, tokenizer: TextTokenizer, pool: FairPool, owner: Hashable, hops: int = 2
+        self,
+        tokenizer: TextTokenizer,
+        pool: FairPool,
+        owner: Hashable,
+        finish: Callable[[list[Encoding]], T],
+        hops: int = 2,
     ) -> None:
         self._tokenizer = tokenizer
+        #: What each request's encodings become on the thread (grouped for the scheduler).
+        self._finish = finish
         self._pool = pool
         self._owner = owner
         self._hops = hops
         self._out = 0
-        self._waiting: list[tuple[TextRequest, asyncio.Future[list[Encoding]]]] = []
+        self._waiting: list[tuple[TextRequest, asyncio.Future[T]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def encode(
         self, texts: Sequence[TextInput], *, truncate: bool, direction: Direction = "right"
-    ) -> list[Encoding]:
-        """``texts`` tokenised (as :meth:`TextTokenizer.encode` does, with its errors)."""
-        future: asyncio.Future[list[Encoding]] = asyncio.get_running_loop().create_future()
+    ) -> T:
+        """``texts`` tokenised (as :meth:`TextTokenizer.encode` does, with its errors), and
+        finished."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.append((TextRequest(texts, truncate, direction), future))
         if self._out < self._hops:
             self._launch()
@@ -63,13 +74,20 @@ class TokenizeQueue:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _hop(self, jobs: list[tuple[TextRequest, asyncio.Future[list[Encoding]]]]) -> None:
+    async def _hop(self, jobs: list[tuple[TextRequest, asyncio.Future[T]]]) -> None:
         # A request cancelled while waiting (its client left) is not tokenised.
         live = [(request, future) for request, future in jobs if not future.done()]
         try:
-            tokenizer = self._tokenizer
+            tokenizer, finish = self._tokenizer, self._finish
             requests = [request for request, _ in live]
-            results = await self._pool.run(self._owner, lambda: tokenizer.encode_each(requests))
+
+            def work() -> list[T | InvalidInput]:
+                return [
+                    r if isinstance(r, InvalidInput) else finish(r)
+                    for r in tokenizer.encode_each(requests)
+                ]
+
+            results = await self._pool.run(self._owner, work)
         except asyncio.CancelledError:
             for _, future in live:
                 future.cancel()

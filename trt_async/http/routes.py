@@ -22,10 +22,21 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import numpy as np
 import orjson
-from litestar import MediaType, Response, post
+from litestar import post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
-from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
+from litestar.status_codes import (
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+)
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 
 from trt_async.core.errors import Part
 from trt_async.core.inference import Inference
@@ -90,9 +101,44 @@ def _field(error: msgspec.ValidationError) -> tuple[str, str]:
     return where.rstrip("`").removeprefix("$").lstrip("."), what
 
 
+async def read_body(request: AnyRequest) -> bytes:
+    """The request's body, refused with 413 past the route's ``request_max_body_size``.
+
+    Read from ``receive`` directly: Litestar's ``Request.body()`` parses every header into
+    a mapping to find the content length, on every request.
+    """
+    limit = request.route_handler.resolve_request_max_body_size()
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            if limit is not None and value.isdigit() and int(value) > limit:
+                raise HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+            break
+    chunks: list[bytes] = []
+    size = 0
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise HTTPException("the client closed the connection", status_code=400)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _content_encoding(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"content-encoding":
+            return value.decode("latin-1").strip().lower()
+    return ""
+
+
 def decode(request: AnyRequest, body: bytes, decoder: msgspec.json.Decoder[B]) -> B:
     """The body decoded strictly into the route's Struct; what is wrong with it as a 4xx."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = _content_encoding(request.scope)
     if encoding not in ("", "identity"):
         raise HTTPException(
             f"Content-Encoding {encoding!r} is not supported; send the JSON body uncompressed",
@@ -154,20 +200,56 @@ def vector_matrix(vectors: np.ndarray) -> msgspec.Raw:
     return msgspec.Raw(orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f}"
+def _ms(seconds: float) -> bytes:
+    return b"%.3f" % (seconds * 1000)
 
 
-def timing_headers(timings: Timings, tokens: int) -> dict[str, str]:
+_JSON = (b"content-type", b"application/json")
+
+
+def timing_headers(timings: Timings, tokens: int) -> list[tuple[bytes, bytes]]:
     """TEI's per-request headers, in milliseconds."""
-    return {
-        "x-compute-time": _ms(timings.total_s),
-        "x-compute-tokens": str(tokens),
-        "x-tokenization-time": _ms(timings.tokenize_s),
-        "x-queue-time": _ms(timings.queue_s),
-        "x-inference-time": _ms(timings.inference_s),
-        "x-total-time": _ms(timings.total_s),
-    }
+    total = _ms(timings.total_s)
+    return [
+        (b"x-compute-time", total),
+        (b"x-compute-tokens", b"%d" % tokens),
+        (b"x-tokenization-time", _ms(timings.tokenize_s)),
+        (b"x-queue-time", _ms(timings.queue_s)),
+        (b"x-inference-time", _ms(timings.inference_s)),
+        (b"x-total-time", total),
+    ]
+
+
+class JsonAnswer:
+    """A 200 answer with a JSON body, sent as it is.
+
+    A handler that returns an ASGI app is answered by that app: Litestar's ``Response`` would
+    build header objects (lower-casing and checking every name) for headers that are already
+    plain bytes here.
+    """
+
+    __slots__ = ("body", "headers")
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = self.headers
+        headers.append(_JSON)
+        headers.append((b"content-length", b"%d" % len(self.body)))
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": headers,
+        }
+        await send(start)
+        body: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": self.body,
+            "more_body": False,
+        }
+        await send(body)
 
 
 # -- the route -------------------------------------------------------------------------------
@@ -195,8 +277,8 @@ def inference_route(
 
     invalid_body = translation.invalid_body
 
-    async def handler(request: AnyRequest) -> Response[bytes]:
-        body = await request.body()
+    async def handler(request: AnyRequest) -> ASGIApp:
+        body = await read_body(request)
         try:
             data = decode(request, body, decoder)
         except ValidationException:
@@ -210,9 +292,8 @@ def inference_route(
         result = await inference.run(model, core_request)
         answer = _ENCODER.encode(to_answer(result, data))
         if isinstance(result, Tokens):
-            return Response(answer, media_type=MediaType.JSON)
-        headers = timing_headers(result.timings, result.tokens)
-        return Response(answer, media_type=MediaType.JSON, headers=headers)
+            return JsonAnswer(answer, [])
+        return JsonAnswer(answer, timing_headers(result.timings, result.tokens))
 
     handler.__name__ = handler.__qualname__ = _handler_name(paths)
     opt = {BODY_OPT: body, ANSWER_OPT: answers, FIELD_NAMES_OPT: dict(translation.field_names)}
