@@ -7,6 +7,11 @@ They follow the documented behaviour the backend relies on:
 * Memory is real (ctypes buffers) with real addresses, 256-byte aligned as ``cudaMalloc``
   guarantees; copies move bytes, and a copy or a kernel that touches memory outside an
   allocation of the right kind fails.
+* The current device is per host thread (0 until ``cudaSetDevice``); device memory, streams
+  and events belong to the device current when they were made, and an engine to the device
+  current when it was deserialised: a kernel on another device's stream or memory fails.
+* ``cudaGraph_t`` and ``cudaGraphExec_t`` are different handles: destroying, instantiating
+  or launching the wrong one is ``cudaErrorInvalidValue``.
 * Work on a stream is deferred until the stream or an event is synchronised, so a missing
   wait shows up as stale data.
 * While a stream captures, its work is recorded instead of run; ``cudaGraphLaunch``
@@ -19,12 +24,14 @@ They follow the documented behaviour the backend relies on:
 * The engine needs every input shape and every tensor address before ``execute_async_v3``
   (it returns False otherwise), rejects shapes outside its optimisation profile, needs
   user-managed device memory when created that way, and its first enqueue after a shape
-  change cannot be captured. Its "network" is an embedding lookup: ``last_hidden_state``
-  = ``table[ids] * mask``, ``sentence_embedding`` = masked mean of that, ``logits`` =
-  the masked mean times a matrix.
+  change cannot be captured. Its scratch ("device memory") grows with the tokens of the
+  shapes it runs: a context needs the profile maximum's size unless
+  ``update_device_memory_size_for_shapes`` sized it for its current shapes. Its "network"
+  is an embedding lookup: ``last_hidden_state`` = ``table[ids] * mask``,
+  ``sentence_embedding`` = masked mean of that, ``logits`` = the masked mean times a matrix.
 * A graph depends on its execution context's state at capture: replaying it after that
-  context's shapes or addresses changed is undefined in TensorRT; here it records a
-  violation and writes NaN, so a test sees it.
+  context's shapes, addresses or scratch memory changed is undefined in TensorRT; here it
+  records a violation and writes NaN, so a test sees it.
 * ``tensorrt`` follows the version it is created with: 11.x has no precision builder flags
   (``BuilderFlag.FP16`` is an ``AttributeError``), both refuse ``nptype(BF16)``.
 * Capture can be made to fail for chosen (batch, length) shapes, either by the enqueue
@@ -96,8 +103,9 @@ _OK = cudaError_t.cudaSuccess
 
 
 class FakeStream:
-    def __init__(self, handle: int) -> None:
+    def __init__(self, handle: int, device: int = 0) -> None:
         self.handle = handle
+        self.device = device
         self.pending: list[Callable[[], None]] = []
         self.capture: list[Callable[[], None]] | None = None
         self.capture_invalid = False
@@ -111,6 +119,17 @@ class FakeStream:
 
 @dataclass
 class FakeGraph:
+    """A ``cudaGraph_t``: what ``cudaStreamEndCapture`` returns."""
+
+    ops: list[Callable[[], None]]
+    destroyed: bool = False
+
+
+@dataclass
+class FakeGraphExec:
+    """A ``cudaGraphExec_t``: what ``cudaGraphInstantiate`` returns and ``cudaGraphLaunch``
+    takes. A separate type from :class:`FakeGraph`, as in CUDA."""
+
     ops: list[Callable[[], None]]
     destroyed: bool = False
 
@@ -120,6 +139,7 @@ class FakeEvent:
     stream: FakeStream | None = None
     marker: int = 0
     destroyed: bool = False
+    device: int = 0
 
 
 @dataclass
@@ -158,11 +178,16 @@ class FakeCudaRuntime:
         #: Allocations by (aligned) address: (backing ctypes buffer, size in bytes).
         self.host: dict[int, tuple[Any, int]] = {}
         self.device: dict[int, tuple[Any, int]] = {}
+        #: The device each device allocation was made on.
+        self.device_of: dict[int, int] = {}
         self.streams: dict[int, FakeStream] = {}
         self._next_stream = 0x1000
         self._local = threading.local()
         self.calls: Counter[str] = Counter()
-        self.graphs: list[FakeGraph] = []
+        self.graphs: list[FakeGraphExec] = []
+        #: The CUDA driver's and runtime's versions (1000 * major + 10 * minor).
+        self.driver_version = 13000
+        self.runtime_version = 13000
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -212,8 +237,18 @@ class FakeCudaRuntime:
             base <= ptr and ptr + nbytes <= base + size for base, (_, size) in registry.items()
         )
 
-    def check_device_range(self, ptr: int, nbytes: int) -> bool:
-        return self._within(self.device, ptr, nbytes)
+    def check_device_range(self, ptr: int, nbytes: int, device: int | None = None) -> bool:
+        """``[ptr, ptr + nbytes)`` lies in one device allocation (made on ``device``)."""
+        for base, (_, size) in self.device.items():
+            if base <= ptr and ptr + nbytes <= base + size:
+                return device is None or self.device_of[base] == device
+        return False
+
+    def current_device(self) -> int:
+        """The calling thread's current device: "the current device is 0 by default" for a
+        host thread until it calls ``cudaSetDevice`` (CUDA programming guide, device
+        selection); the setting is per thread."""
+        return int(getattr(self._local, "device", 0))
 
     def _stream(self, stream: Any) -> FakeStream:
         """cuda-bindings takes a ``cudaStream_t`` or its integer handle alike."""
@@ -258,9 +293,20 @@ class FakeCudaRuntime:
         return (err,)
 
     def cudaGetDeviceCount(self) -> tuple[Any, int]:
+        if self.driver_version < self.runtime_version:
+            # A CUDA 13 runtime (cuda-bindings 13) on a driver older than R580 answers
+            # cudaErrorInsufficientDriver: "the installed NVIDIA CUDA driver is older than
+            # the CUDA runtime library" (CUDA runtime API, error types).
+            return self._fail(cudaError_t.cudaErrorInsufficientDriver, 0)
         if self.devices == 0:
             return self._fail(cudaError_t.cudaErrorNoDevice, 0)
         return (_OK, self.devices)
+
+    def cudaDriverGetVersion(self) -> tuple[Any, int]:
+        return (_OK, self.driver_version)
+
+    def cudaRuntimeGetVersion(self) -> tuple[Any, int]:
+        return (_OK, self.runtime_version)
 
     def cudaSetDevice(self, index: int) -> tuple[Any]:
         if not 0 <= index < self.devices:
@@ -290,6 +336,8 @@ class FakeCudaRuntime:
         registry[ptr] = (buf, nbytes)
         if device:
             self.used += nbytes
+            # cudaMalloc "allocates memory on the current device" (per host thread).
+            self.device_of[ptr] = self.current_device()
         return (_OK, ptr)
 
     def cudaMalloc(self, nbytes: int) -> tuple[Any, ...]:
@@ -304,6 +352,7 @@ class FakeCudaRuntime:
         entry = self.device.pop(ptr, None)
         if entry is None:
             return self._fail(cudaError_t.cudaErrorInvalidValue)
+        self.device_of.pop(ptr, None)
         self.used -= entry[1]
         return (_OK,)
 
@@ -332,7 +381,9 @@ class FakeCudaRuntime:
     # -- streams and events --------------------------------------------------------------
     def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, FakeStream]:
         self._next_stream += 0x10
-        s = FakeStream(self._next_stream)
+        # A stream belongs to the device current at its creation (CUDA programming guide,
+        # "Stream and Event Behavior").
+        s = FakeStream(self._next_stream, self.current_device())
         self.streams[s.handle] = s
         return (_OK, s)
 
@@ -351,10 +402,15 @@ class FakeCudaRuntime:
         return (_OK,)
 
     def cudaEventCreateWithFlags(self, flags: int) -> tuple[Any, FakeEvent]:
-        return (_OK, FakeEvent())
+        return (_OK, FakeEvent(device=self.current_device()))
 
     def cudaEventRecord(self, event: FakeEvent, stream: FakeStream) -> tuple[Any]:
         stream = self._stream(stream)
+        if event.device != stream.device:
+            # "cudaEventRecord() will fail if the input event and input stream are
+            # associated to different devices" (CUDA programming guide, stream and event
+            # behavior).
+            return self._fail(cudaError_t.cudaErrorInvalidResourceHandle)
         if stream.capture is not None:
             # Legal in CUDA, but only visible inside the graph: the backend must not rely on it.
             return (self.submit(stream, lambda: None),)
@@ -415,23 +471,33 @@ class FakeCudaRuntime:
             return self._fail(cudaError_t.cudaErrorStreamCaptureInvalidated, None)
         return (_OK, FakeGraph(list(ops)))
 
-    def cudaGraphInstantiate(self, graph: FakeGraph, flags: int) -> tuple[Any, FakeGraph | None]:
-        if graph.destroyed:
+    # cudaGraphInstantiate and cudaGraphDestroy take a cudaGraph_t; cudaGraphLaunch and
+    # cudaGraphExecDestroy a cudaGraphExec_t. Handing one where the other belongs is
+    # cudaErrorInvalidValue at best (CUDA runtime API, graph management): the driver reads
+    # the handle as the other object.
+    def cudaGraphInstantiate(
+        self, graph: FakeGraph, flags: int
+    ) -> tuple[Any, FakeGraphExec | None]:
+        if not isinstance(graph, FakeGraph) or graph.destroyed:
             return self._fail(cudaError_t.cudaErrorInvalidValue, None)
-        exe = FakeGraph(list(graph.ops))
+        exe = FakeGraphExec(list(graph.ops))
         self.graphs.append(exe)
         return (_OK, exe)
 
     def cudaGraphDestroy(self, graph: FakeGraph) -> tuple[Any]:
+        if not isinstance(graph, FakeGraph) or graph.destroyed:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
         graph.destroyed = True
         return (_OK,)
 
-    def cudaGraphExecDestroy(self, graph: FakeGraph) -> tuple[Any]:
+    def cudaGraphExecDestroy(self, graph: FakeGraphExec) -> tuple[Any]:
+        if not isinstance(graph, FakeGraphExec) or graph.destroyed:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
         graph.destroyed = True
         return (_OK,)
 
-    def cudaGraphLaunch(self, graph: FakeGraph, stream: FakeStream) -> tuple[Any]:
-        if graph.destroyed:
+    def cudaGraphLaunch(self, graph: FakeGraphExec, stream: FakeStream) -> tuple[Any]:
+        if not isinstance(graph, FakeGraphExec) or graph.destroyed:
             return self._fail(cudaError_t.cudaErrorInvalidValue)
         ops = list(graph.ops)
 
@@ -591,6 +657,15 @@ class EngineSpec:
     output_dtypes: dict[str, str] = field(default_factory=dict)
     #: Float element types of the graph's weights (what a strongly typed build runs in).
     weight_types: list[str] = field(default_factory=lambda: ["float32"])
+    #: Scratch bytes per token and hidden unit (see :meth:`scratch_bytes`).
+    scratch_factor: int = 8
+
+    def scratch_bytes(self, batch: int, length: int) -> int:
+        """The fake's rule for an engine's activation scratch at one shape: linear in the
+        tokens (``batch * length * hidden * scratch_factor``). Real engines with fused
+        attention grow about so; what matters here is that it depends on the shape, as
+        ``IExecutionContext.update_device_memory_size_for_shapes`` reports it."""
+        return batch * length * self.hidden * self.scratch_factor
 
     def serialize(self) -> bytes:
         return _MAGIC + json.dumps(asdict(self)).encode()
@@ -616,11 +691,15 @@ def _kind(output: str) -> str:
 
 
 class FakeEngine:
-    def __init__(self, spec: EngineSpec, module: FakeTensorRT) -> None:
+    def __init__(self, spec: EngineSpec, module: FakeTensorRT, device: int = 0) -> None:
         self.spec = spec
         self.module = module
         self.table = spec.embedding_table()
         self.outputs = [spec.output, *spec.extra_outputs]
+        #: "Each ICudaEngine object is bound to a specific GPU when it is instantiated,
+        #: either by the builder or on deserialization" (TensorRT developer guide, FAQ on
+        #: multiple GPUs): the device current on the deserialising thread.
+        self.device = device
 
     @property
     def num_io_tensors(self) -> int:
@@ -632,7 +711,7 @@ class FakeEngine:
 
     def _activation_bytes(self) -> int:
         b, n = self.spec.profile_max
-        return b * n * self.spec.hidden * 4 * 2
+        return self.spec.scratch_bytes(b, n)
 
     @property
     def device_memory_size_v2(self) -> int:
@@ -695,6 +774,9 @@ class FakeContext:
         self.shapes: dict[str, tuple[int, int]] = {}
         self.addresses: dict[str, int] = {}
         self.device_memory: tuple[int, int] | None = None
+        #: Scratch bytes the context's activation partition needs: the profile maximum
+        #: until update_device_memory_size_for_shapes sizes it for the current shapes.
+        self.partition = engine.get_device_memory_size_for_profile_v2(0)
         self._warm: tuple[tuple[str, tuple[int, int]], ...] | None = None
         #: Bumped by every change of a shape or an address: a graph captured at one
         #: generation must not be replayed at another.
@@ -711,8 +793,24 @@ class FakeContext:
         new = (int(shape[0]), int(shape[1]))
         if self.shapes.get(name) != new:
             self.generation += 1
+            # A partition sized for other shapes no longer holds.
+            self.partition = self.engine.get_device_memory_size_for_profile_v2(0)
         self.shapes[name] = new
         return True
+
+    def update_device_memory_size_for_shapes(self) -> int:
+        """NvInferRuntime.h, ``IExecutionContext::updateDeviceMemorySizeForShapes``:
+        "Recompute the internal activation buffer sizes based on the current input shapes,
+        and return the total amount of memory required ... Must specify all input shapes
+        and the optimization profile to use before calling this function, otherwise the
+        partition will be invalidated"; it returns 0 on error."""
+        spec = self.engine.spec
+        if set(self.shapes) != set(spec.inputs):
+            self.partition = self.engine.get_device_memory_size_for_profile_v2(0)
+            return 0
+        b, n = self.shapes[spec.inputs[0]]
+        self.partition = spec.scratch_bytes(b, n)
+        return self.partition
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name in self.engine.spec.inputs:
@@ -735,14 +833,27 @@ class FakeContext:
         return True
 
     def set_device_memory(self, memory: int, size: int) -> None:
-        # "memory: 256-byte aligned device memory. size: ... at least as large as
-        # CudaEngine.get_device_memory_size_v2" (IExecutionContext.set_device_memory doc).
-        need = self.engine.get_device_memory_size_for_profile_v2(0)
+        # "memory: 256-byte aligned device memory" (IExecutionContext.set_device_memory doc);
+        # NvInferRuntime.h, setDeviceMemoryV2: "its size must be large enough for performing
+        # inference with the given network inputs. getDeviceMemorySize() and
+        # getDeviceMemorySizeForProfile() report upper bounds of the size" -- the exact need
+        # is the partition, which update_device_memory_size_for_shapes sizes for the shapes.
+        need = self.partition
         cuda = self.engine.module.cuda
-        if size < need or not cuda.check_device_range(memory, size) or memory % ALIGNMENT:
-            raise RuntimeError(f"device memory {size} < {need}, unaligned or not device memory")
+        if (
+            size < need
+            or not cuda.check_device_range(memory, size, self.engine.device)
+            or memory % ALIGNMENT
+        ):
+            raise RuntimeError(
+                f"device memory {size} < {need}, unaligned or not device memory of "
+                f"cuda:{self.engine.device}"
+            )
         if self.strategy is not ExecutionContextAllocationStrategy.USER_MANAGED:
             raise RuntimeError("set_device_memory needs a USER_MANAGED context")
+        if self.device_memory != (memory, size):
+            # A captured graph baked in the old scratch address.
+            self.generation += 1
         self.device_memory = (memory, size)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
@@ -752,16 +863,23 @@ class FakeContext:
         stream = cuda.stream_by_handle(int(stream_handle))
         if stream is None:
             return False
+        device = self.engine.device
+        if cuda.current_device() != device or stream.device != device:
+            # "Each IExecutionContext is bound to the same GPU as the engine from which it
+            # was created. When calling execute() or enqueue(), ensure that the thread is
+            # associated with the correct device by calling cudaSetDevice()" (TensorRT
+            # developer guide); a kernel on another device's stream fails (CUDA
+            # programming guide, stream and event behavior).
+            return False
         if set(self.shapes) != set(spec.inputs):
             return False  # "not all input shapes are specified"
         names = [*spec.inputs, *self.engine.outputs]
         if any(n not in self.addresses for n in names):
             return False  # "address is not set for tensor"
-        if (
-            self.strategy is ExecutionContextAllocationStrategy.USER_MANAGED
-            and self.device_memory is None
+        if self.strategy is ExecutionContextAllocationStrategy.USER_MANAGED and (
+            self.device_memory is None or self.device_memory[1] < self.partition
         ):
-            return False
+            return False  # no scratch, or less than the current shapes need
         shapes = tuple(sorted(self.shapes.items()))
         b, n = self.shapes[spec.inputs[0]]
         if stream.capture is not None:
@@ -783,13 +901,13 @@ class FakeContext:
         in_ptrs = {name: self.addresses[name] for name in spec.inputs}
         out_ptrs = {name: self.addresses[name] for name in self.engine.outputs}
         for ptr in in_ptrs.values():
-            if not cuda.check_device_range(ptr, b * n * itemsize):
+            if not cuda.check_device_range(ptr, b * n * itemsize, device):
                 return False
         out_shapes = {name: self.engine.output_shape(name, b, n) for name in out_ptrs}
         out_types = {name: spec.output_dtypes.get(name, "float32") for name in out_ptrs}
         for name, ptr in out_ptrs.items():
             size = int(np.prod(out_shapes[name])) * (4 if out_types[name] == "float32" else 2)
-            if not cuda.check_device_range(ptr, size):
+            if not cuda.check_device_range(ptr, size, device):
                 return False
         engine = self.engine
         capturing = stream.capture is not None
@@ -845,7 +963,7 @@ class FakeRuntime:
         if spec.version != self.module.__version__:
             return None  # TensorRT refuses plans from another version
         self.module.deserialized += 1
-        return FakeEngine(spec, self.module)
+        return FakeEngine(spec, self.module, self.module.cuda.current_device())
 
 
 @dataclass

@@ -465,3 +465,48 @@ def test_default_build_covers_the_servers_default_grid(
     backend.prepare(BucketGrid([1, 64], [16, 256], max_batch_tokens=16384))
     assert backend.rebuilt_because == [] and len(trt.builds) == 1
     backend.close()
+
+
+def test_second_gpu_with_a_built_plan_loaded_on_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """device: 1, a valid plan: the IO question (loader thread) deserialises the engine on
+    cuda:1; prepare runs on another thread, which must select cuda:1 itself. The old code
+    trusted the cached device info there, so its stream and buffers went to cuda:0."""
+    import threading
+
+    monkeypatch.setenv(GRAPHS_ENV, str(tmp_path / "graphs"))
+    model = write_model(tmp_path / "mini")
+    trt, rt = fakes(devices=2)
+    build_engine(
+        model,
+        batch_sizes=GRID.batch_sizes,
+        lengths=GRID.lengths,
+        device=1,
+        trt_module=trt,
+        cuda=Cuda(rt),
+        progress=False,
+        log=io.StringIO(),
+    )
+    backend = backend_for(model, trt, rt, device=1, rebuild="never")
+    errors: list[BaseException] = []
+
+    def on_thread(fn):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        if errors:
+            raise errors[0]
+
+    on_thread(lambda: backend.io)
+    on_thread(lambda: backend.prepare(GRID))
+    assert set(rt.device_of.values()) == {1}
+    on_thread(lambda: backend.execute(Bucket(1, 8)))
+    on_thread(backend.close)
+    assert not rt.device

@@ -337,6 +337,48 @@ def test_worker_thread_selects_the_device(tmp_path: Path) -> None:
     assert cuda.calls["cudaSetDevice"] == calls + 1  # once for the new thread, not per call
 
 
+def in_thread(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn`` on a new thread (as the core's loader and runner threads do); re-raise."""
+    result: list[object] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def test_second_gpu_is_used_by_every_thread(tmp_path: Path) -> None:
+    """device: 1 with the IO read on one thread (the loader), prepare on another (the
+    runner) and execute on a third: the engine, its contexts, the stream, every buffer and
+    every kernel must be on cuda:1. The old backend selected the device once and trusted a
+    cached answer on other threads, so prepare's allocations landed on cuda:0."""
+    cuda = FakeCudaRuntime(devices=2)
+    backend, _, cuda, spec = make_backend(tmp_path, cuda=cuda, device=1)
+    assert in_thread(lambda: backend.io).output == "sentence_embedding"
+    in_thread(lambda: backend.prepare(GRID))
+    assert set(cuda.device_of.values()) == {1}
+    assert {s.device for s in cuda.streams.values()} == {1}
+    bucket = Bucket(2, 16)
+
+    def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, mask = fill(backend, bucket, 2, np.random.default_rng(14), spec.vocab)
+        return ids, mask, backend.execute(bucket)[backend.io.output].copy()
+
+    ids, mask, out = in_thread(run)
+    np.testing.assert_allclose(out, reference(spec, ids, mask), rtol=1e-5, atol=1e-6)
+    assert backend.info().details["graphs"] == len(list(GRID.buckets()))
+    in_thread(backend.close)
+    assert not cuda.device and not cuda.host
+
+
 async def test_core_scheduler_drives_the_backend(tmp_path: Path) -> None:
     spec = EngineSpec(inputs=["input_ids", "attention_mask"], output="last_hidden_state")
     backend, _, _, _ = make_backend(tmp_path, spec)
@@ -632,6 +674,117 @@ def test_fake_tensorrt_refuses_unaligned_memory_and_flags_stale_replays(tmp_path
     cu.graph_launch(graph, stream)
     cu.stream_synchronize(stream)
     assert trt.violations == ["graph 2x8 replayed after its context changed"]
+
+
+def test_fake_cuda_refuses_graph_handles_of_the_wrong_kind() -> None:
+    """cudaGraph_t (from end-capture) and cudaGraphExec_t (from instantiate) are different
+    objects: each destroy, the launch and the instantiate take only their own kind."""
+    cuda = FakeCudaRuntime()
+    cu = Cuda(cuda)
+    stream = cu.stream_create()
+    cu.begin_capture(stream)
+    graph = cu.end_capture(stream)
+    exe = cu.graph_instantiate(graph)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_exec_destroy(graph)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_destroy(exe)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_launch(graph, stream)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_instantiate(exe)
+    cu.graph_destroy(graph)
+    cu.graph_launch(exe, stream)
+    cu.graph_exec_destroy(exe)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_exec_destroy(exe)  # twice
+
+
+def test_fake_cuda_keeps_the_device_per_thread() -> None:
+    """cudaSetDevice on one thread leaves other threads on device 0; memory, streams and
+    events belong to the device current where they were made, an event cannot be recorded
+    on another device's stream, and an engine runs only on its own device's stream,
+    memory and thread."""
+    cuda = FakeCudaRuntime(devices=2)
+    cu = Cuda(cuda)
+    cu.set_device(1)
+    on_one = cu.malloc(64)
+    stream_one = cu.stream_create()
+    seen: dict[str, object] = {}
+
+    def other() -> None:
+        seen["device"] = cuda.current_device()
+        seen["ptr"] = cu.malloc(64)
+        seen["event"] = cu.event_create()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen["device"] == 0 and cuda.current_device() == 1
+    assert cuda.device_of[on_one] == 1 and cuda.device_of[seen["ptr"]] == 0  # type: ignore[index]
+    assert cuda.check_device_range(on_one, 64, 1) and not cuda.check_device_range(on_one, 64, 0)
+    with pytest.raises(CudaError, match="cudaErrorInvalidResourceHandle"):
+        cu.event_record(seen["event"], stream_one)
+
+    trt = FakeTensorRT(cuda)
+    spec = EngineSpec(inputs=["input_ids"], output="logits")
+    engine = trt.Runtime(None).deserialize_cuda_engine(spec.serialize())
+    assert engine.device == 1
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    ptrs = {n: cu.malloc(4 * 8 * 64) for n in ("input_ids", "logits")}
+    assert ctx.set_input_shape("input_ids", (4, 8))
+    size = ctx.update_device_memory_size_for_shapes()
+    ctx.set_device_memory(cu.malloc(size), size)
+    for n, p in ptrs.items():
+        assert ctx.set_tensor_address(n, p)
+    assert ctx.execute_async_v3(int(stream_one))
+    with pytest.raises(RuntimeError, match="not device memory of cuda:1"):
+        ctx.set_device_memory(seen["ptr"], 64)  # type: ignore[arg-type]
+    ran: list[bool] = []
+    t = threading.Thread(target=lambda: ran.append(ctx.execute_async_v3(int(stream_one))))
+    t.start()
+    t.join()
+    assert ran == [False]  # that thread's current device is 0
+
+
+def test_fake_tensorrt_sizes_scratch_for_the_shapes_and_flags_a_moved_scratch() -> None:
+    """The profile maximum is an upper bound: after update_device_memory_size_for_shapes a
+    context takes scratch sized for its shapes; without it, or after a shape change, it
+    needs the maximum again. Moving the scratch after a capture makes that graph stale."""
+    cuda = FakeCudaRuntime()
+    cu = Cuda(cuda)
+    trt = FakeTensorRT(cuda)
+    spec = EngineSpec(inputs=["input_ids"], output="logits", profile_max=[8, 64])
+    engine = trt.Runtime(None).deserialize_cuda_engine(spec.serialize())
+    full = engine.get_device_memory_size_for_profile_v2(0)
+    assert full == 8 * 64 * spec.hidden * spec.scratch_factor
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    assert ctx.update_device_memory_size_for_shapes() == 0  # no shapes yet: an error
+    assert ctx.set_input_shape("input_ids", (2, 16))
+    small = ctx.update_device_memory_size_for_shapes()
+    assert small == 2 * 16 * spec.hidden * spec.scratch_factor < full
+    scratch = cu.malloc(full)
+    ctx.set_device_memory(scratch, small)
+    ptrs = {n: cu.malloc(8 * 64 * 8) for n in ("input_ids", "logits")}
+    for n, p in ptrs.items():
+        assert ctx.set_tensor_address(n, p)
+    stream = cu.stream_create()
+    assert ctx.execute_async_v3(int(stream))
+    cu.begin_capture(stream)
+    assert ctx.execute_async_v3(int(stream))
+    graph = cu.end_capture(stream)
+    exe = cu.graph_instantiate(graph)
+    cu.graph_destroy(graph)
+    ctx.set_device_memory(scratch + 256, small)  # the scratch moves after the capture
+    cu.graph_launch(exe, stream)
+    cu.stream_synchronize(stream)
+    assert trt.violations == ["graph 2x16 replayed after its context changed"]
+    assert ctx.set_input_shape("input_ids", (8, 64))  # bigger shapes: the partition is gone
+    assert not ctx.execute_async_v3(int(stream))
+    with pytest.raises(RuntimeError, match=f"device memory {small} < {full}"):
+        ctx.set_device_memory(scratch, small)
+    ctx.set_device_memory(scratch, full)
+    assert ctx.execute_async_v3(int(stream))
 
 
 def test_fake_tensorrt_versions_differ_in_precision_flags() -> None:

@@ -193,9 +193,21 @@ class TensorRTBackend:
 
     def _gpu_info(self) -> DeviceInfo:
         if self._gpu is None:
-            self.cuda.set_device(self.config.device)
+            self._ensure_thread_device()
             self._gpu = self.cuda.device_info(self.config.device)
         return self._gpu
+
+    def _ensure_thread_device(self) -> None:
+        """Make ``config.device`` current on the calling thread, once per thread.
+
+        The current device is per host thread, and an engine, its contexts, streams and
+        buffers belong to the device current where they were made: the loader thread that
+        deserialises, the runner thread that prepares and the worker that executes may all
+        differ, so each selects the device itself rather than trusting a cached answer.
+        """
+        if getattr(self._thread, "device", None) != self.config.device:
+            self.cuda.set_device(self.config.device)
+            self._thread.device = self.config.device
 
     # -- plan resolution --------------------------------------------------------------
     def _stale_reasons(self, grid: BucketGrid | None) -> list[str]:
@@ -265,6 +277,8 @@ class TensorRTBackend:
     def _deserialize(self, plan: Path) -> ICudaEngine:
         trt = self.trt
         data = plan.read_bytes()
+        # The engine binds to the device current on this thread.
+        self._ensure_thread_device()
         runtime: IRuntime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         # The runtime must outlive its engines: keep it.
         self._runtime = runtime
@@ -390,8 +404,8 @@ class TensorRTBackend:
 
     def _prepare(self, grid: BucketGrid, progress: Progress | None) -> None:
         cu, trt = self.cuda, self.trt
-        self._gpu_info()  # also selects config.device for this thread
-        self._thread.device_set = True
+        self._ensure_thread_device()
+        self._gpu_info()
         plan, built = self._ensure_plan(grid)
         if self._engine is None or built or plan != self._plan_path:
             self._engine = self._deserialize(plan)
@@ -627,12 +641,6 @@ class TensorRTBackend:
             raise TensorRTError(f"bucket {bucket.batch}x{bucket.length} was not prepared")
         return st
 
-    def _ensure_thread_device(self) -> None:
-        # The current device is per host thread; the worker thread may not be prepare's.
-        if not getattr(self._thread, "device_set", False):
-            self.cuda.set_device(self.config.device)
-            self._thread.device_set = True
-
     def execute(
         self, bucket: Bucket, extra: Collection[str] = (), lane: int = 0
     ) -> Mapping[str, np.ndarray]:
@@ -731,6 +739,12 @@ class TensorRTBackend:
             return
         cu, dev = self._cuda, self._dev
         with self._lock:
+            try:
+                self._ensure_thread_device()
+            except CudaError as exc:
+                log.warning(
+                    "selecting cuda:%d to release its memory failed: %s", self.config.device, exc
+                )
             for st in self._states.values():
                 if st.graph is not None:
                     self._destroy_graph(st)
