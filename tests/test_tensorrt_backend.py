@@ -246,7 +246,12 @@ def test_memory_report_and_budget_refusal(tmp_path: Path) -> None:
     max_tokens = max(b.tokens for b in GRID.buckets())
     # Device I/O buffers are shared by all buckets: sized for the largest one only.
     assert mem["device_buffers"] == 2 * max_tokens * 8 + 4 * spec.hidden * 4
-    assert mem["activations"] == 32 * 512 * spec.hidden * 4 * 2
+    # The scratch holds the bucket whose shapes need most (the fake's rule: linear in
+    # tokens), not the profile's 32 x 512 corner, which no bucket of GRID reaches.
+    assert mem["activations"] == max_tokens * spec.hidden * spec.scratch_factor
+    assert backend.info().details["activations_profile_max"] == (
+        32 * 512 * spec.hidden * spec.scratch_factor
+    )
     assert mem["total_device"] == mem["engine"] + mem["activations"] + mem["device_buffers"]
     assert cuda.used == mem["activations"] + mem["device_buffers"]
     backend.close()
@@ -258,6 +263,51 @@ def test_memory_report_and_budget_refusal(tmp_path: Path) -> None:
     with pytest.raises(MemoryBudgetExceeded, match=r"needs 0\.\d+ GiB on cuda:0.*activations"):
         backend.prepare(GRID)
     assert cuda.used == 0 and not cuda.host  # nothing was allocated, or it was released
+
+
+def default_grid_scratch(
+    tmp_path: Path, max_length: int, hidden: int, budget_gib: float | None = None
+) -> tuple[int, int, int]:
+    """Prepare the server's default TensorRT grid for a ``max_length`` model on the fakes;
+    (scratch the backend allocated, scratch for the profile's corner, largest bucket's
+    tokens). The fake's scratch rule: 16 bytes per token and hidden unit."""
+    from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
+    from trt_async.core.runtime import bucket_grid
+
+    grid = bucket_grid(ModelConfig(model_path="m", backend="tensorrt"), TENSORRT_SPEC, max_length)
+    spec = EngineSpec(
+        inputs=["input_ids", "attention_mask"],
+        output="sentence_embedding",
+        hidden=hidden,
+        vocab=8,
+        profile_min=[1, grid.lengths[0]],
+        profile_opt=[8, 128],
+        profile_max=[grid.max_batch, grid.max_length],
+        scratch_factor=16,
+    )
+    backend, *_ = make_backend(tmp_path, spec, gpu_memory_budget_gib=budget_gib)
+    backend.prepare(grid)
+    scratch = backend.info().memory["activations"]
+    corner = backend.info().details["activations_profile_max"]
+    backend.close()
+    return scratch, int(corner), max(b.tokens for b in grid.buckets())  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("max_length", "hidden", "ratio"), [(512, 384, 2), (8192, 1024, 32)], ids=["512", "8192"]
+)
+def test_scratch_fits_the_largest_bucket_not_the_profile_corner(
+    tmp_path: Path, max_length: int, hidden: int, ratio: int
+) -> None:
+    """The default grid's profile spans 64 rows x max length, but the 16384-token budget
+    keeps every bucket at or under 16384 tokens: the scratch is sized for that (each
+    context's update_device_memory_size_for_shapes), 2x less at 512 tokens and 32x less
+    at 8192 (bge-m3) than the corner the old code allocated. With a 1 GiB budget the old
+    sizing refused the 8192-token model (8 GiB of scratch) before allocating anything."""
+    scratch, corner, tokens = default_grid_scratch(tmp_path, max_length, hidden, budget_gib=1.0)
+    assert tokens == 16384
+    assert scratch == tokens * hidden * 16
+    assert corner == 64 * max_length * hidden * 16 == ratio * scratch
 
 
 def test_close_releases_everything_and_is_idempotent(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ shapes on the same context makes the graph's replay undefined, and recommends on
 per graph. The contexts are created ``USER_MANAGED`` and share one activation scratch.
 
 Memory: device buffers (one per I/O tensor, sized for the largest bucket) and the scratch
-are shared by all buckets; pinned host buffers are per bucket, so a bucket's output view
+(sized for the bucket whose shapes need most, as each context reports it) are shared by
+all buckets; pinned host buffers are per bucket, so a bucket's output view
 stays valid until that bucket runs again. Sharing is safe because all buckets run on one
 stream, strictly one at a time: ``execute`` must only be called from one worker thread at a
 time (the core's :class:`~trt_async.core.runner.BatchRunner` guarantees this; a lock
@@ -94,6 +95,20 @@ def _volume(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
+def shared_scratch(per_bucket: Mapping[Bucket, int], profile_max: int) -> int:
+    """Bytes of the one activation scratch every bucket's context shares.
+
+    Each context reports what its own shapes need
+    (``update_device_memory_size_for_shapes``, as trtexec's runtime allocation strategy
+    does); the scratch is the largest of those, not the profile's batch x length corner,
+    which the token budget keeps every bucket away from. A context that cannot answer
+    (0 is TensorRT's error value) falls back to the profile's upper bound.
+    """
+    if not per_bucket or any(size <= 0 for size in per_bucket.values()):
+        return profile_max
+    return max(per_bucket.values())
+
+
 @dataclass
 class _BucketState:
     bucket: Bucket
@@ -163,6 +178,7 @@ class TensorRTBackend:
         self._states: dict[Bucket, _BucketState] = {}
         self._dev = _Device()
         self._memory: dict[str, int] = {}
+        self._scratch_profile_max = 0
         self._lock = threading.Lock()
         self._thread = threading.local()
         self._closed = False
@@ -429,19 +445,22 @@ class TensorRTBackend:
                 "TensorRT 10.1 or newer (pip install 'trt-async[gpu]')"
             )
         strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        scratch = int(engine.get_device_memory_size_for_profile_v2(0))
+        profile_scratch = int(engine.get_device_memory_size_for_profile_v2(0))
 
         # Contexts and shapes first, so the budget check sees every size before anything
         # is allocated. Each context gets its bucket's shapes here, once.
         buckets = list(grid.buckets())
         contexts: dict[Bucket, IExecutionContext] = {}
         shapes: dict[Bucket, dict[str, tuple[int, ...]]] = {}
+        bucket_scratch: dict[Bucket, int] = {}
         for b in buckets:
             context = engine.create_execution_context(strategy)
             if context is None:
                 raise TensorRTError("TensorRT could not create an execution context")
             contexts[b] = context
             shapes[b] = self._set_shapes(context, b, io.inputs)
+            bucket_scratch[b] = int(context.update_device_memory_size_for_shapes())
+        scratch = shared_scratch(bucket_scratch, profile_scratch)
         tensors = [*io.inputs, *self._outputs]
         sizes = {n: itemsize(engine.get_tensor_dtype(n)) for n in tensors}
         tensor_bytes = {n: max(sizes[n] * _volume(shapes[b][n]) for b in buckets) for n in tensors}
@@ -450,6 +469,7 @@ class TensorRTBackend:
         host_side = (*io.inputs, *io.outputs)
         pinned = sum(sum(sizes[n] * _volume(shapes[b][n]) for n in host_side) for b in buckets)
         device_buffers = sum(tensor_bytes.values())
+        self._scratch_profile_max = profile_scratch
         self._memory = {
             "engine": self._plan_bytes,
             "activations": scratch,
@@ -708,6 +728,8 @@ class TensorRTBackend:
             "buckets": len(self._states),
             "contexts": len(self._states),
             "graph_fallbacks": fallbacks,
+            # What the scratch would be if sized for the profile's batch x length corner.
+            "activations_profile_max": self._scratch_profile_max,
             "replays": self.replays,
             "enqueues": self.enqueues,
         }
