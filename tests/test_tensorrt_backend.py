@@ -846,8 +846,11 @@ def test_fake_tensorrt_versions_differ_in_precision_flags() -> None:
         FakeTensorRT.nptype(FakeTensorRT(cuda).DataType.BF16)
 
 
-def test_gpu_extra_excludes_cuda_python_without_cuda_bindings() -> None:
-    """cuda-python 12.6.0 has no cuda.bindings (first in 12.6.1; the index has 12.6.2.post1)."""
+def test_gpu_extras_pair_cuda_python_with_their_cuda_major() -> None:
+    """cuda-python 12.6.0 has no cuda.bindings (first in 12.6.1; the index has 12.6.2.post1).
+    cuda-python 13 links the CUDA 13 runtime, which an R535-R575 driver (the usual one for
+    TensorRT 10 cu12) refuses with cudaErrorInsufficientDriver: the CUDA 12 extra must not
+    admit it; the CUDA 13 extra must not admit 12.x."""
     import tomllib
 
     from packaging.requirements import Requirement
@@ -857,12 +860,38 @@ def test_gpu_extra_excludes_cuda_python_without_cuda_bindings() -> None:
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    for extra in ("gpu", "gpu-cu13", "test"):
-        reqs = [Requirement(r) for r in extras[extra]]
-        cuda = next(r for r in reqs if r.name == "cuda-python")
-        assert Version("12.6.0") not in cuda.specifier, extra
-        assert Version("12.6.2.post1") in cuda.specifier or extra == "gpu-cu13"
-        assert Version("13.4.4") in cuda.specifier, extra
+
+    def cuda_python(extra: str) -> Requirement:
+        return next(r for r in map(Requirement, extras[extra]) if r.name == "cuda-python")
+
+    gpu, cu13 = cuda_python("gpu").specifier, cuda_python("gpu-cu13").specifier
+    assert Version("12.6.0") not in gpu and Version("12.6.2.post1") in gpu
+    assert Version("12.9.10") in gpu
+    assert not any(Version(v) in gpu for v in ("13.0.0", "13.4.4"))
+    assert Version("13.0.0") in cu13 and Version("13.4.4") in cu13
+    assert Version("12.9.10") not in cu13
+    tensorrt = next(r for r in map(Requirement, extras["gpu"]) if r.name == "tensorrt-cu12")
+    assert tensorrt.name.endswith("cu12")
+
+
+def test_old_driver_under_a_cuda_13_runtime_says_which_wheels_to_install(
+    tmp_path: Path,
+) -> None:
+    """cuda-python 13 on an R570 driver (CUDA 12.8): no device, and the message says why
+    and what to install instead, not only the CUDA error's name."""
+    cuda = FakeCudaRuntime()
+    cuda.driver_version, cuda.runtime_version = 12080, 13000
+    backend, *_ = make_backend(tmp_path, cuda=cuda)
+    with pytest.raises(NoCudaDevice) as info:
+        backend.prepare(GRID)
+    message = str(info.value)
+    assert message.startswith("no CUDA device: cudaGetDeviceCount answered")
+    assert "cudaErrorInsufficientDriver" in message
+    assert "driver runs CUDA up to 12.8" in message and "CUDA 13.0 runtime" in message
+    assert "trt-async[gpu]" in message
+    cuda.driver_version = 0
+    with pytest.raises(NoCudaDevice, match="no NVIDIA driver is loaded"):
+        Cuda(cuda).device_count()
 
 
 # -- the real TensorRT runtime bindings (lean runtime; imports without a GPU) ----------------
