@@ -929,7 +929,11 @@ def test_runtime_surface_exists_in_the_real_bindings() -> None:
     )
     assert set(fake_trt.DataType.__members__) == set(real.DataType.__members__)
     assert set(trt_api._DTYPES) <= set(real.DataType.__members__)
-    assert real.Logger.WARNING is not None
+    # The backend's trt.Logger(trt.Logger.WARNING): a real severity, the fake's the same.
+    assert real.Logger.WARNING == real.ILogger.Severity.WARNING
+    assert real.Logger(real.Logger.WARNING).min_severity == real.ILogger.Severity.WARNING
+    severities = {n: int(v) for n, v in real.ILogger.Severity.__members__.items()}
+    assert severities == {n: getattr(fake_trt.Logger, n) for n in severities}
     # 11.x: no precision builder flags; the fake's 11.x set is the real one, member for member.
     if real.__version__.startswith("11."):
         assert set(fake_trt.BuilderFlag11.__members__) == set(real.BuilderFlag.__members__)
