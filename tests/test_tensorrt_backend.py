@@ -429,6 +429,36 @@ def test_second_gpu_is_used_by_every_thread(tmp_path: Path) -> None:
     assert not cuda.device and not cuda.host
 
 
+def test_plan_loader_stands_apart_from_execution(tmp_path: Path) -> None:
+    """Plan loading and IO discovery live in PlanLoader: it answers the IO question and
+    deserialises the engine on the configured device without any execution state (no
+    context, stream or buffer); the backend's execution uses that same engine."""
+    from trt_async.backends.tensorrt.loader import PlanLoader
+
+    cuda = FakeCudaRuntime(devices=2)
+    trt = FakeTensorRT(cuda)
+    spec = EngineSpec(inputs=["input_ids", "attention_mask"], output="sentence_embedding")
+    plan = write_plan(tmp_path / "model.trt", spec)
+    files = ModelFiles(root=tmp_path, tokenizer=tmp_path / "tokenizer.json", plan=plan)
+    config = ModelConfig(model_path=str(plan), backend="tensorrt", device=1)
+    cu = Cuda(cuda)
+    loader = PlanLoader(
+        files, config, plans_dir=tmp_path / "graphs", trt=lambda: trt, cuda=lambda: cu,
+        gpu=lambda: cu.device_info(1), use_device=lambda: cu.set_device(1),
+    )  # fmt: skip
+    assert loader.io.output == "sentence_embedding" and loader.outputs == ["sentence_embedding"]
+    assert loader.engine is not None and loader.engine.device == 1
+    assert trt.contexts == [] and not cuda.device and not cuda.streams
+    engine, io = loader.load(GRID)
+    assert engine is loader.engine and io == loader.io and trt.deserialized == 1
+
+    backend = TensorRTBackend(files, config, trt_module=trt, cuda_runtime=cuda)
+    backend.prepare(GRID)
+    assert {ctx.engine for ctx in trt.contexts} == {backend.loader.engine}
+    backend.close()
+    assert backend.loader.engine is None
+
+
 async def test_core_scheduler_drives_the_backend(tmp_path: Path) -> None:
     spec = EngineSpec(inputs=["input_ids", "attention_mask"], output="last_hidden_state")
     backend, _, _, _ = make_backend(tmp_path, spec)
