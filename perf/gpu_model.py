@@ -27,7 +27,10 @@ be carried to the GPU machine; ``--hf-dir`` takes a real Hugging Face folder ins
 (all-MiniLM-L6-v2's own weights, for instance). On a GPU machine with CUDA 13, PyTorch,
 cuda-bindings 13, onnxruntime (CPU) and transformers, from a checkout:
 
-    python perf/gpu_model.py -o perf/results/gpu-model/report.json
+    python perf/gpu_model.py --all -o perf/results/gpu-model/report.json
+
+``--all`` runs ``gpu_smoke.py`` first and ``gpu_check.py --random-model`` where TensorRT
+is installed, so that one command is the whole GPU check.
 
 ``--fake`` runs the same code on the CPU against the fake CUDA runtime of the tests
 (PyTorch on the CPU, kernels queued on the fake streams); CI runs that. It has not yet run
@@ -519,6 +522,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="per load level")
     p.add_argument("--clients", default="1,64")
     p.add_argument("--no-server", action="store_true")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="first gpu_smoke.py, then gpu_check.py --random-model where TensorRT is "
+        "installed, then this script: the whole GPU check in one command",
+    )
     p.add_argument("-o", "--out", type=Path)
     return p.parse_args(argv)
 
@@ -553,8 +562,32 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
     if why is not None:
         out.write(f"gpu_model: {why}\n")
         return 2
+    status = _others(args, out) if args.all else 0
     with tempfile.TemporaryDirectory() as tmp:
-        return _run(args, Path(tmp), out)
+        return max(status, _run(args, Path(tmp), out))
+
+
+def _others(args: argparse.Namespace, out: Any) -> int:
+    """gpu_smoke.py, and gpu_check.py where TensorRT is installed; 1 if either failed."""
+    import importlib.util
+
+    from perf import gpu_check, gpu_smoke
+
+    runtime = None
+    if args.fake:
+        from tests.fake_trt import FakeCudaRuntime
+
+        runtime = FakeCudaRuntime()
+    out.write("== gpu_smoke.py\n")
+    failed = gpu_smoke.main([], runtime=runtime, out=out) != 0
+    if importlib.util.find_spec("tensorrt") is None:
+        out.write("== gpu_check.py: skipped, TensorRT is not installed here\n")
+    else:
+        out.write("== gpu_check.py --random-model\n")
+        report = args.out.with_name("gpu_check.json") if args.out else None
+        failed |= gpu_check.main(["--random-model", *(["-o", str(report)] if report else [])]) != 0
+    out.write("== gpu_model.py\n")
+    return 1 if failed else 0
 
 
 def _run(args: argparse.Namespace, tmp: Path, out: Any) -> int:
@@ -653,6 +686,7 @@ def _run(args: argparse.Namespace, tmp: Path, out: Any) -> int:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+        tokenizer.enable_truncation(grid.max_length)
         result = {}
         for batch in (1, 64):
             if batch not in grid.batch_sizes:

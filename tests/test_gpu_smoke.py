@@ -52,9 +52,12 @@ def test_gpu_model_runs_the_real_model_through_the_cuda_path_on_the_fakes(tmp_pa
 
     out = io.StringIO()
     report = tmp_path / "report.json"
-    argv = ["--fake", "--tiny", "--batch-sizes", "1,2,64", "--lengths", "16,32",
+    argv = ["--all", "--fake", "--tiny", "--batch-sizes", "1,2,64", "--lengths", "16,32",
             "--max-batch-tokens", "2048", "--seconds", "0.5", "-o", str(report)]  # fmt: skip
     assert gpu_model.main(argv, out=out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "summary: 7 of 7 checks passed" in text  # gpu_smoke.py first (--all)
+    assert "gpu_check.py: skipped, TensorRT is not installed here" in text
     data = json.loads(report.read_text())
     assert data["failed"] == [] and len(data["checks"]) == 6
     assert all(r["min_cosine"] >= 0.999 and r["finite"] for r in data["parity"])
