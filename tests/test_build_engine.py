@@ -696,3 +696,51 @@ def test_fp16_graph_for_tensorrt_11_matches_fp32(tmp_path: Path, family: str) ->
                 ), node.name  # fmt: skip
             assert not (node.op_type == "Cast" and node.attribute[0].i == onnx.TensorProto.FLOAT16)
             stack.extend(node.input)
+
+
+def test_fake_builder_refuses_what_tensorrt_refuses(tmp_path: Path, trt_version: str) -> None:
+    """A profile whose rank differs from the input's fails the build (set_shape only checks
+    min/opt/max against each other, and negative extents); on 11.x, strongly typed, a
+    layer precision constraint fails the build; on 10.x it is obeyed only with
+    OBEY_PRECISION_CONSTRAINTS."""
+    model = write_model(tmp_path / "mini")
+    trt, _ = fakes()
+
+    def network() -> tuple[Any, Any]:
+        logger = trt.Logger()
+        builder = trt.Builder(logger)
+        net = builder.create_network(0)
+        assert trt.OnnxParser(net, logger).parse_from_file(str(model / "model.onnx"))
+        return builder, net
+
+    builder, net = network()
+    profile = builder.create_optimization_profile()
+    with pytest.raises(ValueError):
+        profile.set_shape("input_ids", (1, 1), (2, 8), (4,))
+    with pytest.raises(ValueError):
+        profile.set_shape("input_ids", (-1, 1), (2, 8), (4, 8))
+    for name in ("input_ids", "attention_mask"):
+        profile.set_shape(name, (1, 1, 1), (2, 8, 1), (4, 8, 1))  # rank 3 for a 2-D input
+    config = builder.create_builder_config()
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(net, config) is None
+
+    builder, net = network()
+    profile = builder.create_optimization_profile()
+    for name in ("input_ids", "attention_mask"):
+        profile.set_shape(name, (1, 1), (2, 8), (4, 8))
+    mul = next(layer for layer in net.layers if layer.type.name == "ELEMENTWISE")
+    mul.precision = trt.float32
+    config = builder.create_builder_config()
+    config.add_optimization_profile(profile)
+    built = builder.build_serialized_network(net, config)
+    if trt_version == TRT11:
+        assert built is None
+        return
+    assert built is not None
+    config.set_flag(trt.BuilderFlag.FP16)
+    builder.build_serialized_network(net, config)
+    assert trt.builds[-1]["run_dtypes"][mul.name] == "float16"  # not obeyed without the flag
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    builder.build_serialized_network(net, config)
+    assert trt.builds[-1]["run_dtypes"][mul.name] == "float32"
