@@ -279,7 +279,7 @@ def _sentence_transformers_pooling(root: Path) -> Pooling | None:
     except json.JSONDecodeError:
         return None
     modes = sentence_transformers_pooling_modes(data)
-    return modes[0] if len(modes) == 1 and modes[0] in _SERVED_POOLING else None
+    return modes[0] if len(modes) == 1 and modes[0] in _SERVED_POOLING.values() else None
 
 
 #: sentence-transformers' pooling modes the server applies, by its names for them.

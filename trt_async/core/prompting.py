@@ -21,7 +21,14 @@ from tokenizers import Tokenizer
 
 from trt_async.backends.modelfiles import PairTemplate
 from trt_async.core.errors import EmptyInput, InputTooLong, Part
-from trt_async.core.templates import PairIds, PromptTooLong, join_pair, pair_budget, pair_texts
+from trt_async.core.templates import (
+    PairIds,
+    PromptTooLong,
+    instruction_for,
+    join_pair,
+    pair_budget,
+    pair_texts,
+)
 from trt_async.core.tokenizer import Direction, Encoding, TextTokenizer
 
 
@@ -99,9 +106,11 @@ def encode_llm_pairs(
     *,
     instruction: str | None,
     truncate: bool,
+    configured_instruction: str | None = None,
 ) -> list[Encoding]:
     """One item per document: ``query`` and that document in ``template``'s layout, read
-    with ``instruction`` (see :func:`~trt_async.core.templates.instruction_for`), each part
+    with the request's ``instruction``, else the model's configured one, else the
+    template's default (:func:`~trt_async.core.templates.instruction_for`), each part
     tokenised on its own as the model's reference code does. The query and every fixed
     part are tokenised once for all documents."""
     if not query:
@@ -111,7 +120,9 @@ def encode_llm_pairs(
     for i, document in enumerate(documents):
         if not document:
             raise EmptyInput(Part.DOCUMENTS, i)
-    texts = pair_texts(template, query, instruction)
+    texts = pair_texts(
+        template, query, instruction_for(template, instruction, configured_instruction)
+    )
     rust = tok.untruncated
     fixed = [*texts.before, *texts.between, *texts.after, texts.query_frame, texts.query]
     pieces = [e.ids for e in rust.encode_batch(fixed, add_special_tokens=False)]

@@ -347,27 +347,38 @@ _AGREEMENT_TEXTS = (
 def _served_tokenizer(src: Path, hf_tok: Any) -> tuple[str, bool]:
     """The tokenizer.json to serve, and whether it is transformers' rather than the file.
 
-    transformers rebuilds some tokenizers from their vocabularies and settings (Qwen2's,
-    Llama's with ``add_eos_token``), so the file and the tokenizer sentence-transformers uses
-    can differ; the server must tokenise as the latter.
+    transformers rebuilds some tokenizers from their vocabularies and its own settings
+    (Qwen2's normaliser and split pattern, for one), so the file and the tokenizer
+    sentence-transformers uses can differ, and only for some texts (NFC changes only
+    decomposed characters). Where their pipelines differ, the one transformers runs is
+    served; either way it must then tokenise sample texts as transformers does.
     """
     from tokenizers import Tokenizer
 
     text = (src / "tokenizer.json").read_text(encoding="utf-8")
-    if _agrees(Tokenizer.from_str(text), hf_tok):
-        return text, False
     backend = getattr(hf_tok, "backend_tokenizer", None)
-    if backend is not None:
+    served, rewritten = text, False
+    if backend is not None and _pipeline(backend.to_str()) != _pipeline(text):
         rebuilt = Tokenizer.from_str(backend.to_str())
         rebuilt.no_padding()
         rebuilt.no_truncation()
-        if _agrees(rebuilt, hf_tok):
-            return str(rebuilt.to_str()), True
-    raise ExportError(
-        f"{src / 'tokenizer.json'}: tokenises differently from transformers' tokenizer of the "
-        "model; save the tokenizer again with AutoTokenizer.from_pretrained(folder)"
-        ".save_pretrained(folder)"
-    )
+        served, rewritten = str(rebuilt.to_str()), True
+    if not _agrees(Tokenizer.from_str(served), hf_tok):
+        raise ExportError(
+            f"{src / 'tokenizer.json'}: tokenises differently from transformers' tokenizer of "
+            "the model; save the tokenizer again with AutoTokenizer.from_pretrained(folder)"
+            ".save_pretrained(folder)"
+        )
+    return served, rewritten
+
+
+#: The parts of a tokenizer.json that decide the ids (padding and truncation are the server's).
+_PIPELINE_KEYS = ("added_tokens", "normalizer", "pre_tokenizer", "model", "post_processor")
+
+
+def _pipeline(tokenizer_json: str) -> list[Any]:
+    data = json.loads(tokenizer_json)
+    return [data.get(key) for key in _PIPELINE_KEYS]
 
 
 def _agrees(rust: Any, hf_tok: Any) -> bool:
