@@ -64,18 +64,24 @@ def position_limit(hf_config: dict[str, Any]) -> int | None:
     return positions
 
 
+#: The longest default input: decoders' tables allow 32768 tokens and more, and attention's
+#: memory grows with the square of the length (a model's config may ask for more).
+MAX_DEFAULT_LENGTH = 8192
+
+
 def default_max_length(files: ModelFiles) -> int:
     """The longest input a model folder is served at when the config names none: what
-    sentence-transformers truncates at, else the export's or the position table's limit
-    (at most 8192), else 512. The server's grid and the default TensorRT build use it."""
+    sentence-transformers truncates at, else the export's or the position table's limit,
+    at most :data:`MAX_DEFAULT_LENGTH` either way, else 512. The server's grid and the
+    default TensorRT build use it."""
     if files.st_max_length is not None:
         # What sentence-transformers truncates at for this model: users compare against it.
-        return files.st_max_length
+        return min(files.st_max_length, MAX_DEFAULT_LENGTH)
     if files.manifest is not None and files.manifest.max_length:
-        return min(files.manifest.max_length, 8192)
+        return min(files.manifest.max_length, MAX_DEFAULT_LENGTH)
     limit = position_limit(files.hf_config)
     if limit is not None:
-        return min(limit, 8192)
+        return min(limit, MAX_DEFAULT_LENGTH)
     return 512
 
 

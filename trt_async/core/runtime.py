@@ -97,6 +97,7 @@ def bucket_grid(config: ModelConfig, spec: BackendSpec, max_length: int) -> Buck
         config.batch_sizes or spec.batch_sizes,
         lengths,
         max(config.max_batch_tokens or spec.max_batch_tokens, max(lengths)),
+        spec.max_batch_attention,
     )
 
 
