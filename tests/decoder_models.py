@@ -186,7 +186,7 @@ def _config(family: Family, vocab_size: int, tok_dir: Path, **extra: Any) -> Any
         cls = transformers.MistralConfig if family == "mistral" else transformers.LlamaConfig
         if family == "mistral":
             common["sliding_window"] = None
-    return cls(**common, **ids, **extra)
+    return cls(**{**common, **ids, **extra})
 
 
 def write_decoder_embedder(
@@ -197,10 +197,12 @@ def write_decoder_embedder(
     bidirectional: bool = False,
     sentence_transformers: bool = True,
     file_pre_tokenizer: Literal["own", "gpt2"] = "own",
+    **sizes: Any,
 ) -> Path:
     """A decoder embedder folder: weights saved from ``AutoModel``'s class, sentence-
     transformers' files for last-token pooling, normalisation and :data:`PROMPTS`;
-    ``bidirectional`` sets ``is_causal: false`` in config.json (transformers' switch)."""
+    ``bidirectional`` sets ``is_causal: false`` in config.json (transformers' switch);
+    ``sizes`` override the config's (``hidden_size``, ``num_attention_heads``...)."""
     import torch
     import transformers
 
@@ -208,6 +210,7 @@ def write_decoder_embedder(
         out_dir, family, appends_eos=True, file_pre_tokenizer=file_pre_tokenizer
     )
     extra: dict[str, Any] = {"is_causal": False} if bidirectional else {}
+    extra |= sizes
     arch = {
         "qwen3": "Qwen3ForCausalLM",
         "qwen2": "Qwen2ForCausalLM",
@@ -220,7 +223,7 @@ def write_decoder_embedder(
     model = transformers.AutoModel.from_config(config).eval()
     model.save_pretrained(out_dir)
     if sentence_transformers:
-        write_sentence_transformers_files(out_dir, HIDDEN)
+        write_sentence_transformers_files(out_dir, config.hidden_size)
     return out_dir
 
 

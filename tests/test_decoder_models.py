@@ -68,12 +68,14 @@ def export_folder(hf_dir: Path, out: Path, **options: Any) -> ExportManifest:
 @pytest.fixture(scope="module")
 def embedders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """(Hugging Face folder, exported folder) per case: Qwen3 (server-side pooling), Qwen2
-    (pooled in the graph), Mistral, and Qwen2 with bidirectional attention."""
+    (pooled in the graph), Mistral, Llama (pooled in the graph), and Qwen2 with
+    bidirectional attention."""
     root = tmp_path_factory.mktemp("decoder-embedders")
     cases: dict[str, tuple[Family, dict[str, Any], dict[str, Any]]] = {
         "qwen3": ("qwen3", {}, {}),
         "qwen2-pooled": ("qwen2", {}, {"pool_in_graph": True}),
         "mistral": ("mistral", {}, {}),
+        "llama": ("llama", {}, {"pool_in_graph": True}),
         "qwen2-bidirectional": ("qwen2", {"bidirectional": True}, {}),
     }
     out = {}
@@ -106,7 +108,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-@pytest.mark.parametrize("case", ["qwen3", "qwen2-pooled", "mistral", "qwen2-bidirectional"])
+@pytest.mark.parametrize(
+    "case", ["qwen3", "qwen2-pooled", "mistral", "llama", "qwen2-bidirectional"]
+)
 @pytest.mark.parametrize("prompt_name", [None, "query", "terse"])
 async def test_vectors_match_sentence_transformers(
     embedders: dict[str, tuple[Path, Path]], case: str, prompt_name: str | None
@@ -478,3 +482,35 @@ async def test_long_documents_are_cut_and_the_template_kept(
             )
         scores = (await runtime.scheduler.submit([cut])).rows
         assert np.isfinite(scores).all()
+
+
+async def test_the_server_refuses_models_whose_inputs_its_routes_do_not_build(
+    rerankers: dict[str, tuple[Path, Path]],
+    embedders: dict[str, tuple[Path, Path]],
+    tmp_path: Path,
+) -> None:
+    """An LLM reranker through the cross-encoder pair path, or a default prompt left out,
+    would give plausible wrong answers: the registry refuses both."""
+    import shutil
+
+    from trt_async.backends.modelfiles import MANIFEST_NAME, ModelDirError
+    from trt_async.core.config import Config
+    from trt_async.core.registry import ModelRegistry
+
+    reranker = rerankers["qwen3-reranker"][1]
+    config = Config(reranking_models={"r": ModelConfig(model_path=str(reranker))})
+    with pytest.raises(ModelDirError, match="LLM reranker"):
+        await ModelRegistry(config).start()
+    prompted = tmp_path / "prompted"
+    shutil.copytree(embedders["qwen3"][1], prompted)
+    manifest = json.loads((prompted / MANIFEST_NAME).read_text())
+    manifest["default_prompt_name"] = "query"
+    (prompted / MANIFEST_NAME).write_text(json.dumps(manifest))
+    config = Config(embedding_models={"e": ModelConfig(model_path=str(prompted))})
+    with pytest.raises(ModelDirError, match="default prompt"):
+        await ModelRegistry(config).start()
+    registry = ModelRegistry(
+        Config(embedding_models={"e": ModelConfig(model_path=str(embedders["qwen3"][1]))})
+    )
+    await registry.start()  # prompts without a default are the request's choice
+    await registry.close()
