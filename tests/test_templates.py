@@ -73,7 +73,7 @@ def test_prompt_text_as_sentence_transformers_chooses_it() -> None:
     with pytest.raises(UnknownPrompt) as unknown:
         prompt_text(PROMPTS, None, prompt_name="passage")
     assert "'passage' is not one of this model's prompts: document, query" in str(unknown.value)
-    assert unknown.value.part is Part.PROMPT
+    assert unknown.value.part is Part.PROMPT_NAME
     with pytest.raises(UnknownPrompt, match="has no named prompts"):
         prompt_text(None, None, prompt_name="query")
     with pytest.raises(ConflictingPrompts):

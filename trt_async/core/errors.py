@@ -37,8 +37,6 @@ class Part(enum.Enum):
     PROMPT_NAME = "prompt_name"
     #: The name a model is loaded under.
     NAME = "name"
-    #: The prompt put before each input (a model's prompt by name, or a prompt's text).
-    PROMPT = "prompt_name"
     #: An LLM reranker's instruction.
     INSTRUCTION = "instruction"
 

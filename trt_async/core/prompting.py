@@ -59,7 +59,7 @@ def encode_prompted(
     max_length = tok.max_length
     alone = prompt_length(tok, prompt)
     if alone >= max_length:
-        raise PromptTooLong(Part.PROMPT, alone, max_length)
+        raise PromptTooLong(Part.PROMPT_NAME, alone, max_length)
     rust = tok.untruncated
     encoded: list[RustEncoding] = rust.encode_batch(
         [prompt + text for text in texts], add_special_tokens=True
@@ -95,7 +95,7 @@ def _cut_start(rust: Tokenizer, prompt: str, text: str, max_length: int) -> Rust
         if len(enc.ids) <= max_length:
             return enc
         drop += len(enc.ids) - max_length
-    raise PromptTooLong(Part.PROMPT, len(rust.encode(prompt).ids), max_length)
+    raise PromptTooLong(Part.PROMPT_NAME, len(rust.encode(prompt).ids), max_length)
 
 
 def encode_llm_pairs(

@@ -26,12 +26,12 @@ class UnknownPrompt(InvalidInput):
     """A prompt name the model does not have (``known`` lists those it has, maybe none)."""
 
     def __init__(self, name: str, known: Sequence[str]) -> None:
-        super().__init__(part=Part.PROMPT)
+        super().__init__(part=Part.PROMPT_NAME)
         self.name = name
         self.known = sorted(known)
 
     def describe(self, name: Naming) -> str:
-        field = name(Part.PROMPT)
+        field = name(Part.PROMPT_NAME)
         if not self.known:
             return (
                 f"{field} {self.name!r}: this model has no named prompts (its "
@@ -45,10 +45,10 @@ class ConflictingPrompts(InvalidInput):
     """A prompt named and a prompt's text given in one request."""
 
     def __init__(self) -> None:
-        super().__init__(part=Part.PROMPT)
+        super().__init__(part=Part.PROMPT_NAME)
 
     def describe(self, name: Naming) -> str:
-        return f"send either {name(Part.PROMPT)} or a prompt's text, not both"
+        return f"send either {name(Part.PROMPT_NAME)} or a prompt's text, not both"
 
 
 class PromptTooLong(InvalidInput):
