@@ -51,7 +51,8 @@ _ORT_INT_TYPES: dict[str, np.dtype] = {
 #: Past 8192 tokens (decoders take 32768 and more) the steps grow to 1024, 2048 and 4096
 #: tokens, 6-12 % of the length: a text one token over a step must not pad to the model's
 #: whole length. Attention's scores, ``rows x heads x length²`` floats, are most of a long
-#: batch's memory (ONNX Runtime's peak measured 2.3-3.4 times them on a 16-head decoder),
+#: batch's memory (ONNX Runtime's peak was 2.2-2.3 times them for one 8192-token text on a
+#: 16-head decoder, ``perf/attention_memory.py``),
 #: so a batch holds at most 2^24 rows x length² (16 rows of 1024 tokens): below 1024
 #: tokens the token budget binds first, as before; above, long rows batch less (4 of 2048,
 #: 1 of 4096 and more). Longer rows also ran slower per item in batches here (2048 tokens:
