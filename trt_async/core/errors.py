@@ -37,6 +37,8 @@ class Part(enum.Enum):
     PROMPT_NAME = "prompt_name"
     #: The name a model is loaded under.
     NAME = "name"
+    #: An LLM reranker's instruction.
+    INSTRUCTION = "instruction"
 
 
 #: How a part is named in a sentence: :func:`core_name`, or an API's field names.

@@ -97,6 +97,7 @@ def bucket_grid(config: ModelConfig, spec: BackendSpec, max_length: int) -> Buck
         config.batch_sizes or spec.batch_sizes,
         lengths,
         max(config.max_batch_tokens or spec.max_batch_tokens, max(lengths)),
+        spec.max_batch_attention,
     )
 
 
@@ -131,7 +132,13 @@ class ModelRuntime:
         self.io = io
         self.task = files.manifest.task if files.manifest is not None else None
         self.pooling = pooling_for(config, files, io.output)
-        self.reduce = heads.make_reducer(self.pooling)
+        score = files.manifest.score if files.manifest is not None else None
+        # An LLM reranker's token logits become one logit per pair, as a cross-encoder's.
+        self.reduce = (
+            heads.make_score_reducer(score.formula)
+            if score is not None
+            else heads.make_reducer(self.pooling)
+        )
         self.labels = label_map(config, files)
         self.tokenizer = TextTokenizer(
             files.tokenizer, self.max_length, with_type_ids="token_type_ids" in io.inputs

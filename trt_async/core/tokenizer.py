@@ -75,6 +75,12 @@ class TextTokenizer:
         self.pad_id = self._pad_id(self._full)
         self.prefix_ids, self.suffix_ids = self._framing(self._full)
 
+    @property
+    def untruncated(self) -> Tokenizer:
+        """The Rust tokenizer without truncation or padding, for callers that assemble ids
+        themselves (:mod:`~trt_async.core.prompting`); shared, so never change its settings."""
+        return self._full
+
     @staticmethod
     def _load(path: Path) -> Tokenizer:
         try:
