@@ -95,15 +95,16 @@ class PhaseResult:
     """Everything one load phase produced."""
 
     records: list[Record]
-    #: Seconds the phase's rates are computed over. Closed loop: from the first request sent
-    #: to the last answer received. Open loop: from the start of the arrival schedule to its
-    #: end or to the last answer, whichever is later (the drain counts).
+    #: Seconds the phase's rates are computed over. Closed loop: the measurement window (see
+    #: ``run_closed``). Open loop: from the start of the arrival schedule to its end or to
+    #: the last answer, whichever is later (the drain counts).
     wall_s: float
     #: CPU seconds the generator's process used during the phase.
     client_cpu_s: float
     #: Open loop only: arrivals not sent because ``max_outstanding`` were in flight.
     dropped: int = 0
-    #: Requests sent before the warm-up ended; they are not in ``records``.
+    #: Requests sent before the measurement window opened (closed loop: those answered
+    #: inside it are in ``records`` all the same).
     warmup_requests: int = 0
     #: Open loop only: the schedule's arrivals per second (arrivals over the window).
     offered_per_s: float | None = None
@@ -238,41 +239,73 @@ async def run_closed(
     max_requests: int,
     warmup_s: float = 0.0,
 ) -> PhaseResult:
-    """``concurrency`` workers sending back to back until ``duration_s`` or ``max_requests``.
+    """``concurrency`` workers sending back to back; the rate is measured over a window.
 
-    The request list is reused from the start when it runs out. Requests started during the
-    first ``warmup_s`` seconds are sent but not recorded (nor counted in ``max_requests``).
+    With a warm-up, the window opens once ``warmup_s`` has passed *and* every worker has had
+    an answer (the pipeline is full: a server whose answers take longer than the warm-up is
+    measured in its steady state, not while its first requests are still queued). It closes
+    after ``duration_s`` (at least twice the slowest warm-up answer), or once
+    ``max_requests`` requests sent in it have been answered. What counts is what was
+    *answered* inside the window, whenever it was sent: counting only requests sent inside
+    it, and waiting for them, made a server whose answers take longer than the window look
+    many times slower than it is (infinity-emb on 32-text requests read 0.5-6 items/s that
+    way). Requests still out when the window closes are awaited (so the next phase starts on
+    an idle server) but not counted. Without a warm-up, every request counts, from the first
+    sent to the last answer. The request list is reused from the start when it runs out.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     stream = _cycle(requests)
-    records: list[Record] = []
-    started = 0
-    warmup_count = 0
+    answered: list[Record] = []
     cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    measure_from = t0 + warmup_s
-    deadline = measure_from + duration_s
+    window = [math.inf, math.inf]  # [opens, closes]
+    started_in_window = 0
+    answers_per_worker = [0] * concurrency
+    stop = asyncio.Event()
+    steady = asyncio.Event()
 
-    async def worker() -> None:
-        nonlocal started, warmup_count
-        while True:
+    async def worker(me: int) -> None:
+        nonlocal started_in_window
+        while not stop.is_set():
             now = time.perf_counter()
-            if now >= deadline:
-                return
-            warm = now < measure_from
-            if not warm:
-                if started >= max_requests:
+            if now >= window[0]:
+                if started_in_window >= max_requests:
                     return
-                started += 1
-            else:
-                warmup_count += 1
+                started_in_window += 1
             record = await send(client, next(stream))
-            if not warm:
-                records.append(record)
+            answered.append(record)
+            answers_per_worker[me] += 1
+            if all(answers_per_worker):
+                steady.set()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _result(records, cpu0, warmup=warmup_count)
+    async def clock() -> None:
+        length = duration_s
+        if warmup_s > 0:
+            await asyncio.sleep(warmup_s)
+            await steady.wait()
+            # A window shorter than the answers' time would catch a lockstep closed loop's
+            # answers zero or one times: it spans at least two of the slowest warm-up ones.
+            length = max(duration_s, 2 * max(r.end - r.start for r in answered))
+        window[0] = time.perf_counter()
+        window[1] = window[0] + length
+        await asyncio.sleep(length)
+        stop.set()
+
+    timer = asyncio.ensure_future(clock())
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    timer.cancel()
+    if warmup_s <= 0:
+        # No steady state asked for: every request counts, from the first sent to the last
+        # answer (what a phase of a few requests, or one checked item by item, needs).
+        return _result(answered, cpu0, warmup=0)
+    if not stop.is_set():  # stopped by max_requests: the window closes with its last answer
+        window[1] = max((r.end for r in answered if r.start >= window[0]), default=window[0])
+    opens, closes = window
+    counted = [r for r in answered if opens <= r.end <= closes]
+    warmup = sum(1 for r in answered if r.start < opens)
+    result = _result(counted, cpu0, warmup=warmup)
+    result.wall_s = max(closes - opens, 0.0) if counted else 0.0
+    return result
 
 
 def poisson_schedule(rate: float, window_s: float, rng: random.Random) -> list[float]:
