@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import re
 import threading
 import urllib.parse
@@ -377,3 +378,29 @@ def _handler(mirror: HubMirror, *, cdn: bool) -> type[http.server.BaseHTTPReques
             return out
 
     return Handler
+
+
+def sentence_transformers_repo(hf_dir: Path, onnx_graph: Path) -> dict[str, Path]:
+    """A sentence-transformers repository as the hub has them: the model's folder with its
+    ONNX export at ``onnx/model.onnx``."""
+    files = hf_folder(hf_dir)
+    files["onnx/model.onnx"] = onnx_graph
+    return files
+
+
+def hub_env(endpoint: str, root: Path, *, site: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a process that uses the hub at ``endpoint``, with the Hugging Face
+    cache and the server's own under ``root``, this checkout first on the path (after
+    ``site``, a folder with a ``sitecustomize``) and no offline switch or token inherited."""
+    repo = Path(__file__).resolve().parents[1]
+    drop = ("HF_", "HUGGING_FACE_", "TRT_ASYNC_", "TRANSFORMERS_OFFLINE", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(root / "hf"),
+        TRT_ASYNC_CACHE=str(root / "cache"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=os.pathsep.join(str(p) for p in (site, repo) if p is not None),
+    )
+    env.update(extra)
+    return env

@@ -24,7 +24,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from tests.http_fixtures import REPO, assert_error, free_port, hf_logits, stop
-from tests.hub_mirror import HubMirror, MirrorRepo, hf_folder
+from tests.hub_mirror import HubMirror, MirrorRepo, hf_folder, hub_env, sentence_transformers_repo
 from tests.models import ExportedModel, write_bert_classifier
 from trt_async.core.config import (
     Config,
@@ -41,6 +41,8 @@ pytest_plugins = ["tests.http_fixtures"]
 ST_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 GATED_REPO = "gated-org/all-MiniLM-L6-v2"
 TINY_REPO = "mirror-tiny/bert-rerank"
+#: all-MiniLM-L6-v2 without sentence-transformers' files, as some ONNX copies are published.
+PLAIN_REPO = "mirror-plain/all-MiniLM-L6-v2"
 GRANTED_TOKEN = "hf_granted_test_token"
 ADMIN_KEY = "hub-test-admin-key"
 TEXTS = ["hello world", "你好，世界", "The cat is sleeping on the warm windowsill."]
@@ -73,21 +75,6 @@ def site_dir(root: Path, code: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "sitecustomize.py").write_text(code, encoding="utf-8")
     return root
-
-
-def hub_env(endpoint: str, root: Path, *, site: Path | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a process using the mirror, with its caches under ``root``."""
-    drop = ("HF_", "HUGGING_FACE_", "TRT_ASYNC_", "TRANSFORMERS_OFFLINE", "PYTHONPATH")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(
-        HF_ENDPOINT=endpoint,
-        HF_HOME=str(root / "hf"),
-        TRT_ASYNC_CACHE=str(root / "cache"),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        PYTHONPATH=os.pathsep.join(str(p) for p in (site, REPO) if p is not None),
-    )
-    env.update(extra)
-    return env
 
 
 def run_cli(
@@ -281,10 +268,22 @@ def error_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubMirror
         "err-gated/model",
         _files(
             root / "gated",
-            {"config.json": embedder, "tokenizer.json": "{}", "onnx/model.onnx": graph},
+            {
+                "config.json": embedder,
+                "tokenizer.json": "{}",
+                "1_Pooling/config.json": json.dumps({"pooling_mode_cls_token": True}),
+                "onnx/model.onnx": graph,
+            },
         ),
         gated=True,
         granted={GRANTED_TOKEN},
+    )
+    mirror.add(
+        "err-broken/no-pooling",
+        _files(
+            root / "no-pooling",
+            {"config.json": embedder, "tokenizer.json": "{}", "onnx/model.onnx": graph},
+        ),
     )
     mirror.add(
         "err-broken/no-tokenizer",
@@ -433,6 +432,13 @@ def test_a_hub_model_that_cannot_be_served_is_refused_in_one_line(
         pytest.param(
             "err-broken/corrupt", "onnx/model.onnx does not match the hub's sha256", id="corrupt"
         ),
+        pytest.param(
+            "err-broken/no-pooling",
+            "an embedding model without sentence-transformers' pooling config "
+            "(1_Pooling/config.json), so the server cannot tell how to pool it; serve it from "
+            "a config (model_path: hf://err-broken/no-pooling) with pooling: cls or mean",
+            id="no-pooling",
+        ),
     ],
 )
 def test_files_that_do_not_make_a_servable_model_are_refused_after_the_download(
@@ -440,7 +446,8 @@ def test_files_that_do_not_make_a_servable_model_are_refused_after_the_download(
 ) -> None:
     line = refusal(hub_env(error_mirror.url, tmp_path), "--model", model, one_line=False)
     assert expected in line, line
-    assert not any((tmp_path / "cache").rglob("trt_async_hub.json"))
+    if model != "err-broken/no-pooling":  # its files are whole; the config must add pooling
+        assert not any((tmp_path / "cache").rglob("trt_async_hub.json"))
 
 
 def test_a_config_hub_model_error_names_the_file_and_the_model(
@@ -488,13 +495,14 @@ def mirror(
     variant = onnx.load(str(minilm_model_dir / "model.onnx"))
     variant.doc_string = "the same graph stored again, as a repository's variants are"
     onnx.save(variant, str(root / "model_O1.onnx"))
-    files = hf_folder(minilm_hf_dir)
-    files["onnx/model.onnx"] = minilm_model_dir / "model.onnx"
+    files = sentence_transformers_repo(minilm_hf_dir, minilm_model_dir / "model.onnx")
     files["onnx/model_O1.onnx"] = root / "model_O1.onnx"
     mirror = HubMirror().start()
     mirror.add(ST_REPO, files)
     mirror.add(GATED_REPO, files, gated=True, granted={GRANTED_TOKEN})
     mirror.add(TINY_REPO, hf_folder(bert_rerank_dir.hf_dir))
+    plain = {k: v for k, v in files.items() if not k.startswith(("1_Pooling/", "modules.json"))}
+    mirror.add(PLAIN_REPO, plain)
     yield mirror
     mirror.stop()
 
@@ -520,6 +528,7 @@ def test_a_repository_with_onnx_serves_without_torch_as_its_local_folder_does(
     config.write_text(
         "embedding_models:\n"
         f"  local-minilm:\n    model_path: {json.dumps(str(minilm_model_dir))}\n"
+        f"  plain-minilm:\n    model_path: hf://{PLAIN_REPO}\n    pooling: mean\n"
         "server:\n"
         f"  admin_api_key: {ADMIN_KEY}\n"
         f"  hub_organisations: [sentence-transformers, mirror-tiny]\n",
@@ -534,6 +543,7 @@ def test_a_repository_with_onnx_serves_without_torch_as_its_local_folder_does(
         local = embed(url, "local-minilm", TEXTS)
         assert np.abs(embed(url, "all-MiniLM-L6-v2", TEXTS) - local).max() < 1e-6
         assert np.abs(embed(url, "minilm-o1", TEXTS) - local).max() < 1e-6
+        assert np.abs(embed(url, "plain-minilm", TEXTS) - local).max() < 1e-6
         # The load route: the same repository pinned to its commit, at run time.
         admin = {"authorization": f"Bearer {ADMIN_KEY}"}
         body = {
@@ -553,8 +563,11 @@ def test_a_repository_with_onnx_serves_without_torch_as_its_local_folder_does(
         r = httpx.post(f"{url}/models/load", json=body, headers=admin, timeout=60)
         assert r.status_code == 400 and f"trt-async pull {TINY_REPO}@" in r.json()["detail"]
 
-    first = log.read_text(encoding="utf-8").splitlines()[0]
-    assert first.startswith(f"trt-async serve: fetching {ST_REPO} (commit {commit[:12]}): ")
+    lines = log.read_text(encoding="utf-8").splitlines()
+    # Each download says what it fetches, from where, first (the config's model first).
+    assert lines[0].startswith(f"trt-async serve: fetching {PLAIN_REPO} (commit "), lines[0]
+    fetching = f"trt-async serve: fetching {ST_REPO} (commit {commit[:12]}): 9 files, "
+    assert any(line.startswith(fetching) for line in lines), lines
     assert not watch.exists(), watch.read_text()  # no process looked for torch
     # Only what serving needs was downloaded: no weights, README or vocab.txt.
     assert snapshot_files(tmp_path, ST_REPO, commit) == {

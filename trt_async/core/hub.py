@@ -65,6 +65,8 @@ SIDE_FILES = (
 )
 #: sentence-transformers' pooling config (``1_Pooling/config.json``; modules.json names it).
 POOLING_PATTERN = "[0-9]*_Pooling/config.json"
+#: Where a serving folder holds the pooling config (where :class:`ModelFiles` reads it).
+_ST_POOLING = "1_Pooling/config.json"
 #: The file of a serving folder that records what it holds; written last.
 RECORD_NAME = "trt_async_hub.json"
 #: Weights an export reads, by preference: one safetensors file, sharded safetensors, the
@@ -189,13 +191,15 @@ def fetch(
     ref: HubRef,
     task: Task | None = None,
     *,
+    pooling: str | None = None,
     exporter: Exporter | None = None,
     say: Say | None = None,
 ) -> HubModel:
     """The folder serving ``ref``, downloading (and exporting) what is missing.
 
-    ``task`` None reads it from the repository's config (:func:`infer_task`). Blocking:
-    call it off the event loop.
+    ``task`` None reads it from the repository's config (:func:`infer_task`); ``pooling``
+    is the configured one (an embedder with none needs sentence-transformers' pooling
+    config). Blocking: call it off the event loop.
     """
     if task is not None and task not in get_args(Task):
         raise HubError(f"unknown task {task!r}; use one of {', '.join(get_args(Task))}")
@@ -205,8 +209,18 @@ def fetch(
         info = hub.HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
     except Exception as exc:
         _raise_unless_unreachable(hub, exc, ref)
-        return _from_cache(hub, ref, task, exc, tell)
-    return _Fetch(hub, ref, info, task, exporter, tell).run()
+        model = _from_cache(hub, ref, task, exc, tell)
+    else:
+        model = _Fetch(hub, ref, info, task, exporter, tell).run()
+    if model.task == "embed" and pooling is None and not (model.folder / _ST_POOLING).is_file():
+        # The server would pool by the CLS token, which is wrong for a mean-pooled model.
+        raise HubError(
+            f"{ref.repo_id} at commit {model.commit[:12]}: an embedding model without "
+            f"sentence-transformers' pooling config ({_ST_POOLING}), so the server cannot tell "
+            f"how to pool it; serve it from a config (model_path: hf://{ref}) with pooling: "
+            "cls or mean"
+        )
+    return model
 
 
 def local_config(config: ModelConfig, kind: ModelKind) -> ModelConfig:
@@ -214,7 +228,7 @@ def local_config(config: ModelConfig, kind: ModelKind) -> ModelConfig:
     with no exporter (a serving process runs no torch); other configs as they are."""
     if not is_hub_ref(config.model_path):
         return config
-    model = fetch(parse_ref(config.model_path), kind.task)
+    model = fetch(parse_ref(config.model_path), kind.task, pooling=config.pooling)
     return msgspec.structs.replace(config, model_path=str(model.folder))
 
 
@@ -523,7 +537,7 @@ def _side_links(snapshot: Path, side: list[str]) -> dict[str, Path]:
     :class:`ModelFiles` reads it."""
     links: dict[str, Path] = {}
     for name in side:
-        target = "1_Pooling/config.json" if fnmatch.fnmatchcase(name, POOLING_PATTERN) else name
+        target = _ST_POOLING if fnmatch.fnmatchcase(name, POOLING_PATTERN) else name
         links[target] = snapshot / name
     return links
 

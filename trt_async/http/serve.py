@@ -97,7 +97,7 @@ def fetch_hub_models(
             where = f"{source}: model {name!r} ({kind.section})"
             try:
                 ref = parse_ref(model.model_path)
-                hub_model = fetch(ref, kind.task, exporter=exporter, say=say)
+                hub_model = fetch(ref, kind.task, pooling=model.pooling, exporter=exporter, say=say)
             except HubError as exc:
                 raise StartupError(f"{where}: {exc}") from None
             model.model_path = str(hub_model.folder)
