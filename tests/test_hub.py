@@ -26,6 +26,7 @@ from litestar.testing import AsyncTestClient
 from tests.http_fixtures import REPO, assert_error, free_port, hf_logits, stop
 from tests.hub_mirror import HubMirror, MirrorRepo, hf_folder, hub_env, sentence_transformers_repo
 from tests.models import ExportedModel, write_bert_classifier
+from trt_async.backends.modelfiles import ModelFiles, sentence_transformers_pooling_modes
 from trt_async.core.config import (
     Config,
     ModelConfig,
@@ -318,6 +319,20 @@ def error_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubMirror
             },
         ),
     )
+    for name, pooling in (("two-poolings", ["cls", "mean"]), ("new-pooling", "mean")):
+        mirror.add(
+            f"err-broken/{name}",
+            _files(
+                root / name,
+                {
+                    "config.json": embedder,
+                    "tokenizer.json": "{}",
+                    "modules.json": json.dumps(modules),
+                    "1_Pooling/config.json": json.dumps({"pooling_mode": pooling}),
+                    "onnx/model.onnx": graph,
+                },
+            ),
+        )
     classifier = json.dumps(
         {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"}}
     )
@@ -425,9 +440,15 @@ def test_a_hub_model_that_cannot_be_served_is_refused_in_one_line(
         ),
         pytest.param(
             "err-broken/max-pooling",
-            "1_Pooling/config.json pools by pooling_mode_max_tokens; the server pools by the "
-            "CLS token or the mean",
+            "1_Pooling/config.json pools by max; the server pools by the CLS token or the "
+            "mean, one of them",
             id="max-pooling",
+        ),
+        pytest.param(
+            "err-broken/two-poolings",
+            "1_Pooling/config.json pools by cls + mean; the server pools by the CLS token or "
+            "the mean, one of them",
+            id="concatenated-poolings",
         ),
         pytest.param(
             "err-broken/corrupt", "onnx/model.onnx does not match the hub's sha256", id="corrupt"
@@ -468,6 +489,18 @@ def test_a_gated_model_downloads_with_a_granted_token(
     assert "the token in use has no access to it: request access at" in done.stderr
     folder, _ = pull({**env, "HF_TOKEN": GRANTED_TOKEN}, "err-gated/model")
     assert (folder / "model.onnx").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def test_both_pooling_formats_of_sentence_transformers_are_read(
+    error_mirror: HubMirror, tmp_path: Path
+) -> None:
+    assert sentence_transformers_pooling_modes({"pooling_mode_cls_token": True}) == ("cls",)
+    assert sentence_transformers_pooling_modes({"pooling_mode": "mean"}) == ("mean",)
+    assert sentence_transformers_pooling_modes({"pooling_mode": ["cls", "max"]}) == ("cls", "max")
+    assert sentence_transformers_pooling_modes({"include_prompt": True}) == ("mean",)
+    # sentence-transformers 6 writes {"pooling_mode": "mean"}: served with mean pooling.
+    folder, _ = pull(hub_env(error_mirror.url, tmp_path), "err-broken/new-pooling")
+    assert ModelFiles.resolve(folder).st_pooling == "mean"
 
 
 def test_model_options_follow_their_model(error_mirror: HubMirror, tmp_path: Path) -> None:

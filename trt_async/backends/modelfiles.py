@@ -209,6 +209,32 @@ class ModelFiles:
         )
 
 
+#: sentence-transformers' pooling flags before ``pooling_mode``, and the mode each sets (in
+#: the order it concatenates them).
+_ST_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def sentence_transformers_pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
+    """The modes of a sentence-transformers pooling config (``1_Pooling/config.json``) in
+    either of its formats: ``pooling_mode``, a mode or a list (sentence-transformers 6 writes
+    it), or the older ``pooling_mode_*`` flags. Several modes are concatenated; with none,
+    sentence-transformers pools by the mean."""
+    mode = config.get("pooling_mode")
+    if isinstance(mode, str):
+        return (mode,)
+    if isinstance(mode, list) and mode:
+        return tuple(str(m) for m in mode)
+    flags = tuple(m for key, m in _ST_POOLING_FLAGS.items() if config.get(key))
+    return flags or ("mean",)
+
+
 def _sentence_transformers_pooling(root: Path) -> Literal["cls", "mean"] | None:
     cfg = root / "1_Pooling" / "config.json"
     if not cfg.is_file():
@@ -217,9 +243,10 @@ def _sentence_transformers_pooling(root: Path) -> Literal["cls", "mean"] | None:
         data = json.loads(cfg.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
-    if data.get("pooling_mode_cls_token"):
+    modes = sentence_transformers_pooling_modes(data) if isinstance(data, dict) else ()
+    if "cls" in modes:
         return "cls"
-    if data.get("pooling_mode_mean_tokens"):
+    if "mean" in modes:
         return "mean"
     return None
 

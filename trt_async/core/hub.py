@@ -40,6 +40,7 @@ from trt_async.backends.modelfiles import (
     ONNX_NAME,
     ModelDirError,
     Task,
+    sentence_transformers_pooling_modes,
     sha256_file,
 )
 from trt_async.core.cachedir import cache_root, locked
@@ -307,7 +308,6 @@ class _Fetch:
             f"{self._megabytes(wanted)} into {self.hub.constants.HF_HUB_CACHE}"
         )
         snapshot = self._download(wanted)
-        folder = _graph_folder(self.ref, self.commit, graph)
         self._verify(snapshot, [graph, *data])
         _check_servable(snapshot, self.at)
         links = _side_links(snapshot, side)
@@ -394,8 +394,11 @@ class _Fetch:
                 f"{self.ref}: the download stopped: {_first_line(exc)}; start again to resume it"
             ) from None
         snapshot = Path(path)
-        # The branch may have moved since the revision was looked up: serve what came.
-        self.commit = snapshot.name
+        if snapshot.name != self.commit:  # the branch moved between the two requests
+            raise HubError(
+                f"{self.ref}: the revision moved from commit {self.commit[:12]} to "
+                f"{snapshot.name[:12]} during the download; start again"
+            )
         return snapshot
 
     def _verify(self, snapshot: Path, names: list[str]) -> None:
@@ -479,15 +482,15 @@ def _check_servable(snapshot: Path, at: str) -> None:
                 )
     for pooling in sorted(snapshot.glob("[0-9]*_Pooling/config.json")):
         try:
-            modes = json.loads(pooling.read_text(encoding="utf-8"))
+            config = json.loads(pooling.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise HubError(f"{at}: {pooling.parent.name}/config.json: not JSON ({exc})") from None
-        if modes.get("pooling_mode_cls_token") or modes.get("pooling_mode_mean_tokens"):
+        modes = sentence_transformers_pooling_modes(config if isinstance(config, dict) else {})
+        if modes in (("cls",), ("mean",)):
             continue
-        chosen = sorted(k for k, v in modes.items() if k.startswith("pooling_mode") and v)
         raise HubError(
-            f"{at}: {pooling.parent.name}/config.json pools by {', '.join(chosen) or 'nothing'}; "
-            "the server pools by the CLS token or the mean"
+            f"{at}: {pooling.parent.name}/config.json pools by {' + '.join(modes)}; the server "
+            "pools by the CLS token or the mean, one of them"
         )
 
 

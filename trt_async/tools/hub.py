@@ -37,6 +37,8 @@ class TorchExporter:
             export.export_model(src, task, out_dir, progress=True)
         except export.ExportError as exc:
             raise HubError(f"exporting it failed: {exc}") from None
+        except ImportError as exc:  # installed, but not a set that works together
+            raise HubError(f"exporting it failed: {exc}; reinstall: {INSTALL_EXPORT}") from None
 
 
 def add_pull_parser(subparsers: Any) -> argparse.ArgumentParser:
