@@ -3,17 +3,25 @@
 For an exported model folder (``trt-async export``) this builds the plan, runs every bucket
 of the grid through :class:`TensorRTBackend` (CUDA graph replay), runs the same padded
 batches through ONNX Runtime on the CPU, and reports per bucket the largest absolute
-difference and the lowest cosine similarity over real rows, then the median time of a
-graph replay against a plain ``execute_async_v3`` enqueue. Writes a JSON report.
+difference and the lowest cosine similarity over real rows. A bucket fails when any real
+value is NaN or infinite (an fp16 overflow) or its lowest cosine is under the precision's
+floor (:data:`COSINE_FLOORS`: fp32 0.9999, fp16 0.999, bf16 0.995); each failure is printed
+with its bucket. Then it times graph replays against plain ``execute_async_v3`` enqueues,
+alternating the two (graph first on even runs, plain first on odd ones) so that neither
+always runs on a warmer GPU.
 
-Then a second pass runs the buckets in random order, graph replays and plain enqueues
+A second pass runs the buckets in random order, graph replays and plain enqueues
 interleaved, and compares each output bit for bit with that bucket's first output on the
 same inputs (a graph whose context changed under it would show here). ``--random-model``
 builds a tiny random model (embedding lookup, masked mean; two outputs) on the spot, so
-the check needs no model files. Exit status: 0 all equal, 1 a mismatch, 2 nothing to run
-on (no CUDA device, TensorRT or onnxruntime missing: one line says which).
+the check needs no model files. Writes a JSON report.
 
-Needs TensorRT, cuda-python and onnxruntime; ``--help`` works without them.
+Exit status: 0 every bucket within its floor and every replay equal; 1 any failure (the
+lines before say which buckets); 2 nothing to run on (no CUDA device, TensorRT or
+onnxruntime missing, or a precision this TensorRT cannot build: one line says which).
+
+Needs TensorRT, cuda-python and onnxruntime; ``--help`` works without them. It has not yet
+run on a GPU with TensorRT; the tests run it against fakes of both libraries.
 
     python perf/gpu_check.py models/bge-small --precision fp16 --lengths 16,64,256
     python perf/gpu_check.py --random-model --lengths 16,64
@@ -33,6 +41,13 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Lowest cosine to ONNX Runtime's fp32 output a bucket may have, by build precision.
+#: fp32 engines may still use TF32 matrix products (10-bit mantissa) on Ampere and newer;
+#: fp16 keeps 11 significant bits, bf16 8. Each floor sits well under what rounding alone
+#: gives (1 - cosine grows with the square of the relative error: ~1e-6 for TF32, ~1e-5
+#: for fp16, ~1e-4 for bf16 on encoder outputs) and far above a wrong result.
+COSINE_FLOORS = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.995}
 
 
 def _ints(text: str) -> list[int]:
@@ -57,41 +72,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _timed(fn: Any, iters: int, warmup: int) -> list[float]:
+def _timed_pair(graph: Any, plain: Any, iters: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``graph()`` and ``plain()``, alternating which runs first: graph
+    then plain on even runs, plain then graph on odd ones."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+        graph()
+        plain()
+    times: dict[str, list[float]] = {"graph": [], "plain": []}
+    for i in range(iters):
+        order = (("graph", graph), ("plain", plain))
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times["graph"], times["plain"]
 
 
-def _compare(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """Largest absolute difference and lowest cosine similarity over real rows and tokens."""
+def _compare(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, int]:
+    """Largest absolute difference, lowest cosine similarity and the count of non-finite
+    values, over real rows (and real tokens of token outputs). NaN when a row is not
+    finite, so it can never pass a floor."""
     out, ref = out.astype(np.float32), ref.astype(np.float32)
     if out.ndim == 3:
         keep = mask.astype(bool)
-        diff = float(np.abs(out - ref)[keep].max())
-        # Token outputs: compare the mean-pooled rows, which is what the server returns.
-        w = mask[..., None].astype(np.float32)
-        out = (out * w).sum(1) / w.sum(1)
-        ref = (ref * w).sum(1) / w.sum(1)
+        bad = int((~np.isfinite(out[keep])).sum())
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = float(np.abs(out - ref)[keep].max())
+            # Token outputs: compare the mean-pooled rows, which is what the server returns.
+            w = mask[..., None].astype(np.float32)
+            out = (np.where(keep[..., None], out, 0) * w).sum(1) / w.sum(1)
+            ref = (ref * w).sum(1) / w.sum(1)
     else:
-        diff = float(np.abs(out - ref).max())
-    cos = (out * ref).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
-    return diff, float(cos.min())
+        bad = int((~np.isfinite(out)).sum())
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = float(np.abs(out - ref).max())
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        cos = (out * ref).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
+    return diff, float(np.nan if np.isnan(cos).any() else cos.min()), bad
 
 
-def write_random_model(folder: Path, vocab: int = 1000, hidden: int = 32, seed: int = 0) -> Path:
+def _verdict(cos: float, bad: int, floor: float) -> str | None:
+    """Why a bucket fails, or None."""
+    if bad:
+        return f"{bad} non-finite values (NaN or inf: an overflow?)"
+    if not cos >= floor:  # NaN fails too
+        return f"lowest cosine {cos:.6f} < {floor} to ONNX Runtime"
+    return None
+
+
+def write_random_model(
+    folder: Path, vocab: int = 1000, hidden: int = 32, seed: int = 0, scale: float = 1.0
+) -> Path:
     """A tiny model folder: ``last_hidden_state = table[input_ids] * mask`` and its masked
-    mean ``sentence_embedding`` (two outputs, as many exports have)."""
+    mean ``sentence_embedding`` (two outputs, as many exports have). ``scale`` multiplies
+    the (normal) table; large values make the sums overflow fp16."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     folder.mkdir(parents=True, exist_ok=True)
-    table = np.random.default_rng(seed).standard_normal((vocab, hidden)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    table = (rng.standard_normal((vocab, hidden)) * scale).astype(np.float32)
     dyn = ["batch", "seq"]
     nodes = [
         helper.make_node("Gather", ["embeddings", "input_ids"], ["tokens"]),
@@ -184,7 +224,7 @@ def _check(
     from trt_async.backends.modelfiles import ModelFiles
     from trt_async.backends.shapes import BucketGrid
     from trt_async.backends.tensorrt import TensorRTBackend
-    from trt_async.backends.tensorrt.build import build_engine
+    from trt_async.backends.tensorrt.build import BuildError, build_engine
     from trt_async.backends.tensorrt.cuda import Cuda
     from trt_async.backends.tensorrt.plan import graphs_dir
 
@@ -195,18 +235,23 @@ def _check(
     grid = BucketGrid(args.batch_sizes, args.lengths, args.max_batch_tokens)
     plans = (Path(model) / "graphs") if args.random_model else graphs_dir() / files.root.name
     build_s = None
+    floor = COSINE_FLOORS[args.precision]
     if not args.reuse_plan:
-        result = build_engine(
-            files.onnx,
-            precision=args.precision,
-            batch_sizes=grid.batch_sizes,
-            lengths=grid.lengths,
-            output_dir=plans,
-            device=args.device,
-            trt_module=trt_module,
-            cuda=Cuda(cuda_runtime),
-            progress=trt_module is None,
-        )
+        try:
+            result = build_engine(
+                files.onnx,
+                precision=args.precision,
+                batch_sizes=grid.batch_sizes,
+                lengths=grid.lengths,
+                output_dir=plans,
+                device=args.device,
+                trt_module=trt_module,
+                cuda=Cuda(cuda_runtime),
+                progress=trt_module is None,
+            )
+        except BuildError as exc:
+            print(f"gpu_check: {exc}", file=sys.stderr)
+            return 2
         build_s = result.seconds
     options = BackendOptions(precision=args.precision, device=args.device, graphs=True)
     backend = TensorRTBackend(
@@ -223,6 +268,7 @@ def _check(
     rng = np.random.default_rng(args.seed)
 
     rows: list[dict[str, Any]] = []
+    failures: list[str] = []
     first: dict[Any, tuple[dict[str, np.ndarray], bytes]] = {}
     for bucket in grid.buckets():
         bufs = backend.inputs(bucket)
@@ -242,9 +288,17 @@ def _check(
             for name, t in ort_types.items()
         }
         (ref,) = session.run([io.output], feed)
-        diff, cos = _compare(out, ref, mask)
-        graph_ms = _timed(lambda b=bucket: backend.execute(b), args.iters, args.warmup)
-        plain_ms = _timed(lambda b=bucket: backend.execute_plain(b), args.iters, args.warmup)
+        diff, cos, bad = _compare(out, ref, mask)
+        why = _verdict(cos, bad, floor)
+        if why is not None:
+            failures.append(f"{bucket.batch}x{bucket.length}: {why}")
+            print(f"FAIL bucket {bucket.batch}x{bucket.length}: {why}")
+        graph_ms, plain_ms = _timed_pair(
+            lambda b=bucket: backend.execute(b),
+            lambda b=bucket: backend.execute_plain(b),
+            args.iters,
+            args.warmup,
+        )
         g, p = statistics.median(graph_ms), statistics.median(plain_ms)
         rows.append(
             {
@@ -252,6 +306,8 @@ def _check(
                 "length": bucket.length,
                 "max_abs_diff": diff,
                 "min_cosine": cos,
+                "non_finite": bad,
+                "passed": why is None,
                 "graph_ms_median": g,
                 "plain_ms_median": p,
                 "graph_saving_pct": 100.0 * (p - g) / p if p else 0.0,
@@ -299,7 +355,10 @@ def _check(
         "build_s": build_s,
         "prepare_s": prepare_s,
         "output": io.output,
+        "cosine_floor": floor,
+        "failures": failures,
         "interleaved": {"runs": args.interleaved, "mismatches": mismatches},
+        "timing": "graph and plain alternate, graph first on even runs",
         "buckets": rows,
     }
     backend.close()
@@ -307,7 +366,15 @@ def _check(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {out_path}")
-    return 1 if mismatches else 0
+    failed = failures + [f"{m}: differs bit for bit from its first output" for m in mismatches]
+    if failed:
+        print(f"gpu_check FAILED ({len(failed)}):", *failed, sep="\n  ")
+        return 1
+    print(
+        f"gpu_check passed: {len(rows)} buckets within cosine {floor}, all finite, "
+        f"{args.interleaved} interleaved runs equal"
+    )
+    return 0
 
 
 if __name__ == "__main__":

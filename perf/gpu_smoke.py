@@ -140,7 +140,15 @@ class StandInContext:
         self.addresses[name] = int(ptr)
         return True
 
+    def update_device_memory_size_for_shapes(self) -> int:
+        # Its work passes input_ids through the scratch: one int32 per token.
+        if self.shape is None:
+            return 0
+        return self.shape[0] * self.shape[1] * 4
+
     def set_device_memory(self, memory: int, size: int) -> None:
+        if self.shape is not None and size < self.shape[0] * self.shape[1] * 4:
+            raise RuntimeError(f"scratch of {size} bytes is too small for {self.shape}")
         self.scratch = (int(memory), int(size))
 
     def execute_async_v3(self, stream_handle: int) -> bool:

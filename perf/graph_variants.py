@@ -72,10 +72,10 @@ def fuse(src: Path, dst: Path, config: dict[str, Any]) -> dict[str, int]:
 
 def plain_export(src: Path, dst: Path) -> Path:
     """The embedded model exported with SDPA attention into ``dst``."""
-    from trt_async.tools.embedded import _package_model
+    from trt_async.tools.embedded import package_model
     from trt_async.tools.export import export_model
 
-    hf_dir, _ = _package_model()
+    hf_dir, _ = package_model()
     export_model(hf_dir, "embed", dst, progress=False, attention="sdpa")
     return dst / src.name
 

@@ -111,7 +111,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trt_async.tools.embedded import _package_model
+    from trt_async.tools.embedded import package_model
     from trt_async.tools.export import export_model
 
     parser = argparse.ArgumentParser(prog="python -m perf.int8", description=__doc__)
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
         print("exporting the int8 graph", file=sys.stderr, flush=True)
-        hf_dir, _ = _package_model()
+        hf_dir, _ = package_model()
         int8_dir = Path(tmp) / "int8"
         export_model(hf_dir, "embed", int8_dir, progress=False, quantize="int8")
         graphs = {"fp32": fp32_dir / "model.onnx", "int8": int8_dir / "model.onnx"}

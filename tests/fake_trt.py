@@ -7,6 +7,11 @@ They follow the documented behaviour the backend relies on:
 * Memory is real (ctypes buffers) with real addresses, 256-byte aligned as ``cudaMalloc``
   guarantees; copies move bytes, and a copy or a kernel that touches memory outside an
   allocation of the right kind fails.
+* The current device is per host thread (0 until ``cudaSetDevice``); device memory, streams
+  and events belong to the device current when they were made, and an engine to the device
+  current when it was deserialised: a kernel on another device's stream or memory fails.
+* ``cudaGraph_t`` and ``cudaGraphExec_t`` are different handles: destroying, instantiating
+  or launching the wrong one is ``cudaErrorInvalidValue``.
 * Work on a stream is deferred until the stream or an event is synchronised, so a missing
   wait shows up as stale data.
 * While a stream captures, its work is recorded instead of run; ``cudaGraphLaunch``
@@ -19,12 +24,14 @@ They follow the documented behaviour the backend relies on:
 * The engine needs every input shape and every tensor address before ``execute_async_v3``
   (it returns False otherwise), rejects shapes outside its optimisation profile, needs
   user-managed device memory when created that way, and its first enqueue after a shape
-  change cannot be captured. Its "network" is an embedding lookup: ``last_hidden_state``
-  = ``table[ids] * mask``, ``sentence_embedding`` = masked mean of that, ``logits`` =
-  the masked mean times a matrix.
+  change cannot be captured. Its scratch ("device memory") grows with the tokens of the
+  shapes it runs: a context needs the profile maximum's size unless
+  ``update_device_memory_size_for_shapes`` sized it for its current shapes. Its "network"
+  is an embedding lookup: ``last_hidden_state`` = ``table[ids] * mask``,
+  ``sentence_embedding`` = masked mean of that, ``logits`` = the masked mean times a matrix.
 * A graph depends on its execution context's state at capture: replaying it after that
-  context's shapes or addresses changed is undefined in TensorRT; here it records a
-  violation and writes NaN, so a test sees it.
+  context's shapes, addresses or scratch memory changed is undefined in TensorRT; here it
+  records a violation and writes NaN, so a test sees it.
 * ``tensorrt`` follows the version it is created with: 11.x has no precision builder flags
   (``BuilderFlag.FP16`` is an ``AttributeError``), both refuse ``nptype(BF16)``.
 * Capture can be made to fail for chosen (batch, length) shapes, either by the enqueue
@@ -96,8 +103,9 @@ _OK = cudaError_t.cudaSuccess
 
 
 class FakeStream:
-    def __init__(self, handle: int) -> None:
+    def __init__(self, handle: int, device: int = 0) -> None:
         self.handle = handle
+        self.device = device
         self.pending: list[Callable[[], None]] = []
         self.capture: list[Callable[[], None]] | None = None
         self.capture_invalid = False
@@ -111,6 +119,17 @@ class FakeStream:
 
 @dataclass
 class FakeGraph:
+    """A ``cudaGraph_t``: what ``cudaStreamEndCapture`` returns."""
+
+    ops: list[Callable[[], None]]
+    destroyed: bool = False
+
+
+@dataclass
+class FakeGraphExec:
+    """A ``cudaGraphExec_t``: what ``cudaGraphInstantiate`` returns and ``cudaGraphLaunch``
+    takes. A separate type from :class:`FakeGraph`, as in CUDA."""
+
     ops: list[Callable[[], None]]
     destroyed: bool = False
 
@@ -120,6 +139,7 @@ class FakeEvent:
     stream: FakeStream | None = None
     marker: int = 0
     destroyed: bool = False
+    device: int = 0
 
 
 @dataclass
@@ -158,11 +178,16 @@ class FakeCudaRuntime:
         #: Allocations by (aligned) address: (backing ctypes buffer, size in bytes).
         self.host: dict[int, tuple[Any, int]] = {}
         self.device: dict[int, tuple[Any, int]] = {}
+        #: The device each device allocation was made on.
+        self.device_of: dict[int, int] = {}
         self.streams: dict[int, FakeStream] = {}
         self._next_stream = 0x1000
         self._local = threading.local()
         self.calls: Counter[str] = Counter()
-        self.graphs: list[FakeGraph] = []
+        self.graphs: list[FakeGraphExec] = []
+        #: The CUDA driver's and runtime's versions (1000 * major + 10 * minor).
+        self.driver_version = 13000
+        self.runtime_version = 13000
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -212,8 +237,18 @@ class FakeCudaRuntime:
             base <= ptr and ptr + nbytes <= base + size for base, (_, size) in registry.items()
         )
 
-    def check_device_range(self, ptr: int, nbytes: int) -> bool:
-        return self._within(self.device, ptr, nbytes)
+    def check_device_range(self, ptr: int, nbytes: int, device: int | None = None) -> bool:
+        """``[ptr, ptr + nbytes)`` lies in one device allocation (made on ``device``)."""
+        for base, (_, size) in self.device.items():
+            if base <= ptr and ptr + nbytes <= base + size:
+                return device is None or self.device_of[base] == device
+        return False
+
+    def current_device(self) -> int:
+        """The calling thread's current device: "the current device is 0 by default" for a
+        host thread until it calls ``cudaSetDevice`` (CUDA programming guide, device
+        selection); the setting is per thread."""
+        return int(getattr(self._local, "device", 0))
 
     def _stream(self, stream: Any) -> FakeStream:
         """cuda-bindings takes a ``cudaStream_t`` or its integer handle alike."""
@@ -258,9 +293,20 @@ class FakeCudaRuntime:
         return (err,)
 
     def cudaGetDeviceCount(self) -> tuple[Any, int]:
+        if self.driver_version < self.runtime_version:
+            # A CUDA 13 runtime (cuda-bindings 13) on a driver older than R580 answers
+            # cudaErrorInsufficientDriver: "the installed NVIDIA CUDA driver is older than
+            # the CUDA runtime library" (CUDA runtime API, error types).
+            return self._fail(cudaError_t.cudaErrorInsufficientDriver, 0)
         if self.devices == 0:
             return self._fail(cudaError_t.cudaErrorNoDevice, 0)
         return (_OK, self.devices)
+
+    def cudaDriverGetVersion(self) -> tuple[Any, int]:
+        return (_OK, self.driver_version)
+
+    def cudaRuntimeGetVersion(self) -> tuple[Any, int]:
+        return (_OK, self.runtime_version)
 
     def cudaSetDevice(self, index: int) -> tuple[Any]:
         if not 0 <= index < self.devices:
@@ -290,6 +336,8 @@ class FakeCudaRuntime:
         registry[ptr] = (buf, nbytes)
         if device:
             self.used += nbytes
+            # cudaMalloc "allocates memory on the current device" (per host thread).
+            self.device_of[ptr] = self.current_device()
         return (_OK, ptr)
 
     def cudaMalloc(self, nbytes: int) -> tuple[Any, ...]:
@@ -304,6 +352,7 @@ class FakeCudaRuntime:
         entry = self.device.pop(ptr, None)
         if entry is None:
             return self._fail(cudaError_t.cudaErrorInvalidValue)
+        self.device_of.pop(ptr, None)
         self.used -= entry[1]
         return (_OK,)
 
@@ -332,7 +381,9 @@ class FakeCudaRuntime:
     # -- streams and events --------------------------------------------------------------
     def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, FakeStream]:
         self._next_stream += 0x10
-        s = FakeStream(self._next_stream)
+        # A stream belongs to the device current at its creation (CUDA programming guide,
+        # "Stream and Event Behavior").
+        s = FakeStream(self._next_stream, self.current_device())
         self.streams[s.handle] = s
         return (_OK, s)
 
@@ -351,10 +402,15 @@ class FakeCudaRuntime:
         return (_OK,)
 
     def cudaEventCreateWithFlags(self, flags: int) -> tuple[Any, FakeEvent]:
-        return (_OK, FakeEvent())
+        return (_OK, FakeEvent(device=self.current_device()))
 
     def cudaEventRecord(self, event: FakeEvent, stream: FakeStream) -> tuple[Any]:
         stream = self._stream(stream)
+        if event.device != stream.device:
+            # "cudaEventRecord() will fail if the input event and input stream are
+            # associated to different devices" (CUDA programming guide, stream and event
+            # behavior).
+            return self._fail(cudaError_t.cudaErrorInvalidResourceHandle)
         if stream.capture is not None:
             # Legal in CUDA, but only visible inside the graph: the backend must not rely on it.
             return (self.submit(stream, lambda: None),)
@@ -415,23 +471,33 @@ class FakeCudaRuntime:
             return self._fail(cudaError_t.cudaErrorStreamCaptureInvalidated, None)
         return (_OK, FakeGraph(list(ops)))
 
-    def cudaGraphInstantiate(self, graph: FakeGraph, flags: int) -> tuple[Any, FakeGraph | None]:
-        if graph.destroyed:
+    # cudaGraphInstantiate and cudaGraphDestroy take a cudaGraph_t; cudaGraphLaunch and
+    # cudaGraphExecDestroy a cudaGraphExec_t. Handing one where the other belongs is
+    # cudaErrorInvalidValue at best (CUDA runtime API, graph management): the driver reads
+    # the handle as the other object.
+    def cudaGraphInstantiate(
+        self, graph: FakeGraph, flags: int
+    ) -> tuple[Any, FakeGraphExec | None]:
+        if not isinstance(graph, FakeGraph) or graph.destroyed:
             return self._fail(cudaError_t.cudaErrorInvalidValue, None)
-        exe = FakeGraph(list(graph.ops))
+        exe = FakeGraphExec(list(graph.ops))
         self.graphs.append(exe)
         return (_OK, exe)
 
     def cudaGraphDestroy(self, graph: FakeGraph) -> tuple[Any]:
+        if not isinstance(graph, FakeGraph) or graph.destroyed:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
         graph.destroyed = True
         return (_OK,)
 
-    def cudaGraphExecDestroy(self, graph: FakeGraph) -> tuple[Any]:
+    def cudaGraphExecDestroy(self, graph: FakeGraphExec) -> tuple[Any]:
+        if not isinstance(graph, FakeGraphExec) or graph.destroyed:
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
         graph.destroyed = True
         return (_OK,)
 
-    def cudaGraphLaunch(self, graph: FakeGraph, stream: FakeStream) -> tuple[Any]:
-        if graph.destroyed:
+    def cudaGraphLaunch(self, graph: FakeGraphExec, stream: FakeStream) -> tuple[Any]:
+        if not isinstance(graph, FakeGraphExec) or graph.destroyed:
             return self._fail(cudaError_t.cudaErrorInvalidValue)
         ops = list(graph.ops)
 
@@ -591,6 +657,18 @@ class EngineSpec:
     output_dtypes: dict[str, str] = field(default_factory=dict)
     #: Float element types of the graph's weights (what a strongly typed build runs in).
     weight_types: list[str] = field(default_factory=lambda: ["float32"])
+    #: Scratch bytes per token and hidden unit (see :meth:`scratch_bytes`).
+    scratch_factor: int = 8
+    #: The float type the kernel's two stages run in, as the build chose: ``tokens`` (the
+    #: table lookup and mask) and ``reduce`` (the sums of the masked mean).
+    compute_dtypes: dict[str, str] = field(default_factory=dict)
+
+    def scratch_bytes(self, batch: int, length: int) -> int:
+        """The fake's rule for an engine's activation scratch at one shape: linear in the
+        tokens (``batch * length * hidden * scratch_factor``). Real engines with fused
+        attention grow about so; what matters here is that it depends on the shape, as
+        ``IExecutionContext.update_device_memory_size_for_shapes`` reports it."""
+        return batch * length * self.hidden * self.scratch_factor
 
     def serialize(self) -> bytes:
         return _MAGIC + json.dumps(asdict(self)).encode()
@@ -609,6 +687,19 @@ def embedding_table(seed: int, vocab: int, hidden: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((vocab, hidden)).astype(np.float32)
 
 
+def _rounded(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` (float32) rounded to ``dtype`` and back: fp16 as numpy does it (inf past
+    65504), bf16 to nearest even on the top 16 bits."""
+    values = np.asarray(values, np.float32)
+    if dtype == "float16":
+        return values.astype(np.float16).astype(np.float32)
+    if dtype == "bfloat16":
+        bits = values.view(np.uint32).astype(np.uint64)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+        return bits.astype(np.uint32).view(np.float32)
+    return values
+
+
 def _kind(output: str) -> str:
     if output in ("last_hidden_state", "token_embeddings"):
         return "tokens"
@@ -616,11 +707,15 @@ def _kind(output: str) -> str:
 
 
 class FakeEngine:
-    def __init__(self, spec: EngineSpec, module: FakeTensorRT) -> None:
+    def __init__(self, spec: EngineSpec, module: FakeTensorRT, device: int = 0) -> None:
         self.spec = spec
         self.module = module
         self.table = spec.embedding_table()
         self.outputs = [spec.output, *spec.extra_outputs]
+        #: "Each ICudaEngine object is bound to a specific GPU when it is instantiated,
+        #: either by the builder or on deserialization" (TensorRT developer guide, FAQ on
+        #: multiple GPUs): the device current on the deserialising thread.
+        self.device = device
 
     @property
     def num_io_tensors(self) -> int:
@@ -632,7 +727,7 @@ class FakeEngine:
 
     def _activation_bytes(self) -> int:
         b, n = self.spec.profile_max
-        return b * n * self.spec.hidden * 4 * 2
+        return self.spec.scratch_bytes(b, n)
 
     @property
     def device_memory_size_v2(self) -> int:
@@ -679,12 +774,21 @@ class FakeEngine:
         return FakeContext(self, strategy)
 
     def compute(self, name: str, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """The network's outputs, each stage rounded to the type the build ran it in: fp16
+        overflows past 65504 to inf, as the GPU's would."""
         m = np.ones(ids.shape, np.float32) if mask is None else mask.astype(np.float32)
-        tokens = self.table[ids] * m[..., None]
-        kind = _kind(name)
-        if kind == "tokens":
-            return tokens
-        pooled = tokens.sum(1) / np.maximum(m.sum(1, keepdims=True), 1.0)
+        dtypes = self.spec.compute_dtypes
+        tok, red = dtypes.get("tokens", "float32"), dtypes.get("reduce", "float32")
+        with np.errstate(over="ignore", invalid="ignore"):
+            tokens = _rounded(_rounded(self.table[ids], tok) * m[..., None], tok)
+            kind = _kind(name)
+            if kind == "tokens":
+                return tokens.astype(np.float32)
+            if red == "float16":
+                summed = tokens.astype(np.float16).sum(1, dtype=np.float16).astype(np.float32)
+            else:
+                summed = _rounded(tokens.sum(1), red)
+            pooled = _rounded(summed / np.maximum(m.sum(1, keepdims=True), 1.0), red)
         return pooled @ self.spec.classifier() if kind == "logits" else pooled
 
 
@@ -695,6 +799,9 @@ class FakeContext:
         self.shapes: dict[str, tuple[int, int]] = {}
         self.addresses: dict[str, int] = {}
         self.device_memory: tuple[int, int] | None = None
+        #: Scratch bytes the context's activation partition needs: the profile maximum
+        #: until update_device_memory_size_for_shapes sizes it for the current shapes.
+        self.partition = engine.get_device_memory_size_for_profile_v2(0)
         self._warm: tuple[tuple[str, tuple[int, int]], ...] | None = None
         #: Bumped by every change of a shape or an address: a graph captured at one
         #: generation must not be replayed at another.
@@ -711,8 +818,24 @@ class FakeContext:
         new = (int(shape[0]), int(shape[1]))
         if self.shapes.get(name) != new:
             self.generation += 1
+            # A partition sized for other shapes no longer holds.
+            self.partition = self.engine.get_device_memory_size_for_profile_v2(0)
         self.shapes[name] = new
         return True
+
+    def update_device_memory_size_for_shapes(self) -> int:
+        """NvInferRuntime.h, ``IExecutionContext::updateDeviceMemorySizeForShapes``:
+        "Recompute the internal activation buffer sizes based on the current input shapes,
+        and return the total amount of memory required ... Must specify all input shapes
+        and the optimization profile to use before calling this function, otherwise the
+        partition will be invalidated"; it returns 0 on error."""
+        spec = self.engine.spec
+        if set(self.shapes) != set(spec.inputs):
+            self.partition = self.engine.get_device_memory_size_for_profile_v2(0)
+            return 0
+        b, n = self.shapes[spec.inputs[0]]
+        self.partition = spec.scratch_bytes(b, n)
+        return self.partition
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name in self.engine.spec.inputs:
@@ -735,14 +858,27 @@ class FakeContext:
         return True
 
     def set_device_memory(self, memory: int, size: int) -> None:
-        # "memory: 256-byte aligned device memory. size: ... at least as large as
-        # CudaEngine.get_device_memory_size_v2" (IExecutionContext.set_device_memory doc).
-        need = self.engine.get_device_memory_size_for_profile_v2(0)
+        # "memory: 256-byte aligned device memory" (IExecutionContext.set_device_memory doc);
+        # NvInferRuntime.h, setDeviceMemoryV2: "its size must be large enough for performing
+        # inference with the given network inputs. getDeviceMemorySize() and
+        # getDeviceMemorySizeForProfile() report upper bounds of the size" -- the exact need
+        # is the partition, which update_device_memory_size_for_shapes sizes for the shapes.
+        need = self.partition
         cuda = self.engine.module.cuda
-        if size < need or not cuda.check_device_range(memory, size) or memory % ALIGNMENT:
-            raise RuntimeError(f"device memory {size} < {need}, unaligned or not device memory")
+        if (
+            size < need
+            or not cuda.check_device_range(memory, size, self.engine.device)
+            or memory % ALIGNMENT
+        ):
+            raise RuntimeError(
+                f"device memory {size} < {need}, unaligned or not device memory of "
+                f"cuda:{self.engine.device}"
+            )
         if self.strategy is not ExecutionContextAllocationStrategy.USER_MANAGED:
             raise RuntimeError("set_device_memory needs a USER_MANAGED context")
+        if self.device_memory != (memory, size):
+            # A captured graph baked in the old scratch address.
+            self.generation += 1
         self.device_memory = (memory, size)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
@@ -752,16 +888,23 @@ class FakeContext:
         stream = cuda.stream_by_handle(int(stream_handle))
         if stream is None:
             return False
+        device = self.engine.device
+        if cuda.current_device() != device or stream.device != device:
+            # "Each IExecutionContext is bound to the same GPU as the engine from which it
+            # was created. When calling execute() or enqueue(), ensure that the thread is
+            # associated with the correct device by calling cudaSetDevice()" (TensorRT
+            # developer guide); a kernel on another device's stream fails (CUDA
+            # programming guide, stream and event behavior).
+            return False
         if set(self.shapes) != set(spec.inputs):
             return False  # "not all input shapes are specified"
         names = [*spec.inputs, *self.engine.outputs]
         if any(n not in self.addresses for n in names):
             return False  # "address is not set for tensor"
-        if (
-            self.strategy is ExecutionContextAllocationStrategy.USER_MANAGED
-            and self.device_memory is None
+        if self.strategy is ExecutionContextAllocationStrategy.USER_MANAGED and (
+            self.device_memory is None or self.device_memory[1] < self.partition
         ):
-            return False
+            return False  # no scratch, or less than the current shapes need
         shapes = tuple(sorted(self.shapes.items()))
         b, n = self.shapes[spec.inputs[0]]
         if stream.capture is not None:
@@ -783,13 +926,13 @@ class FakeContext:
         in_ptrs = {name: self.addresses[name] for name in spec.inputs}
         out_ptrs = {name: self.addresses[name] for name in self.engine.outputs}
         for ptr in in_ptrs.values():
-            if not cuda.check_device_range(ptr, b * n * itemsize):
+            if not cuda.check_device_range(ptr, b * n * itemsize, device):
                 return False
         out_shapes = {name: self.engine.output_shape(name, b, n) for name in out_ptrs}
         out_types = {name: spec.output_dtypes.get(name, "float32") for name in out_ptrs}
         for name, ptr in out_ptrs.items():
             size = int(np.prod(out_shapes[name])) * (4 if out_types[name] == "float32" else 2)
-            if not cuda.check_device_range(ptr, size):
+            if not cuda.check_device_range(ptr, size, device):
                 return False
         engine = self.engine
         capturing = stream.capture is not None
@@ -845,7 +988,7 @@ class FakeRuntime:
         if spec.version != self.module.__version__:
             return None  # TensorRT refuses plans from another version
         self.module.deserialized += 1
-        return FakeEngine(spec, self.module)
+        return FakeEngine(spec, self.module, self.module.cuda.current_device())
 
 
 @dataclass
@@ -855,12 +998,215 @@ class FakeTensor:
     dtype: DataType
 
 
+class LayerType(enum.Enum):
+    """The ``tensorrt.LayerType`` members the fake parser makes (names as in 10.x/11.x)."""
+
+    ACTIVATION = 0
+    SOFTMAX = 1
+    CONCATENATION = 2
+    ELEMENTWISE = 3
+    UNARY = 4
+    SHUFFLE = 5
+    REDUCE = 6
+    GATHER = 7
+    MATRIX_MULTIPLY = 8
+    CONSTANT = 9
+    IDENTITY = 10
+    SLICE = 11
+    SHAPE = 12
+    SELECT = 13
+    FILL = 14
+    NORMALIZATION = 15
+    CAST = 16
+    SQUEEZE = 17
+    UNSQUEEZE = 18
+    CUMULATIVE = 19
+
+
+class UnaryOperation(enum.Enum):
+    EXP = 0
+    LOG = 1
+    SQRT = 2
+    RECIP = 3
+    ABS = 4
+    NEG = 5
+    SIN = 6
+    COS = 7
+    ERF = 8
+    NOT = 9
+    ISNAN = 10
+    TANH = 11
+
+
+class ElementWiseOperation(enum.Enum):
+    SUM = 0
+    PROD = 1
+    MAX = 2
+    MIN = 3
+    SUB = 4
+    DIV = 5
+    POW = 6
+    AND = 7
+    OR = 8
+    EQUAL = 9
+    GREATER = 10
+    LESS = 11
+
+
+_E, _U = ElementWiseOperation, UnaryOperation
+#: ONNX op type -> the TensorRT layer onnx-tensorrt's importer makes for it (one layer per
+#: node here; the real importer sometimes adds shuffles or casts around it).
+_ONNX_LAYERS: dict[str, tuple[LayerType, Any]] = {
+    **{
+        op: (LayerType.ELEMENTWISE, e)
+        for op, e in [
+            ("Add", _E.SUM),
+            ("Sub", _E.SUB),
+            ("Mul", _E.PROD),
+            ("Div", _E.DIV),
+            ("Pow", _E.POW),
+            ("Max", _E.MAX),
+            ("Min", _E.MIN),
+            ("And", _E.AND),
+            ("Or", _E.OR),
+            ("Equal", _E.EQUAL),
+            ("Greater", _E.GREATER),
+            ("Less", _E.LESS),
+            ("LessOrEqual", _E.LESS),
+            ("GreaterOrEqual", _E.GREATER),
+        ]
+    },
+    **{
+        op: (LayerType.UNARY, u)
+        for op, u in [
+            ("Exp", _U.EXP),
+            ("Log", _U.LOG),
+            ("Sqrt", _U.SQRT),
+            ("Reciprocal", _U.RECIP),
+            ("Abs", _U.ABS),
+            ("Neg", _U.NEG),
+            ("Sin", _U.SIN),
+            ("Cos", _U.COS),
+            ("Erf", _U.ERF),
+            ("Not", _U.NOT),
+            ("IsNaN", _U.ISNAN),
+        ]
+    },
+    **{
+        op: (LayerType.REDUCE, None)
+        for op in (
+            "ReduceMean",
+            "ReduceSum",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSumSquare",
+            "ReduceL2",
+        )
+    },
+    **{op: (LayerType.SHUFFLE, None) for op in ("Reshape", "Transpose", "Flatten")},
+    **{op: (LayerType.ACTIVATION, None) for op in ("Relu", "Sigmoid", "Tanh", "Gelu")},
+    "Softmax": (LayerType.SOFTMAX, None),
+    "LayerNormalization": (LayerType.NORMALIZATION, None),
+    "MatMul": (LayerType.MATRIX_MULTIPLY, None),
+    "Gemm": (LayerType.MATRIX_MULTIPLY, None),
+    "Gather": (LayerType.GATHER, None),
+    "GatherElements": (LayerType.GATHER, None),
+    "Concat": (LayerType.CONCATENATION, None),
+    "Slice": (LayerType.SLICE, None),
+    "Expand": (LayerType.SLICE, None),
+    "Split": (LayerType.SLICE, None),
+    "Where": (LayerType.SELECT, None),
+    "Shape": (LayerType.SHAPE, None),
+    "Range": (LayerType.FILL, None),
+    "ConstantOfShape": (LayerType.FILL, None),
+    "Constant": (LayerType.CONSTANT, None),
+    "Identity": (LayerType.IDENTITY, None),
+    "Cast": (LayerType.CAST, None),
+    "Unsqueeze": (LayerType.UNSQUEEZE, None),
+    "Squeeze": (LayerType.SQUEEZE, None),
+    "CumSum": (LayerType.CUMULATIVE, None),
+}
+_DTYPE_NAMES = {DataType.FLOAT: "float32", DataType.HALF: "float16", DataType.BF16: "bfloat16"}
+
+
+class ILayer:
+    """A parsed layer as ``INetworkDefinition.get_layer`` hands it out: the base class.
+    Type-specific members (``op`` of unary and element-wise layers) need the Python object
+    recast to its subclass first (``layer.__class__ = trt.IUnaryLayer``), as with the real
+    bindings, which return ``ILayer``."""
+
+    def __init__(
+        self,
+        network: FakeNetwork,
+        name: str,
+        kind: LayerType,
+        inputs: list[FakeTensor],
+        outputs: list[FakeTensor],
+        op: Any = None,
+    ) -> None:
+        self.network = network
+        self.name = name
+        self.type = kind
+        self._inputs, self._outputs, self._op = inputs, outputs, op
+        self._precision = DataType.FLOAT
+        self.precision_is_set = False
+        self.output_types: dict[int, DataType] = {}
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_input(self, i: int) -> FakeTensor:
+        return self._inputs[i]
+
+    def get_output(self, i: int) -> FakeTensor:
+        return self._outputs[i]
+
+    @property
+    def precision(self) -> DataType:
+        return self._precision
+
+    @precision.setter
+    def precision(self, dtype: DataType) -> None:
+        # NvInfer.h, ILayer::setPrecision: "Set the preferred or required computational
+        # precision of this layer in a weakly-typed network"; strongly typed networks (all
+        # of 11.x) refuse it, and the build then fails.
+        self.network.precision_calls.append(self.name)
+        self._precision, self.precision_is_set = dtype, True
+
+    def set_output_type(self, index: int, dtype: DataType) -> None:
+        if not 0 <= index < len(self._outputs):
+            raise IndexError(index)
+        self.network.precision_calls.append(self.name)
+        self.output_types[index] = dtype
+
+
+class IUnaryLayer(ILayer):
+    @property
+    def op(self) -> UnaryOperation:
+        return self._op  # type: ignore[no-any-return]
+
+
+class IElementWiseLayer(ILayer):
+    @property
+    def op(self) -> ElementWiseOperation:
+        return self._op  # type: ignore[no-any-return]
+
+
 class FakeNetwork:
     def __init__(self) -> None:
         self.inputs: list[FakeTensor] = []
         self.outputs: list[FakeTensor] = []
+        self.layers: list[ILayer] = []
         self.table: np.ndarray | None = None
         self.weight_types: set[str] = set()
+        #: Layers whose precision or output type was set (by name).
+        self.precision_calls: list[str] = []
 
     @property
     def num_inputs(self) -> int:
@@ -870,15 +1216,25 @@ class FakeNetwork:
     def num_outputs(self) -> int:
         return len(self.outputs)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
     def get_input(self, i: int) -> FakeTensor:
         return self.inputs[i]
 
     def get_output(self, i: int) -> FakeTensor:
         return self.outputs[i]
 
+    def get_layer(self, i: int) -> ILayer:
+        layer = self.layers[i]
+        layer.__class__ = ILayer  # handed out as the base class, whatever it was recast to
+        return layer
+
 
 class FakeOnnxParser:
-    """Reads a real ONNX file's IO (and an ``embeddings`` initializer) with the onnx package."""
+    """Reads a real ONNX file with the onnx package: its IO, an ``embeddings`` initializer,
+    and one layer per node (constants for initializers), typed by ONNX shape inference."""
 
     def __init__(self, network: FakeNetwork, logger: Logger) -> None:
         self.network = network
@@ -906,6 +1262,7 @@ class FakeOnnxParser:
             onnx.TensorProto.FLOAT: DataType.FLOAT,
             onnx.TensorProto.FLOAT16: DataType.HALF,
             onnx.TensorProto.BFLOAT16: DataType.BF16,
+            onnx.TensorProto.BOOL: DataType.BOOL,
         }
         floats = {
             onnx.TensorProto.FLOAT: "float32",
@@ -927,6 +1284,54 @@ class FakeOnnxParser:
                 self.network.weight_types.add(floats[init.data_type])
             if init.name == "embeddings":
                 self.network.table = numpy_helper.to_array(init).astype(np.float32)
+
+        types: dict[str, DataType] = {t.name: t.dtype for t in self.network.inputs}
+        types.update({t.name: t.dtype for t in self.network.outputs})
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+        except Exception:
+            inferred = []
+        for v in [*model.graph.value_info, *inferred]:
+            kind = elem.get(v.type.tensor_type.elem_type)
+            if kind is not None:
+                types.setdefault(v.name, kind)
+        for i in model.graph.initializer:
+            types[i.name] = elem.get(i.data_type, DataType.FLOAT)
+        tensors: dict[str, FakeTensor] = {t.name: t for t in self.network.inputs}
+
+        def use(name: str) -> FakeTensor:
+            if name not in tensors:
+                tensors[name] = FakeTensor(name, (), types.get(name, DataType.FLOAT))
+            return tensors[name]
+
+        net = self.network
+        for init in model.graph.initializer:
+            net.layers.append(ILayer(net, init.name, LayerType.CONSTANT, [], [use(init.name)]))
+        for i, node in enumerate(model.graph.node):
+            entry = _ONNX_LAYERS.get(node.op_type)
+            if entry is None:
+                # onnx-tensorrt: "No importer registered for op: <op>".
+                self.errors.append(f"No importer registered for op: {node.op_type}")
+                return False
+            kind, op = entry
+            cls = {LayerType.UNARY: IUnaryLayer, LayerType.ELEMENTWISE: IElementWiseLayer}.get(
+                kind, ILayer
+            )
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        types[node.output[0]] = elem.get(attr.t.data_type, DataType.FLOAT)
+            layer = cls(
+                net,
+                node.name or f"{node.op_type}_{i}",
+                kind,
+                [use(n) for n in node.input if n],
+                [use(n) for n in node.output],
+                op,
+            )
+            net.layers.append(layer)
+        for t in net.outputs:
+            tensors.setdefault(t.name, t)
         return True
 
 
@@ -936,11 +1341,16 @@ class FakeProfile:
         self.network = network
 
     def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
-        # The real binding raises ValueError when min <= opt <= max does not hold, and for a
-        # dimension the network fixes while min/opt/max differ from it.
+        # The real binding raises ValueError when setDimensions answers false: min <= opt
+        # <= max must hold with no negative extent, and "the rank does not match another
+        # dimension that was previously set for the same input" (NvInferRuntime.h,
+        # IOptimizationProfile::setDimensions); also for a dimension the network fixes
+        # while min/opt/max differ from it. The input's own rank is checked at build time.
         lo, mid, hi = tuple(min), tuple(opt), tuple(max)
-        if not (len(lo) == len(mid) == len(hi)) or not all(
-            a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True)
+        if (
+            not (len(lo) == len(mid) == len(hi))
+            or any(d < 0 for d in lo)
+            or not all(a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True))
         ):
             raise ValueError(f"invalid profile for {name}: {lo} / {mid} / {hi}")
         fixed = (
@@ -955,12 +1365,30 @@ class FakeProfile:
         self.shapes[name] = (lo, mid, hi)
 
 
+_CACHE_MAGIC = b"FAKETC1"
+
+
+@dataclass
+class FakeTimingCache:
+    """Tactic timings by layer key, for one TensorRT version and GPU."""
+
+    version: str
+    device: str
+    entries: set[str] = field(default_factory=set)
+
+    def serialize(self) -> bytes:
+        body = {"version": self.version, "device": self.device, "entries": sorted(self.entries)}
+        return _CACHE_MAGIC + json.dumps(body).encode()
+
+
 class FakeBuilderConfig:
-    def __init__(self) -> None:
+    def __init__(self, module: FakeTensorRT) -> None:
+        self.module = module
         self.flags: set[BuilderFlag] = set()
         self.pools: dict[MemoryPoolType, int] = {}
         self.profiles: list[FakeProfile] = []
         self.progress_monitor: Any = None
+        self.timing_cache: FakeTimingCache | None = None
 
     def set_memory_pool_limit(self, pool: MemoryPoolType, size: int) -> None:
         self.pools[pool] = size
@@ -971,6 +1399,40 @@ class FakeBuilderConfig:
     def add_optimization_profile(self, profile: FakeProfile) -> int:
         self.profiles.append(profile)
         return len(self.profiles) - 1
+
+    # IBuilderConfig timing-cache API: create_timing_cache(serialized) -> ITimingCache,
+    # set_timing_cache(cache, ignore_mismatch) -> bool, get_timing_cache().
+    def create_timing_cache(self, serialized: bytes) -> FakeTimingCache | None:
+        data = bytes(serialized)
+        here = FakeTimingCache(self.module.__version__, self.module.cuda.name)
+        if not data:
+            return here  # an empty buffer makes an empty cache
+        if not data.startswith(_CACHE_MAGIC):
+            return None  # not a timing cache: TensorRT logs an error, no cache
+        body = json.loads(data[len(_CACHE_MAGIC) :])
+        if body["version"] != self.module.__version__:
+            # ITimingCache.combine: "The input cache must be generated by a TensorRT build
+            # of exact same version"; another version's timings are not reused.
+            return here
+        return FakeTimingCache(body["version"], body["device"], set(body["entries"]))
+
+    def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
+        # A cache from another device is refused unless ignore_mismatch is set.
+        if cache.device != self.module.cuda.name and not ignore_mismatch:
+            return False
+        self.timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> FakeTimingCache | None:
+        return self.timing_cache
+
+
+def _lowest(dtypes: list[str]) -> str:
+    """The least precise of some float types (what a stage's worst layer runs in)."""
+    for name in ("float16", "bfloat16"):
+        if name in dtypes:
+            return name
+    return "float32"
 
 
 class FakeBuilder:
@@ -983,10 +1445,38 @@ class FakeBuilder:
         return self.network
 
     def create_builder_config(self) -> FakeBuilderConfig:
-        return FakeBuilderConfig()
+        return FakeBuilderConfig(self.module)
 
     def create_optimization_profile(self) -> FakeProfile:
         return FakeProfile(self.network)
+
+    def _run_dtypes(self, network: FakeNetwork, config: FakeBuilderConfig) -> dict[str, str]:
+        """The float type each float layer runs in.
+
+        11.x (strongly typed): the type of the layer's float inputs, as the graph declares
+        them. 10.x (weakly typed): with FP16/BF16 set the builder may pick that type for
+        any layer; a layer whose precision was set runs in it when OBEY (or PREFER)
+        PRECISION_CONSTRAINTS is set (NvInfer.h, BuilderFlag::kOBEY_PRECISION_CONSTRAINTS:
+        "Require that layers execute in specified precisions").
+        """
+        flags = {f.name for f in config.flags}
+        reduced = "float16" if "FP16" in flags else "bfloat16" if "BF16" in flags else "float32"
+        obey = bool({"OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"} & flags)
+        result: dict[str, str] = {}
+        for layer in network.layers:
+            if layer.type in (LayerType.CONSTANT, LayerType.SHAPE):
+                continue
+            float_ins = [t.dtype for t in layer._inputs if t.dtype in _DTYPE_NAMES]
+            float_outs = [t.dtype for t in layer._outputs if t.dtype in _DTYPE_NAMES]
+            if not float_ins and not float_outs:
+                continue
+            if self.module.strongly_typed:
+                result[layer.name] = _DTYPE_NAMES[(float_ins or float_outs)[0]]
+            elif layer.precision_is_set and obey:
+                result[layer.name] = _DTYPE_NAMES.get(layer.precision, "float32")
+            else:
+                result[layer.name] = reduced
+        return result
 
     def build_serialized_network(
         self, network: FakeNetwork, config: FakeBuilderConfig
@@ -997,6 +1487,14 @@ class FakeBuilder:
         for t in network.inputs:
             if -1 in t.shape and t.name not in profile.shapes:
                 return None
+            # "a full validation is performed at engine build time": a profile whose rank
+            # differs from the input's fails the build.
+            if t.name in profile.shapes and len(profile.shapes[t.name][0]) != len(t.shape):
+                return None
+        if self.module.strongly_typed and network.precision_calls:
+            # Strongly typed networks take types from the graph: layer precision and output
+            # type constraints are errors there (TensorRT developer guide, strong typing).
+            return None
         monitor = config.progress_monitor
         phases = [("Building engine", None, 2), ("Tactic selection", "Building engine", 3)]
         if monitor is not None:
@@ -1009,6 +1507,26 @@ class FakeBuilder:
             monitor.step_complete("Building engine", 0)
             monitor.step_complete("Building engine", 1)
             monitor.phase_finish("Building engine")
+        run = self._run_dtypes(network, config)
+        # Each layer's tactics are timed unless the timing cache already holds them.
+        keys = {f"{name}:{dtype}" for name, dtype in run.items()}
+        cache = config.timing_cache
+        timed = keys - (cache.entries if cache is not None else set())
+        if cache is not None:
+            cache.entries |= keys
+        table_layers = [
+            run[layer.name]
+            for layer in network.layers
+            if layer.type == LayerType.GATHER
+            and layer.name in run
+            and any(t.name == "embeddings" for t in layer._inputs)
+        ]
+        reduce_layers = [
+            run[layer.name]
+            for layer in network.layers
+            if layer.type == LayerType.REDUCE and layer.name in run
+        ]
+        compute = {"tokens": _lowest(table_layers), "reduce": _lowest(reduce_layers)}
         first = profile.shapes[network.inputs[0].name]
         out = network.outputs[0]
         weights = sorted(network.weight_types) or ["float32"]
@@ -1026,9 +1544,20 @@ class FakeBuilder:
             table=network.table.tolist() if network.table is not None else None,
             extra_outputs=[t.name for t in network.outputs[1:]],
             weight_types=weights,
+            compute_dtypes=compute,
         )
         self.module.builds.append(
-            {"flags": set(config.flags), "profile": first, "weight_types": weights}
+            {
+                "flags": set(config.flags),
+                "profile": first,
+                "weight_types": weights,
+                "run_dtypes": run,
+                "pinned": sorted(
+                    {layer.name for layer in network.layers if layer.precision_is_set}
+                ),
+                "timed": len(timed),
+                "compute": compute,
+            }
         )
         return spec.serialize()
 
@@ -1042,13 +1571,22 @@ class FakeTensorRT(SimpleNamespace):
     MemoryPoolType = MemoryPoolType
     Logger = Logger
     IProgressMonitor = IProgressMonitor
+    LayerType = LayerType
+    UnaryOperation = UnaryOperation
+    ElementWiseOperation = ElementWiseOperation
+    IUnaryLayer = IUnaryLayer
+    IElementWiseLayer = IElementWiseLayer
+    float32 = DataType.FLOAT
+    float16 = DataType.HALF
+    bfloat16 = DataType.BF16
 
     def __init__(self, cuda: FakeCudaRuntime, version: str = "10.13.0.35") -> None:
         super().__init__()
         self.cuda = cuda
         self.__version__ = version
         # 11.x dropped the precision flags (strongly typed networks only).
-        self.BuilderFlag = BuilderFlag11 if int(version.split(".")[0]) >= 11 else BuilderFlag10
+        self.strongly_typed = int(version.split(".")[0]) >= 11
+        self.BuilderFlag = BuilderFlag11 if self.strongly_typed else BuilderFlag10
         #: Tensor names whose set_tensor_address the fake refuses (returns False).
         self.refuse_addresses: set[str] = set()
         #: Called as ``on_capture(batch, length)`` inside a captured ``execute_async_v3``.

@@ -37,6 +37,11 @@ def _model(failures: int) -> ServedModel:
     stats = SimpleNamespace(consecutive_failures=failures)
     runtime = ModelRuntime.__new__(ModelRuntime)
     runtime.scheduler = cast(Any, SimpleNamespace(stats=stats))
+    # What the capabilities are built from: an embedder's graph, no heads, no labels.
+    runtime.io = cast(Any, SimpleNamespace(output="last_hidden_state"))
+    runtime.task = None
+    runtime.head_reducers = {}
+    runtime.labels = {}
     config = ModelConfig(model_path="/m")
     return ServedModel("m", ModelKind.EMBEDDING, config, runtime, unhealthy_after=3)
 

@@ -398,13 +398,13 @@ async def test_a_full_queue_is_decided_before_tokenising(
     model = registry.get("bert-nli-tight")
     stats = model.runtime.scheduler.stats
     calls: list[int] = []
-    encode = model.runtime.tokenizer.encode
+    encode = model.runtime.tokenizer.encode_each
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return encode(*args, **kwargs)
 
-    monkeypatch.setattr(model.runtime.tokenizer, "encode", counting)
+    monkeypatch.setattr(model.runtime.tokenizer, "encode_each", counting)
     # Two items queued (of two): nothing more fits, and nothing more is tokenised.
     monkeypatch.setattr(stats, "queued_items", 2)
     r = await client.post("/predict?model=bert-nli-tight", json={"inputs": ["a premise"]})

@@ -319,6 +319,21 @@ def error_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubMirror
             },
         ),
     )
+    mirror.add(
+        "err-broken/default-prompt",
+        _files(
+            root / "default-prompt",
+            {
+                "config.json": embedder,
+                "tokenizer.json": "{}",
+                "config_sentence_transformers.json": json.dumps(
+                    {"prompts": {"query": "query: "}, "default_prompt_name": "query"}
+                ),
+                "1_Pooling/config.json": json.dumps({"pooling_mode": "mean"}),
+                "onnx/model.onnx": graph,
+            },
+        ),
+    )
     for name, pooling in (("two-poolings", ["cls", "mean"]), ("new-pooling", "mean")):
         mirror.add(
             f"err-broken/{name}",
@@ -440,15 +455,19 @@ def test_a_hub_model_that_cannot_be_served_is_refused_in_one_line(
         ),
         pytest.param(
             "err-broken/max-pooling",
-            "1_Pooling/config.json pools by max; the server pools by the CLS token or the "
-            "mean, one of them",
+            "1_Pooling/config.json pools by max; the server pools by one of cls, mean, last",
             id="max-pooling",
         ),
         pytest.param(
             "err-broken/two-poolings",
-            "1_Pooling/config.json pools by cls + mean; the server pools by the CLS token or "
-            "the mean, one of them",
+            "1_Pooling/config.json pools by cls + mean; the server pools by one of cls, mean, last",
             id="concatenated-poolings",
+        ),
+        pytest.param(
+            "err-broken/default-prompt",
+            "its default prompt ('query') goes before every input, which this server's "
+            "embedding routes do not do yet",
+            id="default-prompt",
         ),
         pytest.param(
             "err-broken/corrupt", "onnx/model.onnx does not match the hub's sha256", id="corrupt"
@@ -457,7 +476,7 @@ def test_a_hub_model_that_cannot_be_served_is_refused_in_one_line(
             "err-broken/no-pooling",
             "an embedding model without sentence-transformers' pooling config "
             "(1_Pooling/config.json), so the server cannot tell how to pool it; serve it from "
-            "a config (model_path: hf://err-broken/no-pooling) with pooling: cls or mean",
+            "a config (model_path: hf://err-broken/no-pooling) with pooling: cls, mean or last",
             id="no-pooling",
         ),
     ],
@@ -494,10 +513,9 @@ def test_a_gated_model_downloads_with_a_granted_token(
 def test_both_pooling_formats_of_sentence_transformers_are_read(
     error_mirror: HubMirror, tmp_path: Path
 ) -> None:
-    assert sentence_transformers_pooling_modes({"pooling_mode_cls_token": True}) == ("cls",)
-    assert sentence_transformers_pooling_modes({"pooling_mode": "mean"}) == ("mean",)
-    assert sentence_transformers_pooling_modes({"pooling_mode": ["cls", "max"]}) == ("cls", "max")
-    assert sentence_transformers_pooling_modes({"include_prompt": True}) == ("mean",)
+    assert sentence_transformers_pooling_modes({"pooling_mode_cls_token": True}) == ["cls"]
+    assert sentence_transformers_pooling_modes({"pooling_mode": "mean"}) == ["mean"]
+    assert sentence_transformers_pooling_modes({"pooling_mode": ["cls", "max"]}) == ["cls", "max"]
     # sentence-transformers 6 writes {"pooling_mode": "mean"}: served with mean pooling.
     folder, _ = pull(hub_env(error_mirror.url, tmp_path), "err-broken/new-pooling")
     assert ModelFiles.resolve(folder).st_pooling == "mean"

@@ -76,3 +76,52 @@ def test_records_past_the_queue_are_dropped_and_counted(
     # And from then on, logging writes directly again.
     log.warning("direct")
     assert stream.getvalue().splitlines()[-1].count('"message": "direct"') == 1
+
+
+@pytest.mark.parametrize("kind", ["text", "json"])
+def test_an_access_line_reads_the_same_from_its_fields_as_from_a_record(kind: str) -> None:
+    """The writer builds access lines from the request's fields (no log record on the event
+    loop): the line must be the one the formatter writes for the equivalent record, odd
+    characters escaped alike."""
+    formatter = (
+        observability.KeyValueFormatter() if kind == "text" else observability.JsonFormatter()
+    )
+    entry = observability.AccessEntry(
+        1_765_000_000.123456,
+        "rid-1",
+        "POST",
+        "/v1/embeddings\r\nforged=1",
+        "/v1/embeddings",
+        "mini",
+        200,
+        1.234,
+        "127.0.0.1",
+    )
+    record = observability.access_record(entry)
+    assert formatter.format_access(entry) == formatter.format(record)
+    assert "\r" not in formatter.format_access(entry)
+
+
+def test_access_lines_skip_the_log_record_only_when_nothing_else_would_see_it(
+    stream: BlockedStream,
+) -> None:
+    configure_logging("text", stream=stream)
+    stream.flowing.set()
+    access = logging.getLogger("trt_async.access")
+    writer = observability._writer
+    assert writer is not None and writer.only_route_of(access)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    access.addHandler(handler)
+    try:
+        assert not writer.only_route_of(access)
+        observability.log_request("r1", "GET", "/x", "/x", "", 200, 0.001, "c")
+    finally:
+        access.removeHandler(handler)
+    observability.log_request("r2", "GET", "/x", "/x", "", 200, 0.001, "c")
+    stop_log_writer()
+    assert [getattr(r, "request_id", None) for r in seen] == ["r1"]
+    lines = stream.getvalue().splitlines()
+    assert any("request_id=r1 " in line for line in lines)
+    assert any("request_id=r2 " in line for line in lines)

@@ -97,7 +97,7 @@ def test_bad_enum_lists_the_allowed_values(
     config = write(tmp_path, "embedding_models:\n  e:\n    model_path: x\n    pooling: avg\n")
     line = serve(capsys, "--config", str(config))
     assert f"{config}: at embedding_models.e.pooling: Invalid enum value 'avg'" in line
-    assert line.endswith("allowed values: cls, mean, none")
+    assert line.endswith("allowed values: cls, last, mean, none")
     config = write(tmp_path, "server:\n  log_format: yaml\n")
     assert serve(capsys, "--config", str(config)).endswith("allowed values: json, text")
 

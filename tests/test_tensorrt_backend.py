@@ -246,7 +246,12 @@ def test_memory_report_and_budget_refusal(tmp_path: Path) -> None:
     max_tokens = max(b.tokens for b in GRID.buckets())
     # Device I/O buffers are shared by all buckets: sized for the largest one only.
     assert mem["device_buffers"] == 2 * max_tokens * 8 + 4 * spec.hidden * 4
-    assert mem["activations"] == 32 * 512 * spec.hidden * 4 * 2
+    # The scratch holds the bucket whose shapes need most (the fake's rule: linear in
+    # tokens), not the profile's 32 x 512 corner, which no bucket of GRID reaches.
+    assert mem["activations"] == max_tokens * spec.hidden * spec.scratch_factor
+    assert backend.info().details["activations_profile_max"] == (
+        32 * 512 * spec.hidden * spec.scratch_factor
+    )
     assert mem["total_device"] == mem["engine"] + mem["activations"] + mem["device_buffers"]
     assert cuda.used == mem["activations"] + mem["device_buffers"]
     backend.close()
@@ -258,6 +263,51 @@ def test_memory_report_and_budget_refusal(tmp_path: Path) -> None:
     with pytest.raises(MemoryBudgetExceeded, match=r"needs 0\.\d+ GiB on cuda:0.*activations"):
         backend.prepare(GRID)
     assert cuda.used == 0 and not cuda.host  # nothing was allocated, or it was released
+
+
+def default_grid_scratch(
+    tmp_path: Path, max_length: int, hidden: int, budget_gib: float | None = None
+) -> tuple[int, int, int]:
+    """Prepare the server's default TensorRT grid for a ``max_length`` model on the fakes;
+    (scratch the backend allocated, scratch for the profile's corner, largest bucket's
+    tokens). The fake's scratch rule: 16 bytes per token and hidden unit."""
+    from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
+    from trt_async.core.runtime import bucket_grid
+
+    grid = bucket_grid(ModelConfig(model_path="m", backend="tensorrt"), TENSORRT_SPEC, max_length)
+    spec = EngineSpec(
+        inputs=["input_ids", "attention_mask"],
+        output="sentence_embedding",
+        hidden=hidden,
+        vocab=8,
+        profile_min=[1, grid.lengths[0]],
+        profile_opt=[8, 128],
+        profile_max=[grid.max_batch, grid.max_length],
+        scratch_factor=16,
+    )
+    backend, *_ = make_backend(tmp_path, spec, gpu_memory_budget_gib=budget_gib)
+    backend.prepare(grid)
+    scratch = backend.info().memory["activations"]
+    corner = backend.info().details["activations_profile_max"]
+    backend.close()
+    return scratch, int(corner), max(b.tokens for b in grid.buckets())  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("max_length", "hidden", "ratio"), [(512, 384, 2), (8192, 1024, 32)], ids=["512", "8192"]
+)
+def test_scratch_fits_the_largest_bucket_not_the_profile_corner(
+    tmp_path: Path, max_length: int, hidden: int, ratio: int
+) -> None:
+    """The default grid's profile spans 64 rows x max length, but the 16384-token budget
+    keeps every bucket at or under 16384 tokens: the scratch is sized for that (each
+    context's update_device_memory_size_for_shapes), 2x less at 512 tokens and 32x less
+    at 8192 (bge-m3) than the corner the old code allocated. With a 1 GiB budget the old
+    sizing refused the 8192-token model (8 GiB of scratch) before allocating anything."""
+    scratch, corner, tokens = default_grid_scratch(tmp_path, max_length, hidden, budget_gib=1.0)
+    assert tokens == 16384
+    assert scratch == tokens * hidden * 16
+    assert corner == 64 * max_length * hidden * 16 == ratio * scratch
 
 
 def test_close_releases_everything_and_is_idempotent(tmp_path: Path) -> None:
@@ -335,6 +385,78 @@ def test_worker_thread_selects_the_device(tmp_path: Path) -> None:
     t.join()
     assert result["out"].shape == (1, spec.hidden)
     assert cuda.calls["cudaSetDevice"] == calls + 1  # once for the new thread, not per call
+
+
+def in_thread(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn`` on a new thread (as the core's loader and runner threads do); re-raise."""
+    result: list[object] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def test_second_gpu_is_used_by_every_thread(tmp_path: Path) -> None:
+    """device: 1 with the IO read on one thread (the loader), prepare on another (the
+    runner) and execute on a third: the engine, its contexts, the stream, every buffer and
+    every kernel must be on cuda:1. The old backend selected the device once and trusted a
+    cached answer on other threads, so prepare's allocations landed on cuda:0."""
+    cuda = FakeCudaRuntime(devices=2)
+    backend, _, cuda, spec = make_backend(tmp_path, cuda=cuda, device=1)
+    assert in_thread(lambda: backend.io).output == "sentence_embedding"
+    in_thread(lambda: backend.prepare(GRID))
+    assert set(cuda.device_of.values()) == {1}
+    assert {s.device for s in cuda.streams.values()} == {1}
+    bucket = Bucket(2, 16)
+
+    def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, mask = fill(backend, bucket, 2, np.random.default_rng(14), spec.vocab)
+        return ids, mask, backend.execute(bucket)[backend.io.output].copy()
+
+    ids, mask, out = in_thread(run)
+    np.testing.assert_allclose(out, reference(spec, ids, mask), rtol=1e-5, atol=1e-6)
+    assert backend.info().details["graphs"] == len(list(GRID.buckets()))
+    in_thread(backend.close)
+    assert not cuda.device and not cuda.host
+
+
+def test_plan_loader_stands_apart_from_execution(tmp_path: Path) -> None:
+    """Plan loading and IO discovery live in PlanLoader: it answers the IO question and
+    deserialises the engine on the configured device without any execution state (no
+    context, stream or buffer); the backend's execution uses that same engine."""
+    from trt_async.backends.tensorrt.loader import PlanLoader
+
+    cuda = FakeCudaRuntime(devices=2)
+    trt = FakeTensorRT(cuda)
+    spec = EngineSpec(inputs=["input_ids", "attention_mask"], output="sentence_embedding")
+    plan = write_plan(tmp_path / "model.trt", spec)
+    files = ModelFiles(root=tmp_path, tokenizer=tmp_path / "tokenizer.json", plan=plan)
+    config = ModelConfig(model_path=str(plan), backend="tensorrt", device=1)
+    cu = Cuda(cuda)
+    loader = PlanLoader(
+        files, config, plans_dir=tmp_path / "graphs", trt=lambda: trt, cuda=lambda: cu,
+        gpu=lambda: cu.device_info(1), use_device=lambda: cu.set_device(1),
+    )  # fmt: skip
+    assert loader.io.output == "sentence_embedding" and loader.outputs == ["sentence_embedding"]
+    assert loader.engine is not None and loader.engine.device == 1
+    assert trt.contexts == [] and not cuda.device and not cuda.streams
+    engine, io = loader.load(GRID)
+    assert engine is loader.engine and io == loader.io and trt.deserialized == 1
+
+    backend = TensorRTBackend(files, config, trt_module=trt, cuda_runtime=cuda)
+    backend.prepare(GRID)
+    assert {ctx.engine for ctx in trt.contexts} == {backend.loader.engine}
+    backend.close()
+    assert backend.loader.engine is None
 
 
 async def test_core_scheduler_drives_the_backend(tmp_path: Path) -> None:
@@ -634,6 +756,117 @@ def test_fake_tensorrt_refuses_unaligned_memory_and_flags_stale_replays(tmp_path
     assert trt.violations == ["graph 2x8 replayed after its context changed"]
 
 
+def test_fake_cuda_refuses_graph_handles_of_the_wrong_kind() -> None:
+    """cudaGraph_t (from end-capture) and cudaGraphExec_t (from instantiate) are different
+    objects: each destroy, the launch and the instantiate take only their own kind."""
+    cuda = FakeCudaRuntime()
+    cu = Cuda(cuda)
+    stream = cu.stream_create()
+    cu.begin_capture(stream)
+    graph = cu.end_capture(stream)
+    exe = cu.graph_instantiate(graph)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_exec_destroy(graph)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_destroy(exe)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_launch(graph, stream)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_instantiate(exe)
+    cu.graph_destroy(graph)
+    cu.graph_launch(exe, stream)
+    cu.graph_exec_destroy(exe)
+    with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+        cu.graph_exec_destroy(exe)  # twice
+
+
+def test_fake_cuda_keeps_the_device_per_thread() -> None:
+    """cudaSetDevice on one thread leaves other threads on device 0; memory, streams and
+    events belong to the device current where they were made, an event cannot be recorded
+    on another device's stream, and an engine runs only on its own device's stream,
+    memory and thread."""
+    cuda = FakeCudaRuntime(devices=2)
+    cu = Cuda(cuda)
+    cu.set_device(1)
+    on_one = cu.malloc(64)
+    stream_one = cu.stream_create()
+    seen: dict[str, object] = {}
+
+    def other() -> None:
+        seen["device"] = cuda.current_device()
+        seen["ptr"] = cu.malloc(64)
+        seen["event"] = cu.event_create()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen["device"] == 0 and cuda.current_device() == 1
+    assert cuda.device_of[on_one] == 1 and cuda.device_of[seen["ptr"]] == 0  # type: ignore[index]
+    assert cuda.check_device_range(on_one, 64, 1) and not cuda.check_device_range(on_one, 64, 0)
+    with pytest.raises(CudaError, match="cudaErrorInvalidResourceHandle"):
+        cu.event_record(seen["event"], stream_one)
+
+    trt = FakeTensorRT(cuda)
+    spec = EngineSpec(inputs=["input_ids"], output="logits")
+    engine = trt.Runtime(None).deserialize_cuda_engine(spec.serialize())
+    assert engine.device == 1
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    ptrs = {n: cu.malloc(4 * 8 * 64) for n in ("input_ids", "logits")}
+    assert ctx.set_input_shape("input_ids", (4, 8))
+    size = ctx.update_device_memory_size_for_shapes()
+    ctx.set_device_memory(cu.malloc(size), size)
+    for n, p in ptrs.items():
+        assert ctx.set_tensor_address(n, p)
+    assert ctx.execute_async_v3(int(stream_one))
+    with pytest.raises(RuntimeError, match="not device memory of cuda:1"):
+        ctx.set_device_memory(seen["ptr"], 64)  # type: ignore[arg-type]
+    ran: list[bool] = []
+    t = threading.Thread(target=lambda: ran.append(ctx.execute_async_v3(int(stream_one))))
+    t.start()
+    t.join()
+    assert ran == [False]  # that thread's current device is 0
+
+
+def test_fake_tensorrt_sizes_scratch_for_the_shapes_and_flags_a_moved_scratch() -> None:
+    """The profile maximum is an upper bound: after update_device_memory_size_for_shapes a
+    context takes scratch sized for its shapes; without it, or after a shape change, it
+    needs the maximum again. Moving the scratch after a capture makes that graph stale."""
+    cuda = FakeCudaRuntime()
+    cu = Cuda(cuda)
+    trt = FakeTensorRT(cuda)
+    spec = EngineSpec(inputs=["input_ids"], output="logits", profile_max=[8, 64])
+    engine = trt.Runtime(None).deserialize_cuda_engine(spec.serialize())
+    full = engine.get_device_memory_size_for_profile_v2(0)
+    assert full == 8 * 64 * spec.hidden * spec.scratch_factor
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    assert ctx.update_device_memory_size_for_shapes() == 0  # no shapes yet: an error
+    assert ctx.set_input_shape("input_ids", (2, 16))
+    small = ctx.update_device_memory_size_for_shapes()
+    assert small == 2 * 16 * spec.hidden * spec.scratch_factor < full
+    scratch = cu.malloc(full)
+    ctx.set_device_memory(scratch, small)
+    ptrs = {n: cu.malloc(8 * 64 * 8) for n in ("input_ids", "logits")}
+    for n, p in ptrs.items():
+        assert ctx.set_tensor_address(n, p)
+    stream = cu.stream_create()
+    assert ctx.execute_async_v3(int(stream))
+    cu.begin_capture(stream)
+    assert ctx.execute_async_v3(int(stream))
+    graph = cu.end_capture(stream)
+    exe = cu.graph_instantiate(graph)
+    cu.graph_destroy(graph)
+    ctx.set_device_memory(scratch + 256, small)  # the scratch moves after the capture
+    cu.graph_launch(exe, stream)
+    cu.stream_synchronize(stream)
+    assert trt.violations == ["graph 2x16 replayed after its context changed"]
+    assert ctx.set_input_shape("input_ids", (8, 64))  # bigger shapes: the partition is gone
+    assert not ctx.execute_async_v3(int(stream))
+    with pytest.raises(RuntimeError, match=f"device memory {small} < {full}"):
+        ctx.set_device_memory(scratch, small)
+    ctx.set_device_memory(scratch, full)
+    assert ctx.execute_async_v3(int(stream))
+
+
 def test_fake_tensorrt_versions_differ_in_precision_flags() -> None:
     cuda = FakeCudaRuntime()
     assert FakeTensorRT(cuda, "10.13.0.35").BuilderFlag.FP16
@@ -643,8 +876,11 @@ def test_fake_tensorrt_versions_differ_in_precision_flags() -> None:
         FakeTensorRT.nptype(FakeTensorRT(cuda).DataType.BF16)
 
 
-def test_gpu_extra_excludes_cuda_python_without_cuda_bindings() -> None:
-    """cuda-python 12.6.0 has no cuda.bindings (first in 12.6.1; the index has 12.6.2.post1)."""
+def test_gpu_extras_pair_cuda_python_with_their_cuda_major() -> None:
+    """cuda-python 12.6.0 has no cuda.bindings (first in 12.6.1; the index has 12.6.2.post1).
+    cuda-python 13 links the CUDA 13 runtime, which an R535-R575 driver (the usual one for
+    TensorRT 10 cu12) refuses with cudaErrorInsufficientDriver: the CUDA 12 extra must not
+    admit it; the CUDA 13 extra must not admit 12.x."""
     import tomllib
 
     from packaging.requirements import Requirement
@@ -654,12 +890,38 @@ def test_gpu_extra_excludes_cuda_python_without_cuda_bindings() -> None:
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    for extra in ("gpu", "gpu-cu13", "test"):
-        reqs = [Requirement(r) for r in extras[extra]]
-        cuda = next(r for r in reqs if r.name == "cuda-python")
-        assert Version("12.6.0") not in cuda.specifier, extra
-        assert Version("12.6.2.post1") in cuda.specifier or extra == "gpu-cu13"
-        assert Version("13.4.4") in cuda.specifier, extra
+
+    def cuda_python(extra: str) -> Requirement:
+        return next(r for r in map(Requirement, extras[extra]) if r.name == "cuda-python")
+
+    gpu, cu13 = cuda_python("gpu").specifier, cuda_python("gpu-cu13").specifier
+    assert Version("12.6.0") not in gpu and Version("12.6.2.post1") in gpu
+    assert Version("12.9.10") in gpu
+    assert not any(Version(v) in gpu for v in ("13.0.0", "13.4.4"))
+    assert Version("13.0.0") in cu13 and Version("13.4.4") in cu13
+    assert Version("12.9.10") not in cu13
+    tensorrt = next(r for r in map(Requirement, extras["gpu"]) if r.name == "tensorrt-cu12")
+    assert tensorrt.name.endswith("cu12")
+
+
+def test_old_driver_under_a_cuda_13_runtime_says_which_wheels_to_install(
+    tmp_path: Path,
+) -> None:
+    """cuda-python 13 on an R570 driver (CUDA 12.8): no device, and the message says why
+    and what to install instead, not only the CUDA error's name."""
+    cuda = FakeCudaRuntime()
+    cuda.driver_version, cuda.runtime_version = 12080, 13000
+    backend, *_ = make_backend(tmp_path, cuda=cuda)
+    with pytest.raises(NoCudaDevice) as info:
+        backend.prepare(GRID)
+    message = str(info.value)
+    assert message.startswith("no CUDA device: cudaGetDeviceCount answered")
+    assert "cudaErrorInsufficientDriver" in message
+    assert "driver runs CUDA up to 12.8" in message and "CUDA 13.0 runtime" in message
+    assert "trt-async[gpu]" in message
+    cuda.driver_version = 0
+    with pytest.raises(NoCudaDevice, match="no NVIDIA driver is loaded"):
+        Cuda(cuda).device_count()
 
 
 # -- the real TensorRT runtime bindings (lean runtime; imports without a GPU) ----------------
@@ -697,7 +959,11 @@ def test_runtime_surface_exists_in_the_real_bindings() -> None:
     )
     assert set(fake_trt.DataType.__members__) == set(real.DataType.__members__)
     assert set(trt_api._DTYPES) <= set(real.DataType.__members__)
-    assert real.Logger.WARNING is not None
+    # The backend's trt.Logger(trt.Logger.WARNING): a real severity, the fake's the same.
+    assert real.Logger.WARNING == real.ILogger.Severity.WARNING
+    assert real.Logger(real.Logger.WARNING).min_severity == real.ILogger.Severity.WARNING
+    severities = {n: int(v) for n, v in real.ILogger.Severity.__members__.items()}
+    assert severities == {n: getattr(fake_trt.Logger, n) for n in severities}
     # 11.x: no precision builder flags; the fake's 11.x set is the real one, member for member.
     if real.__version__.startswith("11."):
         assert set(fake_trt.BuilderFlag11.__members__) == set(real.BuilderFlag.__members__)

@@ -17,24 +17,34 @@ from contextlib import asynccontextmanager
 from types import FrameType
 
 from litestar import Litestar, Router
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from trt_async import __version__
 from trt_async.core.config import CONFIG_ENV, LOG_LEVEL_ENV, Config, load_config
+from trt_async.core.inference import Inference
 from trt_async.core.metrics import Metrics
 from trt_async.core.registry import ModelRegistry
+from trt_async.http import (
+    cohere_embed,
+    multivector,
+    openai_api,
+    rerank,
+    seed,
+    tei,
+    tei_root,
+    zero_shot,
+)
 from trt_async.http.admin import HealthController, ManagementController
 from trt_async.http.auth import make_admin_guard, make_api_key_guard
-from trt_async.http.cohere_embed import CohereEmbedController
-from trt_async.http.common import DEPENDENCIES, REGISTRY_KEY
+from trt_async.http.common import DEPENDENCIES, INFERENCE_KEY, REGISTRY_KEY
 from trt_async.http.docs import OfflineSwaggerPlugin, document
 from trt_async.http.errors import (
     Dialect,
     route_dialects,
     routing_error_handlers,
 )
-from trt_async.http.multivector import TokenEmbeddingController
 from trt_async.http.observability import (
     METRICS_STATE_KEY,
     RequestContextMiddleware,
@@ -42,13 +52,7 @@ from trt_async.http.observability import (
     metrics_endpoint,
     stop_log_writer,
 )
-from trt_async.http.openai_api import OpenAIController
-from trt_async.http.rerank import RerankController
-from trt_async.http.seed import SeedController
 from trt_async.http.strict import strict_body
-from trt_async.http.tei import TEIController
-from trt_async.http.tei_root import TEIRootController
-from trt_async.http.zero_shot import ZeroShotController
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +184,7 @@ def create_app(config: Config | None = None) -> Litestar:
             await registry.close()
             raise
         app.state[REGISTRY_KEY] = registry
+        app.state[INFERENCE_KEY] = Inference(registry)
         log.info("serving %d models: %s", len(registry), ", ".join(m.name for m in registry))
         drain = DrainDeadline(registry, config.server.drain_seconds)
         restore = chain_shutdown_signals(drain.start)
@@ -197,26 +202,33 @@ def create_app(config: Config | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             metrics_endpoint,
-            SeedController,
-            OpenAIController,
-            RerankController,
-            TEIController,
-            TokenEmbeddingController,
-            CohereEmbedController,
-            TEIRootController,
-            ZeroShotController,
+            seed.router(),
+            openai_api.router(),
+            rerank.router(),
+            tei.router(),
+            multivector.router(),
+            cohere_embed.router(),
+            tei_root.router(),
+            zero_shot.router(),
             HealthController,
-            # Only these routes run the admin check (a guard costs a handler copy per call).
+            # Only these routes run the admin check (a guard costs a handler copy per call),
+            # and only their bodies go through Litestar's own decoding (checked strictly).
             Router(
                 path="/",
                 route_handlers=[ManagementController],
                 guards=[make_admin_guard(config.server.admin_api_key)],
+                before_request=strict_body,
             ),
         ],
         lifespan=[lifespan],
-        middleware=[RequestContextMiddleware(metrics, config.server.body_timeout_s)],
+        middleware=[
+            DefineMiddleware(
+                RequestContextMiddleware,
+                metrics=metrics,
+                body_timeout_s=config.server.body_timeout_s,
+            )
+        ],
         dependencies=DEPENDENCIES,
-        before_request=strict_body,
         # Each controller answers errors in its own dialect; these take what no route took.
         exception_handlers=routing_error_handlers(dialects),
         guards=make_api_key_guard(
@@ -238,6 +250,6 @@ def create_app(config: Config | None = None) -> Litestar:
         ),
     )
     dialects.update(route_dialects(app.routes))
-    document(app.openapi_schema, config)
+    document(app.openapi_schema, config, app.routes)
     app.state[METRICS_STATE_KEY] = metrics
     return app

@@ -86,6 +86,8 @@ class BackendSpec:
     batch_overhead_tokens: int
     #: Most padded tokens (rows x length) one batch holds by default.
     max_batch_tokens: int = 16384
+    #: Most rows x length² one batch holds by default (see ``BucketGrid``); None: no bound.
+    max_batch_attention: int | None = None
     #: The dtype the model computes in, by configured precision (TEI's ``model_dtype``).
     dtypes: Mapping[str, str] = field(default_factory=dict)
     #: Counters :meth:`Backend.counters` reports values for.

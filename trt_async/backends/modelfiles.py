@@ -25,6 +25,16 @@ ONNX_NAME = "model.onnx"
 PLAN_SUFFIXES = (".trt", ".plan", ".engine")
 
 Task = Literal["embed", "rerank", "nli"]
+#: How token vectors become one vector: the first token, the mean over real tokens, or each
+#: item's last real token (decoder embedders: the only position that has seen every token).
+Pooling = Literal["cls", "mean", "last"]
+#: How a decoder's tokens see each other: causal (each sees those before it) or every token
+#: every other (gte-Qwen2 and other decoders trained as encoders).
+AttentionMask = Literal["causal", "bidirectional"]
+#: How an LLM reranker's token logits become a score: ``softmax`` over two tokens (false,
+#: true), kept as their log-odds (sigmoid of which is the softmax's "true" probability), or
+#: the ``logit`` of one token.
+ScoreFormula = Literal["softmax", "logit"]
 
 
 #: Model types whose position ids start after the padding index (fairseq heritage): they
@@ -57,18 +67,24 @@ def position_limit(hf_config: dict[str, Any]) -> int | None:
     return positions
 
 
+#: The longest default input: decoders' tables allow 32768 tokens and more, and attention's
+#: memory grows with the square of the length (a model's config may ask for more).
+MAX_DEFAULT_LENGTH = 8192
+
+
 def default_max_length(files: ModelFiles) -> int:
     """The longest input a model folder is served at when the config names none: what
-    sentence-transformers truncates at, else the export's or the position table's limit
-    (at most 8192), else 512. The server's grid and the default TensorRT build use it."""
+    sentence-transformers truncates at, else the export's or the position table's limit,
+    at most :data:`MAX_DEFAULT_LENGTH` either way, else 512. The server's grid and the
+    default TensorRT build use it."""
     if files.st_max_length is not None:
         # What sentence-transformers truncates at for this model: users compare against it.
-        return files.st_max_length
+        return min(files.st_max_length, MAX_DEFAULT_LENGTH)
     if files.manifest is not None and files.manifest.max_length:
-        return min(files.manifest.max_length, 8192)
+        return min(files.manifest.max_length, MAX_DEFAULT_LENGTH)
     limit = position_limit(files.hf_config)
     if limit is not None:
-        return min(limit, 8192)
+        return min(limit, MAX_DEFAULT_LENGTH)
     return 512
 
 
@@ -84,6 +100,41 @@ class ModelDirError(Exception):
     """A model folder that cannot be served; the message names the file and the fix."""
 
 
+class PairTemplate(msgspec.Struct, frozen=True, kw_only=True):
+    """How an LLM reranker reads a (query, document) pair, as its reference code builds it.
+
+    Each text below is tokenised on its own, without special tokens, and the ids are
+    joined in this order: ``before``, the query part, ``between``, the document part,
+    ``after``. Fields in braces are filled per request: ``{query}``, ``{document}`` and
+    ``{instruction}`` (the request's, else the model's, else ``default_instruction``).
+    Truncation cuts the document part first, then the query part past ``query_share`` of
+    what the pair may hold; the fixed texts are never cut.
+    """
+
+    #: The template's name (``qwen3-reranker``, ``bge-reranker-v2-gemma``, ``mxbai-rerank-v2``).
+    name: str
+    before: tuple[str, ...] = ()
+    #: The query part; ``query_with_instruction`` replaces it when an instruction is given.
+    query: str
+    query_with_instruction: str | None = None
+    between: tuple[str, ...] = ()
+    document: str
+    after: tuple[str, ...] = ()
+    #: The instruction used when neither the request nor the model's config gives one.
+    default_instruction: str | None = None
+    #: Most of the pair's budget the query part may take; the document keeps the rest.
+    query_share: float = 0.75
+
+
+class ScoreHead(msgspec.Struct, frozen=True, kw_only=True):
+    """Which tokens' logits at an LLM reranker's last real token make its score."""
+
+    formula: ScoreFormula
+    #: ``softmax``: the false token then the true one (``["no", "yes"]``); ``logit``: one.
+    tokens: list[str]
+    token_ids: list[int]
+
+
 class ExportManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     """What ``trt-async export`` recorded about a graph."""
 
@@ -96,7 +147,9 @@ class ExportManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     #: Token ids left out of bge-m3's lexical weights (cls, eos, pad, unk, as FlagEmbedding).
     sparse_skip_ids: list[int] | None = None
     #: Pooling the server applies (``none`` when the graph already pools).
-    pooling: Literal["cls", "mean", "none"] = "none"
+    pooling: Literal[Pooling, "none"] = "none"
+    #: What pooling the graph's pooled output already did (``--pool-in-graph``), if any.
+    graph_pooling: Pooling | None = None
     hidden_size: int | None = None
     num_labels: int | None = None
     id2label: dict[int, str] | None = None
@@ -107,6 +160,23 @@ class ExportManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     source: str | None = None
     #: ``int8-dynamic``: int8 weights, activations quantised per batch (ONNX Runtime only).
     quantization: str | None = None
+    #: Decoders: how tokens attend (the server pads on the right either way, so a causal
+    #: model's real tokens never see a pad and keep the positions of an unpadded run).
+    attention: AttentionMask | None = None
+    #: The side the source tokenizer pads on (``left`` for Qwen3-Embedding); the server pads
+    #: on the right and last-token pooling reads each item's own last real token.
+    padding_side: Literal["left", "right"] | None = None
+    #: Whether the served tokenizer.json appends ``eos_token_id`` to every text (as
+    #: transformers' tokenizer of the model does; the export makes the two agree).
+    appends_eos: bool | None = None
+    eos_token_id: int | None = None
+    #: sentence-transformers' prompts by name (``config_sentence_transformers.json``), the
+    #: text put before an input, and the name used when a request names none.
+    prompts: dict[str, str] | None = None
+    default_prompt_name: str | None = None
+    #: LLM rerankers: how a pair is laid out, and which logits make the score.
+    pair_template: PairTemplate | None = None
+    score: ScoreHead | None = None
 
 
 def read_manifest(path: Path) -> ExportManifest:
@@ -129,7 +199,7 @@ class ModelFiles:
     hf_config: dict[str, Any] = field(default_factory=dict)
     manifest: ExportManifest | None = None
     #: sentence-transformers' pooling mode, if the folder has one (1_Pooling/config.json).
-    st_pooling: Literal["cls", "mean"] | None = None
+    st_pooling: Pooling | None = None
     #: sentence-transformers' truncation length (sentence_bert_config.json), if any.
     st_max_length: int | None = None
 
@@ -209,9 +279,22 @@ class ModelFiles:
         )
 
 
-#: sentence-transformers' pooling flags before ``pooling_mode``, and the mode each sets (in
-#: the order it concatenates them).
-_ST_POOLING_FLAGS = {
+def _sentence_transformers_pooling(root: Path) -> Pooling | None:
+    cfg = root / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    modes = sentence_transformers_pooling_modes(data)
+    return modes[0] if len(modes) == 1 and modes[0] in _SERVED_POOLING.values() else None
+
+
+#: sentence-transformers' pooling modes the server applies, by its names for them.
+_SERVED_POOLING: dict[str, Pooling] = {"cls": "cls", "mean": "mean", "lasttoken": "last"}
+#: The boolean keys of its older pooling configs, by mode (their order in its output).
+_LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_tokens": "mean",
@@ -221,34 +304,21 @@ _ST_POOLING_FLAGS = {
 }
 
 
-def sentence_transformers_pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
-    """The modes of a sentence-transformers pooling config (``1_Pooling/config.json``) in
-    either of its formats: ``pooling_mode``, a mode or a list (sentence-transformers 6 writes
-    it), or the older ``pooling_mode_*`` flags. Several modes are concatenated; with none,
-    sentence-transformers pools by the mean."""
-    mode = config.get("pooling_mode")
-    if isinstance(mode, str):
-        return (mode,)
-    if isinstance(mode, list) and mode:
-        return tuple(str(m) for m in mode)
-    flags = tuple(m for key, m in _ST_POOLING_FLAGS.items() if config.get(key))
-    return flags or ("mean",)
+def sentence_transformers_pooling_modes(data: dict[str, Any]) -> list[Any]:
+    """The pooling modes a sentence-transformers pooling config selects, served ones by the
+    server's names (``cls``, ``mean``, ``last``) and others by sentence-transformers'.
 
-
-def _sentence_transformers_pooling(root: Path) -> Literal["cls", "mean"] | None:
-    cfg = root / "1_Pooling" / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    modes = sentence_transformers_pooling_modes(data) if isinstance(data, dict) else ()
-    if "cls" in modes:
-        return "cls"
-    if "mean" in modes:
-        return "mean"
-    return None
+    Its configs name them in ``pooling_mode`` (a name or a list, since version 6) or with
+    one boolean key per mode (earlier versions; what the hub's folders mostly hold).
+    """
+    raw = data.get("pooling_mode")
+    if isinstance(raw, str):
+        names = [raw]
+    elif isinstance(raw, list):
+        names = [str(n) for n in raw]
+    else:
+        names = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if data.get(key)]
+    return [_SERVED_POOLING.get(n, n) for n in names]
 
 
 def _sentence_transformers_max_length(root: Path) -> int | None:

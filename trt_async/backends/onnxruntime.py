@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,12 +47,44 @@ _ORT_INT_TYPES: dict[str, np.dtype] = {
 #: 5-8 % slower on 32-text requests and long texts side by side (``perf/peer_table.py``): the
 #: queue seldom holds that many long rows, and more, smaller batches each cost the overhead.
 #: So the token budget stays the common default.
+#:
+#: Past 8192 tokens (decoders take 32768 and more) the steps grow to 1024, 2048 and 4096
+#: tokens, 6-12 % of the length: a text one token over a step must not pad to the model's
+#: whole length. Attention's scores, ``rows x heads x length²`` floats, are most of a long
+#: batch's memory (ONNX Runtime's peak was 2.2-2.3 times them for one 8192-token text on a
+#: 16-head decoder, ``perf/attention_memory.py``),
+#: so a batch holds at most 2^24 rows x length² (16 rows of 1024 tokens): below 1024
+#: tokens the token budget binds first, as before; above, long rows batch less (4 of 2048,
+#: 1 of 4096 and more). Longer rows also ran slower per item in batches here (2048 tokens:
+#: 1.6 s alone, 2.1 s each in twos).
 ONNXRUNTIME_SPEC = BackendSpec(
     name="onnxruntime",
-    length_steps=(*range(8, 129, 8), *range(144, 257, 16), *range(288, 8193, 32)),
+    length_steps=(
+        *range(8, 129, 8),
+        *range(144, 257, 16),
+        *range(288, 8193, 32),
+        *range(9216, 16385, 1024),
+        *range(18432, 32769, 2048),
+        *range(36864, 131073, 4096),
+    ),
     batch_sizes=tuple(range(1, 33)),
     batch_overhead_tokens=32,
+    max_batch_attention=1 << 24,
 )
+#: Tokens warmed per session at start-up, over the shortest lengths first: a decoder's
+#: grid reaches thousands of tokens per length, and warming every one of them once took
+#: hours on a CPU. Longer lengths pay their first run's one-off costs on their first batch.
+WARMUP_TOKENS = 1 << 15
+
+
+def warmup_lengths(lengths: Sequence[int], budget: int = WARMUP_TOKENS) -> list[int]:
+    """The shortest of ``lengths`` whose sum stays within ``budget`` (at least one)."""
+    out: list[int] = []
+    for length in sorted(lengths):
+        if out and sum(out) + length > budget:
+            break
+        out.append(length)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +224,10 @@ class OnnxRuntimeBackend:
                 outs[name] = np.zeros(size, dtype=np.float32)
             self._out_arena.append(outs)
         # CPU kernels are shape-agnostic: the first run pays one-off costs, not each shape, so
-        # warm each length once at batch 1 rather than every bucket, on each session.
+        # warm each length once at batch 1 rather than every bucket, on each session, up to
+        # WARMUP_TOKENS of them.
         lanes = sorted({0, self._lanes.alone})  # each session once
-        steps = [(lane, length) for lane in lanes for length in grid.lengths]
+        steps = [(lane, length) for lane in lanes for length in warmup_lengths(grid.lengths)]
         for i, (lane, length) in enumerate(steps):
             self.execute(Bucket(1, length), self._io.extra_outputs, lane)
             if progress is not None:

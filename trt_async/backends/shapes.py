@@ -24,12 +24,19 @@ class Bucket:
 
 
 class BucketGrid:
-    """Sorted batch sizes and padded lengths, bounded by ``max_batch_tokens``."""
+    """Sorted batch sizes and padded lengths, bounded by ``max_batch_tokens`` and, if set,
+    by ``max_batch_attention``: the most rows x length² in one batch, which is what
+    attention's (rows, heads, length, length) scores grow with. Past a few thousand tokens
+    those scores, not the tokens, are a batch's memory; one item always fits."""
 
-    __slots__ = ("batch_sizes", "lengths", "max_batch_tokens")
+    __slots__ = ("batch_sizes", "lengths", "max_batch_attention", "max_batch_tokens")
 
     def __init__(
-        self, batch_sizes: Sequence[int], lengths: Sequence[int], max_batch_tokens: int
+        self,
+        batch_sizes: Sequence[int],
+        lengths: Sequence[int],
+        max_batch_tokens: int,
+        max_batch_attention: int | None = None,
     ) -> None:
         if not batch_sizes or not lengths:
             raise ValueError("a bucket grid needs at least one batch size and one length")
@@ -46,6 +53,7 @@ class BucketGrid:
                 f"padded length ({self.lengths[-1]})"
             )
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_attention = max_batch_attention
 
     @property
     def max_length(self) -> int:
@@ -72,8 +80,11 @@ class BucketGrid:
         return self.batch_sizes[i]
 
     def capacity(self, length: int) -> int:
-        """The most items one batch of padded ``length`` may carry under ``max_batch_tokens``."""
+        """The most items one batch of padded ``length`` may carry under ``max_batch_tokens``
+        (and ``max_batch_attention``); at least one."""
         limit = self.max_batch_tokens // length
+        if self.max_batch_attention is not None:
+            limit = min(limit, self.max_batch_attention // (length * length))
         i = bisect.bisect_right(self.batch_sizes, limit)
         return self.batch_sizes[max(i - 1, 0)]
 
@@ -88,5 +99,6 @@ class BucketGrid:
     def __repr__(self) -> str:
         return (
             f"BucketGrid(batch_sizes={list(self.batch_sizes)}, lengths={list(self.lengths)}, "
-            f"max_batch_tokens={self.max_batch_tokens})"
+            f"max_batch_tokens={self.max_batch_tokens}, "
+            f"max_batch_attention={self.max_batch_attention})"
         )

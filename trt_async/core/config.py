@@ -27,7 +27,8 @@ CONFIG_ENV = "TRT_ASYNC_CONFIG"
 #: The server's log level (``trt-async --log-level`` sets it for the worker; default INFO).
 LOG_LEVEL_ENV = "TRT_ASYNC_LOG_LEVEL"
 
-Pooling = Literal["cls", "mean", "none"]
+#: ``last``: each item's last real token (decoder embedders such as Qwen3-Embedding).
+Pooling = Literal["cls", "mean", "last", "none"]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 _T = TypeVar("_T")

@@ -25,14 +25,20 @@ class Part(enum.Enum):
     DOCUMENTS = "documents"
     #: The texts of a zero-shot classification.
     TEXTS = "text"
+    #: The first texts of (premise, hypothesis) pairs.
+    PREMISES = "premises"
     LABELS = "candidate labels"
     TEMPLATE = "hypothesis template"
     DIMENSIONS = "dimensions"
     #: How a request turns truncation on (the model config's own ``truncate: true``).
     TRUNCATION = "truncate=true"
     MODEL = "model"
+    #: The name of one of the model's prompts (sentence-transformers' ``prompt_name``).
+    PROMPT_NAME = "prompt_name"
     #: The name a model is loaded under.
     NAME = "name"
+    #: An LLM reranker's instruction.
+    INSTRUCTION = "instruction"
 
 
 #: How a part is named in a sentence: :func:`core_name`, or an API's field names.
@@ -41,6 +47,7 @@ Naming = Callable[[Part], str]
 #: Parts that hold several items, and what one item is called.
 ITEMS: dict[Part, str] = {
     Part.INPUTS: "text",
+    Part.PREMISES: "premise",
     Part.DOCUMENTS: "document",
     Part.TEXTS: "text",
     Part.LABELS: "label",
@@ -173,11 +180,10 @@ class ForeignTokenIds(InvalidInput):
 class TooManyInputs(InvalidInput):
     """More items in one request than the server allows."""
 
-    def __init__(self, count: int, limit: int, *, field: str | None = None) -> None:
+    def __init__(self, count: int, limit: int, *, part: Part = Part.INPUTS) -> None:
         super().__init__(
             f"batch size {count} > maximum allowed batch size {limit}; split the request",
-            part=Part.INPUTS,
-            field=field,
+            part=part,
         )
 
 

@@ -12,16 +12,58 @@ from typing import Literal
 
 import numpy as np
 
+from trt_async.backends.modelfiles import Pooling, ScoreFormula
+
 #: ``reduce(output, attention_mask) -> rows``: one float32 row per item of the batch.
 Reducer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def make_reducer(pooling: Literal["cls", "mean", "none"]) -> Reducer:
+def make_reducer(pooling: Literal[Pooling, "none"]) -> Reducer:
     if pooling == "cls":
         return _pool_cls
     if pooling == "mean":
         return _pool_mean
+    if pooling == "last":
+        return _pool_last
     return _pool_none
+
+
+def make_score_reducer(formula: ScoreFormula) -> Reducer:
+    """The reduction of an LLM reranker's ``(batch, tokens)`` logits to one score logit per
+    item, so that every reranker's row is a logit whose sigmoid is its probability.
+
+    ``softmax`` (logits of the false then the true token, Qwen3-Reranker's "no" / "yes"):
+    their difference, the log-odds; its sigmoid is exactly the softmax's "true"
+    probability, ``e^yes / (e^no + e^yes)``, the model card's score. ``logit``
+    (bge-reranker-v2-gemma's "Yes"): that logit as it is.
+    """
+    return _log_odds if formula == "softmax" else _pool_none
+
+
+def last_real_token(mask: np.ndarray) -> np.ndarray:
+    """Each row's last position whose mask is set: right padding (the server's) and left
+    padding (Qwen3-Embedding's tokenizer) alike. A row without one gives the last index."""
+    seen = np.asarray(mask)[:, ::-1] != 0
+    index: np.ndarray = mask.shape[1] - 1 - np.argmax(seen, axis=1)
+    return index
+
+
+def _pool_last(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    rows: np.ndarray = np.array(
+        output[np.arange(output.shape[0]), last_real_token(mask)], dtype=np.float32
+    )
+    return rows
+
+
+def _log_odds(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if output.ndim != 2 or output.shape[1] != 2:
+        raise ValueError(
+            f"a two-token score needs (batch, 2) logits, got shape {output.shape}; re-export "
+            "the reranker with trt-async export"
+        )
+    logits = output.astype(np.float32, copy=False)
+    rows: np.ndarray = logits[:, 1:2] - logits[:, 0:1]
+    return rows
 
 
 def _pool_cls(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -31,7 +73,9 @@ def _pool_cls(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _pool_mean(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask.astype(np.float32)
-    sums: np.ndarray = np.einsum("bld,bl->bd", output.astype(np.float32, copy=False), weights)
+    # A batched (1 x length) @ (length x hidden) product: BLAS, where einsum's loop was
+    # 1.3-1.7x slower on the batches the server runs.
+    sums = np.matmul(weights[:, None, :], output.astype(np.float32, copy=False))[:, 0, :]
     counts = np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
     rows: np.ndarray = (sums / counts).astype(np.float32, copy=False)
     return rows
@@ -48,8 +92,10 @@ def _pool_none(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def l2_normalize(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    unit: np.ndarray = rows / np.maximum(norms, 1e-12)
+    # The squared norms as one row-wise dot product: np.linalg.norm costs several times
+    # more on the small matrices of one request.
+    squares = np.einsum("...i,...i->...", rows, rows)[..., None]
+    unit: np.ndarray = rows / np.maximum(np.sqrt(squares), 1e-12)
     return unit
 
 

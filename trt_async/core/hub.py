@@ -39,6 +39,7 @@ from trt_async.backends.modelfiles import (
     MANIFEST_NAME,
     ONNX_NAME,
     ModelDirError,
+    Pooling,
     Task,
     sentence_transformers_pooling_modes,
     sha256_file,
@@ -219,7 +220,7 @@ def fetch(
             f"{ref.repo_id} at commit {model.commit[:12]}: an embedding model without "
             f"sentence-transformers' pooling config ({_ST_POOLING}), so the server cannot tell "
             f"how to pool it; serve it from a config (model_path: hf://{ref}) with pooling: "
-            "cls or mean"
+            "cls, mean or last"
         )
     return model
 
@@ -480,17 +481,30 @@ def _check_servable(snapshot: Path, at: str) -> None:
                     f"{at}: modules.json has a {kind} module after the transformer, which the "
                     "ONNX graph does not hold; the server applies only pooling and normalisation"
                 )
+    st_config = snapshot / "config_sentence_transformers.json"
+    if st_config.is_file():
+        try:
+            default = json.loads(st_config.read_text(encoding="utf-8")).get("default_prompt_name")
+        except (ValueError, AttributeError) as exc:
+            raise HubError(f"{at}: {st_config.name} is not a JSON object ({exc})") from None
+        if default:
+            # As the registry refuses an export with one: vectors without it look right.
+            raise HubError(
+                f"{at}: its default prompt ({default!r}) goes before every input, which this "
+                "server's embedding routes do not do yet"
+            )
     for pooling in sorted(snapshot.glob("[0-9]*_Pooling/config.json")):
         try:
             config = json.loads(pooling.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise HubError(f"{at}: {pooling.parent.name}/config.json: not JSON ({exc})") from None
         modes = sentence_transformers_pooling_modes(config if isinstance(config, dict) else {})
-        if modes in (("cls",), ("mean",)):
+        if len(modes) == 1 and modes[0] in get_args(Pooling):
             continue
         raise HubError(
-            f"{at}: {pooling.parent.name}/config.json pools by {' + '.join(modes)}; the server "
-            "pools by the CLS token or the mean, one of them"
+            f"{at}: {pooling.parent.name}/config.json pools by "
+            f"{' + '.join(map(str, modes)) or 'no mode it names'}; the server pools by one of "
+            f"{', '.join(get_args(Pooling))}"
         )
 
 

@@ -2,31 +2,38 @@
 
 Counters that the scheduler already keeps (queue depth, tokens, failures, graph replays)
 are read at scrape time by a custom collector, so the hot path pays nothing for them.
-Distributions (batch sizes, durations) are observed as they happen.
+Distributions (batch sizes, durations) and request counts are observed as they happen, into
+plain numbers the event loop alone writes (:class:`Series`), read at scrape time too.
 """
 
 from __future__ import annotations
 
-import contextlib
+import bisect
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from trt_async.backends.shapes import Bucket
 
 if TYPE_CHECKING:
-    from trt_async.core.tasks import ServedModel, Timings
+    from trt_async.core.requests import Timings
+    from trt_async.core.tasks import ServedModel
 
 PREFIX = "trt_async"
 
@@ -38,6 +45,81 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 _LENGTH_BUCKETS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 8192)
 
 
+class Series:
+    """A counter or histogram observed from the event loop only, read at scrape time.
+
+    prometheus_client's metrics take a lock for every observation, two for a histogram's
+    (its sum and its bucket): five metrics a request made ten lock round trips on the event
+    loop. These are plain numbers, written by one thread; a scrape reads them on that same
+    thread (``/metrics`` runs on the loop), so no lock is needed.
+    """
+
+    __slots__ = ("bounds", "buckets", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = ()) -> None:
+        self.bounds = bounds
+        #: Observations per bucket (not cumulative); the last is +Inf's.
+        self.buckets = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def inc(self) -> None:
+        self.buckets[0] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus's buckets: ``le`` bounds with cumulative counts, +Inf last."""
+        out = []
+        total = 0
+        for bound, n in zip((*self.bounds, math.inf), self.buckets, strict=True):
+            total += n
+            out.append(("+Inf" if bound == math.inf else repr(float(bound)), float(total)))
+        return out
+
+
+class _Family:
+    """One metric family of :class:`Series`, by label values."""
+
+    __slots__ = ("bounds", "help", "labels", "name", "series")
+
+    def __init__(
+        self, name: str, help: str, labels: tuple[str, ...], bounds: tuple[float, ...] = ()
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.labels = labels
+        self.bounds = bounds
+        self.series: dict[tuple[str, ...], Series] = {}
+
+    def get(self, *values: str) -> Series:
+        found = self.series.get(values)
+        if found is None:
+            found = self.series[values] = Series(self.bounds)
+        return found
+
+    def forget(self, model: str) -> None:
+        index = self.labels.index("model")
+        self.series = {k: v for k, v in self.series.items() if k[index] != model}
+
+    def collect(self) -> Metric:
+        if self.bounds:
+            histogram = HistogramMetricFamily(self.name, self.help, labels=self.labels)
+            for values, series in self.series.items():
+                histogram.add_metric(list(values), series.cumulative(), series.sum)
+            return histogram
+        counter = CounterMetricFamily(self.name, self.help, labels=self.labels)
+        for values, series in self.series.items():
+            counter.add_metric(list(values), series.count, created=series.created)
+        return counter
+
+
 class Metrics:
     """Every metric family of the server; ``render()`` gives the exposition text."""
 
@@ -45,71 +127,90 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        r = self.registry
-        self.requests = Counter(
-            f"{PREFIX}_requests", "HTTP requests by route, model and status",
-            ["route", "model", "status"], registry=r,
+
+        def family(
+            name: str, help: str, labels: tuple[str, ...], bounds: tuple[float, ...] = ()
+        ) -> _Family:
+            return _Family(f"{PREFIX}_{name}", help, labels, bounds)
+
+        self.requests = family(
+            "requests", "HTTP requests by route, model and status", ("route", "model", "status")
+        )
+        self.request_seconds = family(
+            "request_duration_seconds", "Request time in the server", ("route", "model"),
+            _LATENCY_BUCKETS,
         )  # fmt: skip
-        self.request_seconds = Histogram(
-            f"{PREFIX}_request_duration_seconds", "Request time in the server",
-            ["route", "model"], buckets=_LATENCY_BUCKETS, registry=r,
+        self.queue_seconds = family(
+            "queue_duration_seconds", "Time from enqueue to the first batch start", ("model",),
+            _LATENCY_BUCKETS,
         )  # fmt: skip
-        self.queue_seconds = Histogram(
-            f"{PREFIX}_queue_duration_seconds", "Time from enqueue to the first batch start",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        self.tokenize_seconds = family(
+            "tokenization_duration_seconds", "Tokenisation time per request", ("model",),
+            _LATENCY_BUCKETS,
         )  # fmt: skip
-        self.tokenize_seconds = Histogram(
-            f"{PREFIX}_tokenization_duration_seconds", "Tokenisation time per request",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.inference_seconds = Histogram(
-            f"{PREFIX}_inference_duration_seconds",
+        self.inference_seconds = family(
+            "inference_duration_seconds",
             "Time from a request's first batch start to its last batch end",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            ("model",),
+            _LATENCY_BUCKETS,
+        )
+        self.batch_seconds = family(
+            "batch_duration_seconds", "Backend time per batch (pack, run, pool)", ("model",),
+            _LATENCY_BUCKETS,
         )  # fmt: skip
-        self.batch_seconds = Histogram(
-            f"{PREFIX}_batch_duration_seconds", "Backend time per batch (pack, run, pool)",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        self.batch_size = family(
+            "batch_size", "Real items per batch", ("model",), _BATCH_BUCKETS
         )  # fmt: skip
-        self.batch_size = Histogram(
-            f"{PREFIX}_batch_size", "Real items per batch",
-            ["model"], buckets=_BATCH_BUCKETS, registry=r,
+        self.batch_length = family(
+            "batch_padded_length", "Padded sequence length per batch", ("model",),
+            _LENGTH_BUCKETS,
         )  # fmt: skip
-        self.batch_length = Histogram(
-            f"{PREFIX}_batch_padded_length", "Padded sequence length per batch",
-            ["model"], buckets=_LENGTH_BUCKETS, registry=r,
+        self._families = (
+            self.requests, self.request_seconds, self.queue_seconds, self.tokenize_seconds,
+            self.inference_seconds, self.batch_seconds, self.batch_size, self.batch_length,
         )  # fmt: skip
-        r.register(_SchedulerCollector(models))
-        #: (route, status) pairs seen per model, so a model's series can be removed.
-        self._request_series: dict[str, set[tuple[str, str]]] = {}
+        self.registry.register(_SeriesCollector(self._families))
+        self.registry.register(_SchedulerCollector(models))
+        #: The series a request observes, by (route, model, status) and by model: looking
+        #: a series up by its labels costs more than the observation itself.
+        self._request_series: dict[tuple[str, str, int], tuple[Series, Series]] = {}
+        self._timing_series: dict[str, tuple[Series, Series, Series]] = {}
 
     def batch_observer(self, model: str) -> _BatchObserver:
         return _BatchObserver(self, model)
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, model, str(status)).inc()
-        self.request_seconds.labels(route, model).observe(seconds)
-        self._request_series.setdefault(model, set()).add((route, str(status)))
+        series = self._request_series.get((route, model, status))
+        if series is None:
+            series = (
+                self.requests.get(route, model, str(status)),
+                self.request_seconds.get(route, model),
+            )
+            self._request_series[(route, model, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def forget_model(self, model: str) -> None:
         """Drop every series labelled with ``model`` (it was unloaded)."""
-        routes: set[str] = set()
-        for route, status in self._request_series.pop(model, set()):
-            self.requests.remove(route, model, status)
-            routes.add(route)
-        for route in routes:
-            self.request_seconds.remove(route, model)
-        for family in (
-            self.queue_seconds, self.tokenize_seconds, self.inference_seconds,
-            self.batch_seconds, self.batch_size, self.batch_length,
-        ):  # fmt: skip
-            with contextlib.suppress(KeyError):
-                family.remove(model)
+        self._request_series = {
+            key: value for key, value in self._request_series.items() if key[1] != model
+        }
+        self._timing_series.pop(model, None)
+        for family in self._families:
+            family.forget(model)
 
     def observe_timings(self, model: str, timings: Timings) -> None:
-        self.queue_seconds.labels(model).observe(timings.queue_s)
-        self.tokenize_seconds.labels(model).observe(timings.tokenize_s)
-        self.inference_seconds.labels(model).observe(timings.inference_s)
+        series = self._timing_series.get(model)
+        if series is None:
+            series = (
+                self.queue_seconds.get(model),
+                self.tokenize_seconds.get(model),
+                self.inference_seconds.get(model),
+            )
+            self._timing_series[model] = series
+        series[0].observe(timings.queue_s)
+        series[1].observe(timings.tokenize_s)
+        series[2].observe(timings.inference_s)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
@@ -129,9 +230,9 @@ class _BatchObserver:
     __slots__ = ("_length", "_seconds", "_size")
 
     def __init__(self, metrics: Metrics, model: str) -> None:
-        self._seconds = metrics.batch_seconds.labels(model)
-        self._size = metrics.batch_size.labels(model)
-        self._length = metrics.batch_length.labels(model)
+        self._seconds = metrics.batch_seconds.get(model)
+        self._size = metrics.batch_size.get(model)
+        self._length = metrics.batch_length.get(model)
 
     def batch_done(
         self, bucket: Bucket, items: int, real_tokens: int, seconds: float, ok: bool
@@ -139,6 +240,20 @@ class _BatchObserver:
         self._seconds.observe(seconds)
         self._size.observe(items)
         self._length.observe(bucket.length)
+
+
+class _SeriesCollector(Collector):
+    """The loop's own counters and histograms, at scrape time."""
+
+    def __init__(self, families: tuple[_Family, ...]) -> None:
+        self._families = families
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.collect()
 
 
 class _SchedulerCollector(Collector):

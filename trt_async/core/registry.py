@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trt_async.backends import BackendUnavailable
-from trt_async.backends.modelfiles import ModelFiles
+from trt_async.backends.modelfiles import ModelDirError, ModelFiles
 from trt_async.core import hub
 from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
 from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound, Part
+from trt_async.core.requests import Timings
 from trt_async.core.runtime import ModelRuntime, create_runtime
 from trt_async.core.scheduler import BatchObserver
-from trt_async.core.tasks import ModelState, ServedModel, Timings
+from trt_async.core.tasks import ModelState, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class ModelRegistry:
 
     def _build_runtime(self, name: str, config: ModelConfig) -> ModelRuntime:
         files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
+        refuse_unserved_inputs(files)
         observer = self._observer_factory(name) if self._observer_factory else None
         return create_runtime(files, config, observer=observer, label=name)
 
@@ -202,6 +204,26 @@ class ModelRegistry:
 #: request at 700 and 0.03 ms at 10,000 (``perf/gc_pauses.py``). Only garbage in
 #: reference cycles waits longer to be freed.
 YOUNG_GC_THRESHOLD = 10_000
+
+
+def refuse_unserved_inputs(files: ModelFiles) -> None:
+    """Refuse a model whose inputs the request routes do not build yet: an LLM reranker
+    reads each pair in its template (``core.prompting.encode_llm_pairs``), and a model with
+    a default prompt gets it on every input (``core.prompting.encode_prompted``). Served
+    without them, its scores or vectors would look plausible and be wrong."""
+    manifest = files.manifest
+    if manifest is None:
+        return
+    if manifest.pair_template is not None:
+        raise ModelDirError(
+            f"{files.root}: an LLM reranker (template {manifest.pair_template.name}); this "
+            "server's rerank routes do not lay out its pairs yet, so it cannot be served"
+        )
+    if manifest.default_prompt_name is not None:
+        raise ModelDirError(
+            f"{files.root}: its default prompt ({manifest.default_prompt_name!r}) goes before "
+            "every input, which this server's embedding routes do not do yet"
+        )
 
 
 def settle_heap() -> None:

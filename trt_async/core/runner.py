@@ -12,19 +12,19 @@ of its own.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from trt_async.backends.base import Backend, Lanes
 from trt_async.backends.shapes import Bucket
-from trt_async.core.heads import Reducer
+from trt_async.core.heads import Reducer, l2_normalize
 from trt_async.core.multivector import Head, HeadReducer
 from trt_async.core.tokenizer import Encoding
 
@@ -38,6 +38,8 @@ class BatchOutput:
     execute_s: float
     #: Per head asked for, one value per item of the batch (see core.multivector).
     heads: Mapping[Head, Sequence[object]] = field(default_factory=dict)
+    #: ``rows`` L2-normalised, for runners that give vectors (what most requests return).
+    units: np.ndarray | None = None
 
 
 def pack(buffers: Mapping[str, np.ndarray], items: Sequence[Encoding], pad_id: int) -> np.ndarray:
@@ -71,6 +73,70 @@ class BatchAbandoned(Exception):
     """A batch waiting for the worker was not run: the scheduler closed before it started."""
 
 
+class _Job:
+    __slots__ = ("call", "future", "loop")
+
+    def __init__(
+        self,
+        call: Callable[[int], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.call = call
+        self.future = future
+        self.loop = loop
+
+
+class _LaneThreads:
+    """Threads that take jobs from one queue, each with its lane's index.
+
+    A job's result reaches its awaiting task with one ``call_soon_threadsafe``: an executor's
+    future, wrapped for asyncio, costs the event loop several callbacks and a lock per
+    batch more.
+    """
+
+    def __init__(self, lanes: Sequence[int], name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, args=(lane,), name=f"{name}-{i}", daemon=True)
+            for i, lane in enumerate(lanes)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, call: Callable[[int], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(call, future, loop))
+        return future
+
+    def _work(self, lane: int) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                result = job.call(lane)
+            except BaseException as exc:  # handed to the awaiting task, as an executor does
+                outcome: tuple[Any, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                job.loop.call_soon_threadsafe(_settle, job.future, *outcome)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class BatchRunner:
     """Owns the worker threads that talk to a backend: one per lane."""
 
@@ -81,27 +147,21 @@ class BatchRunner:
         pad_id: int,
         name: str,
         head_reducers: Mapping[Head, tuple[str, HeadReducer]] | None = None,
+        *,
+        units: bool = False,
     ) -> None:
         self.backend = backend
         self._reduce = reduce
+        #: Whether each batch's rows are also given L2-normalised (vectors, not logits): the
+        #: worker thread normalises a whole batch in one operation, the event loop would
+        #: pay for one per request.
+        self._units = units
         self._heads = dict(head_reducers or {})
         self._pad_id = pad_id
         self.lanes: Lanes = backend.lanes()
-        self._lane = threading.local()
-        numbers = itertools.count()
-
-        def take_lane() -> None:
-            self._lane.index = next(numbers)
-
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.lanes.parallel,
-            thread_name_prefix=f"batch-{name}",
-            initializer=take_lane,
-        )
+        self._parallel = _LaneThreads(range(self.lanes.parallel), f"batch-{name}")
         self._solo = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}-solo")
-            if self.lanes.solo
-            else None
+            _LaneThreads([self.lanes.alone], f"batch-{name}-solo") if self.lanes.solo else None
         )
         #: Batches handed to a lane and not back yet (counted on the event loop).
         self._in_flight = 0
@@ -122,18 +182,13 @@ class BatchRunner:
         A batch picked ahead waits for a lane; ``abandoned`` is asked when a worker
         reaches it, and a True answer raises :class:`BatchAbandoned` instead of running
         it."""
-        loop = asyncio.get_running_loop()
-        # A parallel lane is known only on the pool thread that takes the job (None here).
-        executor, lane = (
-            (self._solo, self.lanes.alone)
-            if solo and self._solo is not None
-            else (self._executor, None)
-        )
+        # A parallel lane is known only on the thread that takes the job.
+        threads = self._solo if solo and self._solo is not None else self._parallel
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await loop.run_in_executor(
-                executor, self._job, bucket, items, heads, abandoned, lane
+            return await threads.submit(
+                lambda lane: self._job(bucket, items, heads, abandoned, lane)
             )
         finally:
             self._in_flight -= 1
@@ -150,12 +205,10 @@ class BatchRunner:
         items: Sequence[Encoding],
         heads: Collection[Head],
         abandoned: Callable[[], bool] | None,
-        lane: int | None,
+        lane: int,
     ) -> BatchOutput:
         if abandoned is not None and abandoned():
             raise BatchAbandoned
-        if lane is None:
-            lane = self._lane.index
         buffers = self.backend.inputs(bucket, lane)
         mask = pack(buffers, items, self._pad_id)
         wanted = [(head, *self._heads[head]) for head in heads]
@@ -167,15 +220,15 @@ class BatchRunner:
         rows = self._reduce(outputs[self.backend.io.output][:n], mask[:n])
         ids = buffers["input_ids"][:n]
         extras = {head: reduce(outputs[name][:n], ids, mask[:n]) for head, name, reduce in wanted}
-        return BatchOutput(rows, execute_s, extras)
+        units = l2_normalize(rows) if self._units else None
+        return BatchOutput(rows, execute_s, extras, units)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on a backend thread (prepare, close) without blocking the loop; with
         several lanes, only while no batch runs (see :meth:`drain`)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn)
+        return await self._parallel.submit(lambda lane: fn())
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._parallel.shutdown()
         if self._solo is not None:
-            self._solo.shutdown(wait=True, cancel_futures=True)
+            self._solo.shutdown()

@@ -34,7 +34,8 @@ from trt_async.core.config import ConfigError, ModelConfig, Pooling
 from trt_async.core.fairpool import FairPool
 from trt_async.core.multivector import make_head_reducers
 from trt_async.core.runner import BatchRunner
-from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler
+from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, prepare
+from trt_async.core.tokenize_queue import TokenizeQueue
 from trt_async.core.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def bucket_grid(config: ModelConfig, spec: BackendSpec, max_length: int) -> Buck
         config.batch_sizes or spec.batch_sizes,
         lengths,
         max(config.max_batch_tokens or spec.max_batch_tokens, max(lengths)),
+        spec.max_batch_attention,
     )
 
 
@@ -130,7 +132,13 @@ class ModelRuntime:
         self.io = io
         self.task = files.manifest.task if files.manifest is not None else None
         self.pooling = pooling_for(config, files, io.output)
-        self.reduce = heads.make_reducer(self.pooling)
+        score = files.manifest.score if files.manifest is not None else None
+        # An LLM reranker's token logits become one logit per pair, as a cross-encoder's.
+        self.reduce = (
+            heads.make_score_reducer(score.formula)
+            if score is not None
+            else heads.make_reducer(self.pooling)
+        )
         self.labels = label_map(config, files)
         self.tokenizer = TextTokenizer(
             files.tokenizer, self.max_length, with_type_ids="token_type_ids" in io.inputs
@@ -145,10 +153,19 @@ class ModelRuntime:
             self.grid = bucket_grid(config, spec, self.max_length)
         except ValueError as exc:
             raise ConfigError(f"{label}: bucket grid: {exc}") from None
+        grid = self.grid
+        self.tokenize_queue = TokenizeQueue(
+            self.tokenizer, TOKENIZE_POOL, self, lambda encodings: prepare(encodings, grid)
+        )
         skip_ids = files.manifest.sparse_skip_ids if files.manifest is not None else None
         self.head_reducers = make_head_reducers(io.outputs, skip_ids or ())
         self.runner = BatchRunner(
-            self.backend, self.reduce, self.tokenizer.pad_id, label, self.head_reducers
+            self.backend,
+            self.reduce,
+            self.tokenizer.pad_id,
+            label,
+            self.head_reducers,
+            units=self.is_embedder,
         )
         self.scheduler = Scheduler(
             self.runner,

@@ -25,19 +25,22 @@ backend library.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol, overload
 
 import numpy as np
 
 from trt_async.backends.base import Lanes
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, OverCapacity, Overloaded, Unavailable
+from trt_async.core.heads import l2_normalize
 from trt_async.core.multivector import Head
 from trt_async.core.runner import BatchAbandoned, BatchOutput
 from trt_async.core.tokenizer import Encoding
@@ -109,15 +112,49 @@ class BatchObserver(Protocol):
     ) -> None: ...
 
 
+class Prepared(NamedTuple):
+    """A request's items as the scheduler queues them: their token counts, and their
+    indices grouped by padded length. Made off the event loop where the items are made
+    (:func:`prepare`), so the loop's work for a request is per length, not per item."""
+
+    encodings: Sequence[Encoding]
+    sizes: list[int]
+    tokens: int
+    #: ``(padded length, item indices, their token counts)`` per length the items span.
+    groups: list[tuple[int, list[int], list[int]]]
+
+
+def prepare(encodings: Sequence[Encoding], grid: BucketGrid) -> Prepared:
+    """``encodings`` grouped by the padded length each takes in ``grid``."""
+    sizes = [len(e.ids) for e in encodings]
+    lengths = grid.lengths
+    if len(sizes) == 1:
+        length = lengths[bisect.bisect_left(lengths, sizes[0])] if sizes[0] <= lengths[-1] else -1
+        groups = [(length, [0], sizes)]
+    else:
+        by_length: dict[int, tuple[list[int], list[int]]] = {}
+        for index, size in enumerate(sizes):
+            i = bisect.bisect_left(lengths, size)
+            length = lengths[i] if i < len(lengths) else -1
+            found = by_length.get(length)
+            if found is None:
+                found = by_length[length] = ([], [])
+            found[0].append(index)
+            found[1].append(size)
+        groups = [(length, found[0], found[1]) for length, found in by_length.items()]
+    return Prepared(encodings, sizes, sum(sizes), groups)
+
+
 class _Request:
     __slots__ = (
+        "chunks",
         "deadline_handle",
+        "encodings",
         "enqueued",
         "extras",
         "first_start",
         "future",
         "heads",
-        "items",
         "last_end",
         "queued",
         "remaining",
@@ -125,21 +162,27 @@ class _Request:
         "size",
         "tokens",
         "turn_since",
+        "unit",
     )
 
     def __init__(
         self,
         future: asyncio.Future[None],
-        n: int,
+        encodings: Sequence[Encoding],
         tokens: int,
         now: float,
         heads: frozenset[Head] = frozenset(),
+        unit: bool = False,
     ) -> None:
+        n = len(encodings)
         self.future = future
+        self.encodings = encodings
         self.rows: np.ndarray | None = None
         self.heads = heads
+        #: Whether it wants its rows L2-normalised (the runner's ``units``), not as pooled.
+        self.unit = unit
         self.extras: dict[Head, list[object]] = {head: [None] * n for head in heads}
-        self.items: list[_Item] = []
+        self.chunks: list[_Chunk] = []
         self.size = n
         self.remaining = n
         self.queued = n
@@ -156,29 +199,82 @@ class _Request:
         return self.future.done()
 
 
-@dataclass(slots=True, eq=False)
-class _Item:
+class _Chunk:
+    """A request's items of one padded length, in input order, taken from the front.
+
+    Items wait in chunks, not one by one: the loop's bookkeeping for a request of many
+    texts is per length it spans, not per text.
+    """
+
+    __slots__ = ("indices", "length", "pos", "prefix", "request")
+
+    def __init__(
+        self, request: _Request, length: int, indices: list[int], sizes: list[int]
+    ) -> None:
+        self.request = request
+        self.length = length
+        self.indices = indices
+        #: ``prefix[k]``: tokens of the first k items.
+        self.prefix = [0, *itertools.accumulate(sizes)]
+        #: Items before this position were taken into batches (or dropped).
+        self.pos = 0
+
+    @property
+    def left(self) -> int:
+        return len(self.indices) - self.pos
+
+    def tokens_of(self, count: int) -> int:
+        """Tokens of the next ``count`` items."""
+        return self.prefix[self.pos + count] - self.prefix[self.pos]
+
+
+class _Part(NamedTuple):
+    """Items of one request in a batch, in the batch's order."""
+
     request: _Request
-    index: int
-    encoding: Encoding
-    #: The length queue it waits in.
-    length: int
-    #: True while it is counted as queued. A dead request's items are uncounted at once but
-    #: leave their deque lazily, whenever a pick reaches them.
-    counted: bool = True
+    indices: list[int]
+    tokens: int
+
+
+class BatchItems(Sequence[Encoding]):
+    """A batch's items as the runner packs them, gathered from its parts on the worker
+    thread (the loop only slices index lists)."""
+
+    __slots__ = ("_count", "_parts")
+
+    def __init__(self, parts: list[_Part], count: int) -> None:
+        self._parts = parts
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Encoding]:
+        for request, indices, _ in self._parts:
+            encodings = request.encodings
+            for i in indices:
+                yield encodings[i]
+
+    @overload
+    def __getitem__(self, index: int) -> Encoding: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Encoding]: ...
+
+    def __getitem__(self, index: int | slice) -> Encoding | Sequence[Encoding]:
+        items = list(self)
+        return items[index]
 
 
 class _LengthQueue:
-    """The items of one padded length, grouped by request in turn order, FIFO within each.
+    """The chunks of one padded length, one per request, in turn order.
 
-    Used like a deque of items (``append``, ``popleft``, truth); ``to_back`` moves a
-    request behind the others when it has been served.
+    ``to_back`` moves a request behind the others when it has been served.
     """
 
     __slots__ = ("_turns",)
 
     def __init__(self) -> None:
-        self._turns: OrderedDict[_Request, deque[_Item]] = OrderedDict()
+        self._turns: OrderedDict[_Request, _Chunk] = OrderedDict()
 
     def __bool__(self) -> bool:
         return bool(self._turns)
@@ -186,25 +282,18 @@ class _LengthQueue:
     def __contains__(self, request: _Request) -> bool:
         return request in self._turns
 
-    def append(self, item: _Item) -> None:
-        items = self._turns.get(item.request)
-        if items is None:
-            items = self._turns[item.request] = deque()
-        items.append(item)
+    def append(self, chunk: _Chunk) -> None:
+        self._turns[chunk.request] = chunk
 
     def first(self) -> _Request:
         """The request whose turn it is in this queue (the queue must not be empty)."""
         return next(iter(self._turns))
 
-    def drop_first(self) -> deque[_Item]:
-        return self._turns.popitem(last=False)[1]
+    def first_chunk(self) -> _Chunk:
+        return next(iter(self._turns.values()))
 
-    def popleft(self) -> _Item:
-        items = self._turns[self.first()]
-        item = items.popleft()
-        if not items:
-            self._turns.popitem(last=False)
-        return item
+    def drop_first(self) -> _Chunk:
+        return self._turns.popitem(last=False)[1]
 
     def to_back(self, request: _Request) -> None:
         if request in self._turns:
@@ -258,33 +347,42 @@ class Scheduler:
     # -- public API -----------------------------------------------------------------------
 
     async def submit(
-        self, encodings: Sequence[Encoding], heads: Collection[Head] = ()
+        self,
+        encodings: Sequence[Encoding] | Prepared,
+        heads: Collection[Head] = (),
+        *,
+        unit: bool = False,
     ) -> ScheduleResult:
         """Run ``encodings`` and return one output row per item, in order.
 
         ``heads`` are token-level results wanted besides the rows (bge-m3's sparse weights
         or ColBERT vectors, token vectors); a batch computes the heads any of its items'
-        requests want, and each request gets only its own.
+        requests want, and each request gets only its own. ``unit``: the rows L2-normalised
+        (computed with the batch, where the runner gives them). ``encodings`` may come
+        :func:`prepare`-d off the loop.
 
         Raises (see :meth:`admit`) at once when the queue bounds would be exceeded, and
         :class:`Unavailable` if the request waits past the queue timeout or the scheduler
         is closing. If the awaiting task is cancelled (client gone), its queued items leave
         the queue and are never computed.
         """
-        n = len(encodings)
-        tokens = sum(len(e) for e in encodings)
+        ready = encodings if isinstance(encodings, Prepared) else prepare(encodings, self.grid)
+        n = len(ready.sizes)
+        tokens = ready.tokens
+        longest = max(ready.sizes, default=0)
+        if longest > self.grid.max_length:
+            raise ValueError(
+                f"{longest} tokens exceed the grid's longest length {self.grid.max_length}"
+            )
         self.admit(n, tokens)
         stats = self.stats
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        request = _Request(loop.create_future(), n, tokens, now, frozenset(heads))
-        for index, encoding in enumerate(encodings):
-            length = self.grid.length_for(len(encoding))
-            item = _Item(request, index, encoding, length)
-            request.items.append(item)
-            self._queues[length].append(item)
-            self._live[length] += 1
-            self._live_tokens[length] += len(encoding)
+        request = _Request(
+            loop.create_future(), ready.encodings, tokens, now, frozenset(heads), unit
+        )
+        for length, indices, chunk_sizes in ready.groups:
+            self._enqueue(_Chunk(request, length, indices, chunk_sizes))
         stats.queued_items += n
         stats.queued_tokens += tokens
         self._idle.clear()
@@ -305,6 +403,12 @@ class Scheduler:
             inference_s=request.last_end - start,
             heads=request.extras,
         )
+
+    def _enqueue(self, chunk: _Chunk) -> None:
+        chunk.request.chunks.append(chunk)
+        self._queues[chunk.length].append(chunk)
+        self._live[chunk.length] += len(chunk.indices)
+        self._live_tokens[chunk.length] += chunk.prefix[-1]
 
     def admit(self, items: int, tokens: int = 0) -> None:
         """Raise now if a request of this size cannot be queued.
@@ -340,8 +444,8 @@ class Scheduler:
         self._closed = reason
         for queue in self._queues.values():
             while queue:
-                item = queue.popleft()
-                self._end(item.request, Unavailable(reason))
+                chunk = queue.drop_first()
+                self._end(chunk.request, Unavailable(reason))
         self._update_idle()
 
     # -- internals ------------------------------------------------------------------------
@@ -362,11 +466,11 @@ class Scheduler:
             picked = self._take_batch(self._lookahead_tokens if early else 0.0)
             if picked is None:
                 break
-            bucket, items = picked
+            bucket, parts, count = picked
             solo = self._lanes.solo and running == 0 and stats.queued_items == 0
             stats.running_batches += 1
             self._on_solo += solo
-            task = asyncio.get_running_loop().create_task(self._run(bucket, items, solo))
+            task = asyncio.get_running_loop().create_task(self._run(bucket, parts, count, solo))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._update_idle()
@@ -395,8 +499,7 @@ class Scheduler:
             queue = self._queues[length]
             # Cancelled requests' items are dropped lazily here rather than searched for.
             while queue and queue.first().dead:
-                for item in queue.drop_first():
-                    self._uncount(item, cancelled=True)
+                self._uncount(queue.drop_first(), cancelled=True)
             if queue and (turn is None or queue.first().turn_since < turn.turn_since):
                 turn = queue.first()
         if turn is None:
@@ -432,45 +535,55 @@ class Scheduler:
                     best, best_score = (target, length), score
         return best
 
-    def _take_batch(self, min_tokens: float = 0.0) -> tuple[Bucket, list[_Item]] | None:
+    def _take_batch(self, min_tokens: float = 0.0) -> tuple[Bucket, list[_Part], int] | None:
         picked = self._pick(time.perf_counter(), min_tokens)
         if picked is None:
             return None
         length, shortest = picked
         room = self._capacity[length]
-        items: list[_Item] = []
+        parts: list[_Part] = []
+        taken = 0
         for source in reversed(self.grid.lengths[: self.grid.lengths.index(length) + 1]):
-            if source < shortest or len(items) == room:
+            if source < shortest or taken == room:
                 break
             queue = self._queues[source]
-            while queue and len(items) < room:
-                item = queue.popleft()
-                if item.request.dead:
-                    self._uncount(item, cancelled=True)
+            while queue and taken < room:
+                chunk = queue.first_chunk()
+                if chunk.request.dead:
+                    self._uncount(queue.drop_first(), cancelled=True)
                     continue
-                self._uncount(item, cancelled=False)
-                items.append(item)
+                take = min(room - taken, chunk.left)
+                indices = chunk.indices[chunk.pos : chunk.pos + take]
+                parts.append(_Part(chunk.request, indices, chunk.tokens_of(take)))
+                self._uncount(chunk, cancelled=False, count=take)
+                taken += take
+                if not chunk.left:
+                    queue.drop_first()
         start = time.perf_counter()
-        for request in dict.fromkeys(item.request for item in items):
+        for request in dict.fromkeys(part.request for part in parts):
             if request.first_start is None:
                 request.first_start = start
             # Served: its turn ends, behind everyone now waiting in each queue it is in.
             request.turn_since = start
             if request.queued:
-                for queue in self._queues.values():
-                    queue.to_back(request)
-        return Bucket(self.grid.batch_for(len(items)), length), items
+                for chunk in request.chunks:
+                    if chunk.left:
+                        self._queues[chunk.length].to_back(request)
+        return Bucket(self.grid.batch_for(taken), length), parts, taken
 
-    async def _run(self, bucket: Bucket, items: list[_Item], solo: bool = False) -> None:
+    async def _run(
+        self, bucket: Bucket, parts: list[_Part], count: int, solo: bool = False
+    ) -> None:
         stats = self.stats
-        real = sum(len(item.encoding) for item in items)
+        items = BatchItems(parts, count)
+        real = sum(part.tokens for part in parts)
         start = time.perf_counter()
         ok = ran = False
         try:
-            heads: frozenset[Head] = frozenset().union(*(item.request.heads for item in items))
+            heads: frozenset[Head] = frozenset().union(*(part.request.heads for part in parts))
             output = await self._runner.run(
                 bucket,
-                [item.encoding for item in items],
+                items,
                 heads,
                 # A batch picked ahead must not start after close(): the drain deadline
                 # has passed, so its requests get 503 like the ones still queued.
@@ -479,8 +592,8 @@ class Scheduler:
             )
             ran = True
         except BatchAbandoned:
-            for item in items:
-                self._end(item.request, Unavailable(self._closed or "the model was closed"))
+            for part in parts:
+                self._end(part.request, Unavailable(self._closed or "the model was closed"))
         except Exception:
             ran = True
             error_id = uuid.uuid4().hex[:12]
@@ -489,26 +602,41 @@ class Scheduler:
                 error_id,
                 bucket.batch,
                 bucket.length,
-                len(items),
+                count,
             )
             stats.failed_batches += 1
             stats.consecutive_failures += 1
-            for item in items:
-                self._end(item.request, BackendFailure(error_id))
+            for part in parts:
+                self._end(part.request, BackendFailure(error_id))
         else:
             ok = True
             stats.consecutive_failures = 0
             end = time.perf_counter()
-            for position, (row, item) in enumerate(zip(output.rows, items, strict=False)):
-                request = item.request
+            position = 0
+            for request, indices, _ in parts:
+                n = len(indices)
+                first, position = position, position + n
                 if request.dead:
                     continue
+                rows = output.rows[first:position]
+                if request.unit:
+                    # Normalised with the batch where the runner did; else here.
+                    rows = (
+                        output.units[first:position]
+                        if output.units is not None
+                        else l2_normalize(rows)
+                    )
                 if request.rows is None:
-                    request.rows = np.empty((request.size, *row.shape), dtype=row.dtype)
-                request.rows[item.index] = row
+                    request.rows = np.empty((request.size, *rows.shape[1:]), dtype=rows.dtype)
+                if n == 1:
+                    request.rows[indices[0]] = rows[0]
+                else:
+                    request.rows[indices] = rows
                 for head, values in request.extras.items():
-                    values[item.index] = output.heads[head][position]
-                request.remaining -= 1
+                    found = output.heads[head]
+                    for offset, index in enumerate(indices):
+                        values[index] = found[first + offset]
+                request.remaining -= n
                 request.last_end = end
                 if request.remaining == 0:
                     self._end(request, None)
@@ -518,11 +646,11 @@ class Scheduler:
             self._on_solo -= solo
             if ran:
                 stats.batches[bucket] += 1
-                stats.items_run += len(items)
+                stats.items_run += count
                 stats.real_tokens += real
                 stats.padded_tokens += bucket.tokens
                 if self._observer is not None:
-                    self._observer.batch_done(bucket, len(items), real, seconds, ok)
+                    self._observer.batch_done(bucket, count, real, seconds, ok)
             self._dispatch()
 
     def _expire(self, request: _Request) -> None:
@@ -540,8 +668,8 @@ class Scheduler:
     def _end(self, request: _Request, outcome: BaseException | None) -> None:
         """The one way a request ends: done (``outcome`` None), failed, expired or closed
         (the error to raise), or abandoned (``CancelledError``: the awaiting task was
-        cancelled). The first end wins; every end uncounts what is still queued (those items
-        leave their queues lazily) and stops the queue-timeout timer."""
+        cancelled). The first end wins; every end uncounts what is still queued (those
+        chunks leave their queues lazily) and stops the queue-timeout timer."""
         future = request.future
         if not future.done():
             if outcome is None:
@@ -555,23 +683,26 @@ class Scheduler:
         if request.deadline_handle is not None:
             request.deadline_handle.cancel()
         if request.queued:
-            for item in request.items:
-                self._uncount(item, cancelled=True)
+            for chunk in request.chunks:
+                self._uncount(chunk, cancelled=True)
         self._update_idle()
 
-    def _uncount(self, item: _Item, *, cancelled: bool) -> None:
-        """Take ``item`` out of the queue counters, once, whichever path gets there first."""
-        if not item.counted:
+    def _uncount(self, chunk: _Chunk, *, cancelled: bool, count: int | None = None) -> None:
+        """Take ``count`` items from the front of ``chunk`` out of the queue counters (all
+        that are left when None), whichever path gets there first."""
+        left = chunk.left
+        take = left if count is None else min(count, left)
+        if take <= 0:
             return
-        item.counted = False
-        n = len(item.encoding)
-        self._live[item.length] -= 1
-        self._live_tokens[item.length] -= n
-        self.stats.queued_items -= 1
-        self.stats.queued_tokens -= n
-        item.request.queued -= 1
+        tokens = chunk.tokens_of(take)
+        chunk.pos += take
+        self._live[chunk.length] -= take
+        self._live_tokens[chunk.length] -= tokens
+        self.stats.queued_items -= take
+        self.stats.queued_tokens -= tokens
+        chunk.request.queued -= take
         if cancelled:
-            self.stats.cancelled_items += 1
+            self.stats.cancelled_items += take
 
     def _update_idle(self) -> None:
         if self.stats.queued_items == 0 and self.stats.running_batches == 0:

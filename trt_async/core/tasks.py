@@ -19,24 +19,24 @@ from typing import TypeVar
 import numpy as np
 
 from trt_async.core import heads, quantize
+from trt_async.core.capabilities import Capabilities
 from trt_async.core.config import ModelConfig, ModelKind
 from trt_async.core.errors import (
     DimensionsOutOfRange,
     EmptyInput,
     InputTooLong,
     InvalidTemplate,
-    MissingHead,
     MixedInputs,
     OverCapacity,
     Part,
     Unavailable,
-    WrongModelKind,
 )
 from trt_async.core.heads import finish_embeddings
 from trt_async.core.multivector import Head
+from trt_async.core.requests import Timings
 from trt_async.core.runtime import TOKENIZE_POOL, ModelRuntime
-from trt_async.core.scheduler import ScheduleResult
-from trt_async.core.tokenizer import Direction, Encoding, TextInput, TokenInfo
+from trt_async.core.scheduler import Prepared, ScheduleResult, prepare
+from trt_async.core.tokenizer import Direction, TextInput, TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,6 @@ class ModelState(str, enum.Enum):
     UNHEALTHY = "unhealthy"
     DRAINING = "draining"
     UNLOADED = "unloaded"
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """Seconds spent per stage of one request (reported in ``x-*-time`` headers)."""
-
-    tokenize_s: float
-    queue_s: float
-    inference_s: float
-    total_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +112,6 @@ class SharedPairs:
 #: many ``{}`` fields and long labels would otherwise multiply a small body into megabytes.
 MAX_HYPOTHESES_CHARS = 1 << 20
 
-_HEAD_HINTS: dict[Head, str] = {
-    "sparse": "sparse weights need a bge-m3 export (trt-async export --task embed of a folder "
-    "with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
-    "colbert": "ColBERT vectors need a bge-m3 export (trt-async export --task embed of a "
-    "folder with FlagEmbedding's sparse_linear.pt and colbert_linear.pt)",
-    "tokens": "token vectors need a graph with a last_hidden_state output (export without "
-    "--pool-in-graph)",
-}
-
 
 def _template_filler(template: str) -> Callable[[str], str]:
     """``template.format(label)`` as transformers' pipeline does, but only with bare ``{}``
@@ -167,6 +148,13 @@ class ServedModel:
         self.kind = kind
         self.config = config
         self.runtime = runtime
+        #: What it can do, decided once from its role and its graph.
+        self.capabilities = Capabilities.of(
+            kind,
+            gives_vectors=runtime.is_embedder,
+            heads_available=frozenset(runtime.head_reducers),
+            labels=runtime.labels,
+        )
         #: The lifecycle state the registry sets; health is read from the runtime.
         self._state = ModelState.LOADING
         self._unhealthy_after = unhealthy_after
@@ -215,21 +203,26 @@ class ServedModel:
         inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
         truncate: bool | None,
         direction: Direction,
-    ) -> tuple[list[Encoding], float]:
+    ) -> tuple[Prepared, float]:
+        """The inputs tokenised and grouped for the scheduler, off the event loop."""
         if len(inputs) == 0:
             raise EmptyInput(Part.INPUTS)
         trunc = self.config.truncate if truncate is None else truncate
         tok = self.runtime.tokenizer
+        grid = self.runtime.grid
         start = time.perf_counter()
         if isinstance(inputs, SharedPairs):
             shared = inputs
             encodings = await self._off_loop(
-                lambda: tok.encode_pairs(
-                    shared.firsts,
-                    shared.seconds,
-                    shared.index,
-                    truncate=trunc,
-                    parts=shared.parts,
+                lambda: prepare(
+                    tok.encode_pairs(
+                        shared.firsts,
+                        shared.seconds,
+                        shared.index,
+                        truncate=trunc,
+                        parts=shared.parts,
+                    ),
+                    grid,
                 )
             )
             return encodings, time.perf_counter() - start
@@ -240,8 +233,8 @@ class ServedModel:
                 if not isinstance(x, str | tuple):
                     raise MixedInputs(i)
                 texts.append(x)
-            encodings = await self._off_loop(
-                lambda: tok.encode(texts, truncate=trunc, direction=direction)
+            encodings = await self.runtime.tokenize_queue.encode(
+                texts, truncate=trunc, direction=direction
             )
         else:
             id_lists: list[Sequence[int]] = []
@@ -251,7 +244,7 @@ class ServedModel:
                 id_lists.append(x)
             # Checking up to millions of ids against the vocabulary is Python work: off the loop.
             encodings = await self._off_loop(
-                lambda: tok.encode_ids(id_lists, truncate=trunc, direction=direction)
+                lambda: prepare(tok.encode_ids(id_lists, truncate=trunc, direction=direction), grid)
             )
         return encodings, time.perf_counter() - start
 
@@ -261,6 +254,7 @@ class ServedModel:
         truncate: bool | None,
         direction: Direction = "right",
         heads: Collection[Head] = (),
+        unit: bool = False,
     ) -> tuple[ScheduleResult, Timings]:
         self._check_ready()
         # Refuse what cannot be queued before paying for its tokenisation.
@@ -269,7 +263,7 @@ class ServedModel:
         encodings, tokenize_s = await self._encode(inputs, truncate, direction)
         if heads:
             self._check_output_budget(encodings, heads)
-        result = await self.runtime.scheduler.submit(encodings, heads)
+        result = await self.runtime.scheduler.submit(encodings, heads, unit=unit)
         timings = Timings(
             tokenize_s=tokenize_s,
             queue_s=result.queue_s,
@@ -280,11 +274,11 @@ class ServedModel:
             self._on_timings(timings)
         return result, timings
 
-    def _check_output_budget(self, encodings: Sequence[Encoding], heads: Collection[Head]) -> None:
+    def _check_output_budget(self, encodings: Prepared, heads: Collection[Head]) -> None:
         """Token-level results grow with every token (a 1024-float vector per token for
         bge-m3's ColBERT head): refuse a request whose results cannot fit the budget before
         any batch is spent on it."""
-        tokens = sum(len(e.ids) for e in encodings)
+        tokens = encodings.tokens
         width = 4 * (self.runtime.output_dim or 1)  # float32 vectors as wide as the model's
         per_token = sum(8 if head == "sparse" else width for head in heads)  # sparse: id + weight
         need_mib = -(-tokens * per_token // (1 << 20))
@@ -293,14 +287,6 @@ class ServedModel:
             raise OverCapacity(
                 "MiB of token-level results", need_mib, limit, "max_request_output_mib"
             )
-
-    def _require_embedder(self, hint: str) -> None:
-        if not self.runtime.is_embedder:
-            raise WrongModelKind(self.name, self.kind.value, hint)
-
-    def _require_logits(self, hint: str) -> None:
-        if self.runtime.is_embedder:
-            raise WrongModelKind(self.name, self.kind.value, hint)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -320,15 +306,21 @@ class ServedModel:
         ``sparse`` lexical weights and ``colbert`` vectors, or every token's vector
         (``tokens``); a model whose graph lacks one answers :class:`MissingHead`.
         """
-        self._require_embedder("it scores pairs; use a rerank or classification route")
+        self.capabilities.require_embeds(self.name)
         for head in heads:
             self.require_head(head)
         dim = self.runtime.output_dim
         if dimensions is not None and (dimensions < 1 or (dim is not None and dimensions > dim)):
             raise DimensionsOutOfRange(self.name, dimensions, dim)
-        result, timings = await self._run(inputs, truncate, direction, heads)
         norm = self.config.normalize if normalize is None else normalize
-        vectors = finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
+        # Unit rows come normalised with their batch; anything else is finished here.
+        unit = norm and dimensions is None
+        result, timings = await self._run(inputs, truncate, direction, heads, unit=unit)
+        vectors = (
+            result.rows
+            if unit
+            else finish_embeddings(result.rows, normalize=norm, dimensions=dimensions)
+        )
         return EmbedResult(
             vectors.astype(np.float32, copy=False), result.tokens, timings, result.heads
         )
@@ -352,11 +344,10 @@ class ServedModel:
         return quantize.quantize_scalar(vectors, quantize.scalar_ranges(finished), kind)
 
     def has_head(self, head: Head) -> bool:
-        return self.runtime.is_embedder and head in self.runtime.head_reducers
+        return head in self.capabilities.heads
 
     def require_head(self, head: Head) -> None:
-        if not self.has_head(head):
-            raise MissingHead(self.name, self.kind.value, head, _HEAD_HINTS[head])
+        self.capabilities.require_head(self.name, head)
 
     async def rerank(
         self,
@@ -383,7 +374,8 @@ class ServedModel:
             raise EmptyInput(Part.DOCUMENTS, empty)
         if max_tokens_per_doc is not None:
             documents = await self.clip(documents, max_tokens_per_doc)
-        if self.runtime.is_embedder:
+        self.capabilities.require_reranks(self.name)
+        if self.capabilities.embeds:
             try:
                 result, timings = await self._run([query, *documents], truncate)
             except InputTooLong as exc:  # item 0 is the query, item i + 1 document i
@@ -410,13 +402,14 @@ class ServedModel:
 
     async def classify(
         self,
-        inputs: Sequence[str] | Sequence[tuple[str, str]],
+        inputs: Sequence[str | tuple[str, str]],
         *,
         truncate: bool | None = None,
+        direction: Direction = "right",
     ) -> ClassifyResult:
         """Logits for texts or (premise, hypothesis) pairs; labels from the model's label map."""
-        self._require_logits("it gives embeddings; use an embedding route")
-        result, timings = await self._run(inputs, truncate)
+        self.capabilities.require_classifies(self.name)
+        result, timings = await self._run(inputs, truncate, direction)
         return ClassifyResult(result.rows, self.labels, result.tokens, timings)
 
     async def zero_shot(
@@ -429,13 +422,7 @@ class ServedModel:
         truncate: bool | None = None,
     ) -> ZeroShotResult:
         """Zero-shot classification from NLI logits, as transformers' pipeline computes it."""
-        self._require_logits("zero-shot needs an NLI model")
-        if heads.label_index(self.labels, "entail") is None:
-            raise WrongModelKind(
-                self.name,
-                self.kind.value,
-                f"its labels {sorted(self.labels.values())} have no entailment label",
-            )
+        self.capabilities.require_zero_shot(self.name)
         if not candidate_labels:
             raise EmptyInput(Part.LABELS)
         fill = _template_filler(hypothesis_template)

@@ -17,10 +17,25 @@ from tokenizers import Encoding as _RustEncoding
 from tokenizers import Tokenizer
 
 from trt_async.backends.modelfiles import ModelDirError
-from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong, Part
+from trt_async.core.errors import EmptyInput, ForeignTokenIds, InputTooLong, InvalidInput, Part
 
 TextInput = str | tuple[str, str]
 Direction = Literal["right", "left"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextRequest:
+    """One request's texts and how to cut them (see :meth:`TextTokenizer.encode_each`)."""
+
+    texts: Sequence[TextInput]
+    truncate: bool
+    direction: Direction = "right"
+
+
+def _encode_fast(tok: Tokenizer, texts: list[TextInput]) -> list[_RustEncoding]:
+    fast = getattr(tok, "encode_batch_fast", None)  # tokenizers >= 0.20.2 has it
+    encoded: list[_RustEncoding] = (fast or tok.encode_batch)(texts, add_special_tokens=True)
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +74,12 @@ class TextTokenizer:
         self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
         self.pad_id = self._pad_id(self._full)
         self.prefix_ids, self.suffix_ids = self._framing(self._full)
+
+    @property
+    def untruncated(self) -> Tokenizer:
+        """The Rust tokenizer without truncation or padding, for callers that assemble ids
+        themselves (:mod:`~trt_async.core.prompting`); shared, so never change its settings."""
+        return self._full
 
     @staticmethod
     def _load(path: Path) -> Tokenizer:
@@ -115,6 +136,51 @@ class TextTokenizer:
         if self.with_type_ids:
             return [Encoding(enc.ids, enc.type_ids) for enc in encoded]
         return [Encoding(enc.ids) for enc in encoded]
+
+    def encode_each(self, requests: Sequence[TextRequest]) -> list[list[Encoding] | InvalidInput]:
+        """Several requests' texts, tokenised with one call per truncation setting: each
+        request gets its encodings, or the error :meth:`encode` would have raised for it
+        (an empty text, a text too long), without failing the others.
+
+        Offsets are not computed (``encode_batch_fast``): nothing the scheduler runs reads
+        them.
+        """
+        out: list[list[Encoding] | InvalidInput] = [[] for _ in requests]
+        groups: dict[tuple[bool, Direction], list[int]] = {}
+        for k, request in enumerate(requests):
+            empty = next(
+                (
+                    i
+                    for i, text in enumerate(request.texts)
+                    if not text or (isinstance(text, tuple) and not all(text))
+                ),
+                None,
+            )
+            if empty is not None:
+                out[k] = EmptyInput(Part.INPUTS, empty)
+                continue
+            groups.setdefault((request.truncate, request.direction), []).append(k)
+        for (truncate, direction), members in groups.items():
+            tok = (self._right if direction == "right" else self._left) if truncate else self._full
+            texts = [text for k in members for text in requests[k].texts]
+            encoded = _encode_fast(tok, texts)
+            start = 0
+            for k in members:
+                n = len(requests[k].texts)
+                mine = encoded[start : start + n]
+                start += n
+                too_long = (
+                    None
+                    if truncate
+                    else next((i for i, e in enumerate(mine) if len(e.ids) > self.max_length), None)
+                )
+                if too_long is not None:
+                    out[k] = InputTooLong(too_long, len(mine[too_long].ids), self.max_length)
+                elif self.with_type_ids:
+                    out[k] = [Encoding(e.ids, e.type_ids) for e in mine]
+                else:
+                    out[k] = [Encoding(e.ids) for e in mine]
+        return out
 
     def encode_pairs(
         self,

@@ -113,6 +113,7 @@ class ModelStatus(msgspec.Struct):
 
 def describe(model: ServedModel) -> ModelDescription:
     rt = model.runtime
+    caps = model.capabilities
     stats = rt.scheduler.stats
     info = rt.info()
     return ModelDescription(
@@ -123,8 +124,8 @@ def describe(model: ServedModel) -> ModelDescription:
         backend=info.name,
         device=info.device,
         max_length=rt.max_length,
-        dimensions=rt.output_dim if rt.is_embedder else None,
-        labels=[rt.labels[i] for i in sorted(rt.labels)] if not rt.is_embedder else None,
+        dimensions=rt.output_dim if caps.embeds else None,
+        labels=[caps.labels[i] for i in sorted(caps.labels)] if caps.classifies else None,
         buckets=Buckets(list(rt.grid.batch_sizes), list(rt.grid.lengths)),
         stats=ModelStats(
             queued_items=stats.queued_items,

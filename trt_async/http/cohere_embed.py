@@ -16,25 +16,16 @@ import uuid
 from typing import Annotated, Literal, get_args
 
 import msgspec
-from litestar import Controller, Response, post
+from litestar import Router
 
-from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.tasks import EmbedResult, ServedModel
-from trt_async.http.common import (
-    JsonBody,
-    Models,
-    ModelsDep,
-    error_responses,
-    require_kind,
-    timing_headers,
-)
+from trt_async.core.requests import Embeddings, EmbedRequest, QuantizedType
 from trt_async.http.errors import Dialect, dialect_handlers
+from trt_async.http.routes import Call, Translation, inference_route, vector_rows
 
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 InputType = Literal["search_document", "search_query", "classification", "clustering", "image"]
 Truncate = Literal["NONE", "START", "END"]
-_KINDS = (ModelKind.EMBEDDING,)
 
 
 class CohereEmbedRequest(msgspec.Struct, kw_only=True):
@@ -102,39 +93,32 @@ def _types(requested: list[str] | None, default: list[str]) -> list[EmbeddingTyp
     return [t for t in allowed if t in names]
 
 
-async def _embed(
-    models: Models, data: CohereEmbedRequest, route: str
-) -> tuple[ServedModel, EmbedResult]:
-    model = models.pick(data.model, _KINDS, route)
-    require_kind(model, _KINDS, f"{route} takes an embedding model")
-    models.check_batch(len(data.texts), "texts")
-    texts = data.texts
-    if data.max_tokens is not None:
-        texts = await model.clip(texts, data.max_tokens)
-    result = await model.embed(
-        texts,
+def _request(data: CohereEmbedRequest, types: list[EmbeddingType]) -> EmbedRequest:
+    return EmbedRequest(
+        inputs=data.texts,
+        model=data.model,
         normalize=True,
         dimensions=data.output_dimension,
         truncate=data.truncate != "NONE",
         direction="left" if data.truncate == "START" else "right",
+        max_tokens=data.max_tokens,
+        quantized=tuple(t for t in types if t in _QUANTIZED),
     )
-    return model, result
 
 
-async def _by_type(
-    model: ServedModel, result: EmbedResult, types: list[EmbeddingType], dimensions: int | None
-) -> EmbeddingsByType:
-    out = EmbeddingsByType()
-    vectors = result.vectors
+_QUANTIZED: tuple[QuantizedType, ...] = ("int8", "uint8", "binary", "ubinary")
+
+
+def _by_type(result: Embeddings, types: list[EmbeddingType]) -> _WireByType:
+    out = _WireByType()
     for kind in types:
         if kind == "float":
-            out.float_ = vectors.tolist()
+            out.float_ = vector_rows(result.vectors)
         elif kind == "base64":
-            rows = vectors.astype("<f4", copy=False)
+            rows = result.vectors.astype("<f4", copy=False)
             out.base64 = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
         else:
-            q = await model.quantize(vectors, kind, normalize=True, dimensions=dimensions)
-            setattr(out, kind, q.tolist())
+            setattr(out, kind, result.quantized[kind].tolist())
     return out
 
 
@@ -142,48 +126,82 @@ def _meta(version: str, tokens: int) -> EmbedMeta:
     return EmbedMeta(ApiVersion(version), BilledUnits(tokens))
 
 
-class CohereEmbedController(Controller):
-    tags = ["cohere"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.COHERE)
+def _v2_request(data: CohereEmbedRequest, call: Call[CohereEmbedRequest]) -> EmbedRequest:
+    return _request(data, _types(data.embedding_types, ["float"]))
 
-    @post(
+
+def _v2_answer(result: Embeddings, data: CohereEmbedRequest) -> _WireByTypeResponse:
+    return _WireByTypeResponse(
+        id=str(uuid.uuid4()),
+        embeddings=_by_type(result, _types(data.embedding_types, ["float"])),
+        texts=data.texts,
+        meta=_meta("2", result.tokens),
+    )
+
+
+def _v1_request(data: CohereEmbedRequest, call: Call[CohereEmbedRequest]) -> EmbedRequest:
+    types = [] if data.embedding_types is None else _types(data.embedding_types, [])
+    return _request(data, types)
+
+
+def _v1_answer(
+    result: Embeddings, data: CohereEmbedRequest
+) -> _WireByTypeResponse | _WireFloatsResponse:
+    meta = _meta("1", result.tokens)
+    if data.embedding_types is None:
+        return _WireFloatsResponse(str(uuid.uuid4()), vector_rows(result.vectors), data.texts, meta)
+    by_type = _by_type(result, _types(data.embedding_types, []))
+    return _WireByTypeResponse(str(uuid.uuid4()), by_type, data.texts, meta)
+
+
+class _WireByType(msgspec.Struct, omit_defaults=True, rename={"float_": "float"}):
+    """:class:`EmbeddingsByType` as written: float vectors already JSON."""
+
+    float_: list[msgspec.Raw] | None = None
+    int8: list[list[int]] | None = None
+    uint8: list[list[int]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class _WireByTypeResponse(msgspec.Struct):
+    id: str
+    embeddings: _WireByType
+    texts: list[str]
+    meta: EmbedMeta
+    response_type: Literal["embeddings_by_type"] = "embeddings_by_type"
+
+
+class _WireFloatsResponse(msgspec.Struct):
+    id: str
+    embeddings: list[msgspec.Raw]
+    texts: list[str]
+    meta: EmbedMeta
+    response_type: Literal["embeddings_floats"] = "embeddings_floats"
+
+
+def router() -> Router:
+    """Cohere's embed routes, answering errors in Cohere's shape."""
+    v2 = inference_route(
         "/v2/embed",
-        status_code=200,
+        body=CohereEmbedRequest,
+        translation=Translation(_v2_request, _v2_answer),
+        dialect=Dialect.COHERE,
+        answers=EmbedByTypeResponse,
         summary="Embed texts, as float and quantised types (Cohere v2)",
-        responses=error_responses(Dialect.COHERE),
     )
-    async def embed_v2(
-        self, models: ModelsDep, data: JsonBody[CohereEmbedRequest]
-    ) -> Response[EmbedByTypeResponse]:
-        types = _types(data.embedding_types, ["float"])
-        model, result = await _embed(models, data, "/v2/embed")
-        body = EmbedByTypeResponse(
-            id=str(uuid.uuid4()),
-            embeddings=await _by_type(model, result, types, data.output_dimension),
-            texts=data.texts,
-            meta=_meta("2", result.tokens),
-        )
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
-
-    @post(
+    v1 = inference_route(
         "/v1/embed",
-        status_code=200,
+        body=CohereEmbedRequest,
+        translation=Translation(_v1_request, _v1_answer),
+        dialect=Dialect.COHERE,
+        answers=EmbedByTypeResponse | EmbedFloatsResponse,
         summary="Embed texts (Cohere v1): floats, or by type with embedding_types",
-        responses=error_responses(Dialect.COHERE),
     )
-    async def embed_v1(
-        self, models: ModelsDep, data: JsonBody[CohereEmbedRequest]
-    ) -> Response[EmbedByTypeResponse | EmbedFloatsResponse]:
-        types = None if data.embedding_types is None else _types(data.embedding_types, [])
-        model, result = await _embed(models, data, "/v1/embed")
-        meta = _meta("1", result.tokens)
-        headers = timing_headers(result.timings, result.tokens)
-        if types is None:
-            floats = EmbedFloatsResponse(
-                str(uuid.uuid4()), result.vectors.tolist(), data.texts, meta
-            )
-            return Response(floats, headers=headers)
-        by_type = await _by_type(model, result, types, data.output_dimension)
-        return Response(
-            EmbedByTypeResponse(str(uuid.uuid4()), by_type, data.texts, meta), headers=headers
-        )
+    return Router(
+        "/",
+        route_handlers=[v2, v1],
+        tags=["cohere"],
+        exception_handlers=dialect_handlers(Dialect.COHERE),
+    )

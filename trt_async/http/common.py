@@ -1,8 +1,7 @@
-"""What every dialect's controller shares: the injected registry and models, limits, headers."""
+"""What every dialect's routes share: the injected registry and inference entry, field types."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 from litestar import Request
@@ -13,20 +12,21 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
 from msgspec import Meta
 
-from trt_async.core.config import ModelKind, ServerConfig
-from trt_async.core.errors import ModelNotFound, TooManyInputs, Unavailable, WrongModelKind
+from trt_async.core.errors import Unavailable
+from trt_async.core.inference import Inference
 from trt_async.core.registry import ModelRegistry
-from trt_async.core.tasks import ServedModel, Timings
+from trt_async.core.requests import Timings
 from trt_async.http.errors import ERROR_MODELS, Dialect
-from trt_async.http.observability import MODEL_STATE_KEY
 
 REGISTRY_KEY = "registry"
+INFERENCE_KEY = "inference"
 AnyRequest = Request[Any, Any, State]
 T = TypeVar("T")
+#: A JSON request body decoded into ``T`` by Litestar (the management routes'; inference
+#: routes decode their own, see :mod:`trt_async.http.routes`).
+JsonBody: TypeAlias = Annotated[T, Body(media_type=RequestEncodingType.JSON)]
 #: TEI's ``truncation_direction`` values (either case).
 DirectionName = Literal["left", "right", "Left", "Right"]
-#: A JSON request body decoded into ``T`` (Litestar's explicit body marker).
-JsonBody: TypeAlias = Annotated[T, Body(media_type=RequestEncodingType.JSON)]
 #: The ``truncate`` field every inference request takes.
 Truncate: TypeAlias = Annotated[
     bool | None,
@@ -37,88 +37,31 @@ Truncate: TypeAlias = Annotated[
 ]
 
 
+def direction(value: DirectionName) -> Literal["left", "right"]:
+    return "left" if value.lower() == "left" else "right"
+
+
 def provide_registry(state: State) -> ModelRegistry:
     """The ``registry`` dependency: the one place that reads it from the app's state."""
-    registry: RegistryDep | None = state.get(REGISTRY_KEY)
+    registry: ModelRegistry | None = state.get(REGISTRY_KEY)
     if registry is None:
         raise Unavailable("the server is starting; no model is loaded yet")
     return registry
 
 
-class Models:
-    """The served models as one request sees them (the ``models`` dependency).
-
-    Look-ups note the model's name for the access log and metrics.
-    """
-
-    __slots__ = ("_request", "registry")
-
-    def __init__(self, registry: ModelRegistry, request: AnyRequest) -> None:
-        self.registry = registry
-        self._request = request
-
-    @property
-    def server(self) -> ServerConfig:
-        return self.registry.config.server
-
-    def get(self, name: str) -> ServedModel:
-        model = self.registry.get(name)
-        self._request.scope.setdefault("state", {})[MODEL_STATE_KEY] = model.name
-        return model
-
-    def pick(self, name: str | None, kinds: Sequence[ModelKind], route: str) -> ServedModel:
-        """The named model, or (for routes where ``model`` is optional) the first of a kind."""
-        if name:
-            return self.get(name)
-        for kind in kinds:
-            names = self.registry.names_by_kind()[kind]
-            if names:
-                return self.get(names[0])
-        wanted = " or ".join(k.value for k in kinds)
-        raise ModelNotFound(
-            f"<default {wanted} model for {route}>", (m.name for m in self.registry)
-        )
-
-    def check_batch(self, count: int, field: str = "input") -> None:
-        limit = self.server.max_client_batch_size
-        if count > limit:
-            raise TooManyInputs(count, limit, field=field)
-
-
-def provide_models(request: AnyRequest, registry: RegistryDep) -> Models:
-    return Models(registry, request)
+def provide_inference(state: State) -> Inference:
+    """The core's entry for the served models (see :mod:`trt_async.http.routes`)."""
+    inference: Inference | None = state.get(INFERENCE_KEY)
+    if inference is None:
+        raise Unavailable("the server is starting; no model is loaded yet")
+    return inference
 
 
 #: Handler parameters filled by the app's dependencies of those names.
 RegistryDep: TypeAlias = NamedDependency[ModelRegistry]
-ModelsDep: TypeAlias = NamedDependency[Models]
 
-#: The app's dependencies: every handler may ask for ``registry`` or ``models``.
-DEPENDENCIES = {
-    "registry": Provide(provide_registry, sync_to_thread=False),
-    "models": Provide(provide_models, sync_to_thread=False),
-}
-
-
-def require_kind(model: ServedModel, kinds: Sequence[ModelKind], hint: str) -> None:
-    if model.kind not in kinds:
-        raise WrongModelKind(model.name, model.kind.value, hint)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f}"
-
-
-def timing_headers(timings: Timings, tokens: int) -> dict[str, str]:
-    """TEI's per-request headers, in milliseconds."""
-    return {
-        "x-compute-time": _ms(timings.total_s),
-        "x-compute-tokens": str(tokens),
-        "x-tokenization-time": _ms(timings.tokenize_s),
-        "x-queue-time": _ms(timings.queue_s),
-        "x-inference-time": _ms(timings.inference_s),
-        "x-total-time": _ms(timings.total_s),
-    }
+#: The app's dependencies: every handler may ask for ``registry``.
+DEPENDENCIES = {"registry": Provide(provide_registry, sync_to_thread=False)}
 
 
 def elapsed_ms(timings: Timings) -> float:

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import importlib.resources
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Router
+from litestar import Litestar, Router, post
+from litestar.enums import RequestEncodingType
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Example, OpenAPI, Operation, Reference
+from litestar.params import Body, FromPath
+from litestar.routes import BaseRoute
 from litestar.static_files import create_static_files_router
 
 from trt_async.core.config import Config, ModelKind
+from trt_async.http.routes import ANSWER_OPT, BODY_OPT
 
 ASSETS_PATH = "/assets"
 
@@ -210,10 +217,70 @@ def _operation(schema: OpenAPI, method: str, path: str) -> Operation | None:
     return op if isinstance(op, Operation) else None
 
 
-def document(schema: OpenAPI, config: Config) -> None:
-    """Complete the generated schema: Struct descriptions, examples for ``config``."""
+def document(schema: OpenAPI, config: Config, routes: Iterable[BaseRoute] = ()) -> None:
+    """Complete the generated schema: the inference routes' bodies and answers, Struct
+    descriptions, examples for ``config``."""
+    add_bodies(schema, routes)
     add_struct_descriptions(schema)
     add_request_examples(schema, config)
+
+
+def add_bodies(schema: OpenAPI, routes: Iterable[BaseRoute]) -> None:
+    """The request body and the 200 answer of each route that decodes its own body.
+
+    Those handlers take the raw request (see :mod:`trt_async.http.routes`), so Litestar
+    cannot see their types. A throwaway app with one stand-in handler per route, declaring
+    the body and the answer types, lets Litestar write their schemas as it writes every
+    other; they are copied over with the components they use.
+    """
+    stand_ins: list[HTTPRouteHandler] = []
+    for route in routes:
+        for handler in getattr(route, "route_handlers", ()):
+            body = handler.opt.get(BODY_OPT)
+            if body is None:
+                continue
+            stand_ins.append(_stand_in(route.path, body, handler.opt.get(ANSWER_OPT)))
+    if not stand_ins:
+        return
+    documented = Litestar(stand_ins, openapi_config=OpenAPIConfig("bodies", "0")).openapi_schema
+    for path, item in (documented.paths or {}).items():
+        op = getattr(item, "post", None)
+        ours = _operation(schema, "post", path)
+        if op is None or ours is None:
+            continue
+        ours.request_body = op.request_body
+        ours.responses = {**(ours.responses or {}), **{"200": (op.responses or {})["200"]}}
+    if documented.components.schemas:
+        if schema.components.schemas is None:
+            schema.components.schemas = {}
+        for name, component in documented.components.schemas.items():
+            schema.components.schemas.setdefault(name, component)
+
+
+def _stand_in(path: str, body: Any, answer: Any) -> HTTPRouteHandler:
+    """A handler at ``path`` that only declares ``body`` and ``answer`` (never called)."""
+    params = [
+        inspect.Parameter(
+            "data",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[body, Body(media_type=RequestEncodingType.JSON)],
+        )
+    ]
+    if "{" in path:
+        for name in re.findall(r"{(\w+)(?::\w+)?}", path):
+            params.append(
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=FromPath[str])
+            )
+
+    async def stand_in(**kwargs: Any) -> Any:
+        raise NotImplementedError  # pragma: no cover - documentation only
+
+    stand_in.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        params, return_annotation=answer if answer is not None else Any
+    )
+    stand_in.__annotations__ = {p.name: p.annotation for p in params}
+    stand_in.__annotations__["return"] = answer if answer is not None else Any
+    return post(path, status_code=200)(stand_in)
 
 
 def add_request_examples(schema: OpenAPI, config: Config) -> None:

@@ -7,8 +7,10 @@ unexpected are classified beside it. The status is the same in every dialect; on
 differs: OpenAI's ``{"error": {...}}`` (with ``detail`` on rerank routes), TEI's
 ``{"error", "error_type"}``, Cohere's ``{"message"}``, or ``{"detail"}`` (the seed's FastAPI
 shape). Each dialect's controller installs :func:`dialect_handlers`
-for its own dialect; ``/rerank`` decides between Cohere's and TEI's by its body, the one
-special case (:func:`rerank_dialect`). A request that matches no route has no controller:
+for its own dialect; a route whose dialect its body decides (``/rerank``: Cohere's, or TEI's
+with ``texts``) records the dialect in the request's state once it knows it
+(:data:`DIALECT_STATE_KEY`), and routes may name parts of a request their own way
+(:data:`FIELD_NAMES_OPT`). A request that matches no route has no controller:
 :func:`routing_error_handlers` answers it in the dialect of the route at that path (405)
 or of the versioned OpenAI-style namespace it is under (404), else ``{"detail"}``.
 """
@@ -91,14 +93,19 @@ FIELD_NAMES: Mapping[Dialect, Mapping[Part, str]] = {
 }
 
 
-def field_namer(dialect: Dialect) -> Callable[[Part], str]:
-    """How ``dialect`` names each part: its own field name, else the core's."""
-    names = FIELD_NAMES[dialect]
+def field_namer(
+    dialect: Dialect, route_names: Mapping[Part, str] | None = None
+) -> Callable[[Part], str]:
+    """How ``dialect`` names each part (a route's own names first): its own field name,
+    else the core's."""
+    names = {**FIELD_NAMES[dialect], **(route_names or {})}
     return lambda part: names.get(part, part.value)
 
 
-#: Key in the request state where ``/rerank`` records that its body is TEI's.
-TEI_RERANK_STATE_KEY = "trt_async_tei_rerank"
+#: Key in the request state where a route whose dialect its body decides records it.
+DIALECT_STATE_KEY = "trt_async_dialect"
+#: Route option: the names a route gives parts of a request where its dialect's differ.
+FIELD_NAMES_OPT = "field_names"
 #: Versioned namespaces of the OpenAI-style APIs (OpenAI, Cohere/Jina, zero-shot).
 OPENAI_NAMESPACES = ("/v1/", "/v2/")
 
@@ -243,15 +250,19 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     return "invalid request: " + "; ".join(parts), param
 
 
-def classify(exc: Exception, dialect: Dialect = Dialect.DETAIL) -> ErrorInfo:
+def classify(
+    exc: Exception,
+    dialect: Dialect = Dialect.DETAIL,
+    route_names: Mapping[Part, str] | None = None,
+) -> ErrorInfo:
     """The status, message and TEI kind of any exception a request may raise; core errors
-    name the parts of the request as ``dialect`` does."""
+    name the parts of the request as ``dialect`` (and the route, ``route_names``) does."""
     if isinstance(exc, ServingError):
         headers: dict[str, str] = {}
         row = core_error_mapping(exc)
         if isinstance(exc, Overloaded):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        name = field_namer(dialect)
+        name = field_namer(dialect, route_names)
         param = exc.field or (name(exc.part) if exc.part is not None else None)
         message = exc.describe(name)
         return ErrorInfo(row.status, message, row.kind, param, row.code, headers)
@@ -314,19 +325,6 @@ def classify(exc: Exception, dialect: Dialect = Dialect.DETAIL) -> ErrorInfo:
 # -- dialect --------------------------------------------------------------------------------
 
 
-async def rerank_dialect(request: Request[Any, Any, Any]) -> None:
-    """``/rerank``'s hook: a body with ``texts`` and no ``documents`` speaks TEI's dialect,
-    so its errors, including schema violations, take TEI's shape."""
-    if request.method != "POST" or not await request.body():
-        return
-    try:
-        body = await request.json()
-    except Exception:  # the handler's body parsing reports it
-        return
-    if isinstance(body, dict) and "texts" in body and "documents" not in body:
-        request.state[TEI_RERANK_STATE_KEY] = True
-
-
 def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
     if dialect in (Dialect.OPENAI, Dialect.RERANK):
         body = OpenAIErrorBody(info.message, _openai_type(info.status), info.param, info.code)
@@ -341,7 +339,10 @@ def error_body(info: ErrorInfo, dialect: Dialect) -> msgspec.Struct:
 def error_response(
     request: Request[Any, Any, Any], exc: Exception, dialect: Dialect
 ) -> Response[Any]:
-    info = classify(exc, dialect)
+    dialect = request.scope.get("state", {}).get(DIALECT_STATE_KEY, dialect)
+    handler = request.scope.get("route_handler")
+    route_names = handler.opt.get(FIELD_NAMES_OPT) if handler is not None else None
+    info = classify(exc, dialect, route_names)
     if dialect is Dialect.TEI and info.kind == "Backend" and info.status == 500:
         # TEI answers backend failures with 424 (Failed Dependency); its clients expect that.
         info = replace(info, status=424)
@@ -380,23 +381,6 @@ def _handlers(handler: ExceptionHandler[Exception]) -> ExceptionHandlersMap:
 def dialect_handlers(dialect: Dialect) -> ExceptionHandlersMap:
     """A controller's ``exception_handlers``: every error in ``dialect``'s shape."""
     return _handlers(DialectErrorHandler(dialect))
-
-
-class RerankErrorHandler(DialectErrorHandler):
-    """``/rerank``'s handler: TEI's shape when :func:`rerank_dialect` saw TEI's body, else
-    the rerank routes' (OpenAI's envelope with ``detail``)."""
-
-    __slots__ = ()
-
-    def __init__(self) -> None:
-        super().__init__(Dialect.RERANK)
-
-    def __call__(self, request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-        tei = request.state.get(TEI_RERANK_STATE_KEY, False)
-        return error_response(request, exc, Dialect.TEI if tei else self.dialect)
-
-
-RERANK_HANDLERS = _handlers(RerankErrorHandler())
 
 
 def routing_error_handlers(dialects: Mapping[str, Dialect]) -> ExceptionHandlersMap:

@@ -11,25 +11,14 @@ vector; the seed's ``/infer/{model}`` offers the same heads with FlagEmbedding's
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Response, post
-from litestar.params import FromQuery
+from litestar import Router
 
-from trt_async.core.config import ModelKind
 from trt_async.core.multivector import Head, SparseVector
-from trt_async.core.tasks import EmbedResult
-from trt_async.http.common import (
-    DirectionName,
-    JsonBody,
-    Models,
-    ModelsDep,
-    error_responses,
-    timing_headers,
-)
+from trt_async.core.requests import Embeddings, EmbedRequest
+from trt_async.http.common import DirectionName, direction
 from trt_async.http.errors import Dialect, dialect_handlers
 from trt_async.http.openai_api import EmbeddingInput, split_input
-from trt_async.http.tei import direction, refuse_prompt
-
-_KINDS = (ModelKind.EMBEDDING,)
+from trt_async.http.routes import Call, Translation, inference_route, vector_matrix
 
 
 class TokenEmbedRequest(msgspec.Struct, kw_only=True):
@@ -51,54 +40,51 @@ def sparse_values(vector: SparseVector) -> list[SparseValue]:
     ]
 
 
-async def _run(
-    models: Models, data: TokenEmbedRequest, model: str | None, route: str, head: Head
-) -> EmbedResult:
-    served = models.pick(data.model or model, _KINDS, route)
-    refuse_prompt(served, data.prompt_name)
-    served.require_head(head)
-    inputs = split_input(data.inputs, "inputs")
-    models.check_batch(len(inputs), "inputs")
-    return await served.embed(
-        inputs,
-        truncate=data.truncate,
-        direction=direction(data.truncation_direction),
-        heads=(head,),
-    )
+def _request(head: Head) -> Translation[TokenEmbedRequest]:
+    def to_request(data: TokenEmbedRequest, call: Call[TokenEmbedRequest]) -> EmbedRequest:
+        return EmbedRequest(
+            inputs=split_input(data.inputs),
+            model=data.model or call.query("model"),
+            truncate=data.truncate,
+            direction=direction(data.truncation_direction),
+            heads=frozenset((head,)),
+            prompt_name=data.prompt_name,
+        )
+
+    if head == "sparse":
+        return Translation(to_request, _sparse_answer)
+    return Translation(to_request, _tokens_answer)
 
 
-class TokenEmbeddingController(Controller):
-    tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.TEI)
+def _sparse_answer(result: Embeddings, data: TokenEmbedRequest) -> list[list[SparseValue]]:
+    return [sparse_values(v) for v in result.sparse or []]
 
-    @post(
+
+def _tokens_answer(result: Embeddings, data: TokenEmbedRequest) -> list[msgspec.Raw]:
+    return [vector_matrix(v) for v in result.token_vectors or []]
+
+
+def router() -> Router:
+    """TEI's token-level routes."""
+    sparse = inference_route(
         "/embed_sparse",
-        status_code=200,
+        body=TokenEmbedRequest,
+        translation=_request("sparse"),
+        dialect=Dialect.TEI,
+        answers=list[list[SparseValue]],
         summary="Sparse lexical weights per text (TEI; bge-m3 exports)",
-        responses=error_responses(Dialect.TEI),
     )
-    async def embed_sparse(
-        self,
-        models: ModelsDep,
-        data: JsonBody[TokenEmbedRequest],
-        model: FromQuery[str | None] = None,
-    ) -> Response[list[list[SparseValue]]]:
-        result = await _run(models, data, model, "/embed_sparse", "sparse")
-        body = [sparse_values(v) for v in result.heads["sparse"]]  # type: ignore[arg-type]
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
-
-    @post(
+    every_token = inference_route(
         "/embed_all",
-        status_code=200,
+        body=TokenEmbedRequest,
+        translation=_request("tokens"),
+        dialect=Dialect.TEI,
+        answers=list[list[list[float]]],
         summary="Every token's vector per text (TEI)",
-        responses=error_responses(Dialect.TEI),
     )
-    async def embed_all(
-        self,
-        models: ModelsDep,
-        data: JsonBody[TokenEmbedRequest],
-        model: FromQuery[str | None] = None,
-    ) -> Response[list[list[list[float]]]]:
-        result = await _run(models, data, model, "/embed_all", "tokens")
-        body = [v.tolist() for v in result.heads["tokens"]]  # type: ignore[attr-defined]
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
+    return Router(
+        "/",
+        route_handlers=[sparse, every_token],
+        tags=["tei"],
+        exception_handlers=dialect_handlers(Dialect.TEI),
+    )

@@ -1,29 +1,32 @@
 """Per-request plumbing: request ids, access logs, Prometheus metrics, client disconnects.
 
 A client that goes away while its request waits must not cost a batch slot, and neither
-granian nor Litestar cancels a handler on disconnect. So once the body has been read, a
-watcher waits on ``receive()`` (which then only yields ``http.disconnect``) and cancels the
-handler's task; the scheduler removes that request's queued items as the cancellation
+granian nor Litestar cancels a handler on disconnect. So once the body has been read, the
+next ``receive()`` (which then only yields ``http.disconnect``) cancels the handler's task
+when it completes; the scheduler removes that request's queued items as the cancellation
 passes through it.
+
+Log records are formatted and written by a thread of their own, in batches: the event loop
+only appends a record to a queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import json
 import logging
-import logging.handlers
-import queue
+import os
 import sys
+import threading
 import time
-import uuid
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, HTTPException
-from litestar.middleware import ASGIMiddleware
 from litestar.status_codes import HTTP_408_REQUEST_TIMEOUT
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
@@ -44,106 +47,296 @@ class BodyEndedEarly(ClientException):
     encoding is malformed (granian reports both as a disconnect). Logged as 499."""
 
 
-class RequestContextMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
+class RequestIds:
+    """Request ids: 32 hex digits, a random half per process and a counter.
 
-    def __init__(self, metrics: Metrics, body_timeout_s: float = 30.0) -> None:
+    ``uuid4`` reads the OS's random source on every call (a system call on the event loop
+    for every request); ids need to be unique, not unpredictable. The random half is drawn
+    when the app is built, in the worker process, so workers forked from one parent differ.
+    """
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()
+
+
+class RequestContextMiddleware:
+    """A plain ASGI middleware around every route: request id, body deadline, disconnect
+    watch, then one metrics observation and one access-log line per request.
+
+    Written against the ASGI interface rather than Litestar's middleware base class: it runs
+    for every request, so it keeps to one timer, no task and no event per request.
+    """
+
+    __slots__ = ("_ids", "app", "body_timeout_s", "metrics")
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, body_timeout_s: float = 30.0) -> None:
+        self.app = app
         self.metrics = metrics
         self.body_timeout_s = body_timeout_s
+        self._ids = RequestIds()
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        incoming = ""
+        for key, value in scope["headers"]:
+            if key == _REQUEST_ID_KEY:
+                incoming = value.decode("latin-1")
+                break
         # Echo a caller's id when it looks sane (printable ASCII: a header value echoed as
         # latin-1 would turn other text into mojibake), so logs can be joined across services.
         sane = 0 < len(incoming) <= 128 and incoming.isascii() and incoming.isprintable()
-        request_id = incoming if sane else uuid.uuid4().hex
+        request_id = incoming if sane else self._ids()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        status = 500
-        body_read = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        body_deadline = loop.time() + self.body_timeout_s
-        hung_up = False
-        task = asyncio.current_task()
-
-        async def receive_wrapper() -> ReceiveMessage:
-            nonlocal hung_up
-            if body_read.is_set():
-                return await receive()
-            try:
-                async with asyncio.timeout_at(body_deadline):
-                    message = await receive()
-            except TimeoutError:
-                raise HTTPException(
-                    f"the request body did not arrive within {self.body_timeout_s:g} s "
-                    "(server.body_timeout_s)",
-                    status_code=HTTP_408_REQUEST_TIMEOUT,
-                    headers={"connection": "close"},
-                ) from None
-            if message["type"] == "http.disconnect":
-                hung_up = True
-                raise BodyEndedEarly(
-                    "the request body ended before its announced length: the connection "
-                    "closed or the chunked encoding is malformed"
-                )
-            if not message.get("more_body", False):
-                body_read.set()
-            return message
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
-                ]
-            await send(message)
-
-        async def watch_disconnect() -> None:
-            nonlocal hung_up
-            await body_read.wait()
-            message = await receive()
-            if message["type"] == "http.disconnect" and task is not None:
-                hung_up = True
-                task.cancel()
-
-        # Only requests with a body queue work; probes and listings answer at once.
-        watched = task is not None and scope.get("method") == "POST"
-        watcher = asyncio.ensure_future(watch_disconnect()) if watched else None
+        exchange = _Exchange(
+            receive, send, request_id, asyncio.current_task(), scope.get("method") == "POST"
+        )
+        if exchange.task is not None:
+            exchange.arm_body_deadline(self.body_timeout_s)
         try:
-            await next_app(scope, receive_wrapper, send_wrapper)
+            await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
-            if not hung_up or task is None:
+            if not exchange.hung_up or exchange.task is None:
                 raise
-            task.uncancel()
+            exchange.task.uncancel()
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            if hung_up:
-                # Whatever was answered (if anything) reached nobody: not a server error.
-                status = CLIENT_CLOSED
+            exchange.close()
+            status = CLIENT_CLOSED if exchange.hung_up else exchange.status
             seconds = time.perf_counter() - start
             route = str(scope.get("path_template") or scope["path"])
             model = str(state.get(MODEL_STATE_KEY, ""))
             self.metrics.observe_request(route, model, status, seconds)
-            access_log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": scope.get("method", ""),
-                    "path": scope["path"],
-                    "route": route,
-                    "model": model,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "client": (scope.get("client") or ("", 0))[0],
-                },
+            if access_log.isEnabledFor(logging.INFO):
+                log_request(
+                    request_id,
+                    str(scope.get("method", "")),
+                    scope["path"],
+                    route,
+                    model,
+                    status,
+                    seconds,
+                    (scope.get("client") or ("", 0))[0],
+                )
+
+
+class _Exchange:
+    """One request's receive and send, as the middleware wraps them.
+
+    Until the body has arrived, ``receive`` runs under the body deadline (one timer for the
+    whole body: when it fires, the task is cancelled and the waiting ``receive`` answers
+    408). Once it has arrived, a POST's next ``receive()`` can only yield
+    ``http.disconnect``: it is left pending with a callback that cancels the handler's task
+    (granian hands back a future, so this costs no task; other servers' coroutines are
+    wrapped in one). Neither granian nor Litestar cancels a handler on disconnect, and a
+    client gone while its request waits must not cost a batch slot: the scheduler drops the
+    request's queued items as the cancellation passes through it.
+    """
+
+    __slots__ = (
+        "_deadline",
+        "_disconnect",
+        "_late",
+        "_receive",
+        "_receiving",
+        "_send",
+        "_timed_out",
+        "_watch",
+        "body_read",
+        "hung_up",
+        "request_id",
+        "status",
+        "task",
+        "timeout_s",
+    )
+
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        task: asyncio.Task[Any] | None,
+        watch: bool,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self.request_id = request_id
+        self.task = task
+        self._watch = watch
+        self.status = 500
+        self.hung_up = False
+        self.body_read = False
+        self.timeout_s = 0.0
+        self._timed_out = False
+        self._late = False
+        self._receiving = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._disconnect: asyncio.Future[Any] | None = None
+
+    def arm_body_deadline(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._deadline = asyncio.get_running_loop().call_later(timeout_s, self._body_late)
+
+    def _body_late(self) -> None:
+        """The deadline passed: a ``receive`` waiting for the body answers 408 (one asked for
+        later does too); a handler that never reads the body is left alone."""
+        self._deadline = None
+        self._late = True
+        if self._receiving and self.task is not None:
+            self._timed_out = True
+            self.task.cancel()
+
+    def _too_late(self) -> HTTPException:
+        return HTTPException(
+            f"the request body did not arrive within {self.timeout_s:g} s (server.body_timeout_s)",
+            status_code=HTTP_408_REQUEST_TIMEOUT,
+            headers={"connection": "close"},
+        )
+
+    async def receive(self) -> ReceiveMessage:
+        if self.body_read:
+            return await self._receive()
+        if self._late:
+            raise self._too_late()
+        self._receiving = True
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError:
+            if not self._timed_out or self.task is None:
+                raise
+            self._timed_out = False
+            self.task.uncancel()
+            raise self._too_late() from None
+        finally:
+            self._receiving = False
+        if message["type"] == "http.disconnect":
+            self.hung_up = True
+            self._stop_deadline()
+            raise BodyEndedEarly(
+                "the request body ended before its announced length: the connection "
+                "closed or the chunked encoding is malformed"
             )
+        if not message.get("more_body", False):
+            self.body_read = True
+            self._stop_deadline()
+            if self._watch:
+                waiter = self._receive()
+                future = waiter if asyncio.isfuture(waiter) else asyncio.ensure_future(waiter)
+                future.add_done_callback(self._disconnected)
+                self._disconnect = future
+        return message
+
+    def _disconnected(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        if future.result()["type"] == "http.disconnect" and self.task is not None:
+            self.hung_up = True
+            self.task.cancel()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message["headers"] = [
+                *message.get("headers", ()),
+                (_REQUEST_ID_KEY, self.request_id.encode()),
+            ]
+        await self._send(message)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def close(self) -> None:
+        self._stop_deadline()
+        if self._disconnect is not None:
+            self._disconnect.remove_done_callback(self._disconnected)
+            self._disconnect.cancel()
+            self._disconnect = None
+
+
+class AccessEntry(NamedTuple):
+    """One request's access-log fields, as the log writer takes them."""
+
+    created: float
+    request_id: str
+    method: str
+    path: str
+    route: str
+    model: str
+    status: int
+    duration_ms: float
+    client: str
+
+    def extras(self) -> dict[str, Any]:
+        """The fields a log record carries (in the order the formatters write them)."""
+        return {name: getattr(self, name) for name in ACCESS_FIELDS}
+
+
+#: The access-log fields a record carries, in order.
+ACCESS_FIELDS = AccessEntry._fields[1:]
+
+
+def log_request(
+    request_id: str,
+    method: str,
+    path: str,
+    route: str,
+    model: str,
+    status: int,
+    seconds: float,
+    client: str,
+) -> None:
+    """The access-log line of one request, handed to the log writer.
+
+    When the line can only reach the writer (the access logger has no handler or filter of
+    its own), the fields go to it as they are and the writer thread builds the line: a log
+    record costs the event loop more to make than the rest of a request's logging. Otherwise
+    a record is made directly (``Logger.info`` would also walk the stack for the caller's
+    file and line) and handled as any other.
+    """
+    entry = AccessEntry(
+        time.time(),
+        request_id,
+        method,
+        path,
+        route,
+        model,
+        status,
+        round(seconds * 1000, 3),
+        client,
+    )
+    writer = _writer
+    if writer is not None and writer.only_route_of(access_log):
+        writer.put(entry)
+        return
+    record = access_log.makeRecord(
+        access_log.name, logging.INFO, "", 0, "request", (), None, extra=entry.extras()
+    )
+    record.created = entry.created
+    record.msecs = (entry.created - int(entry.created)) * 1000
+    access_log.handle(record)
+
+
+def access_record(entry: AccessEntry) -> logging.LogRecord:
+    """The log record of an access entry (made in the writer thread)."""
+    record = access_log.makeRecord(
+        access_log.name, logging.INFO, "", 0, "request", (), None, extra=entry.extras()
+    )
+    record.created = entry.created
+    record.msecs = (entry.created - int(entry.created)) * 1000
+    return record
 
 
 @get(
@@ -181,8 +374,41 @@ def escape(value: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-class KeyValueFormatter(logging.Formatter):
+class _Stamp:
+    """The two attributes of a record that ``formatTime`` reads."""
+
+    __slots__ = ("created", "msecs")
+
+    def __init__(self, created: float) -> None:
+        self.created = created
+        self.msecs = (created - int(created)) * 1000
+
+
+class _CachedTime(logging.Formatter):
+    """``formatTime`` with the date and time of day formatted once a second: the access log
+    writes a line per request, and ``strftime`` was most of a line's cost."""
+
+    _cached: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: Any, datefmt: str | None = None) -> str:
+        if datefmt is not None or self.datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached_second, stamp = self._cached
+        if second != cached_second:
+            stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._cached = (second, stamp)
+        return f"{stamp},{int(record.msecs):03d}"
+
+
+class KeyValueFormatter(_CachedTime):
     """``ts level logger message key=value ...``: greppable, one line per event."""
+
+    def format_access(self, entry: AccessEntry) -> str:
+        """What :meth:`format` writes for the entry's record, without making the record."""
+        stamp = self.formatTime(_Stamp(entry.created))
+        extras = " ".join(f"{k}={escape(v)}" for k, v in zip(ACCESS_FIELDS, entry[1:], strict=True))
+        return f"{stamp} INFO {access_log.name}: request {extras}"
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
@@ -197,7 +423,18 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_CachedTime):
+    def format_access(self, entry: AccessEntry) -> str:
+        """What :meth:`format` writes for the entry's record, without making the record."""
+        data: dict[str, Any] = {
+            "ts": self.formatTime(_Stamp(entry.created)),
+            "level": "INFO",
+            "logger": access_log.name,
+            "message": "request",
+        }
+        data.update(zip(ACCESS_FIELDS, entry[1:], strict=True))
+        return json.dumps(data, default=str, ensure_ascii=True)
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
             "ts": self.formatTime(record),
@@ -212,50 +449,95 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=True)
 
 
-#: Log records waiting for the writer thread; past this many, new ones are dropped and
-#: counted, so that a log reader that stalls neither blocks the event loop nor fills memory.
+#: Log records waiting for the writer thread (or held by it); past this many, new ones are
+#: dropped and counted, so that a log reader that stalls neither blocks the event loop nor
+#: fills memory.
 LOG_QUEUE_RECORDS = 10_000
+#: How often the writer looks for records: the loop never wakes it, so a record costs the
+#: loop one append, and lines reach the output at most this late.
+LOG_WRITE_INTERVAL_S = 0.05
+#: Records formatted and written with one ``write``.
+LOG_WRITE_BATCH = 256
 
 
-class _Enqueue(logging.handlers.QueueHandler):
+class _Enqueue(logging.Handler):
     """Hands each record to the writer thread as it is: formatting happens there."""
 
-    def __init__(self, records: queue.Queue[Any]) -> None:
-        super().__init__(records)
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self.writer = writer
+        writer.enqueue = self
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: the append is atomic, and the writer counts what it drops.
+        self.writer.put(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.writer.put(record)
+
+
+class _Writer:
+    """Formats and writes records on a thread of its own, a batch at a time, and says how
+    many were dropped."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO], limit: int) -> None:
+        self.handler = handler
+        #: The handler that puts records here (set by it).
+        self.enqueue: logging.Handler | None = None
+        self._records: collections.deque[logging.LogRecord | AccessEntry] = collections.deque()
+        self._limit = limit
+        #: Records taken from the queue and not yet written (they count against the limit).
+        self._held = 0
         self.dropped = 0
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The stdlib formats here, for queues that pickle; this one stays in the process.
-        return record
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-
-
-class _Writer(logging.handlers.QueueListener):
-    """Formats and writes records on its own thread, and says how many were dropped."""
-
-    def __init__(self, records: queue.Queue[Any], handler: logging.Handler, source: _Enqueue):
-        super().__init__(records, handler)
-        self._records = records
-        self._source = source
         self._reported = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
 
-    def handle(self, record: logging.LogRecord) -> None:
-        self._report_drops()
-        super().handle(record)
+    def start(self) -> None:
+        self._thread.start()
 
-    def stop(self) -> None:
-        super().stop()
-        self._report_drops()
-
-    def _report_drops(self) -> None:
-        dropped = self._source.dropped
-        if dropped == self._reported:
+    def put(self, record: logging.LogRecord | AccessEntry) -> None:
+        if len(self._records) + self._held >= self._limit:
+            self.dropped += 1
             return
+        self._records.append(record)
+
+    def only_route_of(self, logger: logging.Logger) -> bool:
+        """Whether a record of ``logger`` at INFO would reach this writer and nothing else."""
+        parent = logger.parent
+        return (
+            not logger.handlers
+            and not logger.filters
+            and logger.propagate
+            and parent is not None
+            and parent.handlers == [self.enqueue]
+            and not parent.filters
+            and logger.isEnabledFor(logging.INFO)
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOG_WRITE_INTERVAL_S):
+            self._write_queued()
+        self._write_queued()
+
+    def _write_queued(self) -> None:
+        records = self._records
+        while records or self.dropped != self._reported:
+            batch: list[logging.LogRecord | AccessEntry] = []
+            with_note = self._drop_note()
+            if with_note is not None:
+                batch.append(with_note)
+            while records and len(batch) < LOG_WRITE_BATCH:
+                batch.append(records.popleft())
+            self._held = len(batch)
+            self._write(batch)
+            self._held = 0
+
+    def _drop_note(self) -> logging.LogRecord | None:
+        dropped = self.dropped
+        if dropped == self._reported:
+            return None
         note = logging.makeLogRecord(
             {
                 "name": "trt_async",
@@ -266,12 +548,35 @@ class _Writer(logging.handlers.QueueListener):
             }
         )
         self._reported = dropped
-        super().handle(note)
+        return note
 
-    def enqueue_sentinel(self) -> None:
-        # QueueListener's stop sentinel is None; waiting for room, so a full queue cannot
-        # lose the stop (the stdlib's put_nowait would raise).
-        self._records.put(None)
+    def _write(self, batch: list[logging.LogRecord | AccessEntry]) -> None:
+        handler = self.handler
+        lines = []
+        fast = getattr(handler.formatter, "format_access", None)
+        for item in batch:
+            try:
+                if isinstance(item, AccessEntry):
+                    lines.append(
+                        fast(item) if fast is not None else handler.format(access_record(item))
+                    )
+                else:
+                    lines.append(handler.format(item))
+            except Exception:
+                handler.handleError(access_record(item) if isinstance(item, AccessEntry) else item)
+        if not lines:
+            return
+        with handler.lock or contextlib.nullcontext():
+            try:
+                handler.stream.write("\n".join(lines) + handler.terminator)
+                handler.flush()
+            except Exception:
+                last = batch[-1]
+                handler.handleError(access_record(last) if isinstance(last, AccessEntry) else last)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 _writer: _Writer | None = None
@@ -287,12 +592,10 @@ def configure_logging(
     stop_log_writer()
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else KeyValueFormatter())
-    records: queue.Queue[Any] = queue.Queue(LOG_QUEUE_RECORDS)
-    enqueue = _Enqueue(records)
-    _writer = _Writer(records, handler, enqueue)
+    _writer = _Writer(handler, LOG_QUEUE_RECORDS)
     _writer.start()
     logger = logging.getLogger("trt_async")
-    logger.handlers = [enqueue]
+    logger.handlers = [_Enqueue(_writer)]
     logger.setLevel(level)
     logger.propagate = False
 
@@ -305,4 +608,4 @@ def stop_log_writer() -> None:
         return
     writer, _writer = _writer, None
     writer.stop()
-    logging.getLogger("trt_async").handlers = list(writer.handlers)
+    logging.getLogger("trt_async").handlers = [writer.handler]

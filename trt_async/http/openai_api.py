@@ -1,8 +1,8 @@
 """OpenAI's embeddings API: ``POST /v1/embeddings`` and ``GET /v1/models``.
 
 ``encoding_format="base64"`` (what the official SDK sends by default) is little-endian
-float32. A body with an extra ``query`` field is the seed's rerank route: ``data[i]`` then
-carries the score of document ``i`` as a one-element embedding.
+float32. A body with an extra ``query`` field, or one naming a reranker, is the seed's rerank
+route: ``data[i]`` then carries the raw score of document ``i`` as a one-element embedding.
 """
 
 from __future__ import annotations
@@ -12,22 +12,16 @@ from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
-from litestar import Controller, Response, get, post
+from litestar import Router, get
 from litestar.params import FromPath
 from msgspec import Meta
 
 from trt_async.core.config import ModelKind
-from trt_async.core.errors import InvalidInput, WrongModelKind
-from trt_async.core.tasks import ServedModel
-from trt_async.http.common import (
-    JsonBody,
-    ModelsDep,
-    RegistryDep,
-    Truncate,
-    error_responses,
-    timing_headers,
-)
+from trt_async.core.errors import InvalidInput
+from trt_async.core.requests import Embeddings, EmbedRequest, Ranking, RerankRequest
+from trt_async.http.common import RegistryDep, Truncate, error_responses
 from trt_async.http.errors import Dialect, dialect_handlers
+from trt_async.http.routes import Call, Translation, inference_route, vector_rows
 
 #: A text, a list of texts, one token-id list, or a list of token-id lists. msgspec allows a
 #: single array type in a union, so lists are checked for consistency after decoding.
@@ -91,6 +85,21 @@ class EmbeddingResponse(msgspec.Struct):
     object: str = "list"
 
 
+class _WireEmbedding(msgspec.Struct):
+    """:class:`Embedding` as written: the vector already JSON (see ``vector_rows``)."""
+
+    embedding: msgspec.Raw
+    index: int
+    object: str = "embedding"
+
+
+class _WireResponse(msgspec.Struct):
+    data: list[_WireEmbedding]
+    model: str
+    usage: Usage
+    object: str = "list"
+
+
 class ModelCard(msgspec.Struct):
     """A served model as OpenAI lists it; ``created`` is when it was loaded."""
 
@@ -107,7 +116,7 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-def split_input(value: EmbeddingInput, field: str = "input") -> list[str] | list[list[int]]:
+def split_input(value: EmbeddingInput) -> list[str] | list[list[int]]:
     """Texts or token-id lists; mixing them is refused, as OpenAI does."""
     if isinstance(value, str):
         return [value]
@@ -122,93 +131,99 @@ def split_input(value: EmbeddingInput, field: str = "input") -> list[str] | list
     raise InvalidInput(
         "input must be a string, a list of strings, a list of token ids or a list of "
         "token-id lists; this list mixes them",
-        field=field,
+        field="input",
     )
 
 
-def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float] | str]:
-    """Rows as float lists (one ``tolist`` for the whole matrix) or base64 little-endian f32."""
+def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[msgspec.Raw]:
+    """Each row as JSON: an array of floats, or a base64 string of its little-endian float32
+    bytes."""
     if encoding_format == "base64":
         rows = vectors.astype("<f4", copy=False)
-        return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-    out: list[list[float] | str] = vectors.tolist()
-    return out
+        return [msgspec.Raw(b'"' + base64.b64encode(row.tobytes()) + b'"') for row in rows]
+    return vector_rows(vectors)
 
 
-class OpenAIController(Controller):
-    path = "/v1"
-    tags = ["openai"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.OPENAI)
+def embedding_answer(
+    rows: np.ndarray, model: str, tokens: int, encoding_format: str
+) -> _WireResponse:
+    encoded = encode_vectors(rows, encoding_format)
+    return _WireResponse(
+        data=[_WireEmbedding(row, i) for i, row in enumerate(encoded)],
+        model=model,
+        usage=Usage(tokens, tokens),
+    )
 
-    @post(
-        "/embeddings",
-        status_code=200,
+
+def _to_request(
+    data: EmbeddingRequest, call: Call[EmbeddingRequest]
+) -> EmbedRequest | RerankRequest:
+    inputs = split_input(data.input)
+    model = call.inference.lookup(data.model)
+    if data.query is None and model.kind is not ModelKind.RERANKER:
+        return EmbedRequest(
+            inputs=inputs, model=data.model, dimensions=data.dimensions, truncate=data.truncate
+        )
+    if data.query is None:
+        raise InvalidInput(
+            f"model {model.name!r} is a reranker: send the query in a `query` field "
+            "and the documents as `input`",
+            field="query",
+        )
+    documents = [x for x in inputs if isinstance(x, str)]
+    if len(documents) != len(inputs):
+        raise InvalidInput("reranking takes documents as text, not token ids", field="input")
+    # Raw logits, as the seed answers; an embedder gives cosine similarities.
+    return RerankRequest(
+        query=data.query,
+        documents=documents,
+        model=data.model,
+        raw_scores=True,
+        truncate=data.truncate,
+    )
+
+
+def _to_answer(result: Embeddings | Ranking, data: EmbeddingRequest) -> _WireResponse:
+    if isinstance(result, Ranking):
+        rows = result.scores.astype(np.float32).reshape(-1, 1)
+    else:
+        rows = result.vectors
+    return embedding_answer(rows, result.model, result.tokens, data.encoding_format)
+
+
+@get("/v1/models", summary="List served models (OpenAI)")
+async def list_models(registry: RegistryDep) -> ModelList:
+    return ModelList([ModelCard(m.name, m.created) for m in registry])
+
+
+@get(
+    "/v1/models/{model_id:str}",
+    summary="Describe one served model (OpenAI)",
+    responses=error_responses(Dialect.OPENAI, 404),
+)
+async def get_model(registry: RegistryDep, model_id: FromPath[str]) -> ModelCard:
+    model = registry.get(model_id)
+    return ModelCard(model.name, model.created)
+
+
+def router() -> Router:
+    """OpenAI's routes, answering errors in OpenAI's shape."""
+    embeddings = inference_route(
+        "/v1/embeddings",
+        body=EmbeddingRequest,
+        translation=Translation(_to_request, _to_answer),
+        dialect=Dialect.OPENAI,
+        answers=EmbeddingResponse,
         summary="Create embeddings (OpenAI)",
         description=(
             "Embeddings of `input` with the named model. With an extra `query` field, each "
             "`data[i].embedding` is instead `[score]` of document `input[i]` (the seed's "
             "rerank route)."
         ),
-        responses=error_responses(Dialect.OPENAI),
     )
-    async def embeddings(
-        self, models: ModelsDep, data: JsonBody[EmbeddingRequest]
-    ) -> Response[EmbeddingResponse]:
-        model = models.get(data.model)
-        inputs = split_input(data.input)
-        models.check_batch(len(inputs))
-        if data.query is not None or model.kind is ModelKind.RERANKER:
-            return await self._rerank(model, data, inputs)
-        if model.kind is ModelKind.NLI:
-            raise WrongModelKind(
-                model.name, model.kind.value, "use /infer/{model}, /predict or /v1/zero-shot"
-            )
-        result = await model.embed(inputs, dimensions=data.dimensions, truncate=data.truncate)
-        fmt = data.encoding_format
-        body = EmbeddingResponse(
-            data=[Embedding(v, i) for i, v in enumerate(encode_vectors(result.vectors, fmt))],
-            model=model.name,
-            usage=Usage(result.tokens, result.tokens),
-        )
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
-
-    async def _rerank(
-        self,
-        model: ServedModel,
-        data: EmbeddingRequest,
-        inputs: list[str] | list[list[int]],
-    ) -> Response[EmbeddingResponse]:
-        if data.query is None:
-            raise InvalidInput(
-                f"model {model.name!r} is a reranker: send the query in a `query` field "
-                "and the documents as `input`",
-                field="query",
-            )
-        documents = [x for x in inputs if isinstance(x, str)]
-        if len(documents) != len(inputs):
-            raise InvalidInput("reranking takes documents as text, not token ids", field="input")
-        if model.kind is ModelKind.NLI:
-            raise WrongModelKind(model.name, model.kind.value, "it cannot rerank")
-        # Raw logits, as the seed answers; an embedder gives cosine similarities.
-        result = await model.rerank(data.query, documents, raw_scores=True, truncate=data.truncate)
-        scores = result.scores.astype(np.float32).reshape(-1, 1)
-        fmt = data.encoding_format
-        body = EmbeddingResponse(
-            data=[Embedding(s, i) for i, s in enumerate(encode_vectors(scores, fmt))],
-            model=model.name,
-            usage=Usage(result.tokens, result.tokens),
-        )
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
-
-    @get("/models", summary="List served models (OpenAI)")
-    async def list_models(self, registry: RegistryDep) -> ModelList:
-        return ModelList([ModelCard(m.name, m.created) for m in registry])
-
-    @get(
-        "/models/{model_id:str}",
-        summary="Describe one served model (OpenAI)",
-        responses=error_responses(Dialect.OPENAI, 404),
+    return Router(
+        "/",
+        route_handlers=[embeddings, list_models, get_model],
+        tags=["openai"],
+        exception_handlers=dialect_handlers(Dialect.OPENAI),
     )
-    async def get_model(self, registry: RegistryDep, model_id: FromPath[str]) -> ModelCard:
-        model = registry.get(model_id)
-        return ModelCard(model.name, model.created)

@@ -12,25 +12,15 @@ import uuid
 from typing import Annotated
 
 import msgspec
-import numpy as np
-from litestar import Controller, Response, post
+from litestar import Router
 from msgspec import UNSET, Meta, UnsetType
 
-from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.tasks import ScoreResult
-from trt_async.http.common import (
-    DirectionName,
-    JsonBody,
-    Models,
-    ModelsDep,
-    Truncate,
-    error_responses,
-    require_kind,
-    timing_headers,
-)
-from trt_async.http.errors import RERANK_HANDLERS, Dialect, dialect_handlers
-from trt_async.http.strict import check_rerank_body
+from trt_async.core.requests import Ranking
+from trt_async.core.requests import RerankRequest as CoreRerank
+from trt_async.http.common import DirectionName, Truncate
+from trt_async.http.errors import DIALECT_STATE_KEY, Dialect, dialect_handlers
+from trt_async.http.routes import Call, Translation, inference_route
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 ModelField = Annotated[
@@ -49,8 +39,6 @@ RawScores = Annotated[
     bool,
     Meta(description="Return a cross-encoder's raw logits instead of their sigmoid."),
 ]
-_KINDS = (ModelKind.RERANKER, ModelKind.EMBEDDING)
-_HINT = "rerank takes a reranker or an embedding model"
 
 
 class RerankDocument(msgspec.Struct):
@@ -192,156 +180,165 @@ def _texts(documents: list[str | RerankDocument]) -> list[str]:
     return [d if isinstance(d, str) else d.text for d in documents]
 
 
-def _order(scores: np.ndarray, top_n: int | None) -> list[int]:
-    order = np.argsort(-scores, kind="stable")
-    return [int(i) for i in order[:top_n]]
-
-
-async def _score(
-    models: Models,
-    model_name: str | None,
-    query: str,
-    documents: list[str],
-    *,
-    raw_scores: bool,
-    truncate: bool | None,
-    route: str,
-    max_tokens_per_doc: int | None = None,
-) -> tuple[str, ScoreResult]:
-    models.check_batch(len(documents), "documents")
-    model = models.pick(model_name, _KINDS, route)
-    require_kind(model, _KINDS, _HINT)
-    result = await model.rerank(
-        query,
-        documents,
-        raw_scores=raw_scores,
-        truncate=truncate,
-        max_tokens_per_doc=max_tokens_per_doc,
+def _cohere_request(data: RerankRequest | AnyRerankRequest) -> CoreRerank:
+    return CoreRerank(
+        query=data.query,
+        documents=_texts(data.documents or []),
+        model=data.model,
+        raw_scores=data.raw_scores,
+        truncate=data.truncate,
+        max_tokens_per_doc=data.max_tokens_per_doc,
+        top_n=data.top_n,
     )
-    return model.name, result
 
 
-def _results(
-    scores: np.ndarray, documents: list[str], top_n: int | None, return_documents: bool
-) -> list[RerankResult]:
+def _results(ranking: Ranking, documents: list[str], return_documents: bool) -> list[RerankResult]:
+    scores = ranking.scores
     return [
         RerankResult(
             i, float(scores[i]), RerankDocument(documents[i]) if return_documents else None
         )
-        for i in _order(scores, top_n)
+        for i in ranking.order
     ]
 
 
-class RerankController(Controller):
-    tags = ["rerank"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.RERANK)
-
-    async def _cohere(
-        self, models: Models, data: RerankRequest | AnyRerankRequest, route: str
-    ) -> tuple[str, ScoreResult, list[RerankResult]]:
-        documents = _texts(data.documents or [])
-        name, result = await _score(
-            models,
-            data.model,
-            data.query,
-            documents,
-            raw_scores=data.raw_scores,
-            truncate=data.truncate,
-            route=route,
-            max_tokens_per_doc=data.max_tokens_per_doc,
-        )
-        return name, result, _results(result.scores, documents, data.top_n, data.return_documents)
-
-    @post(
-        "/v1/rerank",
-        status_code=200,
-        summary="Rerank documents (Cohere v1 / Jina)",
-        responses=error_responses(Dialect.RERANK),
-    )
-    async def rerank_v1(
-        self, models: ModelsDep, data: JsonBody[RerankRequest]
-    ) -> Response[RerankResponse | VoyageRerankResponse]:
-        if data.voyage:
-            return await self._voyage(models, data)
-        body, headers = await self._cohere_v1(models, data, "/v1/rerank")
-        return Response(body, headers=headers)
-
-    async def _voyage(
-        self, models: Models, data: RerankRequest
-    ) -> Response[RerankResponse | VoyageRerankResponse]:
+def _v1_request(data: RerankRequest, call: Call[RerankRequest]) -> CoreRerank:
+    request = _cohere_request(data)
+    if data.voyage:
+        # Voyage's names for the same two settings.
         if data.truncate is None and isinstance(data.truncation, bool):
-            data.truncate = data.truncation
+            request.truncate = data.truncation
         if isinstance(data.top_k, int):
-            data.top_n = data.top_k
-        name, result, ranked = await self._cohere(models, data, "/v1/rerank")
-        results = [
-            VoyageResult(r.relevance_score, r.index, r.document.text if r.document else None)
-            for r in ranked
-        ]
-        body = VoyageRerankResponse(results, name, RerankUsage(result.tokens))
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
+            request.top_n = data.top_k
+    return request
 
-    @post(
-        "/v2/rerank",
-        status_code=200,
-        summary="Rerank documents (Cohere v2)",
-        responses=error_responses(Dialect.RERANK),
+
+def _v1_answer(ranking: Ranking, data: RerankRequest) -> RerankResponse | VoyageRerankResponse:
+    documents = _texts(data.documents)
+    if data.voyage:
+        scores = ranking.scores
+        return VoyageRerankResponse(
+            [
+                VoyageResult(float(scores[i]), i, documents[i] if data.return_documents else None)
+                for i in ranking.order
+            ],
+            ranking.model,
+            RerankUsage(ranking.tokens),
+        )
+    return RerankResponse(
+        uuid.uuid4().hex,
+        ranking.model,
+        _results(ranking, documents, data.return_documents),
+        RerankUsage(ranking.tokens),
     )
-    async def rerank_v2(
-        self, models: ModelsDep, data: JsonBody[RerankRequest]
-    ) -> Response[RerankV2Response]:
-        name, result, results = await self._cohere(models, data, "/v2/rerank")
-        meta = RerankMeta(ApiVersion("2"), BilledUnits(1))
-        body = RerankV2Response(uuid.uuid4().hex, name, results, RerankUsage(result.tokens), meta)
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
 
-    @post(
+
+def _v2_answer(ranking: Ranking, data: RerankRequest) -> RerankV2Response:
+    meta = RerankMeta(ApiVersion("2"), BilledUnits(1))
+    results = _results(ranking, _texts(data.documents), data.return_documents)
+    return RerankV2Response(
+        uuid.uuid4().hex, ranking.model, results, RerankUsage(ranking.tokens), meta
+    )
+
+
+def _is_tei(data: AnyRerankRequest) -> bool:
+    return data.texts is not None and data.documents is None
+
+
+def _any_request(data: AnyRerankRequest, call: Call[AnyRerankRequest]) -> CoreRerank:
+    if _is_tei(data):
+        call.request.state[DIALECT_STATE_KEY] = Dialect.TEI
+        return tei_rerank_request(data)
+    if data.documents is None:
+        raise InvalidInput("documents is required", field="documents")
+    return _cohere_request(data)
+
+
+def _any_answer(ranking: Ranking, data: AnyRerankRequest) -> RerankResponse | list[TEIRank]:
+    if _is_tei(data):
+        return tei_rerank_answer(ranking, data)
+    documents = _texts(data.documents or [])
+    return RerankResponse(
+        uuid.uuid4().hex,
+        ranking.model,
+        _results(ranking, documents, data.return_documents),
+        RerankUsage(ranking.tokens),
+    )
+
+
+def tei_rerank_request(data: AnyRerankRequest) -> CoreRerank:
+    """TEI's rerank: ``query`` and ``texts``."""
+    return CoreRerank(
+        query=data.query,
+        documents=data.texts or [],
+        model=data.model,
+        raw_scores=data.raw_scores,
+        truncate=data.truncate,
+        top_n=data.top_n,
+    )
+
+
+def tei_rerank_answer(ranking: Ranking, data: AnyRerankRequest) -> list[TEIRank]:
+    """TEI's answer: a bare array of ``{index, score, text?}`` sorted by score."""
+    texts = data.texts or []
+    scores = ranking.scores
+    return [
+        TEIRank(i, float(scores[i]), texts[i] if data.return_text else None) for i in ranking.order
+    ]
+
+
+def tei_body_in(body: bytes) -> bool:
+    """Whether a ``/rerank`` body that did not decode is TEI's (``texts`` without
+    ``documents``), so that its error takes TEI's shape. Only bodies that parse as JSON
+    can say; the rest are answered in the rerank routes' shape."""
+    try:
+        parsed = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and "texts" in parsed and "documents" not in parsed
+
+
+def router() -> Router:
+    """Cohere / Jina / Voyage rerank, and ``/rerank`` (Cohere's or TEI's)."""
+    v1 = inference_route(
+        "/v1/rerank",
+        body=RerankRequest,
+        translation=Translation(_v1_request, _v1_answer),
+        dialect=Dialect.RERANK,
+        answers=RerankResponse | VoyageRerankResponse,
+        summary="Rerank documents (Cohere v1 / Jina)",
+    )
+    v2 = inference_route(
+        "/v2/rerank",
+        body=RerankRequest,
+        translation=Translation(_cohere_request_v2, _v2_answer),
+        dialect=Dialect.RERANK,
+        answers=RerankV2Response,
+        summary="Rerank documents (Cohere v2)",
+    )
+    any_ = inference_route(
         "/rerank",
-        status_code=200,
+        body=AnyRerankRequest,
+        translation=Translation(_any_request, _any_answer, invalid_body=_tei_error_dialect),
+        dialect=Dialect.RERANK,
+        answers=RerankResponse | list[TEIRank],
         summary="Rerank documents (Cohere/Jina with `documents`, TEI with `texts`)",
         description=(
             "With `documents` the answer is Cohere/Jina's object; with `texts` (TEI's "
             "dialect) it is TEI's bare array `[{index, score, text?}]`, sorted by score."
         ),
-        responses=error_responses(Dialect.RERANK),
-        # The one route whose dialect its body decides: TEI's with `texts`, else Cohere's.
-        before_request=check_rerank_body,
-        exception_handlers=RERANK_HANDLERS,
     )
-    async def rerank_any(
-        self, models: ModelsDep, data: JsonBody[AnyRerankRequest]
-    ) -> Response[RerankResponse | list[TEIRank]]:
-        body: RerankResponse | list[TEIRank]
-        if data.texts is not None and data.documents is None:
-            body, result = await tei_rerank(models, data)
-            return Response(body, headers=timing_headers(result.timings, result.tokens))
-        if data.documents is None:
-            raise InvalidInput("documents is required", field="documents")
-        cohere, headers = await self._cohere_v1(models, data, "/rerank")
-        return Response(cohere, headers=headers)
-
-    async def _cohere_v1(
-        self, models: Models, data: RerankRequest | AnyRerankRequest, route: str
-    ) -> tuple[RerankResponse, dict[str, str]]:
-        name, result, results = await self._cohere(models, data, route)
-        body = RerankResponse(uuid.uuid4().hex, name, results, RerankUsage(result.tokens))
-        return body, timing_headers(result.timings, result.tokens)
-
-
-async def tei_rerank(models: Models, data: AnyRerankRequest) -> tuple[list[TEIRank], ScoreResult]:
-    """TEI's rerank: a bare array of ``{index, score, text?}`` sorted by score."""
-    texts = data.texts or []
-    _, result = await _score(
-        models,
-        data.model,
-        data.query,
-        texts,
-        raw_scores=data.raw_scores,
-        truncate=data.truncate,
-        route="/rerank",
+    return Router(
+        "/",
+        route_handlers=[v1, v2, any_],
+        tags=["rerank"],
+        exception_handlers=dialect_handlers(Dialect.RERANK),
     )
-    ranks = [
-        TEIRank(i, float(result.scores[i]), texts[i] if data.return_text else None)
-        for i in _order(result.scores, data.top_n)
-    ]
-    return ranks, result
+
+
+def _cohere_request_v2(data: RerankRequest, call: Call[RerankRequest]) -> CoreRerank:
+    return _cohere_request(data)
+
+
+def _tei_error_dialect(body: bytes) -> Dialect | None:
+    return Dialect.TEI if tei_body_in(body) else None

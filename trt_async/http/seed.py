@@ -9,24 +9,24 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Response, get, post
-from litestar.params import FromPath
+from litestar import Router, get
 from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import EmptyInput, InvalidInput, Part
-from trt_async.core.multivector import Head, SparseVector
-from trt_async.core.tasks import ServedModel
-from trt_async.http.common import (
-    JsonBody,
-    ModelsDep,
-    RegistryDep,
-    Truncate,
-    elapsed_ms,
-    error_responses,
-    timing_headers,
+from trt_async.core.multivector import Head
+from trt_async.core.requests import (
+    Classification,
+    ClassifyRequest,
+    Embeddings,
+    EmbedRequest,
+    Ranking,
+    Request,
+    RerankRequest,
 )
+from trt_async.http.common import RegistryDep, Truncate, elapsed_ms
 from trt_async.http.errors import Dialect, dialect_handlers
+from trt_async.http.routes import Call, Translation, inference_route, vector_matrix, vector_rows
 
 
 class ModelLists(msgspec.Struct):
@@ -107,109 +107,129 @@ def _as_list(value: str | list[str] | None, param: str) -> list[str]:
 InferResponse = EmbedInferResponse | M3InferResponse | RerankInferResponse | NLIInferResponse
 
 
-async def _m3_infer(
-    served: ServedModel, documents: list[str], data: InferRequest
-) -> Response[InferResponse]:
-    heads: list[Head] = []
+class _WireEmbedResponse(msgspec.Struct):
+    embeddings: list[msgspec.Raw]
+    elapsed_ms: float
+
+
+class _WireM3Response(msgspec.Struct, omit_defaults=True):
+    elapsed_ms: float
+    embeddings: list[msgspec.Raw] | None = None
+    lexical_weights: list[dict[str, float]] | None = None
+    colbert_vecs: list[msgspec.Raw] | None = None
+
+
+def _heads(data: InferRequest) -> frozenset[Head]:
+    heads: set[Head] = set()
     if data.return_sparse:
-        heads.append("sparse")
+        heads.add("sparse")
     if data.return_colbert_vecs:
-        heads.append("colbert")
+        heads.add("colbert")
+    return frozenset(heads)
+
+
+def _to_request(data: InferRequest, call: Call[InferRequest]) -> Request:
+    name = call.path("model")
+    served = call.inference.lookup(name)
+    if served.kind is ModelKind.NLI:
+        premises = _as_list(data.premises, "premises")
+        hypotheses = _as_list(data.hypotheses, "hypotheses")
+        if len(premises) != len(hypotheses):
+            raise InvalidInput(
+                f"premises and hypotheses must have the same length; got {len(premises)} "
+                f"and {len(hypotheses)}",
+                field="hypotheses",
+            )
+        return ClassifyRequest(
+            inputs=list(zip(premises, hypotheses, strict=True)),
+            model=name,
+            part=Part.PREMISES,
+            activation="none",
+            truncate=data.truncate,
+        )
+    documents = _as_list(data.documents, "documents")
+    if served.kind is ModelKind.RERANKER or data.query is not None:
+        if data.query is None:
+            raise InvalidInput("query is required for a reranker", field="query")
+        if not documents:
+            raise EmptyInput(Part.DOCUMENTS)
+        return RerankRequest(
+            query=data.query, documents=documents, model=name, raw_scores=True,
+            truncate=data.truncate,
+        )  # fmt: skip
+    heads = _heads(data)
     if not heads and not data.return_dense:
         raise InvalidInput(
             "ask for at least one of return_dense, return_sparse and return_colbert_vecs",
             field="return_dense",
         )
-    result = await served.embed(documents, truncate=data.truncate, heads=heads)
-    body = M3InferResponse(elapsed_ms=elapsed_ms(result.timings))
+    return EmbedRequest(
+        inputs=documents,
+        model=name,
+        truncate=data.truncate,
+        heads=heads,
+        sparse_tokens=data.sparse_keys == "token",
+    )
+
+
+def _to_answer(
+    result: Embeddings | Ranking | Classification, data: InferRequest
+) -> _WireEmbedResponse | _WireM3Response | RerankInferResponse | NLIInferResponse:
+    elapsed = elapsed_ms(result.timings)
+    if isinstance(result, Classification):
+        return NLIInferResponse(
+            predictions=result.predictions(),
+            logits=result.logits.astype(float).tolist(),
+            elapsed_ms=elapsed,
+        )
+    if isinstance(result, Ranking):
+        return RerankInferResponse(scores=result.scores.astype(float).tolist(), elapsed_ms=elapsed)
+    if not (data.return_sparse or data.return_colbert_vecs or not data.return_dense):
+        return _WireEmbedResponse(vector_rows(result.vectors), elapsed)
+    body = _WireM3Response(elapsed_ms=elapsed)
     if data.return_dense:
-        body.embeddings = result.vectors.tolist()
-    if data.return_sparse:
-        vectors = [v for v in result.heads["sparse"] if isinstance(v, SparseVector)]
-        if data.sparse_keys == "token":
-            strings = served.runtime.tokenizer.token_strings
+        body.embeddings = vector_rows(result.vectors)
+    if data.return_sparse and result.sparse is not None:
+        if result.sparse_tokens is not None:
             body.lexical_weights = [
-                dict(zip(strings(v.ids.tolist()), v.weights.tolist(), strict=True)) for v in vectors
+                dict(zip(tokens, v.weights.tolist(), strict=True))
+                for tokens, v in zip(result.sparse_tokens, result.sparse, strict=True)
             ]
         else:
             body.lexical_weights = [
                 {str(i): w for i, w in zip(v.ids.tolist(), v.weights.tolist(), strict=True)}
-                for v in vectors
+                for v in result.sparse
             ]
-    if data.return_colbert_vecs:
-        body.colbert_vecs = [v.tolist() for v in result.heads["colbert"]]  # type: ignore[attr-defined]
-    return Response(body, headers=timing_headers(result.timings, result.tokens))
+    if data.return_colbert_vecs and result.colbert is not None:
+        body.colbert_vecs = [vector_matrix(v) for v in result.colbert]
+    return body
 
 
-class SeedController(Controller):
-    tags = ["seed"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.DETAIL)
-
-    @get("/models", summary="Served models by kind (seed shape)")
-    async def list_models(self, registry: RegistryDep) -> ModelsResponse:
-        by_kind = registry.names_by_kind()
-        return ModelsResponse(
-            ModelLists(
-                embedding_models=by_kind[ModelKind.EMBEDDING],
-                reranking_models=by_kind[ModelKind.RERANKER],
-                nli_models=by_kind[ModelKind.NLI],
-            )
+@get("/models", summary="Served models by kind (seed shape)")
+async def list_models(registry: RegistryDep) -> ModelsResponse:
+    by_kind = registry.names_by_kind()
+    return ModelsResponse(
+        ModelLists(
+            embedding_models=by_kind[ModelKind.EMBEDDING],
+            reranking_models=by_kind[ModelKind.RERANKER],
+            nli_models=by_kind[ModelKind.NLI],
         )
-
-    @post(
-        "/infer/{model:str}",
-        status_code=200,
-        summary="Embed, rerank or classify with the named model (seed API)",
-        responses=error_responses(Dialect.DETAIL),
     )
-    async def infer(
-        self, models: ModelsDep, model: FromPath[str], data: JsonBody[InferRequest]
-    ) -> Response[InferResponse]:
-        served = models.get(model)
-        if served.kind is ModelKind.NLI:
-            premises = _as_list(data.premises, "premises")
-            hypotheses = _as_list(data.hypotheses, "hypotheses")
-            if len(premises) != len(hypotheses):
-                raise InvalidInput(
-                    f"premises and hypotheses must have the same length; got {len(premises)} "
-                    f"and {len(hypotheses)}",
-                    field="hypotheses",
-                )
-            models.check_batch(len(premises), "premises")
-            result = await served.classify(
-                list(zip(premises, hypotheses, strict=True)), truncate=data.truncate
-            )
-            return Response(
-                NLIInferResponse(
-                    predictions=result.predictions(),
-                    logits=result.logits.astype(float).tolist(),
-                    elapsed_ms=elapsed_ms(result.timings),
-                ),
-                headers=timing_headers(result.timings, result.tokens),
-            )
-        documents = _as_list(data.documents, "documents")
-        models.check_batch(len(documents), "documents")
-        if served.kind is ModelKind.RERANKER or data.query is not None:
-            if data.query is None:
-                raise InvalidInput("query is required for a reranker", field="query")
-            if not documents:
-                raise EmptyInput(Part.DOCUMENTS, field="documents")
-            scores = await served.rerank(
-                data.query, documents, raw_scores=True, truncate=data.truncate
-            )
-            return Response(
-                RerankInferResponse(
-                    scores=scores.scores.astype(float).tolist(),
-                    elapsed_ms=elapsed_ms(scores.timings),
-                ),
-                headers=timing_headers(scores.timings, scores.tokens),
-            )
-        if data.return_sparse or data.return_colbert_vecs or not data.return_dense:
-            return await _m3_infer(served, documents, data)
-        embedded = await served.embed(documents, truncate=data.truncate)
-        return Response(
-            EmbedInferResponse(
-                embeddings=embedded.vectors.tolist(), elapsed_ms=elapsed_ms(embedded.timings)
-            ),
-            headers=timing_headers(embedded.timings, embedded.tokens),
-        )
+
+
+def router() -> Router:
+    """The seed's routes, answering errors in its ``{"detail"}`` shape."""
+    infer = inference_route(
+        "/infer/{model:str}",
+        body=InferRequest,
+        translation=Translation(_to_request, _to_answer, field_names={Part.INPUTS: "documents"}),
+        dialect=Dialect.DETAIL,
+        answers=InferResponse,
+        summary="Embed, rerank or classify with the named model (seed API)",
+    )
+    return Router(
+        "/",
+        route_handlers=[list_models, infer],
+        tags=["seed"],
+        exception_handlers=dialect_handlers(Dialect.DETAIL),
+    )

@@ -1,6 +1,8 @@
-"""Request bodies checked strictly before a handler runs.
+"""Request bodies checked strictly before a management handler runs.
 
-Litestar converts a handler's ``data`` with msgspec in lax mode (its query and path
+The inference routes decode their bodies themselves, strictly and once
+(:mod:`trt_async.http.routes`); the management routes take Litestar's ``data``. Litestar
+converts a handler's ``data`` with msgspec in lax mode (its query and path
 parameters arrive as strings), which would accept ``"dimensions": "64"``, ``"top_n": 1.0``
 or a token id ``1e2``. The body's JSON has real types, so it is checked here against the
 handler's body type with ``strict=True`` first; a body that passes converts the same way in
@@ -18,7 +20,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
 from trt_async.http.common import AnyRequest
-from trt_async.http.errors import UndecodableBody, rerank_dialect
+from trt_async.http.errors import UndecodableBody
 
 
 @cache
@@ -87,10 +89,3 @@ async def strict_body(request: AnyRequest) -> None:
     except (msgspec.DecodeError, RecursionError):
         return None  # Litestar's decoder took it above: its parsing reports the rest
     return None
-
-
-async def check_rerank_body(request: AnyRequest) -> None:
-    """``/rerank``'s ``before_request``: note first whether the body speaks TEI's dialect,
-    so that the checks' errors already take its shape."""
-    await rerank_dialect(request)
-    await strict_body(request)

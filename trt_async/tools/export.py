@@ -35,9 +35,12 @@ import numpy.typing as npt
 from trt_async.backends.modelfiles import (
     MANIFEST_NAME,
     ONNX_NAME,
+    AttentionMask,
     ExportManifest,
+    Pooling,
     Task,
     position_limit,
+    sentence_transformers_pooling_modes,
     sha256_file,
 )
 from trt_async.core.heads import l2_normalize, make_reducer
@@ -114,6 +117,8 @@ def export_model(
     heads: HeadsOption = "auto",
     attention: Attention = "eager",
     quantize: Quantize = "none",
+    template: str | None = None,
+    mask: AttentionMask | None = None,
 ) -> ExportManifest:
     """Export ``hf_dir`` for ``task`` into ``out_dir`` and return the manifest written there.
 
@@ -131,7 +136,31 @@ def export_model(
     integers and quantises activations per batch (ONNX Runtime's dynamic quantisation),
     after the fp32 graph has been verified; the int8 graph must keep a cosine of at least
     :data:`INT8_MIN_COSINE` to torch's vectors on the sample inputs.
+    Decoder models (Qwen3, Qwen2, Mistral, Llama, Gemma) are exported by
+    :mod:`.export_decoder`, which reads ``template`` (LLM rerankers) and ``mask``.
     """
+    from trt_async.tools import export_decoder
+
+    if export_decoder.is_decoder(Path(hf_dir)):
+        return export_decoder.export_decoder_model(
+            Path(hf_dir),
+            task,
+            Path(out_dir),
+            opset=opset,
+            progress=progress,
+            exporter=exporter,
+            pool_in_graph=pool_in_graph,
+            heads=heads,
+            attention=attention,
+            quantize=quantize,
+            template=template,
+            mask=mask,
+        )
+    if template is not None or mask is not None:
+        raise ExportError(
+            "--template and --mask apply to decoder models (Qwen3, Qwen2, Mistral, Llama, "
+            f"Gemma); {hf_dir} is not one"
+        )
     if task not in get_args(Task):
         raise ExportError(f"unknown task {task!r}; use one of {', '.join(get_args(Task))}")
     if exporter not in get_args(Exporter):
@@ -161,7 +190,7 @@ def export_model(
     step(f"load {src.name} ({task})")
     model, input_names = _load_model(src, task, hf_config, progress, attention)
     max_length = position_limit(hf_config)
-    graph_pooling: Literal["cls", "mean"] | None = None
+    graph_pooling: Pooling | None = None
     if pool_in_graph and pooling != "none":
         graph_pooling = pooling
     if task != "embed":
@@ -319,7 +348,7 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _pooling(src: Path, task: Task) -> Literal["cls", "mean", "none"]:
+def _pooling(src: Path, task: Task) -> Literal[Pooling, "none"]:
     if task != "embed":
         return "none"
     modules_path = src / "modules.json"
@@ -340,12 +369,14 @@ def _pooling(src: Path, task: Task) -> Literal["cls", "mean", "none"]:
     if not cfg_path.is_file():
         return "cls"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    if cfg.get("pooling_mode_cls_token"):
-        return "cls"
-    if cfg.get("pooling_mode_mean_tokens"):
-        return "mean"
-    modes = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode") and v)
-    raise ExportError(f"{cfg_path}: pooling {modes} is not supported; the server pools cls or mean")
+    modes = sentence_transformers_pooling_modes(cfg)
+    for served in ("cls", "mean", "last"):
+        if served in modes:
+            return served
+    raise ExportError(
+        f"{cfg_path}: pooling {modes} is not supported; the server pools cls, mean or the "
+        "last token"
+    )
 
 
 # --- torch side -----------------------------------------------------------------------------
@@ -397,9 +428,7 @@ def _load_model(
     return model, names
 
 
-def _wrap(
-    model: Any, input_names: tuple[str, ...], pooling: Literal["cls", "mean"] | None = None
-) -> Any:
+def _wrap(model: Any, input_names: tuple[str, ...], pooling: Pooling | None = None) -> Any:
     """Named positional inputs and one output tensor, as both exporters want; with
     ``pooling``, the hidden states pooled over the attention mask."""
     import torch
@@ -416,6 +445,10 @@ def _wrap(
             hidden = self.model(**kwargs, return_dict=False)[0]
             if pooling == "cls":
                 return hidden[:, 0]
+            if pooling == "last":
+                from trt_async.tools.export_decoder import last_token
+
+                return last_token(hidden, attention_mask)
             if pooling == "mean":
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -543,7 +576,7 @@ def _verify(
     references: Sequence[Sequence[npt.NDArray[np.float32]]],
     input_names: tuple[str, ...],
     output_names: list[str],
-    pooling: Literal["cls", "mean", "none"],
+    pooling: Literal[Pooling, "none"],
 ) -> float:
     """Largest difference to torch over every output, on real tokens only."""
     import onnxruntime as ort
@@ -570,7 +603,7 @@ def _quantize_int8(
     batches: Sequence[_Batch],
     references: Sequence[Sequence[npt.NDArray[np.float32]]],
     input_names: tuple[str, ...],
-    pooling: Literal["cls", "mean", "none"],
+    pooling: Literal[Pooling, "none"],
 ) -> float:
     """Replace the verified fp32 graph at ``path`` by its int8 version; return the least
     cosine between the int8 graph's pooled vectors and torch's on the sample batches."""
@@ -609,7 +642,7 @@ def _quantize_int8(
 
 
 def _pool(
-    hidden: npt.NDArray[np.float32], batch: _Batch, pooling: Literal["cls", "mean", "none"]
+    hidden: npt.NDArray[np.float32], batch: _Batch, pooling: Literal[Pooling, "none"]
 ) -> npt.NDArray[np.float32]:
     """Per-token outputs pooled as the server pools them (CLS for a graph that pools)."""
     pooled: npt.NDArray[np.float32] = make_reducer(pooling if pooling != "none" else "cls")(
@@ -624,7 +657,7 @@ def _difference(
     out: npt.NDArray[np.float32],
     ref: npt.NDArray[np.float32],
     batch: _Batch,
-    pooling: Literal["cls", "mean", "none"] = "none",
+    pooling: Literal[Pooling, "none"] = "none",
 ) -> float:
     if out.shape != ref.shape:
         raise ExportError(f"{path}: {name} shape {out.shape} != torch's {ref.shape}")
@@ -769,6 +802,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "batch (smaller and often faster on a CPU, not exact: the export refuses a cosine "
         f"to torch's vectors under {INT8_MIN_COSINE}); TensorRT refuses such a graph",
     )
+    from trt_async.tools.export_decoder import add_decoder_arguments
+
+    add_decoder_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run_export)
     return parser
@@ -787,6 +823,8 @@ def run_export(args: argparse.Namespace) -> int:
             pool_in_graph=args.pool_in_graph,
             heads=args.heads,
             quantize="int8" if args.int8 else "none",
+            template=args.template,
+            mask=args.mask,
         )
     except ExportError as exc:
         print(f"trt-async export: error: {exc}", file=sys.stderr)

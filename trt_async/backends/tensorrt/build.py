@@ -9,7 +9,12 @@ Precision differs between the majors. TensorRT 10 builds weakly typed networks a
 fp16/bf16 kernels when the ``FP16``/``BF16`` builder flag is set. TensorRT 11 has no such
 flags: networks are strongly typed and run in the types the ONNX graph declares, so an fp16
 build first converts the graph's float weights and ops to fp16 (inputs and outputs stay
-as they were), with onnxconverter-common, and builds that graph.
+as they were), with onnxconverter-common, and builds that graph. Either way the parts that
+overflow or lose their meaning in fp16 (norm statistics, Softmax, reductions, rotary
+angles and their products) stay fp32: :mod:`.precision` picks them.
+
+Tactic timings are kept in a timing cache beside the plan, so a rebuild (a changed grid,
+a new export) does not time every tactic again.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from trt_async.backends.modelfiles import (
     default_max_length,
     read_manifest,
 )
-from trt_async.backends.tensorrt.cuda import Cuda
+from trt_async.backends.tensorrt.cuda import Cuda, DeviceInfo
 from trt_async.backends.tensorrt.plan import (
     PlanManifest,
     TensorSpec,
@@ -40,6 +45,12 @@ from trt_async.backends.tensorrt.plan import (
     onnx_hashes,
     plan_paths,
     write_plan_manifest,
+)
+from trt_async.backends.tensorrt.precision import (
+    constrain_network,
+    keep_fp32,
+    name_nodes,
+    onnx_nodes,
 )
 from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
 from trt_async.backends.tensorrt.trt_api import IBuilder, dims, dtype_name, load_tensorrt
@@ -203,9 +214,133 @@ def precision_route(trt: Any, precision: Precision) -> tuple[Any | None, bool]:
     return None, True
 
 
+#: The largest finite fp16: weights beyond it are clamped to it. onnxconverter-common's
+#: default (1e4) would also clamp weights fp16 represents exactly.
+FP16_MAX = 65504.0
+
+
+def fp16_block_list(model: Any) -> list[str]:
+    """Names of the nodes an fp16 conversion must leave in fp32 (:mod:`.precision`), and
+    of the ``Constant`` nodes that feed them, so their values are not rounded to fp16
+    first (rotary inverse frequencies, norm epsilons). Names unnamed nodes."""
+    name_nodes(model)
+    nodes, neutral = onnx_nodes(model)
+    kept = keep_fp32(nodes, neutral)
+    feeds = {i for n in model.graph.node if n.name in kept for i in n.input}
+    constants = {
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Constant" and any(o in feeds for o in n.output)
+    }
+    # The graph's own Casts stay as they are, blocked by name: the converter retypes a
+    # Cast's output to fp16 without changing its ``to`` attribute (an invalid graph), and
+    # blocking the op type instead also blocks the Casts the converter inserts itself,
+    # before which it inserts more, without end on graphs that cast float tensors.
+    casts = {n.name for n in model.graph.node if n.op_type == "Cast"}
+    return sorted(kept | constants | casts)
+
+
+def split_shared_initializers(model: Any, blocked: set[str]) -> int:
+    """Give the fp16 side its own copy of every weight that blocked and unblocked nodes
+    share; returns how many. The converter keeps a weight fp32 when any blocked node reads
+    it, and then hands that fp32 weight to the unblocked readers, whose types it has made
+    fp16: an invalid graph (seen with torch's deduplicated LayerNorm weights)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in inits:
+                readers.setdefault(name, []).append(node)
+    copies = 0
+    for name, nodes in readers.items():
+        if not any(n.name in blocked for n in nodes) or all(n.name in blocked for n in nodes):
+            continue
+        copy = graph.initializer.add()
+        copy.CopyFrom(inits[name])
+        copy.name = f"{name}__fp16"
+        for n in nodes:
+            if n.name not in blocked:
+                for i, x in enumerate(n.input):
+                    if x == name:
+                        n.input[i] = copy.name
+        copies += 1
+    return copies
+
+
+def drop_fp16_round_trips(model: Any) -> int:
+    """Remove ``Cast(fp32 -> fp16) -> Cast(fp16 -> fp32)`` pairs; returns how many.
+
+    The converter casts every blocked node's fp32 output to fp16 and back to fp32 in front
+    of the next blocked node, so a chain of fp32 nodes would still round (and overflow) at
+    each step: the consumers read the fp32 value directly instead.
+    """
+    import onnx
+
+    graph = model.graph
+    fp32 = {v.name for v in [*graph.value_info, *graph.input, *graph.output]
+            if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}  # fmt: skip
+    fp32 |= {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+
+    def cast_to(node: Any) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((int(a.i) for a in node.attribute if a.name == "to"), None)
+
+    producer = {o: n for n in graph.node for o in n.output}
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        if cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        down = producer.get(node.input[0])
+        if down is None or cast_to(down) != onnx.TensorProto.FLOAT16:
+            continue
+        if down.input[0] in fp32:
+            rename[node.output[0]] = down.input[0]
+    if not rename:
+        return 0
+    outputs = {o.name for o in graph.output}
+    keep = [n for n in graph.node if not (n.output and n.output[0] in rename
+                                          and n.output[0] not in outputs)]  # fmt: skip
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in rename:
+                n.input[i] = rename[name]
+    used = {i for n in keep for i in n.input} | outputs
+    keep = [n for n in keep if cast_to(n) != onnx.TensorProto.FLOAT16 or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(rename)
+
+
+def restore_output_types(model: Any, types: dict[str, int]) -> None:
+    """Give the graph outputs back the types they had (``types``): the converter makes an
+    output fp16 when a blocked node writes it, whatever ``keep_io_types`` says."""
+    from onnx import helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for out in graph.output:
+        want = types.get(out.name)
+        if want is None or out.type.tensor_type.elem_type == want:
+            continue
+        node = producer.get(out.name)
+        to = [a for a in node.attribute if a.name == "to"] if node is not None else []
+        if node is not None and node.op_type == "Cast" and to:
+            to[0].i = want  # the converter's cast of a blocked fp32 result: cast to fp32
+        else:
+            inner = f"{out.name}__fp16"
+            for n in graph.node:
+                n.output[:] = [inner if o == out.name else o for o in n.output]
+                n.input[:] = [inner if i == out.name else i for i in n.input]
+            graph.node.append(helper.make_node("Cast", [inner], [out.name], to=want))
+        out.type.tensor_type.elem_type = want
+
+
 def convert_to_fp16(onnx_path: Path, out_dir: Path) -> Path:
     """Write an fp16 copy of ``onnx_path`` into ``out_dir``: float weights and ops in fp16,
-    inputs and outputs kept in their original types (casts at the edges)."""
+    inputs and outputs kept in their original types (casts at the edges), except what
+    :func:`fp16_block_list` keeps in fp32."""
     try:
         import onnx
         from onnxconverter_common import float16
@@ -218,14 +353,22 @@ def convert_to_fp16(onnx_path: Path, out_dir: Path) -> Path:
         model = onnx.load(str(onnx_path))
         big = model.ByteSize() > _EXTERNAL_DATA_BYTES
         # Shape inference serialises the model, which fails past protobuf's 2 GiB.
-        # Cast nodes stay as they are (blocked): the converter retypes a Cast's output to
-        # fp16 without changing its ``to`` attribute, which leaves an invalid graph.
+        outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+        blocked = fp16_block_list(model)
+        ops = set(float16.DEFAULT_OP_BLOCK_LIST)
+        split_shared_initializers(
+            model, set(blocked) | {n.name for n in model.graph.node if n.op_type in ops}
+        )
         converted = float16.convert_float_to_float16(
             model,
+            max_finite_val=FP16_MAX,
             keep_io_types=True,
             disable_shape_infer=big,
-            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"],
+            op_block_list=float16.DEFAULT_OP_BLOCK_LIST,
+            node_block_list=blocked,
         )
+        drop_fp16_round_trips(converted)
+        restore_output_types(converted, outputs)
     except Exception as exc:  # protobuf, onnx and the converter each raise their own types
         raise BuildError(f"{onnx_path}: cannot convert the graph to fp16: {exc}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +381,45 @@ def convert_to_fp16(onnx_path: Path, out_dir: Path) -> Path:
         location=target.name + ".data",
     )
     return target
+
+
+def timing_cache_name(tensorrt_version: str, gpu: DeviceInfo) -> str:
+    """Timings hold for one TensorRT version on one GPU model."""
+    model = "".join(c if c.isalnum() else "-" for c in gpu.name).strip("-")
+    return f"timing-{tensorrt_version}-{model}-sm{gpu.compute_capability}.cache"
+
+
+def _attach_timing_cache(config: Any, path: Path, out: TextIO) -> Any | None:
+    """Load ``path`` into the builder's timing cache (an empty one when there is none or
+    it is unreadable); None when this TensorRT has no timing-cache API."""
+    create = getattr(config, "create_timing_cache", None)
+    if create is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""
+    cache = create(data) if data else None
+    if cache is not None and config.set_timing_cache(cache, False):
+        out.write(f"reusing tactic timings from {path}\n")
+        return cache
+    if data:
+        out.write(f"{path}: timing cache from another TensorRT or GPU; starting a new one\n")
+    cache = create(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        return None
+    return cache
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    data = bytes(memoryview(cache.serialize()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _profile_shapes(
@@ -274,11 +456,15 @@ def build_engine(
     trt_module: Any | None = None,
     cuda: Cuda | None = None,
     log: TextIO | None = None,
+    timing_cache: Path | None = None,
 ) -> BuildResult:
     """Build ``model``'s ONNX graph (a model folder or a ``.onnx`` file) into a plan.
 
     Writes ``model.<precision>.plan`` and ``model.<precision>.json`` into ``output_dir``
-    (default ``$TRT_ASYNC_GRAPHS/<model folder name>``) and returns where they are.
+    (default ``$TRT_ASYNC_GRAPHS/<model folder name>``) and returns where they are. Tactic
+    timings are kept in ``timing_cache`` (default: a file beside the plan named for the
+    TensorRT version and GPU), so a rebuild reuses them instead of timing every tactic
+    again.
     """
     out = log if log is not None else sys.stderr
     onnx = _resolve_onnx(Path(model))
@@ -328,14 +514,22 @@ def build_engine(
     config = builder.create_builder_config()
     if workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    pinned = 0
     if flag is not None:
         config.set_flag(flag)
+        # What overflows or loses its meaning in fp16/bf16 stays fp32 (see precision.py);
+        # 11.x got the same from the converted graph's types.
+        pinned = constrain_network(trt, network, config)
     config.add_optimization_profile(profile)
+    cache_file = timing_cache or out_dir / timing_cache_name(str(trt.__version__), gpu)
+    cache = _attach_timing_cache(config, cache_file, out)
     if progress:
         bar = progress if isinstance(progress, BuildProgress) else BuildProgress(out)
         config.progress_monitor = make_progress_monitor(trt, bar)
 
     how = " (graph converted to fp16)" if convert else ""
+    if pinned:
+        how += f" ({pinned} layers pinned to fp32)"
     out.write(
         f"building {onnx} for {gpu.name} (sm {gpu.compute_capability}), {precision}{how}, "
         f"profile {lo[0]}x{lo[1]} / {opt[0]}x{opt[1]} / {hi[0]}x{hi[1]} (batch x length)\n"
@@ -373,6 +567,8 @@ def build_engine(
         f.write(memoryview(serialized))
     os.replace(tmp, plan_path)
     write_plan_manifest(manifest_path, manifest)
+    if cache is not None:
+        _save_timing_cache(config, cache_file)
     size_mib = plan_path.stat().st_size / (1 << 20)
     out.write(f"built {plan_path} ({size_mib:.1f} MiB) in {seconds:.1f} s\n")
     out.flush()

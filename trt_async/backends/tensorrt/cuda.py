@@ -41,9 +41,14 @@ class CudaError(RuntimeError):
 class NoCudaDevice(CudaError):
     """No GPU, no driver, or a driver too old for this CUDA runtime."""
 
-    def __init__(self, call: str, code: int, name: str, description: str) -> None:
+    def __init__(self, call: str, code: int, name: str, description: str, hint: str = "") -> None:
         super().__init__(call, code, name, description)
-        self.args = (f"no CUDA device: {call} answered {name} ({description})",)
+        self.args = (f"no CUDA device: {call} answered {name} ({description}){hint}",)
+
+
+def _cuda_version(value: int) -> str:
+    """``12080`` -> ``12.8`` (CUDA's 1000 * major + 10 * minor)."""
+    return f"{value // 1000}.{value % 1000 // 10}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +117,36 @@ class Cuda:
             raise NoCudaDevice(
                 "cudaGetDeviceCount", 35, "cudaErrorInsufficientDriver", str(exc)
             ) from None
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != 0:
+            name, desc = self._error_text(err)
+            if name == "cudaErrorInsufficientDriver":
+                hint = self._driver_hint()
+                raise NoCudaDevice("cudaGetDeviceCount", int(err), name, desc, hint)
         count = self.check(result, "cudaGetDeviceCount")
         if not count:
             raise NoCudaDevice("cudaGetDeviceCount", 100, "cudaErrorNoDevice", "0 devices")
         return int(count)
+
+    def _driver_hint(self) -> str:
+        """Why the driver is "insufficient": none at all, or older than this runtime (a
+        CUDA 13 runtime, i.e. cuda-python 13, needs an R580+ driver; R535-R575 drivers
+        run CUDA 12)."""
+        try:
+            driver = int(self.check(self.rt.cudaDriverGetVersion(), "cudaDriverGetVersion"))
+            runtime = int(self.check(self.rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))
+        except Exception:  # describing the failure must never hide it
+            return ""
+        if driver == 0:
+            return "; no NVIDIA driver is loaded"
+        if driver >= runtime:
+            return ""
+        return (
+            f"; the driver runs CUDA up to {_cuda_version(driver)} but cuda-python links the "
+            f"CUDA {_cuda_version(runtime)} runtime: install the CUDA "
+            f"{driver // 1000} wheels (pip install 'trt-async[gpu]' for CUDA 12) or a newer "
+            "driver"
+        )
 
     def set_device(self, index: int) -> None:
         count = self.device_count()

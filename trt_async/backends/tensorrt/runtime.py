@@ -1,6 +1,9 @@
 """The TensorRT backend: one execution context and one CUDA graph per bucket.
 
-``prepare`` deserialises (or first builds) the plan, allocates every buffer up front and,
+Finding, rebuilding and deserialising the plan and reading its IO are
+:class:`~trt_async.backends.tensorrt.loader.PlanLoader`'s; this module executes.
+``prepare`` has the loader deserialise (or first build) the plan, allocates every buffer up
+front and,
 for each bucket of the grid, creates an execution context, binds its input shapes and the
 address of every I/O tensor once, runs one plain enqueue (TensorRT does set-up work on the
 first enqueue after a shape change, which must not be captured), then captures H2D copies +
@@ -13,7 +16,8 @@ shapes on the same context makes the graph's replay undefined, and recommends on
 per graph. The contexts are created ``USER_MANAGED`` and share one activation scratch.
 
 Memory: device buffers (one per I/O tensor, sized for the largest bucket) and the scratch
-are shared by all buckets; pinned host buffers are per bucket, so a bucket's output view
+(sized for the bucket whose shapes need most, as each context reports it) are shared by
+all buckets; pinned host buffers are per bucket, so a bucket's output view
 stays valid until that bucket runs again. Sharing is safe because all buckets run on one
 stream, strictly one at a time: ``execute`` must only be called from one worker thread at a
 time (the core's :class:`~trt_async.core.runner.BatchRunner` guarantees this; a lock
@@ -32,9 +36,6 @@ from typing import Any
 import numpy as np
 
 from trt_async.backends.base import (
-    EXTRA_OUTPUTS,
-    KNOWN_INPUTS,
-    KNOWN_OUTPUTS,
     BackendInfo,
     BackendOptions,
     BackendSpec,
@@ -46,40 +47,27 @@ from trt_async.backends.base import (
 )
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.shapes import Bucket, BucketGrid
-from trt_async.backends.tensorrt.build import build_engine
 from trt_async.backends.tensorrt.cuda import Cuda, CudaError, DeviceInfo, host_array
-from trt_async.backends.tensorrt.plan import (
-    PlanManifest,
-    graphs_dir,
-    grid_outside_profile,
-    mismatches,
-    onnx_hashes,
-    plan_paths,
-    read_plan_manifest,
+from trt_async.backends.tensorrt.loader import (
+    PlanLoader,
+    PlanMismatch,
+    TensorRTError,
+    host_dtype,
 )
+from trt_async.backends.tensorrt.plan import graphs_dir, grid_outside_profile
 from trt_async.backends.tensorrt.spec import GRAPH_REPLAYS, PLAIN_ENQUEUES, TENSORRT_SPEC
 from trt_async.backends.tensorrt.trt_api import (
-    ICudaEngine,
     IExecutionContext,
-    IRuntime,
     dims,
-    io_mode_is_input,
     itemsize,
     load_tensorrt,
-    numpy_dtype,
 )
+
+__all__ = ["MemoryBudgetExceeded", "PlanMismatch", "TensorRTBackend", "TensorRTError"]
 
 log = logging.getLogger(__name__)
 
 _GIB = float(1 << 30)
-
-
-class TensorRTError(RuntimeError):
-    """The TensorRT backend cannot serve this model as configured; the message says why."""
-
-
-class PlanMismatch(TensorRTError):
-    """The built plan does not match the model, GPU, TensorRT or grid, and rebuild is off."""
 
 
 class MemoryBudgetExceeded(TensorRTError):
@@ -92,6 +80,20 @@ class _CaptureFailed(Exception):
 
 def _volume(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
+
+
+def shared_scratch(per_bucket: Mapping[Bucket, int], profile_max: int) -> int:
+    """Bytes of the one activation scratch every bucket's context shares.
+
+    Each context reports what its own shapes need
+    (``update_device_memory_size_for_shapes``, as trtexec's runtime allocation strategy
+    does); the scratch is the largest of those, not the profile's batch x length corner,
+    which the token budget keeps every bucket away from. A context that cannot answer
+    (0 is TensorRT's error value) falls back to the profile's upper bound.
+    """
+    if not per_bucket or any(size <= 0 for size in per_bucket.values()):
+        return profile_max
+    return max(per_bucket.values())
 
 
 @dataclass
@@ -146,28 +148,24 @@ class TensorRTBackend:
         self._trt_module = trt_module
         self._cuda_runtime = cuda_runtime
         self._cuda: Cuda | None = None
-        self.plans_dir = (
-            Path(plans_dir) if plans_dir is not None else graphs_dir() / files.root.name
+        self.loader = PlanLoader(
+            files,
+            config,
+            plans_dir=Path(plans_dir) if plans_dir is not None else graphs_dir() / files.root.name,
+            trt=lambda: self.trt,
+            cuda=lambda: self.cuda,
+            gpu=self._gpu_info,
+            use_device=self._ensure_thread_device,
+            build_progress=build_progress,
         )
-        self._build_progress = build_progress
-        self._io: ModelIO | None = None
-        self._runtime: IRuntime | None = None
-        self._engine: ICudaEngine | None = None
-        #: Every output tensor of the engine (all are bound; ``io.output`` is read).
-        self._outputs: list[str] = []
-        self._plan_path: Path | None = None
-        self._plan_bytes = 0
-        self._manifest: PlanManifest | None = None
-        self._hashes: tuple[object, tuple[str, str | None]] | None = None
         self._gpu: DeviceInfo | None = None
         self._states: dict[Bucket, _BucketState] = {}
         self._dev = _Device()
         self._memory: dict[str, int] = {}
+        self._scratch_profile_max = 0
         self._lock = threading.Lock()
         self._thread = threading.local()
         self._closed = False
-        #: Why the plan was rebuilt at start-up (empty when it was used as is).
-        self.rebuilt_because: list[str] = []
         #: Batches served by CUDA graph replay and by plain ``execute_async_v3``.
         self.replays = 0
         self.enqueues = 0
@@ -193,188 +191,36 @@ class TensorRTBackend:
 
     def _gpu_info(self) -> DeviceInfo:
         if self._gpu is None:
-            self.cuda.set_device(self.config.device)
+            self._ensure_thread_device()
             self._gpu = self.cuda.device_info(self.config.device)
         return self._gpu
 
-    # -- plan resolution --------------------------------------------------------------
-    def _stale_reasons(self, grid: BucketGrid | None) -> list[str]:
-        assert self.files.onnx is not None
-        plan, manifest_path = plan_paths(self.plans_dir, self.config.precision)
-        if not plan.is_file():
-            return [f"no plan at {plan}"]
-        manifest = read_plan_manifest(manifest_path)
-        if manifest is None:
-            return [f"no readable manifest at {manifest_path}"]
-        gpu = self._gpu_info()
-        onnx_sha, data_sha = self._onnx_hashes(self.files.onnx)
-        return mismatches(
-            manifest,
-            onnx_sha256=onnx_sha,
-            onnx_data_sha256=data_sha,
-            tensorrt_version=str(self.trt.__version__),
-            gpu_name=gpu.name,
-            compute_capability=gpu.compute_capability,
-            precision=self.config.precision,
-            grid=grid,
-        )
+    def _ensure_thread_device(self) -> None:
+        """Make ``config.device`` current on the calling thread, once per thread.
 
-    def _onnx_hashes(self, onnx: Path) -> tuple[str, str | None]:
-        # Hashing gigabytes takes seconds: once per file version, not per check.
-        data = onnx.with_name(onnx.name + ".data")
-        key = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (onnx, data) if p.is_file())
-        if self._hashes is None or self._hashes[0] != key:
-            self._hashes = (key, onnx_hashes(onnx))
-        return self._hashes[1]
-
-    def _ensure_plan(self, grid: BucketGrid) -> tuple[Path, bool]:
-        """The plan to load and whether it was just built.
-
-        A seed-style plan file is used as is; a managed plan is rebuilt when stale.
+        The current device is per host thread, and an engine, its contexts, streams and
+        buffers belong to the device current where they were made: the loader thread that
+        deserialises, the runner thread that prepares and the worker that executes may all
+        differ, so each selects the device itself rather than trusting a cached answer.
         """
-        if self.files.onnx is None:
-            if self.files.plan is None:
-                raise TensorRTError(f"{self.files.root}: neither model.onnx nor a plan file")
-            return self.files.plan, False
-        plan, manifest_path = plan_paths(self.plans_dir, self.config.precision)
-        reasons = self._stale_reasons(grid)
-        if reasons:
-            why = "; ".join(reasons)
-            if self.config.rebuild == "never":
-                raise PlanMismatch(
-                    f"{plan}: cannot be used ({why}) and rebuild is 'never'; run `trt-async "
-                    f"build {self.files.root} --precision {self.config.precision}` or set "
-                    "rebuild: auto"
-                )
-            log.warning("building TensorRT plan %s: %s", plan, why)
-            build_engine(
-                self.files.onnx,
-                precision=self.config.precision,
-                batch_sizes=grid.batch_sizes,
-                lengths=grid.lengths,
-                output_dir=self.plans_dir,
-                device=self.config.device,
-                progress=self._build_progress,
-                trt_module=self.trt,
-                cuda=self.cuda,
-            )
-            self.rebuilt_because = reasons
-        self._manifest = read_plan_manifest(manifest_path)
-        return plan, bool(reasons)
+        if getattr(self._thread, "device", None) != self.config.device:
+            self.cuda.set_device(self.config.device)
+            self._thread.device = self.config.device
 
-    def _deserialize(self, plan: Path) -> ICudaEngine:
-        trt = self.trt
-        data = plan.read_bytes()
-        runtime: IRuntime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        # The runtime must outlive its engines: keep it.
-        self._runtime = runtime
-        engine = runtime.deserialize_cuda_engine(data)
-        if engine is None:
-            raise TensorRTError(
-                f"{plan}: TensorRT {trt.__version__} cannot deserialize this plan (built with "
-                "another TensorRT version or for another GPU?); rebuild it with trt-async build"
-            )
-        self._plan_path, self._plan_bytes = plan, len(data)
-        return engine
-
-    # -- IO ----------------------------------------------------------------------------
-    def _io_from_engine(self, engine: ICudaEngine) -> ModelIO:
-        trt = self.trt
-        inputs: list[str] = []
-        outputs: list[str] = []
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            (inputs if io_mode_is_input(trt, engine.get_tensor_mode(name)) else outputs).append(
-                name
-            )
-        self._outputs = outputs
-        dtype = (
-            self._host_dtype(engine.get_tensor_dtype("input_ids"), "input_ids")
-            if "input_ids" in inputs
-            else None
-        )
-        readable = {n for n in outputs if self._numpy_can_hold(engine.get_tensor_dtype(n), n)}
-        return self._make_io(inputs, outputs, dtype, readable)
-
-    @staticmethod
-    def _numpy_can_hold(dtype: Any, tensor: str) -> bool:
-        try:
-            numpy_dtype(dtype, tensor)
-        except TypeError:
-            return False
-        return True
-
-    @staticmethod
-    def _host_dtype(dtype: Any, tensor: str) -> np.dtype[Any]:
-        try:
-            return numpy_dtype(dtype, tensor)
-        except TypeError as exc:
-            raise TensorRTError(str(exc)) from None
-
-    def _make_io(
-        self,
-        inputs: list[str],
-        outputs: list[str],
-        dtype: np.dtype[Any] | None,
-        readable: set[str],
-    ) -> ModelIO:
-        """``readable``: outputs whose type numpy can hold (bf16 cannot): only those can
-        be offered as extra outputs; the others are bound on the device and never read."""
-        unknown = [n for n in inputs if n not in KNOWN_INPUTS]
-        if unknown or "input_ids" not in inputs or dtype is None:
-            raise TensorRTError(
-                f"engine inputs {inputs}: expected input_ids plus any of attention_mask, "
-                "token_type_ids"
-            )
-        preferred = self.files.manifest.output if self.files.manifest is not None else None
-        candidates = [preferred] if preferred else []
-        candidates += [n for n in KNOWN_OUTPUTS if n != preferred]
-        output = next((n for n in candidates if n in outputs), outputs[0] if outputs else None)
-        if output is None:
-            raise TensorRTError("engine has no output tensor")
-        if dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
-            raise TensorRTError(f"input_ids is {dtype}; expected int32 or int64")
-        ordered = tuple(n for n in KNOWN_INPUTS if n in inputs)
-        extra = tuple(n for n in outputs if n != output and n in EXTRA_OUTPUTS and n in readable)
-        return ModelIO(inputs=ordered, output=output, input_dtype=dtype, extra_outputs=extra)
-
+    # -- the plan and its IO (loader.py) -------------------------------------------------
     @property
     def io(self) -> ModelIO:
-        """The graph's IO. Asked for before ``prepare`` (the grid is not known yet), it comes
-        from a plan that is still valid, or else from parsing the ONNX graph: building is
-        left to ``prepare``, which runs in the worker thread and reports progress."""
-        if self._io is None:
-            if self._engine is None and self.files.onnx is not None and self._stale_reasons(None):
-                self._io = self._io_from_network()
-            else:
-                if self._engine is None:
-                    plan = self.files.plan if self.files.onnx is None else None
-                    if plan is None:
-                        plan = plan_paths(self.plans_dir, self.config.precision)[0]
-                    self._engine = self._deserialize(plan)
-                self._io = self._io_from_engine(self._engine)
-        return self._io
+        """The graph's IO (see :attr:`PlanLoader.io`)."""
+        return self.loader.io
 
-    def _io_from_network(self) -> ModelIO:
-        trt = self.trt
-        assert self.files.onnx is not None
-        logger = trt.Logger(trt.Logger.WARNING)
-        network = trt.Builder(logger).create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(self.files.onnx)):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise TensorRTError(f"{self.files.onnx}: TensorRT cannot parse the graph: {errors}")
-        tensors = {
-            network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)
-        }
-        outs = [network.get_output(i) for i in range(network.num_outputs)]
-        dtype = (
-            self._host_dtype(tensors["input_ids"].dtype, "input_ids")
-            if "input_ids" in tensors
-            else None
-        )
-        readable = {t.name for t in outs if self._numpy_can_hold(t.dtype, t.name)}
-        return self._make_io(list(tensors), [t.name for t in outs], dtype, readable)
+    @property
+    def plans_dir(self) -> Path:
+        return self.loader.plans_dir
+
+    @property
+    def rebuilt_because(self) -> list[str]:
+        """Why the plan was rebuilt at start-up (empty when it was used as is)."""
+        return self.loader.rebuilt_because
 
     # -- preparation -------------------------------------------------------------------
     def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
@@ -390,13 +236,10 @@ class TensorRTBackend:
 
     def _prepare(self, grid: BucketGrid, progress: Progress | None) -> None:
         cu, trt = self.cuda, self.trt
-        self._gpu_info()  # also selects config.device for this thread
-        self._thread.device_set = True
-        plan, built = self._ensure_plan(grid)
-        if self._engine is None or built or plan != self._plan_path:
-            self._engine = self._deserialize(plan)
-        engine = self._engine
-        io = self._io = self._io_from_engine(engine)
+        self._ensure_thread_device()
+        self._gpu_info()
+        engine, io = self.loader.load(grid)
+        plan = self.loader.plan_path
 
         lo, _, hi = (dims(d) for d in engine.get_tensor_profile_shape("input_ids", 0))
         outside = grid_outside_profile(grid, (lo[0], lo[1]), (hi[0], hi[1]))
@@ -415,33 +258,37 @@ class TensorRTBackend:
                 "TensorRT 10.1 or newer (pip install 'trt-async[gpu]')"
             )
         strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        scratch = int(engine.get_device_memory_size_for_profile_v2(0))
+        profile_scratch = int(engine.get_device_memory_size_for_profile_v2(0))
 
         # Contexts and shapes first, so the budget check sees every size before anything
         # is allocated. Each context gets its bucket's shapes here, once.
         buckets = list(grid.buckets())
         contexts: dict[Bucket, IExecutionContext] = {}
         shapes: dict[Bucket, dict[str, tuple[int, ...]]] = {}
+        bucket_scratch: dict[Bucket, int] = {}
         for b in buckets:
             context = engine.create_execution_context(strategy)
             if context is None:
                 raise TensorRTError("TensorRT could not create an execution context")
             contexts[b] = context
             shapes[b] = self._set_shapes(context, b, io.inputs)
-        tensors = [*io.inputs, *self._outputs]
+            bucket_scratch[b] = int(context.update_device_memory_size_for_shapes())
+        scratch = shared_scratch(bucket_scratch, profile_scratch)
+        tensors = [*io.inputs, *self.loader.outputs]
         sizes = {n: itemsize(engine.get_tensor_dtype(n)) for n in tensors}
         tensor_bytes = {n: max(sizes[n] * _volume(shapes[b][n]) for b in buckets) for n in tensors}
-        out_dtype = self._host_dtype(engine.get_tensor_dtype(io.output), io.output)
-        in_dtypes = {n: self._host_dtype(engine.get_tensor_dtype(n), n) for n in io.inputs}
+        out_dtype = host_dtype(engine.get_tensor_dtype(io.output), io.output)
+        in_dtypes = {n: host_dtype(engine.get_tensor_dtype(n), n) for n in io.inputs}
         host_side = (*io.inputs, *io.outputs)
         pinned = sum(sum(sizes[n] * _volume(shapes[b][n]) for n in host_side) for b in buckets)
         device_buffers = sum(tensor_bytes.values())
+        self._scratch_profile_max = profile_scratch
         self._memory = {
-            "engine": self._plan_bytes,
+            "engine": self.loader.plan_bytes,
             "activations": scratch,
             "device_buffers": device_buffers,
             "pinned_buffers": pinned,
-            "total_device": self._plan_bytes + scratch + device_buffers,
+            "total_device": self.loader.plan_bytes + scratch + device_buffers,
         }
         self._check_budget()
 
@@ -456,7 +303,7 @@ class TensorRTBackend:
             st = self._allocate_bucket(b, contexts[b], in_dtypes, shapes[b][io.output], out_dtype)
             for n in io.extra_outputs:
                 st.extras[n] = self._pinned_output(
-                    shapes[b][n], self._host_dtype(engine.get_tensor_dtype(n), n)
+                    shapes[b][n], host_dtype(engine.get_tensor_dtype(n), n)
                 )
             self._states[b] = st
         total = len(buckets)
@@ -533,7 +380,7 @@ class TensorRTBackend:
             if not context.set_input_shape(n, (b.batch, b.length)):
                 raise TensorRTError(f"TensorRT refused shape {b.batch}x{b.length} for {n}")
         shapes: dict[str, tuple[int, ...]] = {n: (b.batch, b.length) for n in inputs}
-        for n in self._outputs:
+        for n in self.loader.outputs:
             shape = dims(context.get_tensor_shape(n))
             if any(d < 0 for d in shape):
                 raise TensorRTError(f"output {n} shape {shape} unresolved for {b}")
@@ -552,13 +399,13 @@ class TensorRTBackend:
     def _enqueue(self, st: _BucketState) -> bool:
         """H2D copies, inference, D2H copy on the stream; False when TensorRT refuses."""
         cu, dev = self.cuda, self._dev
-        assert self._io is not None and dev.stream is not None
+        assert dev.stream is not None
         for n, ptr in st.input_ptrs.items():
             cu.memcpy_htod_async(dev.tensors[n], ptr, st.input_nbytes[n], dev.stream)
         if not st.context.execute_async_v3(int(dev.stream)):
             return False
         cu.memcpy_dtoh_async(
-            st.output_ptr, dev.tensors[self._io.output], st.output_nbytes, dev.stream
+            st.output_ptr, dev.tensors[self.io.output], st.output_nbytes, dev.stream
         )
         return True
 
@@ -627,12 +474,6 @@ class TensorRTBackend:
             raise TensorRTError(f"bucket {bucket.batch}x{bucket.length} was not prepared")
         return st
 
-    def _ensure_thread_device(self) -> None:
-        # The current device is per host thread; the worker thread may not be prepare's.
-        if not getattr(self._thread, "device_set", False):
-            self.cuda.set_device(self.config.device)
-            self._thread.device_set = True
-
     def execute(
         self, bucket: Bucket, extra: Collection[str] = (), lane: int = 0
     ) -> Mapping[str, np.ndarray]:
@@ -695,11 +536,13 @@ class TensorRTBackend:
         }
         details: dict[str, object] = {
             "precision": self.config.precision,
-            "plan": str(self._plan_path) if self._plan_path else None,
+            "plan": str(self.loader.plan_path) if self.loader.plan_path else None,
             "graphs": sum(1 for st in self._states.values() if st.graph is not None),
             "buckets": len(self._states),
             "contexts": len(self._states),
             "graph_fallbacks": fallbacks,
+            # What the scratch would be if sized for the profile's batch x length corner.
+            "activations_profile_max": self._scratch_profile_max,
             "replays": self.replays,
             "enqueues": self.enqueues,
         }
@@ -709,8 +552,8 @@ class TensorRTBackend:
             details["compute_capability"] = gpu.compute_capability
         if self.rebuilt_because:
             details["rebuilt_because"] = list(self.rebuilt_because)
-        if self._manifest is not None:
-            details["plan_built_at"] = self._manifest.built_at
+        if self.loader.manifest is not None:
+            details["plan_built_at"] = self.loader.manifest.built_at
         device = f"cuda:{self.config.device}" + (f" ({gpu.name})" if gpu else "")
         return BackendInfo(
             name="tensorrt", device=device, memory=dict(self._memory), details=details
@@ -731,6 +574,12 @@ class TensorRTBackend:
             return
         cu, dev = self._cuda, self._dev
         with self._lock:
+            try:
+                self._ensure_thread_device()
+            except CudaError as exc:
+                log.warning(
+                    "selecting cuda:%d to release its memory failed: %s", self.config.device, exc
+                )
             for st in self._states.values():
                 if st.graph is not None:
                     self._destroy_graph(st)
@@ -748,5 +597,4 @@ class TensorRTBackend:
                 except CudaError as exc:
                     log.warning("releasing CUDA resources failed: %s", exc)
             self._dev = _Device()
-            self._engine = None
-            self._runtime = None
+            self.loader.release()

@@ -1,0 +1,802 @@
+"""The server's own CPU cost per request and per item, against the HTTP stack it stands on.
+
+On a GPU the model takes microseconds, so what a process can serve is decided by its own CPU
+cost: HTTP, decoding, tokenisation, scheduling, pooling, encoding, logs. This harness measures
+that cost on a CPU with a model whose forward pass costs next to nothing:
+
+1. builds the *near-instant model*: a randomly initialised BERT (1 layer, width 32) with
+   all-MiniLM-L6-v2's own tokenizer, exported by ``trt-async export --task embed`` (so the
+   tokenisation is real and the forward pass costs microseconds);
+2. starts each target on it: this checkout's server (``after``), optionally an earlier
+   checkout's (``--before PATH``), the minimal Litestar + granian + msgspec app
+   (:mod:`perf.minimal_app`, the floor of the stack), and infinity-emb on the same ONNX file
+   when its executable is given (``--infinity``);
+3. drives them with ``wrk`` (one thread) at two points, in alternating rounds: one short text
+   a request from 64 connections, and 32 short texts a request from 16;
+4. reads each server's CPU (all its processes and threads, from ``/proc``) over the run and
+   divides by the requests served;
+5. measures the per-item floor of the 32-text point in this process: the bare tokenisation
+   of the same texts with the model's tokenizer and the bare ONNX Runtime run of the batch
+   (one thread), to which the minimal app's cost an item is added;
+6. writes ``overhead.json`` and ``overhead.md`` under ``--out`` and, with ``--results``, the
+   table into ``perf/RESULTS.md``.
+
+    python -m perf.overhead --rounds 3 --seconds 10 --before ../checkout-at-old-commit \\
+        --infinity ~/venvs/infinity/bin/infinity_emb --out perf/results/overhead \\
+        --results perf/RESULTS.md
+
+Every wrk run must end with no errors and no non-2xx answers, or the harness stops: a
+throughput of refused requests is not a throughput. Without ``wrk`` on the PATH it stops and
+says how to install it (Debian: ``apt install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trt_async.backends.modelfiles import MANIFEST_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+_TICK = os.sysconf("SC_CLK_TCK")
+MODEL_NAME = "tiny"
+
+#: (name, texts a request, connections): the issue's two points.
+POINTS: dict[str, tuple[int, int]] = {"single-c64": (1, 64), "docs32-c16": (32, 16)}
+POINT_TITLES = {
+    "single-c64": "1 short text, 64 connections",
+    "docs32-c16": "32 short texts, 16 connections",
+}
+
+
+# -- the near-instant model ---------------------------------------------------------------------
+
+
+def build_tiny_model(work: Path) -> Path:
+    """Export the near-instant model into ``work`` once; return the exported folder."""
+    out = work / "tiny-export"
+    if (out / MANIFEST_NAME).is_file():
+        return out
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from trt_async.tools.embedded import package_model_dir
+
+    source = package_model_dir()
+    hf = work / "tiny-hf"
+    shutil.rmtree(hf, ignore_errors=True)
+    hf.mkdir(parents=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).eval().save_pretrained(hf)
+    # The real model's tokenizer and sentence-transformers files: mean pooling, as served.
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "modules.json",
+        "sentence_bert_config.json",
+    ):
+        shutil.copy(source / name, hf / name)
+    shutil.copytree(source / "1_Pooling", hf / "1_Pooling")
+    subprocess.run(
+        [sys.executable, "-m", "trt_async", "export", str(hf), "--task", "embed", "-o", str(out)],
+        check=True,
+        cwd=REPO,
+    )
+    return out
+
+
+def write_config(model: Path, work: Path) -> Path:
+    path = work / "tiny.yaml"
+    path.write_text(
+        f"embedding_models:\n  {MODEL_NAME}:\n    model_path: {json.dumps(str(model))}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def infinity_folder(model: Path, work: Path) -> Path:
+    """The folder infinity-emb's optimum engine reads: model.onnx, config and tokenizer."""
+    folder = work / "tiny-infinity"
+    folder.mkdir(exist_ok=True)
+    for name in (
+        "model.onnx",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(model / name)
+    return folder
+
+
+# -- the requests -------------------------------------------------------------------------------
+
+
+def point_bodies(texts_per_request: int, count: int = 400, seed: int = 7) -> list[bytes]:
+    """Seeded OpenAI embeddings bodies of one-sentence texts."""
+    import msgspec
+
+    from trt_async.bench.corpus import Corpus
+
+    source = Corpus().source(seed, {"en": 1.0})
+    out = []
+    for _ in range(count):
+        texts = [source.short() for _ in range(texts_per_request)]
+        body = {"model": MODEL_NAME, "input": texts[0] if texts_per_request == 1 else texts}
+        out.append(msgspec.json.encode(body))
+    return out
+
+
+def wrk_script(bodies: Sequence[bytes], path: Path) -> Path:
+    """A wrk Lua script that posts ``bodies`` in turn."""
+
+    def lua(body: bytes) -> str:
+        return "[==[" + body.decode("utf-8") + "]==]"
+
+    lines = ["local bodies = {", *(f"  {lua(b)}," for b in bodies), "}"]
+    lines += [
+        "local i = 0",
+        'wrk.method = "POST"',
+        'wrk.headers["Content-Type"] = "application/json"',
+        "request = function()",
+        "  i = i % #bodies + 1",
+        "  return wrk.format(nil, nil, nil, bodies[i])",
+        "end",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    port: int
+    cwd: Path = REPO
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, logs: Path) -> None:
+        self.log = logs / f"{self.name}.log"
+        env = {**os.environ, **self.env}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, body: bytes, timeout_s: float = 600.0) -> None:
+        """Until one embeddings request is answered 200."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log}")
+            request = urllib.request.Request(
+                self.url + "/v1/embeddings",
+                data=body,
+                headers={"content-type": "application/json"},
+            )
+            with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} was not ready within {timeout_s:g} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descending from it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system, every thread) of ``root``'s process tree so far."""
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+_LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass
+class RunResult:
+    requests: int
+    seconds: float
+    requests_per_s: float
+    items_per_s: float
+    cpu_ms_per_request: float
+    cpu_us_per_item: float
+    server_cores: float
+    client_cores: float
+    latency_ms: dict[str, float]
+
+
+def run_wrk(
+    server: Server, script: Path, connections: int, seconds: float, items: int
+) -> RunResult:
+    assert server.process is not None
+    before_cpu = tree_cpu_s(server.process.pid)
+    before_client = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            "-s",
+            str(script),
+            server.url + "/v1/embeddings",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    cpu = tree_cpu_s(server.process.pid) - before_cpu
+    after_client = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (after_client.ru_utime - before_client.ru_utime) + (
+        after_client.ru_stime - before_client.ru_stime
+    )
+    out = done.stdout
+    problems = re.findall(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", out)
+    if problems:
+        raise RuntimeError(f"{server.name}: wrk saw {problems}:\n{out}")
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    wrk_seconds = float(re.search(r"requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    latency = {p: float(v) * _UNITS[u] for p, v, u in _LATENCY.findall(out)}
+    return RunResult(
+        requests=total,
+        seconds=wrk_seconds,
+        requests_per_s=total / wrk_seconds,
+        items_per_s=total * items / wrk_seconds,
+        cpu_ms_per_request=1000.0 * cpu / total,
+        cpu_us_per_item=1e6 * cpu / (total * items),
+        server_cores=cpu / elapsed,
+        client_cores=client / elapsed,
+        latency_ms=latency,
+    )
+
+
+# -- the per-item floor -------------------------------------------------------------------------
+
+
+def item_floor(model: Path, bodies: Sequence[bytes], repeats: int = 200) -> dict[str, float]:
+    """CPU µs an item of the 32-text point that no server can avoid: tokenising the texts with
+    the model's tokenizer (one by one and with ``encode_batch``, parallelism off) and one
+    ONNX Runtime run of the padded batch on one thread."""
+    import msgspec
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    texts = [list(msgspec.json.decode(b)["input"]) for b in bodies[:repeats]]
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    n = sum(len(t) for t in texts)
+
+    def cpu() -> float:
+        return time.process_time()
+
+    start = cpu()
+    for batch in texts:
+        for text in batch:
+            tok.encode(text)
+    one_by_one = 1e6 * (cpu() - start) / n
+    start = cpu()
+    encoded = [tok.encode_batch(batch) for batch in texts]
+    batched = 1e6 * (cpu() - start) / n
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model / "model.onnx"), options)
+    names = {i.name for i in session.get_inputs()}
+    feeds = []
+    for batch in encoded:
+        length = max(len(e.ids) for e in batch)
+        ids = np.zeros((len(batch), length), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, e in enumerate(batch):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        feeds.append(feed)
+    session.run(None, feeds[0])
+    start = cpu()
+    for feed in feeds:
+        session.run(None, feed)
+    onnx = 1e6 * (cpu() - start) / n
+    return {
+        "tokenize_one_by_one_us": one_by_one,
+        "tokenize_batch_us": batched,
+        "onnxruntime_us": onnx,
+    }
+
+
+# -- profiles ----------------------------------------------------------------------------------
+
+
+def profile_run(
+    server: Server, script: Path, connections: int, seconds: float, items: int, out: Path
+) -> dict[str, list[tuple[str, float]]]:
+    """Load ``server`` as a measured run does while ``py-spy`` samples every thread of its
+    processes (native frames off, idle samples off); the top frames, self and inclusive."""
+    assert server.process is not None
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(server.process.pid),
+            "--subprocesses",
+            "--threads",
+            "--nonblocking",
+            "--rate",
+            "250",
+            "--duration",
+            f"{seconds:g}",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    run_wrk(server, script, connections, seconds, items)
+    spy.wait(timeout=seconds + 60)
+    return top_frames(out)
+
+
+#: Leaf frames where a thread waits for work: samples there are idle, not cost.
+IDLE_LEAVES = ("Condition.wait (", "Queue.get (", "_worker (concurrent/futures/thread.py:81)")
+#: Frames that only start processes and threads: on the stack of every sample under them.
+PLUMBING = (
+    "<frozen runpy>",
+    "multiprocessing/",
+    "threading.py",
+    "concurrent/futures/thread.py",
+    "trt_async/cli.py",
+    "trt_async/__main__.py",
+    "trt_async/http/serve.py",
+    "granian/server/common.py",
+    "granian/server/mp.py:93",
+    "granian/server/mp.py:513",
+)
+
+
+def top_frames(raw: Path, count: int = 10) -> dict[str, Any]:
+    """Shares of the busy samples per frame from py-spy's raw (collapsed) output, for the
+    event loop's thread (MainThread of the serving process) and for all other threads
+    together: where samples were (self) and which frames were on the stack (inclusive,
+    leaving out the frames that only start processes and threads). Samples whose leaf waits
+    for work are idle and left out. On the event loop's thread, granian's frame that runs
+    the loop (``_spawn_asgi_lifespan_worker``) as a leaf is granian's and uvloop's own work
+    in native code, and the loop's waits in epoll, which py-spy cannot tell apart."""
+    groups: dict[str, dict[str, dict[str, int]]] = {}
+    totals: dict[str, int] = {}
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        thread = next((f for f in frames if f.startswith("thread (")), "")
+        frames = [f for f in frames if not f.startswith(("process ", "thread ("))]
+        if not frames or frames[-1].startswith(IDLE_LEAVES):
+            continue
+        group = "event loop" if thread.endswith(": MainThread") else "other threads"
+        tables = groups.setdefault(group, {"self": {}, "inclusive": {}})
+        samples = int(n)
+        totals[group] = totals.get(group, 0) + samples
+        tables["self"][frames[-1]] = tables["self"].get(frames[-1], 0) + samples
+        for frame in set(frames):
+            if not any(part in frame for part in PLUMBING):
+                tables["inclusive"][frame] = tables["inclusive"].get(frame, 0) + samples
+    everything = sum(totals.values()) or 1
+    out: dict[str, Any] = {}
+    for group, tables in groups.items():
+        total = totals[group]
+        inclusive = tables["inclusive"]
+        out[group] = {
+            "share_of_busy_samples": round(100.0 * total / everything, 1),
+            **{
+                kind: [
+                    (frame, round(100.0 * n / total, 1))
+                    for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:count]
+                ]
+                for kind, table in (("self", tables["self"]), ("inclusive", inclusive))
+            },
+        }
+    return out
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def _span(values: Sequence[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}–{hi:{fmt}}"
+
+
+def summarise(report: dict[str, Any]) -> str:
+    """The table of the run: per point and target, req/s and CPU a request (range over
+    rounds), and the ratios the goals are stated in (medians of per-round ratios)."""
+    rounds: dict[str, dict[str, list[dict[str, Any]]]] = report["rounds"]
+    names: list[str] = report["targets"]
+    lines = [
+        "| load | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for point, per_target in rounds.items():
+        items = POINTS[point][0]
+        cells = []
+        for name in names:
+            runs = per_target.get(name, [])
+            if not runs:
+                cells.append("–")
+                continue
+            rps = [r["requests_per_s"] for r in runs]
+            cpu = [r["cpu_ms_per_request"] for r in runs]
+            cell = f"{_span(rps, ',.0f')} req/s; {_span(cpu, '.3f')} ms CPU a request"
+            if items > 1:
+                per_item = [r["cpu_us_per_item"] for r in runs]
+                cell += f" ({_span(per_item, '.0f')} µs an item)"
+            cells.append(cell)
+        lines.append(f"| {POINT_TITLES[point]} | " + " | ".join(cells) + " |")
+    lines.append("")
+    ratios = report.get("ratios", {})
+    if ratios:
+        lines.append("| ratio (median of per-round ratios) | " + " | ".join(ratios) + " |")
+        lines.append("|---|" + "---|" * len(ratios))
+        for point in rounds:
+            row = [
+                (f"{ratios[k][point]:.2f}" if ratios[k].get(point) is not None else "–")
+                for k in ratios
+            ]
+            lines.append(f"| {POINT_TITLES[point]} | " + " | ".join(row) + " |")
+        lines.append("")
+    floor = report.get("floor")
+    if floor:
+        lines.append(
+            "Per-item floor of the 32-text point (CPU µs an item): tokenisation "
+            f"{floor['tokenize_one_by_one_us']:.1f} one by one, {floor['tokenize_batch_us']:.1f} "
+            f"with encode_batch; ONNX Runtime {floor['onnxruntime_us']:.1f} (one thread); the "
+            f"minimal app {floor.get('minimal_us', float('nan')):.1f}; total "
+            f"{floor.get('total_us', float('nan')):.1f}."
+        )
+    return "\n".join(lines)
+
+
+def ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Medians over rounds of: after's CPU a request over the minimal app's and over
+    before's; after's req/s over infinity's and over before's; after's CPU an item over the
+    floor (32-text point)."""
+    rounds = report["rounds"]
+    out: dict[str, dict[str, float | None]] = {}
+
+    def per_round(point: str, a: str, b: str, key: str, invert: bool = False) -> float | None:
+        runs_a, runs_b = rounds[point].get(a), rounds[point].get(b)
+        if not runs_a or not runs_b:
+            return None
+        values = [
+            (y[key] / x[key]) if invert else (x[key] / y[key])
+            for x, y in zip(runs_a, runs_b, strict=False)
+        ]
+        return _median(values)
+
+    targets = report["targets"]
+    if "minimal" in targets:
+        out["after CPU / minimal CPU"] = {
+            p: per_round(p, "after", "minimal", "cpu_ms_per_request") for p in rounds
+        }
+    if "before" in targets:
+        out["after CPU / before CPU"] = {
+            p: per_round(p, "after", "before", "cpu_ms_per_request") for p in rounds
+        }
+        out["after req/s / before req/s"] = {
+            p: per_round(p, "after", "before", "requests_per_s") for p in rounds
+        }
+    if "infinity" in targets:
+        out["after req/s / infinity req/s"] = {
+            p: per_round(p, "after", "infinity", "requests_per_s") for p in rounds
+        }
+    floor = report.get("floor")
+    if floor and "total_us" in floor:
+        runs = rounds.get("docs32-c16", {}).get("after", [])
+        if runs:
+            out["after CPU an item / floor"] = {
+                p: (
+                    _median([r["cpu_us_per_item"] for r in runs]) / floor["total_us"]
+                    if p == "docs32-c16"
+                    else None
+                )
+                for p in rounds
+            }
+    return out
+
+
+def write_results(path: Path, table: str, command: str) -> None:
+    """Replace (or append) the overhead section of RESULTS.md."""
+    begin, end = "<!-- overhead:begin -->", "<!-- overhead:end -->"
+    section = (
+        f"{begin}\n## The server's own CPU cost (near-instant model)\n\n"
+        f"`{command}`\n\n{table}\n{end}"
+    )
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def make_servers(args: argparse.Namespace, config: Path, model: Path, work: Path) -> list[Server]:
+    python = sys.executable
+    serve = [python, "-m", "trt_async", "serve", "--config", str(config)]
+    servers = [
+        Server(
+            "after",
+            [*serve, "--port", str(port := free_port())],
+            port,
+            env={"PYTHONPATH": str(REPO)},
+        )
+    ]
+    if args.before is not None:
+        before = args.before.resolve()
+        servers.append(
+            Server(
+                "before",
+                [*serve, "--port", str(port := free_port())],
+                port,
+                cwd=before,
+                env={"PYTHONPATH": str(before)},
+            )
+        )
+    servers.append(
+        Server(
+            "minimal",
+            [python, "-m", "perf.minimal_app", "--port", str(port := free_port())],
+            port,
+            env={"PYTHONPATH": str(REPO)},
+        )
+    )
+    if args.infinity is not None:
+        port = free_port()
+        servers.append(
+            Server(
+                "infinity",
+                [
+                    str(args.infinity),
+                    "v2",
+                    "--model-id",
+                    ".",
+                    "--served-model-name",
+                    MODEL_NAME,
+                    "--engine",
+                    "optimum",
+                    "--pooling-method",
+                    "mean",
+                    "--device",
+                    "cpu",
+                    "--url-prefix",
+                    "/v1",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                port,
+                cwd=infinity_folder(model, work),
+                env={"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"},
+            )
+        )
+    if args.only:
+        servers = [s for s in servers if s.name in args.only]
+    return servers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each run")
+    p.add_argument("--before", type=Path, help="a checkout of an earlier commit to serve too")
+    p.add_argument("--infinity", type=Path, help="infinity-emb's infinity_emb executable")
+    p.add_argument("--points", default=",".join(POINTS), help="comma-separated points")
+    p.add_argument("--only", nargs="*", help="serve only these targets")
+    p.add_argument("--work", type=Path, help="folder for the model and logs (default: temp)")
+    p.add_argument("--out", type=Path, help="write overhead.json and overhead.md here")
+    p.add_argument("--results", type=Path, help="write the table into this RESULTS.md")
+    p.add_argument(
+        "--profile",
+        nargs="*",
+        help="after the rounds, sample these targets under each point's load with py-spy",
+    )
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("perf.overhead needs wrk on the PATH (Debian: apt install wrk)", file=sys.stderr)
+        return 2
+    points = [x for x in args.points.split(",") if x]
+    unknown = [x for x in points if x not in POINTS]
+    if unknown:
+        p.error(f"unknown points {unknown}; choose from {', '.join(POINTS)}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="overhead-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = build_tiny_model(work)
+    config = write_config(model, work)
+    servers = make_servers(args, config, model, work)
+    scripts = {
+        point: wrk_script(point_bodies(POINTS[point][0]), work / f"{point}.lua") for point in points
+    }
+    probe = point_bodies(1, count=1)[0]
+    report: dict[str, Any] = {
+        "command": " ".join(["python -m perf.overhead", *(argv or sys.argv[1:])]),
+        "targets": [s.name for s in servers],
+        "rounds": {point: {} for point in points},
+    }
+    try:
+        for server in servers:
+            server.start(work)
+        for server in servers:
+            server.wait_ready(probe)
+            print(f"{server.name}: ready at {server.url}", flush=True)
+        for r in range(args.rounds):
+            order = servers if r % 2 == 0 else servers[::-1]
+            for point in points:
+                items, connections = POINTS[point]
+                for server in order:
+                    if args.warmup > 0:
+                        run_wrk(server, scripts[point], connections, args.warmup, items)
+                    got = run_wrk(server, scripts[point], connections, args.seconds, items)
+                    report["rounds"][point].setdefault(server.name, []).append(asdict(got))
+                    print(
+                        f"round {r + 1} {point} {server.name}: {got.requests_per_s:,.0f} req/s, "
+                        f"{got.cpu_ms_per_request:.3f} ms CPU a request "
+                        f"({got.cpu_us_per_item:.1f} µs an item), server {got.server_cores:.2f} "
+                        f"cores, wrk {got.client_cores:.2f}, p50 {got.latency_ms.get('50', 0):.2f}"
+                        f" ms, p99 {got.latency_ms.get('99', 0):.2f} ms",
+                        flush=True,
+                    )
+        for server in servers:
+            if server.name not in (args.profile or ()):
+                continue
+            for point in points:
+                items, connections = POINTS[point]
+                raw = work / f"profile-{server.name}-{point}.txt"
+                frames = profile_run(server, scripts[point], connections, args.seconds, items, raw)
+                report.setdefault("profiles", {}).setdefault(server.name, {})[point] = frames
+                print(f"profile {server.name} {point}:", flush=True)
+                for group, tables in frames.items():
+                    print(f" {group}: {tables['share_of_busy_samples']} % of busy samples")
+                    for kind in ("self", "inclusive"):
+                        for frame, share in tables[kind]:
+                            print(f"  {kind:9s} {share:5.1f} %  {frame}", flush=True)
+    finally:
+        for server in servers:
+            server.stop()
+    if "docs32-c16" in points:
+        floor = item_floor(model, point_bodies(32))
+        minimal = report["rounds"]["docs32-c16"].get("minimal")
+        if minimal:
+            floor["minimal_us"] = _median([r["cpu_us_per_item"] for r in minimal])
+            floor["total_us"] = (
+                min(floor["tokenize_one_by_one_us"], floor["tokenize_batch_us"])
+                + floor["onnxruntime_us"]
+                + floor["minimal_us"]
+            )
+        report["floor"] = floor
+    report["ratios"] = ratios(report)
+    table = summarise(report)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "overhead.md").write_text(f"`{report['command']}`\n\n{table}\n")
+    if args.results is not None:
+        write_results(args.results, table, report["command"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

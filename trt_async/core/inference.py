@@ -1,0 +1,257 @@
+"""The one entry every API dialect calls: a request struct in, a result struct out.
+
+:class:`Inference` does, once for every route, what each handler used to repeat: find the
+model (the one named, else the task's default), check that it can do the task (its
+:class:`~trt_async.core.capabilities.Capabilities`), check the request's size against the
+server's limit, run it, and finish the result (activations, rankings, cosine similarities,
+quantised copies) so that a dialect only encodes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar, overload
+
+import numpy as np
+
+from trt_async.core import heads
+from trt_async.core.config import ModelKind, ServerConfig
+from trt_async.core.errors import (
+    EmptyInput,
+    InvalidInput,
+    ModelNotFound,
+    Part,
+    TooManyInputs,
+)
+from trt_async.core.multivector import SparseVector
+from trt_async.core.registry import ModelRegistry
+from trt_async.core.requests import (
+    Classification,
+    ClassifyRequest,
+    Embeddings,
+    EmbedRequest,
+    Ranking,
+    Request,
+    RerankRequest,
+    Result,
+    Similarities,
+    SimilarityRequest,
+    TokenizeRequest,
+    Tokens,
+    ZeroShotRequest,
+    ZeroShotScores,
+)
+from trt_async.core.tasks import ServedModel
+
+T = TypeVar("T")
+
+#: The roles whose first model serves a request that names none, in order of preference.
+DEFAULT_ROLES: dict[type[Request], tuple[ModelKind, ...]] = {
+    EmbedRequest: (ModelKind.EMBEDDING,),
+    RerankRequest: (ModelKind.RERANKER, ModelKind.EMBEDDING),
+    ClassifyRequest: (ModelKind.NLI, ModelKind.RERANKER),
+    ZeroShotRequest: (ModelKind.NLI,),
+    SimilarityRequest: (ModelKind.EMBEDDING,),
+    TokenizeRequest: (ModelKind.EMBEDDING, ModelKind.RERANKER, ModelKind.NLI),
+}
+
+
+def best_first(scores: np.ndarray, top_n: int | None = None) -> list[int]:
+    """Indices of ``scores`` from the highest, ties in input order, cut to ``top_n``."""
+    order = np.argsort(-scores, kind="stable")
+    return [int(i) for i in order[:top_n]]
+
+
+class Inference:
+    """Runs requests against the served models of a registry."""
+
+    __slots__ = ("registry",)
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    @property
+    def server(self) -> ServerConfig:
+        return self.registry.config.server
+
+    # -- the model --------------------------------------------------------------------------
+
+    def model(self, request: Request) -> ServedModel:
+        """The model ``request`` names, else its task's default, checked to be able to do
+        the task."""
+        model = self.lookup(request.model, DEFAULT_ROLES[type(request)])
+        caps, name = model.capabilities, model.name
+        if isinstance(request, EmbedRequest):
+            caps.require_embeds(name)
+            for head in sorted(request.heads):
+                caps.require_head(name, head)
+        elif isinstance(request, RerankRequest):
+            caps.require_reranks(name)
+        elif isinstance(request, ClassifyRequest):
+            caps.require_classifies(name)
+        elif isinstance(request, ZeroShotRequest):
+            caps.require_zero_shot(name)
+        elif isinstance(request, SimilarityRequest):
+            caps.require_embeds(name)
+        return model
+
+    def lookup(self, name: str | None, roles: Sequence[ModelKind] = ()) -> ServedModel:
+        """The model called ``name``, or the first model of the first of ``roles`` that has
+        one."""
+        if name:
+            return self.registry.get(name)
+        by_role = self.registry.names_by_kind()
+        for role in roles:
+            if by_role[role]:
+                return self.registry.get(by_role[role][0])
+        wanted = " or ".join(role.value for role in roles) or "any"
+        raise ModelNotFound(f"<default {wanted} model>", (m.name for m in self.registry))
+
+    def check_items(self, count: int, part: Part = Part.INPUTS) -> None:
+        """Refuse a request of more items than the server takes in one request."""
+        limit = self.server.max_client_batch_size
+        if count > limit:
+            raise TooManyInputs(count, limit, part=part)
+
+    # -- running ----------------------------------------------------------------------------
+
+    @overload
+    async def run(self, model: ServedModel, request: EmbedRequest) -> Embeddings: ...
+    @overload
+    async def run(self, model: ServedModel, request: RerankRequest) -> Ranking: ...
+    @overload
+    async def run(self, model: ServedModel, request: ClassifyRequest) -> Classification: ...
+    @overload
+    async def run(self, model: ServedModel, request: ZeroShotRequest) -> ZeroShotScores: ...
+    @overload
+    async def run(self, model: ServedModel, request: SimilarityRequest) -> Similarities: ...
+    @overload
+    async def run(self, model: ServedModel, request: TokenizeRequest) -> Tokens: ...
+
+    async def run(self, model: ServedModel, request: Request) -> Result:
+        """``request`` on ``model`` (as :meth:`model` returned it)."""
+        if isinstance(request, EmbedRequest):
+            return await self._embed(model, request)
+        if isinstance(request, RerankRequest):
+            return await self._rerank(model, request)
+        if isinstance(request, ClassifyRequest):
+            return await self._classify(model, request)
+        if isinstance(request, ZeroShotRequest):
+            return await self._zero_shot(model, request)
+        if isinstance(request, SimilarityRequest):
+            return await self._similarity(model, request)
+        return await self._tokenize(model, request)
+
+    async def _embed(self, model: ServedModel, request: EmbedRequest) -> Embeddings:
+        self.check_items(len(request.inputs))
+        if request.prompt_name is not None:
+            raise InvalidInput(
+                f"model {model.name!r} has no prompts; prompt_name cannot be used",
+                part=Part.PROMPT_NAME,
+            )
+        inputs = request.inputs
+        if request.max_tokens is not None:
+            texts = [x for x in inputs if isinstance(x, str)]
+            if len(texts) == len(inputs):
+                inputs = await model.clip(texts, request.max_tokens)
+        result = await model.embed(
+            inputs,
+            normalize=request.normalize,
+            dimensions=request.dimensions,
+            truncate=request.truncate,
+            direction=request.direction,
+            heads=request.heads,
+        )
+        quantized = {
+            kind: await model.quantize(
+                result.vectors, kind, normalize=request.normalize, dimensions=request.dimensions
+            )
+            for kind in request.quantized
+        }
+        found = result.heads
+        sparse = _typed(found.get("sparse"), SparseVector)
+        sparse_tokens = None
+        if sparse is not None and request.sparse_tokens:
+            strings = model.runtime.tokenizer.token_strings
+            sparse_tokens = [strings(vector.ids.tolist()) for vector in sparse]
+        return Embeddings(
+            model.name,
+            result.vectors,
+            result.tokens,
+            result.timings,
+            sparse=sparse,
+            sparse_tokens=sparse_tokens,
+            colbert=_typed(found.get("colbert"), np.ndarray),
+            token_vectors=_typed(found.get("tokens"), np.ndarray),
+            quantized=quantized,
+        )
+
+    async def _rerank(self, model: ServedModel, request: RerankRequest) -> Ranking:
+        self.check_items(len(request.documents), Part.DOCUMENTS)
+        result = await model.rerank(
+            request.query,
+            request.documents,
+            raw_scores=request.raw_scores,
+            truncate=request.truncate,
+            max_tokens_per_doc=request.max_tokens_per_doc,
+        )
+        order = best_first(result.scores, request.top_n)
+        return Ranking(model.name, result.scores, order, result.tokens, result.timings)
+
+    async def _classify(self, model: ServedModel, request: ClassifyRequest) -> Classification:
+        self.check_items(len(request.inputs), request.part)
+        if not request.inputs:
+            raise EmptyInput(request.part)
+        result = await model.classify(
+            request.inputs, truncate=request.truncate, direction=request.direction
+        )
+        logits = result.logits.astype(np.float64)
+        activation = request.activation
+        if activation == "auto":
+            activation = "sigmoid" if logits.shape[-1] == 1 else "softmax"
+        if activation == "sigmoid":
+            scores = heads.sigmoid(logits)
+        elif activation == "softmax":
+            scores = heads.softmax(logits)
+        else:
+            scores = logits
+        return Classification(
+            model.name, result.logits, scores, result.labels, result.tokens, result.timings
+        )
+
+    async def _zero_shot(self, model: ServedModel, request: ZeroShotRequest) -> ZeroShotScores:
+        self.check_items(len(request.texts) * max(1, len(request.labels)), Part.TEXTS)
+        if not request.texts:
+            raise EmptyInput(Part.TEXTS)
+        result = await model.zero_shot(
+            request.texts,
+            request.labels,
+            hypothesis_template=request.template,
+            multi_label=request.multi_label,
+            truncate=request.truncate,
+        )
+        order = [best_first(row) for row in result.scores]
+        return ZeroShotScores(model.name, result.scores, order, result.tokens, result.timings)
+
+    async def _similarity(self, model: ServedModel, request: SimilarityRequest) -> Similarities:
+        texts = [request.source, *request.sentences]
+        self.check_items(len(texts))
+        result = await model.embed(texts, normalize=True)
+        vectors = result.vectors.astype(np.float64)
+        scores = vectors[1:] @ vectors[0]
+        return Similarities(model.name, scores, result.tokens, result.timings)
+
+    async def _tokenize(self, model: ServedModel, request: TokenizeRequest) -> Tokens:
+        self.check_items(len(request.texts))
+        rows = await model.tokenize(request.texts, add_special_tokens=request.add_special_tokens)
+        return Tokens(model.name, rows)
+
+
+def _typed(values: list[object] | None, kind: type[T]) -> list[T] | None:
+    """A head's per-item values as the type its reducer makes (checked, not cast)."""
+    if values is None:
+        return None
+    out = [v for v in values if isinstance(v, kind)]
+    if len(out) != len(values):
+        raise TypeError(f"a head gave values that are not {kind.__name__}")
+    return out

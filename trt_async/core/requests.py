@@ -1,0 +1,220 @@
+"""What a client can ask of a served model, in the core's own terms, and what it gets back.
+
+Every API dialect translates its request bodies into one of the request structs below and
+the matching result back into its answer (see :class:`~trt_async.core.inference.Inference`,
+which runs them); nothing here knows an API field name. A request names its model, or
+leaves it to the task's default model.
+
+Results hold numpy arrays, finished as the request asked (normalised, cut, activated,
+ranked): encoding them is the dialect's only work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+import numpy as np
+
+from trt_async.core import heads
+from trt_async.core.errors import Part
+from trt_async.core.multivector import Head, SparseVector
+from trt_async.core.tokenizer import Direction, TokenInfo
+
+#: Cohere's quantised embedding types (see :mod:`trt_async.core.quantize`).
+QuantizedType = Literal["int8", "uint8", "binary", "ubinary"]
+#: How classification logits become scores: ``auto`` is a softmax over the labels, or a
+#: sigmoid for a one-label model (TEI's ``/predict``); ``none`` keeps the logits.
+Activation = Literal["auto", "softmax", "sigmoid", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Seconds spent per stage of one request (reported in ``x-*-time`` headers)."""
+
+    tokenize_s: float
+    queue_s: float
+    inference_s: float
+    total_s: float
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+class EmbedRequest(msgspec.Struct, kw_only=True):
+    """Vectors for texts (or for this model's own token-id lists)."""
+
+    inputs: Sequence[str] | Sequence[Sequence[int]]
+    model: str | None = None
+    #: None: the model's ``normalize`` setting.
+    normalize: bool | None = None
+    #: Keep the first n components (Matryoshka), before normalising.
+    dimensions: int | None = None
+    #: None: the model's ``truncate`` setting.
+    truncate: bool | None = None
+    direction: Direction = "right"
+    #: Cut each text to its first n tokens first (Cohere v2's ``max_tokens``).
+    max_tokens: int | None = None
+    #: Token-level results wanted from the same forward pass.
+    heads: frozenset[Head] = frozenset()
+    #: Quantised copies of the vectors wanted besides the floats.
+    quantized: tuple[QuantizedType, ...] = ()
+    #: One of the model's named prompts, put before each text.
+    prompt_name: str | None = None
+    #: Also give each sparse weight's token text (FlagEmbedding's ``convert_id_to_token``).
+    sparse_tokens: bool = False
+
+
+class RerankRequest(msgspec.Struct, kw_only=True):
+    """The relevance of each document to a query, ranked."""
+
+    query: str
+    documents: Sequence[str]
+    model: str | None = None
+    #: A cross-encoder's logits instead of their sigmoid.
+    raw_scores: bool = False
+    truncate: bool | None = None
+    #: Cut each document to its first n tokens first (Cohere v2).
+    max_tokens_per_doc: int | None = None
+    #: Rank only the n best (default: all).
+    top_n: int | None = None
+
+
+class ClassifyRequest(msgspec.Struct, kw_only=True):
+    """Label scores for texts or (premise, hypothesis) pairs."""
+
+    inputs: Sequence[str | tuple[str, str]]
+    model: str | None = None
+    #: What the items are (texts, or premises paired with hypotheses).
+    part: Part = Part.INPUTS
+    activation: Activation = "auto"
+    truncate: bool | None = None
+    direction: Direction = "right"
+
+
+class ZeroShotRequest(msgspec.Struct, kw_only=True):
+    """Each candidate label's score for each text, from an NLI model."""
+
+    texts: Sequence[str]
+    labels: Sequence[str]
+    model: str | None = None
+    template: str = "This example is {}."
+    multi_label: bool = False
+    truncate: bool | None = None
+
+
+class SimilarityRequest(msgspec.Struct, kw_only=True):
+    """The cosine of each sentence's vector to a source sentence's."""
+
+    source: str
+    sentences: Sequence[str]
+    model: str | None = None
+
+
+class TokenizeRequest(msgspec.Struct, kw_only=True):
+    """Tokens with offsets, as the model's tokenizer makes them."""
+
+    texts: Sequence[str]
+    model: str | None = None
+    add_special_tokens: bool = True
+
+
+Request = (
+    EmbedRequest
+    | RerankRequest
+    | ClassifyRequest
+    | ZeroShotRequest
+    | SimilarityRequest
+    | TokenizeRequest
+)
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """Vectors in input order, and the token-level results asked for."""
+
+    model: str
+    #: ``(inputs, dimensions)`` float32, finished (cut, normalised) as asked.
+    vectors: np.ndarray
+    tokens: int
+    timings: Timings
+    sparse: list[SparseVector] | None = None
+    #: With ``sparse_tokens``: per input, the token text of each sparse weight.
+    sparse_tokens: list[list[str]] | None = None
+    #: One ``(tokens, dim)`` array per input.
+    colbert: list[np.ndarray] | None = None
+    #: One ``(tokens, hidden)`` array per input: every token's vector.
+    token_vectors: list[np.ndarray] | None = None
+    #: Per quantised type asked for, one row per input.
+    quantized: Mapping[QuantizedType, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """Scores in document order, and the documents' indices best first (cut to top n)."""
+
+    model: str
+    scores: np.ndarray
+    order: list[int]
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """Per input: logits, activated scores, and labels ranked by score."""
+
+    model: str
+    logits: np.ndarray
+    scores: np.ndarray
+    #: Label names by class index.
+    labels: Mapping[int, str]
+    tokens: int
+    timings: Timings
+
+    def ranked(self) -> list[list[tuple[str, float]]]:
+        """Per input, (label, score) pairs, best first."""
+        return heads.top_labels(self.scores, self.labels)
+
+    def predictions(self) -> list[str]:
+        """Per input, the label of the largest logit."""
+        return heads.predictions(self.logits, self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroShotScores:
+    """Per text, the candidate labels' indices best first and their scores."""
+
+    model: str
+    #: ``(texts, labels)``: each candidate label's score for each text.
+    scores: np.ndarray
+    #: Per text, label indices sorted by score, highest first.
+    order: list[list[int]]
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class Similarities:
+    """The cosine of each sentence to the source, in sentence order."""
+
+    model: str
+    scores: np.ndarray
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Each text's tokens."""
+
+    model: str
+    tokens: list[list[TokenInfo]]
+
+
+Result = Embeddings | Ranking | Classification | ZeroShotScores | Similarities | Tokens
