@@ -563,6 +563,7 @@ def _repo(mirror: HubMirror, repo_id: str) -> MirrorRepo:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_repository_with_onnx_serves_without_torch_as_its_local_folder_does(
     mirror: HubMirror, minilm_model_dir: Path, minilm_hf_dir: Path, tmp_path: Path
 ) -> None:
@@ -641,6 +642,7 @@ def test_a_repository_with_onnx_serves_without_torch_as_its_local_folder_does(
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_repository_without_onnx_is_exported_once_per_commit(
     mirror: HubMirror, bert_rerank_dir: ExportedModel, tmp_path: Path
 ) -> None:
@@ -700,6 +702,7 @@ def _onnx_logits(folder: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_restart_without_network_serves_from_the_caches(
     mirror: HubMirror, tmp_path: Path
 ) -> None:
