@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,13 +201,21 @@ def free_port() -> int:
         return port
 
 
-def start(config: Path, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen[str]:
+def start(
+    config: Path,
+    port: int,
+    *extra: str,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
     """``trt-async serve`` on 127.0.0.1; its output goes to ``log`` (else a pipe).
 
     A test that makes many requests should pass ``log``: the access log would fill a pipe
-    nobody reads and stall the server.
+    nobody reads and stall the server. ``env`` replaces the environment, which is otherwise
+    this process's without its ``TRT_ASYNC_`` settings.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRT_ASYNC_")}
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRT_ASYNC_")}
     cmd = [sys.executable, "-m", "trt_async", "serve", "--config", str(config)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), *extra]
     if log is None:
@@ -232,10 +240,10 @@ def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def serving(config: Path, log: Path) -> Iterator[str]:
+def serving(config: Path, log: Path, env: Mapping[str, str] | None = None) -> Iterator[str]:
     """``trt-async serve`` on a free loopback port, ready; its URL. Stopped on exit."""
     port = free_port()
-    proc = start(config, port, log=log)
+    proc = start(config, port, log=log, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url)

@@ -57,15 +57,15 @@ def test_missing_model_folder_names_file_model_and_path(
     assert str(tmp_path / "nowhere") in line and "no such model file or folder" in line
 
 
-def test_hub_id_says_to_export_first(
+def test_bare_hub_id_says_how_to_download_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], free_port: int
 ) -> None:
     config = write(tmp_path, "reranking_models:\n  bge:\n    model_path: BAAI/bge-reranker-base\n")
     line = serve(capsys, "--config", str(config), "--port", str(free_port))
     assert "model 'bge' (reranking_models)" in line
     assert "'BAAI/bge-reranker-base' looks like a Hugging Face repo id" in line
-    assert "hf download BAAI/bge-reranker-base --local-dir ./hf/bge-reranker-base" in line
-    assert "trt-async export ./hf/bge-reranker-base --task rerank" in line
+    assert "model_path: hf://BAAI/bge-reranker-base" in line
+    assert "trt-async serve --model BAAI/bge-reranker-base --task rerank" in line
 
 
 def test_unexported_hugging_face_folder_says_to_export(
@@ -147,5 +147,5 @@ def test_the_command_exits_2_with_one_line_before_binding(tmp_path: Path, free_p
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "export it first" in done.stderr.lower() and str(config) in done.stderr
+    assert "model_path: hf://BAAI/bge-m3" in done.stderr and str(config) in done.stderr
     assert "Listening" not in done.stdout + done.stderr

@@ -1,4 +1,4 @@
-"""``trt-async``: serve, export, build, bench.
+"""``trt-async``: serve, pull, export, build, bench.
 
 Each subcommand lives beside the code it drives and registers its own arguments; this
 module only assembles them, so ``trt-async --help`` stays cheap to import. Registering a
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trt_async.http.serve import add_serve_parser
     from trt_async.tools.build_engine import add_build_parser
     from trt_async.tools.export import add_export_parser
+    from trt_async.tools.hub import TorchExporter, add_pull_parser
 
     parser = argparse.ArgumentParser(
         prog="trt-async",
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_serve_parser(subparsers)
+    # Only the command line exports hub repositories without ONNX (torch, once per commit).
+    add_serve_parser(subparsers, exporter=TorchExporter())
+    add_pull_parser(subparsers)
     add_export_parser(subparsers)
     add_build_parser(subparsers)
     add_bench_parser(subparsers)

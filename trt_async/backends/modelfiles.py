@@ -18,6 +18,9 @@ from typing import Any, Literal
 import msgspec
 
 MANIFEST_NAME = "trt_async.json"
+#: Bumped whenever ``trt-async export`` writes a different graph, so that cached exports (the
+#: embedded default's, hub models') are redone.
+EXPORT_REVISION = "e2"
 ONNX_NAME = "model.onnx"
 PLAN_SUFFIXES = (".trt", ".plan", ".engine")
 

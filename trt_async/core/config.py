@@ -20,6 +20,7 @@ import yaml
 
 from trt_async.backends import BackendName
 from trt_async.backends.base import Precision as Precision  # the engine build tool reads it here
+from trt_async.backends.modelfiles import Task
 
 #: Environment variable naming the config file for ``granian --factory trt_async.app:create_app``.
 CONFIG_ENV = "TRT_ASYNC_CONFIG"
@@ -44,12 +45,34 @@ class ModelKind(str, enum.Enum):
     def section(self) -> str:
         return _SECTIONS[self]
 
+    @property
+    def task(self) -> Task:
+        """The export task (``trt-async export --task``) of a model served as this kind."""
+        return _TASKS[self]
+
+    @classmethod
+    def for_task(cls, task: Task) -> ModelKind:
+        return next(kind for kind, t in _TASKS.items() if t == task)
+
 
 _SECTIONS = {
     ModelKind.EMBEDDING: "embedding_models",
     ModelKind.RERANKER: "reranking_models",
     ModelKind.NLI: "nli_models",
 }
+_TASKS: dict[ModelKind, Task] = {
+    ModelKind.EMBEDDING: "embed",
+    ModelKind.RERANKER: "rerank",
+    ModelKind.NLI: "nli",
+}
+
+#: ``model_path: hf://ORG/NAME[@REVISION][/FILE.onnx]`` names a Hugging Face hub repository
+#: (the form of huggingface_hub's own file system), downloaded at start (``core.hub``).
+HUB_SCHEME = "hf://"
+
+
+def is_hub_ref(model_path: str) -> bool:
+    return model_path.startswith(HUB_SCHEME)
 
 
 class ConfigError(Exception):
@@ -74,11 +97,12 @@ def model_name_problem(name: str) -> str | None:
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One served model. Only ``model_path`` is required."""
 
+    #: A model folder, a .onnx file, a TensorRT plan, or ``hf://ORG/NAME[@REVISION]``.
     model_path: str
     #: The seed's display name; the section key is the name clients use.
     model_name: str | None = None
-    #: Folder (or file) holding tokenizer.json; defaults to the model folder. Hub ids
-    #: cannot be fetched: point at a local folder.
+    #: Folder (or file) holding tokenizer.json; defaults to the model folder (a hub
+    #: repository brings its own).
     tokenizer_path: str | None = None
     backend: BackendName = "auto"
     #: Longest input in tokens, special tokens included. Default: from config.json, capped at 512.
@@ -148,6 +172,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: Positive = 16 * 1024 * 1024
     #: Folders under which ``POST /models/load`` may load model folders.
     model_roots: list[str] = msgspec.field(default_factory=list)
+    #: Hub organisations (or users) whose repositories ``POST /models/load`` may download
+    #: (``hf://ORG/NAME``); empty, hub loads are off: the server would download on a
+    #: client's word.
+    hub_organisations: list[str] = msgspec.field(default_factory=list)
     #: Seconds queued and running work may take to finish after SIGTERM.
     drain_seconds: NonNegativeFloat = 30.0
     #: Consecutive failed batches after which a model reports unhealthy.
@@ -184,7 +212,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 def _resolve_paths(config: Config, base: Path) -> None:
     """Relative paths in a file are relative to that file's folder, as users expect."""
     for _, _, model in config.models():
-        model.model_path = str(_resolve(model.model_path, base))
+        if not is_hub_ref(model.model_path):
+            model.model_path = str(_resolve(model.model_path, base))
         if model.tokenizer_path is not None:
             model.tokenizer_path = str(_resolve(model.tokenizer_path, base))
     config.server.model_roots = [str(_resolve(r, base)) for r in config.server.model_roots]
@@ -308,6 +337,11 @@ def _key_hint(node: Any, what: str) -> str:
     known = [f.encode_name for f in node.fields]
     close = difflib.get_close_matches(match.group(1), known, n=1)
     return f"; did you mean `{close[0]}`?" if close else "; known keys: " + ", ".join(known)
+
+
+def dump_config(config: Config) -> str:
+    """YAML that :func:`parse_config` reads back into an equal config (paths as they are)."""
+    return yaml.safe_dump(msgspec.to_builtins(config), sort_keys=False, allow_unicode=True)
 
 
 def load_config(path: str | Path) -> Config:

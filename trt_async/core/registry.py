@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trt_async.backends import BackendUnavailable
 from trt_async.backends.modelfiles import ModelDirError, ModelFiles
+from trt_async.core import hub
 from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
 from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound, Part
 from trt_async.core.requests import Timings
@@ -113,7 +114,9 @@ class ModelRegistry:
             else:
                 started = time.perf_counter()
                 try:
-                    runtime = await asyncio.to_thread(self._build_runtime, name, config)
+                    # An hf:// model is served from its folder in the cache (downloading it).
+                    local = await asyncio.to_thread(hub.local_config, config, kind)
+                    runtime = await asyncio.to_thread(self._build_runtime, name, local)
                     try:
                         await runtime.start()
                     except BaseException:

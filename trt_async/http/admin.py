@@ -1,7 +1,8 @@
 """Probes (``/health``, ``/ready``) and model management (load, unload, status).
 
 Loading reads only folders under ``server.model_roots``: a path is resolved (symlinks
-followed) before the check, so ``..`` or a link cannot reach outside a root.
+followed) before the check, so ``..`` or a link cannot reach outside a root. A hub model
+(``hf://ORG/NAME``) loads only from an organisation in ``server.hub_organisations``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from litestar.exceptions import HTTPException
 from msgspec import Meta
 
 from trt_async.backends.modelfiles import ModelDirError
-from trt_async.core.config import ConfigError, ModelConfig, ModelKind
-from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath
+from trt_async.core.config import ConfigError, ModelConfig, ModelKind, is_hub_ref
+from trt_async.core.errors import Forbidden, InvalidInput, InvalidPath, Unavailable
+from trt_async.core.hub import HubUnreachable, check_hub_load
 from trt_async.core.registry import ModelRegistry
 from trt_async.core.tasks import ServedModel
 from trt_async.http.auth import ADMIN_OPT, PUBLIC_OPT
@@ -40,7 +42,11 @@ class LoadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, Meta(description="The name clients will use.")]
     kind: Annotated[ModelKind, Meta(description="How the model is served.")]
     model_path: Annotated[
-        str, Meta(description="An exported model folder under `server.model_roots`.")
+        str,
+        Meta(
+            description="An exported model folder under `server.model_roots`, or "
+            "`hf://ORG/NAME[@REVISION]` of an organisation in `server.hub_organisations`."
+        ),
     ]
     options: Annotated[
         dict[str, Any],
@@ -194,13 +200,19 @@ class ManagementController(Controller):
     @post(
         "/load",
         status_code=201,
-        summary="Load a model folder under server.model_roots (admin key)",
-        responses=error_responses(Dialect.DETAIL, 400, 401, 403, 409, 422),
+        summary="Load a model folder under server.model_roots or a hub model (admin key)",
+        responses=error_responses(Dialect.DETAIL, 400, 401, 403, 409, 422, 503),
         opt={ADMIN_OPT: True},
     )
     async def load(self, registry: RegistryDep, data: JsonBody[LoadRequest]) -> ModelDescription:
-        roots = registry.config.server.model_roots
-        raw = {**data.options, "model_path": _inside_roots(data.model_path, roots, "model_path")}
+        server = registry.config.server
+        roots = server.model_roots
+        if is_hub_ref(data.model_path):
+            check_hub_load(data.model_path, server.hub_organisations, "model_path")
+            model_path = data.model_path
+        else:
+            model_path = _inside_roots(data.model_path, roots, "model_path")
+        raw = {**data.options, "model_path": model_path}
         tokenizer = raw.get("tokenizer_path")
         if isinstance(tokenizer, str):
             raw["tokenizer_path"] = _inside_roots(tokenizer, roots, "options.tokenizer_path")
@@ -210,6 +222,8 @@ class ManagementController(Controller):
             raise InvalidInput(f"options: {exc}", field="options") from None
         try:
             model = await registry.load(data.name, data.kind, config)
+        except HubUnreachable as exc:
+            raise Unavailable(str(exc)) from None
         except ModelDirError as exc:
             raise HTTPException(str(exc), status_code=400) from None
         except ConfigError as exc:

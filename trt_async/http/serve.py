@@ -10,59 +10,118 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import re
 import socket
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import msgspec
 import yaml
 
-from trt_async.backends.modelfiles import ModelDirError, ModelFiles
+from trt_async.backends.modelfiles import ModelDirError, ModelFiles, Task
 from trt_async.core.config import (
     CONFIG_ENV,
     LOG_LEVEL_ENV,
     Config,
     ConfigError,
+    ModelConfig,
     ModelKind,
     ServerConfig,
+    dump_config,
+    is_hub_ref,
     load_config,
+    model_name_problem,
 )
+from trt_async.core.hub import Exporter, HubError, fetch, parse_ref
 
 API_KEY_ENV = "TRT_ASYNC_API_KEY"
 FACTORY = "trt_async.app:create_app"
 #: ``org/name``: how a Hugging Face repo id looks (a local path rarely does, and exists).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_TASKS = {ModelKind.EMBEDDING: "embed", ModelKind.RERANKER: "rerank", ModelKind.NLI: "nli"}
 
 
 class StartupError(Exception):
     """Why the server cannot start, in one line that says what to do."""
 
 
-def check_model_files(config: Config, source: Path) -> None:
+class HubModelArg(msgspec.Struct, kw_only=True):
+    """One ``--model`` of the command line with the ``--task`` and ``--name`` after it."""
+
+    model: str
+    task: Task | None = None
+    name: str | None = None
+
+
+def check_model_files(config: Config, source: Path | None) -> None:
     """Find every model's files before any port is bound; the first problem stops start-up.
 
     ``model_path`` values as written in the file are read again so that a Hugging Face repo
     id (which the loader resolved against the file's folder) can be recognised.
     """
-    written = _written_model_paths(source)
+    written = _written_model_paths(source) if source is not None else {}
     for name, kind, model in config.models():
-        where = f"{source}: model {name!r} ({kind.section})"
+        where = f"{source or '--model'}: model {name!r} ({kind.section})"
         try:
             ModelFiles.resolve(Path(model.model_path), model.tokenizer_path)
         except ModelDirError as exc:
             raw = written.get((kind.section, name), "")
             if _HUB_ID.match(raw) and not Path(model.model_path).exists():
-                local = raw.rsplit("/", 1)[1]
                 raise StartupError(
-                    f"{where}: model_path {raw!r} looks like a Hugging Face repo id; models "
-                    f"are not downloaded. Export it first: hf download {raw} --local-dir "
-                    f"./hf/{local} && trt-async export ./hf/{local} --task {_TASKS[kind]} "
-                    f"-o ./models/{local}, then set model_path: ./models/{local}"
+                    f"{where}: model_path {raw!r} looks like a Hugging Face repo id, which is "
+                    f"written model_path: hf://{raw} to download it (with the hub extra), or "
+                    f"serve it with trt-async serve --model {raw} --task {kind.task}"
                 ) from None
             raise StartupError(f"{where}: {exc}") from None
+
+
+def fetch_hub_models(
+    config: Config,
+    source: Path | None,
+    models: Sequence[HubModelArg],
+    exporter: Exporter | None,
+) -> bool:
+    """Download (and export) every hub model of the config and of ``--model``, and point
+    ``model_path`` at the folders served; True if there was any. Progress goes to stderr."""
+
+    def say(line: str) -> None:
+        print(f"trt-async serve: {line}", file=sys.stderr, flush=True)
+
+    found = False
+    for name, kind, model in config.models():
+        if is_hub_ref(model.model_path):
+            where = f"{source}: model {name!r} ({kind.section})"
+            try:
+                ref = parse_ref(model.model_path)
+                hub_model = fetch(ref, kind.task, pooling=model.pooling, exporter=exporter, say=say)
+            except HubError as exc:
+                raise StartupError(f"{where}: {exc}") from None
+            model.model_path = str(hub_model.folder)
+            found = True
+    for arg in models:
+        try:
+            ref = parse_ref(arg.model)
+            hub_model = fetch(ref, arg.task, exporter=exporter, say=say)
+        except HubError as exc:
+            raise StartupError(str(exc)) from None
+        name = arg.name or ref.name
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise StartupError(f"--model {arg.model}: {problem}; choose one with --name")
+        taken = {served for served, _, _ in config.models()}
+        if name in taken:
+            raise StartupError(
+                f"--model {arg.model}: another model is already named {name!r}; choose a "
+                "name with --name after it"
+            )
+        kind = ModelKind.for_task(hub_model.task)
+        getattr(config, kind.section)[name] = ModelConfig(model_path=str(hub_model.folder))
+        found = True
+    return found
 
 
 def _written_model_paths(source: Path) -> dict[tuple[str, str], str]:
@@ -107,16 +166,66 @@ def check_port_free(host: str, port: int) -> None:
             raise StartupError(f"cannot bind {host}:{port}: {exc.strerror}") from None
 
 
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+class _AddModel(argparse.Action):
+    """``--model``: one more hub model; the ``--task`` and ``--name`` after it are its."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, *_: Any
+    ) -> None:
+        models: list[HubModelArg] = list(getattr(namespace, self.dest, None) or [])
+        models.append(HubModelArg(model=str(value)))
+        setattr(namespace, self.dest, models)
+
+
+class _ModelOption(argparse.Action):
+    """``--task`` or ``--name``: set on the ``--model`` before it."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, *_: Any
+    ) -> None:
+        models: list[HubModelArg] = getattr(namespace, "hub_models", None) or []
+        if not models:
+            parser.error(f"{self.option_strings[0]} applies to the --model before it")
+        setattr(models[-1], self.dest, value)
+
+
+def add_serve_parser(subparsers: Any, exporter: Exporter | None = None) -> argparse.ArgumentParser:
+    """Register ``trt-async serve``; ``exporter`` exports hub repositories without ONNX."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
         help="serve the configured models over HTTP",
         description=(
             "Serve the models of a config file (default: $TRT_ASYNC_CONFIG, else the "
-            "embedded all-MiniLM-L6-v2) with granian: one worker, uvloop."
+            "embedded all-MiniLM-L6-v2) and of --model with granian: one worker, uvloop."
         ),
     )
     parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument(
+        "--model",
+        dest="hub_models",
+        action=_AddModel,
+        metavar="ORG/NAME[@REVISION]",
+        help=(
+            "serve a Hugging Face hub model (repeatable; the hub extra): its ONNX graph "
+            "(onnx/model.onnx, or ORG/NAME@REVISION/onnx/FILE.onnx) and tokenizer are "
+            "downloaded into the Hugging Face cache; a repository without one is exported "
+            "with torch once"
+        ),
+    )
+    parser.add_argument(
+        "--task",
+        action=_ModelOption,
+        choices=get_args(Task),
+        help=(
+            "how the --model before it is served (default: from its config.json: a sequence "
+            "classifier with one label reranks, with more labels is an NLI model, else embed)"
+        ),
+    )
+    parser.add_argument(
+        "--name",
+        action=_ModelOption,
+        help="the name clients use for the --model before it (default: NAME)",
+    )
     parser.add_argument("--host", help="address to bind (default: server.host, 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port to bind (default: server.port, 8887)")
     parser.add_argument(
@@ -125,11 +234,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
             f"require 'Authorization: Bearer <key>' (also ${API_KEY_ENV}; default: server.api_key)"
         ),
     )
-    parser.set_defaults(func=run_serve)
+    parser.set_defaults(func=functools.partial(run_serve, exporter=exporter))
     return parser
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, exporter: Exporter | None = None) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -138,20 +247,34 @@ def run_serve(args: argparse.Namespace) -> int:
     config_path: Path | None = args.config
     if config_path is None and os.environ.get(CONFIG_ENV):
         config_path = Path(os.environ[CONFIG_ENV])
+    hub_models: list[HubModelArg] = getattr(args, "hub_models", None) or []
     server = ServerConfig()
+    worker_config: Path | None = None
     # Checked here so that a bad file, a missing model or a busy port fails with one line
     # before any worker starts or any port is bound.
     try:
-        if config_path is not None:
-            config = load_config(config_path)
-            check_model_files(config, config_path)
+        config = load_config(config_path) if config_path is not None else None
+        if config is None and hub_models:
+            config = Config()
+        if config is not None:
             server = config.server
-            os.environ[CONFIG_ENV] = str(config_path.resolve())
         host = args.host or server.host
         port = args.port if args.port is not None else server.port
+        if config is not None:
+            if hub_models or any(is_hub_ref(m.model_path) for _, _, m in config.models()):
+                check_port_free(host, port)  # before a download that may take minutes
+            if fetch_hub_models(config, config_path, hub_models, exporter):
+                # The worker reads the folders served, not the hub references.
+                worker_config = _write_worker_config(config)
+            check_model_files(config, config_path)
+            if worker_config is not None:
+                os.environ[CONFIG_ENV] = str(worker_config)
+            elif config_path is not None:
+                os.environ[CONFIG_ENV] = str(config_path.resolve())
         check_port_free(host, port)
     except (ConfigError, StartupError) as exc:
         print(f"trt-async serve: {exc}", file=sys.stderr)
+        _remove(worker_config)
         return 2
     if args.api_key:
         os.environ[API_KEY_ENV] = args.api_key
@@ -175,5 +298,21 @@ def run_serve(args: argparse.Namespace) -> int:
         # The top-level --log-level, when the CLI has one, also sets granian's.
         log_level=LogLevels(str(getattr(args, "log_level", "info")).lower()),
     )
-    granian.serve()
+    try:
+        granian.serve()
+    finally:
+        _remove(worker_config)
     return 0
+
+
+def _write_worker_config(config: Config) -> Path:
+    """The config with every model's folder, for the worker process; private to this user."""
+    fd, name = tempfile.mkstemp(prefix="trt-async-serve-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(dump_config(config))
+    return Path(name)
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)

