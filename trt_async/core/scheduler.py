@@ -148,7 +148,6 @@ def prepare(encodings: Sequence[Encoding], grid: BucketGrid) -> Prepared:
 class _Request:
     __slots__ = (
         "chunks",
-        "deadline_handle",
         "encodings",
         "enqueued",
         "extras",
@@ -190,7 +189,6 @@ class _Request:
         self.enqueued = now
         self.first_start: float | None = None
         self.last_end = now
-        self.deadline_handle: asyncio.TimerHandle | None = None
         #: When it arrived or last had items taken into a batch: its place in the turns.
         self.turn_since = now
 
@@ -340,6 +338,12 @@ class Scheduler:
         self._max_delay = max(self.limits.max_delay_s, 1e-6)
         self._capacity = {length: grid.capacity(length) for length in grid.lengths}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: A dispatch is scheduled for the end of the loop's current turn.
+        self._dispatch_due = False
+        #: Requests no batch has started yet, in arrival order, and the one timer that fails
+        #: those that wait past the queue timeout.
+        self._unstarted: dict[_Request, None] = {}
+        self._expiry: asyncio.TimerHandle | None = None
         self._closed: str | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -387,8 +391,14 @@ class Scheduler:
         stats.queued_tokens += tokens
         self._idle.clear()
         if self.limits.timeout_s > 0:
-            request.deadline_handle = loop.call_later(self.limits.timeout_s, self._expire, request)
-        self._dispatch()
+            self._unstarted[request] = None
+            if self._expiry is None:
+                self._arm_expiry(request.enqueued + self.limits.timeout_s)
+        if not self._dispatch_due:
+            # Picked at the end of this turn of the loop, not now: requests that arrive in
+            # the same turn (a tokenisation hop answers many at once) share a batch.
+            self._dispatch_due = True
+            loop.call_soon(self._dispatch)
         try:
             await request.future
         except asyncio.CancelledError:
@@ -451,6 +461,7 @@ class Scheduler:
     # -- internals ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        self._dispatch_due = False
         stats = self.stats
         parallel = self._lanes.parallel
         # A batch alone on the solo lane has every thread: what arrives meanwhile waits for
@@ -563,6 +574,7 @@ class Scheduler:
         for request in dict.fromkeys(part.request for part in parts):
             if request.first_start is None:
                 request.first_start = start
+                self._unstarted.pop(request, None)
             # Served: its turn ends, behind everyone now waiting in each queue it is in.
             request.turn_since = start
             if request.queued:
@@ -653,23 +665,40 @@ class Scheduler:
                     self._observer.batch_done(bucket, count, real, seconds, ok)
             self._dispatch()
 
-    def _expire(self, request: _Request) -> None:
-        if request.dead or request.first_start is not None:
-            return  # already running: a started request is allowed to finish
-        self.stats.timed_out_requests += 1
-        self._end(
-            request,
-            Unavailable(
-                f"request waited {self.limits.timeout_s:g} s in the queue without starting; "
-                "the server is overloaded, retry later"
-            ),
-        )
+    def _arm_expiry(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        # perf_counter's clock against the loop's: both are monotonic seconds.
+        self._expiry = loop.call_at(loop.time() + (when - time.perf_counter()), self._expire)
+
+    def _expire(self) -> None:
+        """Fail the requests that waited ``timeout_s`` without starting, oldest first.
+
+        One timer for the whole queue, armed for the oldest request not yet started (they
+        wait in arrival order, so the rest expire later): a timer per request cost the loop
+        a timer's start and cancel for every request.
+        """
+        self._expiry = None
+        now = time.perf_counter()
+        timeout = self.limits.timeout_s
+        while self._unstarted:
+            request = next(iter(self._unstarted))
+            if request.enqueued + timeout > now:
+                self._arm_expiry(request.enqueued + timeout)
+                return
+            self.stats.timed_out_requests += 1
+            self._end(
+                request,
+                Unavailable(
+                    f"request waited {timeout:g} s in the queue without starting; the server "
+                    "is overloaded, retry later"
+                ),
+            )
 
     def _end(self, request: _Request, outcome: BaseException | None) -> None:
         """The one way a request ends: done (``outcome`` None), failed, expired or closed
         (the error to raise), or abandoned (``CancelledError``: the awaiting task was
         cancelled). The first end wins; every end uncounts what is still queued (those
-        chunks leave their queues lazily) and stops the queue-timeout timer."""
+        chunks leave their queues lazily) and leaves the queue-timeout watch."""
         future = request.future
         if not future.done():
             if outcome is None:
@@ -680,8 +709,7 @@ class Scheduler:
                 future.set_exception(outcome)
                 # Nobody may await a request failed during close(); don't warn about it.
                 future.add_done_callback(_consume_exception)
-        if request.deadline_handle is not None:
-            request.deadline_handle.cancel()
+        self._unstarted.pop(request, None)
         if request.queued:
             for chunk in request.chunks:
                 self._uncount(chunk, cancelled=True)

@@ -76,12 +76,13 @@ class RequestContextMiddleware:
     for every request, so it keeps to one timer, no task and no event per request.
     """
 
-    __slots__ = ("_ids", "app", "body_timeout_s", "metrics")
+    __slots__ = ("_deadlines", "_ids", "app", "body_timeout_s", "metrics")
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.metrics = metrics
         self.body_timeout_s = body_timeout_s
+        self._deadlines = BodyDeadlines(body_timeout_s)
         self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,7 +105,7 @@ class RequestContextMiddleware:
             receive, send, request_id, asyncio.current_task(), scope.get("method") == "POST"
         )
         if exchange.task is not None:
-            exchange.arm_body_deadline(self.body_timeout_s)
+            exchange.arm_body_deadline(self._deadlines)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
@@ -131,6 +132,44 @@ class RequestContextMiddleware:
                 )
 
 
+class BodyDeadlines:
+    """The body deadlines of the requests still reading their bodies, with one timer.
+
+    Every body has the same time to arrive, so deadlines come in arrival order and the
+    timer is armed for the oldest only: a timer per request cost the loop a timer's start
+    and cancel for every request.
+    """
+
+    __slots__ = ("_timer", "_waiting", "timeout_s")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._waiting: dict[_Exchange, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: _Exchange) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        self._waiting[exchange] = deadline
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._fire)
+
+    def remove(self, exchange: _Exchange) -> None:
+        self._waiting.pop(exchange, None)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._waiting:
+            exchange, deadline = next(iter(self._waiting.items()))
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._fire)
+                return
+            del self._waiting[exchange]
+            exchange.body_late()
+
+
 class _Exchange:
     """One request's receive and send, as the middleware wraps them.
 
@@ -145,7 +184,7 @@ class _Exchange:
     """
 
     __slots__ = (
-        "_deadline",
+        "_deadlines",
         "_disconnect",
         "_late",
         "_receive",
@@ -181,17 +220,18 @@ class _Exchange:
         self._timed_out = False
         self._late = False
         self._receiving = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadlines: BodyDeadlines | None = None
         self._disconnect: asyncio.Future[Any] | None = None
 
-    def arm_body_deadline(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self._deadline = asyncio.get_running_loop().call_later(timeout_s, self._body_late)
+    def arm_body_deadline(self, deadlines: BodyDeadlines) -> None:
+        self.timeout_s = deadlines.timeout_s
+        self._deadlines = deadlines
+        deadlines.add(self)
 
-    def _body_late(self) -> None:
+    def body_late(self) -> None:
         """The deadline passed: a ``receive`` waiting for the body answers 408 (one asked for
         later does too); a handler that never reads the body is left alone."""
-        self._deadline = None
+        self._deadlines = None
         self._late = True
         if self._receiving and self.task is not None:
             self._timed_out = True
@@ -254,9 +294,9 @@ class _Exchange:
         await self._send(message)
 
     def _stop_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        if self._deadlines is not None:
+            self._deadlines.remove(self)
+            self._deadlines = None
 
     def close(self) -> None:
         self._stop_deadline()
