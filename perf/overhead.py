@@ -33,29 +33,24 @@ says how to install it (Debian: ``apt install wrk``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from perf.servers import REPO, Server, infinity, minimal, ours, running, tree_cpu_s
 from trt_async.backends.modelfiles import MANIFEST_NAME
 
-REPO = Path(__file__).resolve().parents[1]
-_TICK = os.sysconf("SC_CLK_TCK")
 MODEL_NAME = "tiny"
 
 #: (name, texts a request, connections): the issue's two points.
@@ -121,23 +116,6 @@ def write_config(model: Path, work: Path) -> Path:
     return path
 
 
-def infinity_folder(model: Path, work: Path) -> Path:
-    """The folder infinity-emb's optimum engine reads: model.onnx, config and tokenizer."""
-    folder = work / "tiny-infinity"
-    folder.mkdir(exist_ok=True)
-    for name in (
-        "model.onnx",
-        "config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ):
-        link = folder / name
-        if not link.exists():
-            link.symlink_to(model / name)
-    return folder
-
-
 # -- the requests -------------------------------------------------------------------------------
 
 
@@ -177,102 +155,6 @@ def wrk_script(bodies: Sequence[bytes], path: Path) -> Path:
 
 
 # -- servers ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    name: str
-    command: list[str]
-    port: int
-    cwd: Path = REPO
-    env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, logs: Path) -> None:
-        self.log = logs / f"{self.name}.log"
-        env = {**os.environ, **self.env}
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=self.cwd,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, body: bytes, timeout_s: float = 600.0) -> None:
-        """Until one embeddings request is answered 200."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log}")
-            request = urllib.request.Request(
-                self.url + "/v1/embeddings",
-                data=body,
-                headers={"content-type": "application/json"},
-            )
-            with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} was not ready within {timeout_s:g} s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and every process descending from it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system, every thread) of ``root``'s process tree so far."""
-    total = 0.0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -632,65 +514,12 @@ def write_results(path: Path, table: str, command: str) -> None:
 
 
 def make_servers(args: argparse.Namespace, config: Path, model: Path, work: Path) -> list[Server]:
-    python = sys.executable
-    serve = [python, "-m", "trt_async", "serve", "--config", str(config)]
-    servers = [
-        Server(
-            "after",
-            [*serve, "--port", str(port := free_port())],
-            port,
-            env={"PYTHONPATH": str(REPO)},
-        )
-    ]
+    servers = [ours("after", config)]
     if args.before is not None:
-        before = args.before.resolve()
-        servers.append(
-            Server(
-                "before",
-                [*serve, "--port", str(port := free_port())],
-                port,
-                cwd=before,
-                env={"PYTHONPATH": str(before)},
-            )
-        )
-    servers.append(
-        Server(
-            "minimal",
-            [python, "-m", "perf.minimal_app", "--port", str(port := free_port())],
-            port,
-            env={"PYTHONPATH": str(REPO)},
-        )
-    )
+        servers.append(ours("before", config, args.before))
+    servers.append(minimal())
     if args.infinity is not None:
-        port = free_port()
-        servers.append(
-            Server(
-                "infinity",
-                [
-                    str(args.infinity),
-                    "v2",
-                    "--model-id",
-                    ".",
-                    "--served-model-name",
-                    MODEL_NAME,
-                    "--engine",
-                    "optimum",
-                    "--pooling-method",
-                    "mean",
-                    "--device",
-                    "cpu",
-                    "--url-prefix",
-                    "/v1",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                port,
-                cwd=infinity_folder(model, work),
-                env={"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"},
-            )
-        )
+        servers.append(infinity(args.infinity, model, work, MODEL_NAME))
     if args.only:
         servers = [s for s in servers if s.name in args.only]
     return servers
@@ -735,12 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": [s.name for s in servers],
         "rounds": {point: {} for point in points},
     }
-    try:
-        for server in servers:
-            server.start(work)
-        for server in servers:
-            server.wait_ready(probe)
-            print(f"{server.name}: ready at {server.url}", flush=True)
+    with running(servers, work, probe):
         for r in range(args.rounds):
             order = servers if r % 2 == 0 else servers[::-1]
             for point in points:
@@ -772,9 +596,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for kind in ("self", "inclusive"):
                         for frame, share in tables[kind]:
                             print(f"  {kind:9s} {share:5.1f} %  {frame}", flush=True)
-    finally:
-        for server in servers:
-            server.stop()
     if "docs32-c16" in points:
         floor = item_floor(model, point_bodies(32))
         minimal = report["rounds"]["docs32-c16"].get("minimal")

@@ -29,14 +29,16 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from perf.servers import infinity, ours, running
 from trt_async.backends.shapes import Bucket
 from trt_async.bench.bare import BareBackend
 from trt_async.bench.corpus import Corpus
@@ -44,6 +46,8 @@ from trt_async.bench.loadgen import LoadClient, make_client, run_closed
 from trt_async.bench.report import loadavg, machine, percentiles_ms
 from trt_async.bench.server import base_config
 from trt_async.bench.workload import RequestSpec, Targets, build_requests, embeddings_request
+from trt_async.core.config import load_config
+from trt_async.tools.embedded import embedded_config_yaml, embedded_model_dir
 
 #: (key, what, mix, concurrency) in the order of the table.
 POINTS: tuple[tuple[str, str, str, int], ...] = (
@@ -526,7 +530,18 @@ def table(report: dict[str, Any], command: str, peer: str | None = None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", action="append", help="NAME=URL (repeat)")
+    p.add_argument("--target", action="append", default=[], help="NAME=URL (repeat)")
+    p.add_argument(
+        "--serve",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="start a target for the run and stop it after (repeat): NAME=ours (this "
+        "checkout), NAME=ours:PATH (another checkout of the project), NAME=infinity:EXE "
+        "(infinity-emb's infinity_emb executable, on our export's ONNX); each serves the "
+        "embedded model (or --config's)",
+    )
+    p.add_argument("--work", type=Path, help="folder for the served config and logs")
     p.add_argument(
         "--render",
         type=Path,
@@ -571,13 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = report["command"]
         args.out = args.out or args.render.parent
     else:
-        if not args.target or args.out is None:
-            p.error("--target and --out are required (or --render a table.json)")
+        if not (args.target or args.serve) or args.out is None:
+            p.error("--target or --serve, and --out, are required (or --render a table.json)")
         command = "python -m perf.peer_table " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
         start_load = loadavg()
-        report = asyncio.run(measure(args))
+        with served(args) as urls:
+            args.target = [*args.target, *(f"{name}={url}" for name, url in urls.items())]
+            report = asyncio.run(measure(args))
         report["machine"] = machine()
         report["load"] = {"start": start_load, "end": loadavg()}
         report["command"] = command
@@ -595,6 +612,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             raise SystemExit(f"{args.results}: {exc}") from None
     return 0
+
+
+@contextlib.contextmanager
+def served(args: argparse.Namespace) -> Iterator[dict[str, str]]:
+    """The ``--serve`` targets running for the ``with`` block: name -> URL."""
+    if not args.serve:
+        yield {}
+        return
+    work = args.work or Path(tempfile.mkdtemp(prefix="peer-table-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.config is not None:
+        config = args.config.resolve()
+        model = Path(next(iter(load_config(config).embedding_models.values())).model_path)
+    else:
+        model = embedded_model_dir()
+        config = work / "served.yaml"
+        config.write_text(embedded_config_yaml(model), encoding="utf-8")
+    servers = []
+    for spec in args.serve:
+        name, _, what = spec.partition("=")
+        kind, _, where = what.partition(":")
+        if kind == "ours":
+            servers.append(ours(name, config, Path(where) if where else None))
+        elif kind == "infinity" and where:
+            servers.append(infinity(Path(where), model, work, args.model, name=name))
+        else:
+            raise SystemExit(f"--serve {spec!r}: expected NAME=ours[:PATH] or NAME=infinity:EXE")
+    probe = msgspec.json.encode({"model": args.model, "input": ["ready?"]})
+    with running(servers, work, probe):
+        yield {server.name: server.url for server in servers}
 
 
 def replace_part(doc: str, text: str) -> str:
