@@ -136,8 +136,26 @@ def write_siglip_tokenizer(out_dir: Path) -> dict[str, int]:
     return {"eos": eos, "pad": eos, "vocab": tok.get_vocab_size()}
 
 
-def write_clip(out_dir: Path, *, eos: Literal["real", "legacy"] = "real", seed: int = 0) -> Path:
-    """A 2-layer CLIPModel folder (``eos="legacy"``: the text config says eos 2)."""
+#: ViT-B/32's vision tower (openai/clip-vit-base-patch32), for timings.
+VIT_B_32 = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 32,
+}
+
+
+def write_clip(
+    out_dir: Path,
+    *,
+    eos: Literal["real", "legacy"] = "real",
+    seed: int = 0,
+    vision: Literal["tiny", "vit-b-32"] = "tiny",
+) -> Path:
+    """A 2-layer CLIPModel folder (``eos="legacy"``: the text config says eos 2;
+    ``vision="vit-b-32"``: a vision tower of ViT-B/32's shape, for timings)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -151,14 +169,19 @@ def write_clip(out_dir: Path, *, eos: Literal["real", "legacy"] = "real", seed: 
             "eos_token_id": ids["eos"] if eos == "real" else 2,
             "pad_token_id": ids["pad"] if eos == "real" else 1,
         },
-        vision_config={**_TOWER, "image_size": IMAGE_SIZE, "patch_size": 8},
+        vision_config=(
+            VIT_B_32
+            if vision == "vit-b-32"
+            else {**_TOWER, "image_size": IMAGE_SIZE, "patch_size": 8}
+        ),
         projection_dim=24,
         architectures=["CLIPModel"],
     )
     torch.manual_seed(seed)
     CLIPModel(config).eval().save_pretrained(out_dir)
+    size = int(config.vision_config.image_size)
     (out_dir / "preprocessor_config.json").write_text(
-        json.dumps(clip_preprocessor_config(), indent=2)
+        json.dumps(clip_preprocessor_config(size, size), indent=2)
     )
     return out_dir
 
