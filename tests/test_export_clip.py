@@ -290,6 +290,18 @@ def test_bad_folders_are_named_with_the_fix(
         export_clip.export_image_text_model(copy, tmp_path / "o3", progress=False)
 
 
+def test_sentencepiece_only_siglip_is_refused_with_the_reason(
+    exported: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    hf, _ = exported["siglip"]
+    copy = tmp_path / "hf"
+    shutil.copytree(hf, copy)
+    (copy / "tokenizer.json").unlink()
+    (copy / "spiece.model").write_bytes(b"a SentencePiece model")
+    with pytest.raises(ExportError, match=r"only SentencePiece's spiece\.model"):
+        export_clip.export_image_text_model(copy, tmp_path / "out", progress=False)
+
+
 def test_unsupported_preprocessing_is_refused(tmp_path: Path) -> None:
     from tests.image_models import clip_preprocessor_config
 

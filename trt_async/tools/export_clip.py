@@ -268,6 +268,15 @@ def _write_json(path: Path, value: msgspec.Struct) -> None:
 
 
 def _check_source(src: Path) -> Family:
+    if (src / "spiece.model").is_file() and not (src / "tokenizer.json").is_file():
+        # Google's SigLIP checkpoints: transformers' SiglipTokenizer is SentencePiece plus
+        # Python (lowercasing, punctuation removed) and writes no tokenizer.json.
+        raise ExportError(
+            f"{src / 'tokenizer.json'}: missing; the server tokenises with a tokenizer.json "
+            "and this folder has only SentencePiece's spiece.model, which transformers does "
+            "not convert for SigLIP. Add a tokenizer.json that tokenises as the model's "
+            "SiglipTokenizer (the export checks that it does)"
+        )
     hf_config = export._check_source(src, "embed")
     family = IMAGE_TEXT_MODEL_TYPES.get(str(hf_config.get("model_type")))
     if family is None:
