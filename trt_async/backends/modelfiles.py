@@ -228,6 +228,12 @@ class ModelFiles:
             plans = sorted(p for p in path.iterdir() if p.suffix in PLAN_SUFFIXES)
             plan = plans[0] if plans else None
             if onnx is None and plan is None:
+                if read_image_text_manifest(path) is not None:
+                    raise ModelDirError(
+                        f"{path}: an image-text model folder (CLIP/SigLIP): each tower is a "
+                        f"folder of its own; point model_path at {path / TEXT_TOWER_DIR} to "
+                        "serve its text tower as an embedding model"
+                    )
                 hint = (
                     "it holds Hugging Face weights: run `trt-async export "
                     f"{path} --task embed|rerank|nli -o <model-dir>` and point model_path there"
@@ -330,3 +336,181 @@ def _sentence_transformers_max_length(root: Path) -> int | None:
     except json.JSONDecodeError:
         return None
     return value if isinstance(value, int) and value > 0 else None
+
+
+# --- image-text models (CLIP, SigLIP) -------------------------------------------------------
+
+#: Subfolders of an image-text model folder, one per tower, each with its own ``model.onnx``
+#: (and, on a GPU, its own TensorRT plan beside it).
+TEXT_TOWER_DIR = "text"
+VISION_TOWER_DIR = "vision"
+#: Pillow's resampling filters by the names transformers' image processors use.
+Resample = Literal["nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"]
+#: transformers' ``PILImageResampling`` values (those of ``PIL.Image.Resampling``) by name.
+RESAMPLE_CODES: dict[Resample, int] = {
+    "nearest": 0,
+    "lanczos": 1,
+    "bilinear": 2,
+    "bicubic": 3,
+    "box": 4,
+    "hamming": 5,
+}
+
+
+class ImagePreprocessing(msgspec.Struct, frozen=True, kw_only=True):
+    """How an image becomes ``pixel_values``, as the model's ``preprocessor_config.json``
+    says (transformers' ``CLIPImageProcessor`` / ``SiglipImageProcessor``, PIL backend).
+
+    Steps, in order: EXIF orientation applied; converted to RGB (transparency composited
+    onto white); resized (``resize_shortest_edge``: the short side to that many pixels,
+    the long side ``int(size * long / short)``; or to exactly ``resize_height`` x
+    ``resize_width``); centre-cropped to ``crop_height`` x ``crop_width`` (zero-padded
+    where the image is smaller); multiplied by ``rescale_factor``; normalised per channel
+    with ``image_mean`` and ``image_std``. Absent values skip their step.
+    """
+
+    resize_shortest_edge: int | None = None
+    #: With ``resize_shortest_edge``: the long side is capped at this (transformers'
+    #: ``size.longest_edge``).
+    resize_longest_edge: int | None = None
+    resize_height: int | None = None
+    resize_width: int | None = None
+    resample: Resample = "bicubic"
+    crop_height: int | None = None
+    crop_width: int | None = None
+    rescale_factor: float | None = None
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
+    #: The size of every preprocessed image, the vision tower's only input shape.
+    height: int
+    width: int
+
+
+class TextTower(msgspec.Struct, frozen=True, kw_only=True):
+    """The text tower: ``text/model.onnx`` gives one projected vector per text.
+
+    Inputs are ``input_ids`` and ``attention_mask`` (batch, length), padded on the right.
+    CLIP's graph pools at each row's end-of-text token (the first ``eos_token_id``, or
+    the largest id for configs whose ``eos_token_id`` is the legacy 2), so any length up
+    to ``max_length`` serves. SigLIP was trained on texts padded to ``pad_to_length``
+    with ``pad_token_id`` and pools the last position: its graph takes exactly that
+    length and writes ``pad_token_id`` wherever the mask is 0 itself, so the server may
+    pad with any id but must pad every row to ``pad_to_length``.
+    """
+
+    inputs: list[str]
+    output: str
+    #: Most tokens of one text, special tokens included (truncate there).
+    max_length: int
+    #: Rows must be padded to exactly this length (SigLIP: 64); None: any length.
+    pad_to_length: int | None = None
+    pad_token_id: int
+    eos_token_id: int | None = None
+    #: How the graph picks each text's vector: ``eos`` (CLIP: first end-of-text token),
+    #: ``max_id`` (CLIP configs with the legacy ``eos_token_id`` 2: the largest id, which
+    #: is the end-of-text token in CLIP's vocabulary), ``last`` (SigLIP: last position).
+    pooling: Literal["eos", "max_id", "last"]
+    onnx_sha256: str | None = None
+
+
+class VisionTower(msgspec.Struct, frozen=True, kw_only=True):
+    """The vision tower: ``vision/model.onnx`` takes ``input`` (batch, 3, height, width)
+    float32 from :class:`ImagePreprocessing` and gives one projected vector per image.
+    Only the batch axis varies, so its buckets are batch sizes only."""
+
+    input: str
+    output: str
+    channels: int = 3
+    height: int
+    width: int
+    onnx_sha256: str | None = None
+
+
+class ImageTextManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """``trt_async.json`` of an image-text model folder (``trt-async export`` of a CLIP or
+    SigLIP checkpoint): two towers whose vectors share one space.
+
+    Layout: ``text/model.onnx`` with ``text/tokenizer.json`` (and ``text/trt_async.json``,
+    an :class:`ExportManifest` for serving the text tower alone), ``vision/model.onnx``,
+    and beside this file the source's ``config.json`` and ``preprocessor_config.json``.
+    """
+
+    kind: Literal["image-text"] = "image-text"
+    family: Literal["clip", "siglip"]
+    text: TextTower
+    vision: VisionTower
+    preprocessing: ImagePreprocessing
+    #: Length of every vector, text or image.
+    embedding_size: int
+    #: Zero-shot classification: ``logit_scale * cosine (+ logit_bias)``, then softmax over
+    #: the labels (CLIP) or a sigmoid per label (SigLIP), as transformers' pipeline does.
+    logit_scale: float
+    logit_bias: float | None = None
+    zero_shot_activation: Literal["softmax", "sigmoid"]
+    #: transformers' zero-shot-image-classification default.
+    hypothesis_template: str = "This is a photo of {}."
+    #: What the export measured against transformers and torch (ONNX Runtime, fp32).
+    text_min_cosine: float | None = None
+    vision_min_cosine: float | None = None
+    preprocessing_max_abs_diff: float | None = None
+    opset: int | None = None
+    exporter: str | None = None
+    source: str | None = None
+
+
+def read_image_text_manifest(root: Path) -> ImageTextManifest | None:
+    """The image-text manifest of folder ``root``, or None when it holds another model."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        raw = msgspec.json.decode(path.read_bytes())
+    except msgspec.DecodeError as exc:
+        raise ModelDirError(f"{path}: not valid JSON ({exc}); re-run trt-async export") from None
+    if not isinstance(raw, dict) or raw.get("kind") != "image-text":
+        return None
+    try:
+        return msgspec.convert(raw, ImageTextManifest)
+    except msgspec.ValidationError as exc:
+        raise ModelDirError(
+            f"{path}: not a valid image-text manifest ({exc}); re-run trt-async export"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ImageTextFiles:
+    """The resolved files of an image-text model folder."""
+
+    root: Path
+    manifest: ImageTextManifest
+    #: The text tower as an ordinary model folder (graph, tokenizer.json, manifest).
+    text: ModelFiles
+    vision_onnx: Path | None
+    #: TensorRT plans beside ``vision/model.onnx``, if one was built.
+    vision_plan: Path | None
+
+    @classmethod
+    def resolve(cls, root: str | Path) -> ImageTextFiles:
+        folder = Path(root)
+        manifest = read_image_text_manifest(folder)
+        if manifest is None:
+            raise ModelDirError(
+                f"{folder / MANIFEST_NAME}: not an image-text model folder; export a CLIP "
+                "or SigLIP checkpoint with trt-async export"
+            )
+        vision = folder / VISION_TOWER_DIR
+        onnx = vision / ONNX_NAME
+        plans = (
+            sorted(p for p in vision.iterdir() if p.suffix in PLAN_SUFFIXES)
+            if (vision.is_dir())
+            else []
+        )
+        if not onnx.is_file() and not plans:
+            raise ModelDirError(f"{onnx}: missing; re-run trt-async export")
+        return cls(
+            root=folder,
+            manifest=manifest,
+            text=ModelFiles.resolve(folder / TEXT_TOWER_DIR),
+            vision_onnx=onnx if onnx.is_file() else None,
+            vision_plan=plans[0] if plans else None,
+        )

@@ -32,6 +32,9 @@ Pooling = Literal["cls", "mean", "last", "none"]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 _T = TypeVar("_T")
+#: Most pixels (width x height) of one image by default: 8192 x 8192, 192 MiB as RGB; below
+#: Pillow's own decompression-bomb warning (about 89 M pixels).
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 26
 
 
 class ModelKind(str, enum.Enum):
@@ -161,6 +164,37 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return msgspec.json.encode(per_name_defaults)
 
 
+class ImageUrlConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Fetching images that requests name by http(s) URL (base64 and ``data:`` URIs are
+    always accepted). Off by default; when on, only ``allow_hosts`` are fetched, and only
+    from public addresses (checked after DNS and after each redirect)."""
+
+    enabled: bool = False
+    #: Host names fetched from: ``images.example.com``, ``*.example.com`` (its subdomains)
+    #: or ``*`` (any host; the address checks still apply). Every redirect is checked too.
+    allow_hosts: list[str] = msgspec.field(default_factory=list)
+    #: Most bytes of one image.
+    max_bytes: Positive = 16 * 1024 * 1024
+    #: Seconds one URL may take, redirects included; and to open one connection.
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    max_redirects: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.allow_hosts:
+            raise ValueError(
+                "enabled needs allow_hosts: list the image hosts (or '*' for any public host)"
+            )
+        hosts = [h.strip().lower().rstrip(".") for h in self.allow_hosts]
+        bad = [h for h in hosts if not _ALLOWED_HOST.fullmatch(h)]
+        if bad:
+            raise ValueError(f"allow_hosts entry {bad[0]!r} is not a host name, '*.domain' or '*'")
+        self.allow_hosts = hosts
+
+
+_ALLOWED_HOST = re.compile(r"\*|(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[?[0-9a-f:.]+\]?")
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "0.0.0.0"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8887
@@ -192,6 +226,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 20.0
     #: Seconds from a request's headers to the end of its body; a slower body is answered 408.
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: Images given by URL (off unless enabled, see ImageUrlConfig).
+    image_urls: ImageUrlConfig = msgspec.field(default_factory=ImageUrlConfig)
+    #: Most pixels of one image, read from its header before it is decoded.
+    max_image_pixels: Positive = DEFAULT_MAX_IMAGE_PIXELS
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

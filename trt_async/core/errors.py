@@ -39,6 +39,8 @@ class Part(enum.Enum):
     NAME = "name"
     #: An LLM reranker's instruction.
     INSTRUCTION = "instruction"
+    #: The images to embed (URLs, ``data:`` URIs or base64).
+    IMAGES = "image"
 
 
 #: How a part is named in a sentence: :func:`core_name`, or an API's field names.
@@ -51,6 +53,7 @@ ITEMS: dict[Part, str] = {
     Part.DOCUMENTS: "document",
     Part.TEXTS: "text",
     Part.LABELS: "label",
+    Part.IMAGES: "image",
 }
 
 
@@ -294,3 +297,31 @@ class BackendFailure(ServingError):
     def __init__(self, error_id: str) -> None:
         super().__init__(f"inference failed (error id {error_id}); the server logged the cause")
         self.error_id = error_id
+
+
+class InvalidImage(InvalidInput):
+    """An image of ``part`` (item ``index``) that cannot be used; ``reason`` says why in
+    words that follow the item's name ("is not an image ...", "is truncated ...")."""
+
+    def __init__(self, index: int, reason: str, *, part: Part = Part.IMAGES) -> None:
+        super().__init__(part=part)
+        self.index = index
+        self.reason = reason
+
+    def describe(self, name: Naming) -> str:
+        assert self.part is not None
+        return f"{name(self.part)}[{self.index}] {self.reason}"
+
+
+class ImageTooLarge(InvalidImage):
+    """An image over a size limit: its pixels (a decompression bomb) or a URL's bytes."""
+
+
+class ImageUrlRefused(InvalidImage):
+    """An image URL the configuration does not let the server fetch (URLs off, a host not
+    allowed, an address that is not public)."""
+
+
+class ImageFetchFailed(InvalidImage):
+    """An image URL that was allowed but did not give an image (an HTTP error, a timeout,
+    too many redirects, a content type that is not an image)."""

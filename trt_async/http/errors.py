@@ -45,7 +45,11 @@ from trt_async.core.errors import (
     EmptyInput,
     Forbidden,
     ForeignTokenIds,
+    ImageFetchFailed,
+    ImageTooLarge,
+    ImageUrlRefused,
     InputTooLong,
+    InvalidImage,
     InvalidInput,
     InvalidPath,
     InvalidTemplate,
@@ -186,6 +190,10 @@ CORE_ERRORS: Mapping[type[ServingError], ErrorMapping] = {
     Overloaded: ErrorMapping(429, "Overloaded", "overloaded"),
     Unavailable: ErrorMapping(503, "Unhealthy", "unavailable"),
     BackendFailure: ErrorMapping(500, "Backend", "backend_error"),
+    InvalidImage: ErrorMapping(422, "Validation", "invalid_image"),
+    ImageTooLarge: ErrorMapping(413, "Validation", "image_too_large"),
+    ImageUrlRefused: ErrorMapping(403, "Validation", "image_url_refused"),
+    ImageFetchFailed: ErrorMapping(422, "Validation", "image_fetch_failed"),
 }
 
 

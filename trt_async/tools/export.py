@@ -139,8 +139,13 @@ def export_model(
     Decoder models (Qwen3, Qwen2, Mistral, Llama, Gemma) are exported by
     :mod:`.export_decoder`, which reads ``template`` (LLM rerankers) and ``mask``.
     """
-    from trt_async.tools import export_decoder
+    from trt_async.tools import export_clip, export_decoder
 
+    if export_clip.is_image_text(Path(hf_dir)):
+        raise ExportError(
+            f"{hf_dir} is a CLIP/SigLIP model (two towers): export it with "
+            "trt_async.tools.export_clip.export_image_text_model"
+        )
     if export_decoder.is_decoder(Path(hf_dir)):
         return export_decoder.export_decoder_model(
             Path(hf_dir),
@@ -812,6 +817,10 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``trt-async export``: 0 on success, 1 with the reason on stderr otherwise."""
+    from trt_async.tools import export_clip
+
+    if export_clip.is_image_text(args.hf_folder):
+        return export_clip.run_image_text_export(args)
     try:
         manifest = export_model(
             args.hf_folder,
