@@ -14,7 +14,7 @@ import string
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -39,6 +39,8 @@ from trt_async.core.scheduler import Prepared, ScheduleResult, prepare
 from trt_async.core.tokenizer import Direction, TextInput, TokenInfo
 
 log = logging.getLogger(__name__)
+
+_TEXT_TYPES = {str, tuple}
 
 T = TypeVar("T")
 
@@ -228,11 +230,13 @@ class ServedModel:
             return encodings, time.perf_counter() - start
         first = inputs[0]
         if isinstance(first, str | tuple):
-            texts: list[TextInput] = []
-            for i, x in enumerate(inputs):
-                if not isinstance(x, str | tuple):
-                    raise MixedInputs(i)
-                texts.append(x)
+            # One pass in C over the items' types; a mixed list is searched only to name
+            # the first item that does not fit.
+            if not {type(x) for x in inputs} <= _TEXT_TYPES:
+                raise MixedInputs(
+                    next(i for i, x in enumerate(inputs) if not isinstance(x, str | tuple))
+                )
+            texts = cast("Sequence[TextInput]", inputs)
             encodings = await self.runtime.tokenize_queue.encode(
                 texts, truncate=trunc, direction=direction
             )

@@ -131,7 +131,7 @@ def _heads(data: InferRequest) -> frozenset[Head]:
 def _to_request(data: InferRequest, call: Call[InferRequest]) -> Request:
     name = call.path("model")
     served = call.inference.lookup(name)
-    if served.kind is ModelKind.NLI:
+    if served.capabilities.role is ModelKind.NLI:
         premises = _as_list(data.premises, "premises")
         hypotheses = _as_list(data.hypotheses, "hypotheses")
         if len(premises) != len(hypotheses):
@@ -148,7 +148,7 @@ def _to_request(data: InferRequest, call: Call[InferRequest]) -> Request:
             truncate=data.truncate,
         )
     documents = _as_list(data.documents, "documents")
-    if served.kind is ModelKind.RERANKER or data.query is not None:
+    if served.capabilities.role is ModelKind.RERANKER or data.query is not None:
         if data.query is None:
             raise InvalidInput("query is required for a reranker", field="query")
         if not documents:

@@ -114,7 +114,7 @@ def _parse(data: dict[Any, Any], call: Call[dict[Any, Any]]) -> tuple[RootBody, 
         first = next(iter(call.inference.registry), None)
         name = first.name if first is not None else None
     served = call.inference.lookup(name, tuple(ModelKind))
-    if served.kind is ModelKind.EMBEDDING:
+    if served.capabilities.role is ModelKind.EMBEDDING:
         return _convert(data, EmbedRequest), served.name
     return _convert(data, PredictRequest), served.name
 
