@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import msgspec
 from msgspec import UNSET
 
-from trt_async.backends.modelfiles import ExportManifest, PairTemplate
+from trt_async.backends.modelfiles import ExportManifest, ModelDirError, ModelFiles, PairTemplate
 from trt_async.core import heads, templates
 from trt_async.core.config import ConfigError, ModelConfig, ModelKind
 from trt_async.core.errors import MissingHead, Part, WrongModelKind
@@ -216,3 +216,26 @@ def model_prompts(
             f"({known}); name one of them, or add it under `prompts`"
         )
     return prompts, default
+
+
+class DeclaredInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a configured model's folder says goes around its inputs, read without loading
+    it (for the API docs' examples)."""
+
+    prompt_names: list[str] = msgspec.field(default_factory=list)
+    default_prompt_name: str | None = None
+    pair_template: str | None = None
+
+
+def declared_inputs(config: ModelConfig) -> DeclaredInputs:
+    """The prompt names and the pair template ``config``'s model will have; nothing when
+    its folder cannot be read (loading it reports why)."""
+    try:
+        files = ModelFiles.resolve(config.model_path, config.tokenizer_path)
+        prompts, default = model_prompts("", config, files.manifest)
+    except (ModelDirError, ConfigError, OSError):
+        return DeclaredInputs()
+    manifest = files.manifest
+    if manifest is not None and manifest.pair_template is not None:
+        return DeclaredInputs(pair_template=manifest.pair_template.name)
+    return DeclaredInputs(prompt_names=sorted(prompts), default_prompt_name=default)

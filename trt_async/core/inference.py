@@ -253,7 +253,11 @@ class Inference:
 
     async def _tokenize(self, model: ServedModel, request: TokenizeRequest) -> Tokens:
         self.check_items(len(request.texts))
-        rows = await model.tokenize(request.texts, add_special_tokens=request.add_special_tokens)
+        # What the model reads: with the prompt /embed would put before the texts.
+        prompt = model.capabilities.prompt(model.name, prompt_name=request.prompt_name)
+        rows = await model.tokenize(
+            request.texts, add_special_tokens=request.add_special_tokens, prompt=prompt
+        )
         return Tokens(model.name, rows)
 
 

@@ -126,6 +126,8 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     texts: Sequence[str]
     model: str | None = None
     add_special_tokens: bool = True
+    #: One of the model's named prompts, put before each text as an embedding would.
+    prompt_name: str | None = None
 
 
 Request = (

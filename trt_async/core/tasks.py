@@ -599,11 +599,17 @@ class ServedModel:
         return await self._off_loop(lambda: tok.clip(texts, max_tokens))
 
     async def tokenize(
-        self, texts: Sequence[str], *, add_special_tokens: bool = True
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, prompt: str = ""
     ) -> list[list[TokenInfo]]:
+        """Each text's tokens, with ``prompt`` before it (offsets are into the prompt and
+        the text joined, as the model reads them)."""
         if not texts:
             raise EmptyInput(Part.INPUTS)
+        empty = next((i for i, text in enumerate(texts) if not text), None)
+        if prompt and empty is not None:
+            raise EmptyInput(Part.INPUTS, empty)
         tok = self.runtime.tokenizer
+        joined = [prompt + text for text in texts] if prompt else texts
         return await self._off_loop(
-            lambda: tok.tokens(texts, add_special_tokens=add_special_tokens)
+            lambda: tok.tokens(joined, add_special_tokens=add_special_tokens)
         )

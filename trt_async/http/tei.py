@@ -109,6 +109,7 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     add_special_tokens: Annotated[
         bool, Meta(description="Include the model's special tokens ([CLS], [SEP], ...).")
     ] = True
+    prompt_name: PromptName = None
     model: Annotated[str | None, Meta(description="A served model (default: the first one).")] = (
         None
     )
@@ -243,6 +244,7 @@ def _tokenize_request(data: TokenizeRequest, call: Call[TokenizeRequest]) -> Cor
         texts=texts,
         model=data.model or call.query("model"),
         add_special_tokens=data.add_special_tokens,
+        prompt_name=data.prompt_name,
     )
 
 
