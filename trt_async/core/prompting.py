@@ -123,20 +123,22 @@ def encode_prompted_each(
 def _fit(tok: TextTokenizer, request: PromptedRequest, i: int, enc: RustEncoding) -> Encoding:
     """Item ``i`` of ``request`` (``enc``: its prompt and text) within ``max_length``."""
     max_length = tok.max_length
-    ids, types = list(enc.ids), list(enc.type_ids)
+    ids = enc.ids
+    types = enc.type_ids if tok.with_type_ids else None
     if len(ids) > max_length:
         if not request.truncate:
             raise InputTooLong(i, len(ids), max_length)
         if request.direction == "right":
             # As the tokenizer's own truncation: the text's last tokens go, the special
             # tokens at both ends (an appended EOS) stay.
-            trail = len(tok.suffix_ids)
-            ids = ids[: max_length - trail] + ids[len(ids) - trail :]
-            types = types[: max_length - trail] + types[len(types) - trail :]
+            keep, trail = max_length - len(tok.suffix_ids), len(ids) - len(tok.suffix_ids)
+            ids = ids[:keep] + ids[trail:]
+            types = types[:keep] + types[trail:] if types is not None else None
         else:
             cut = _cut_start(tok.untruncated, request, request.texts[i], max_length)
-            ids, types = list(cut.ids), list(cut.type_ids)
-    return Encoding(ids, types if tok.with_type_ids else None)
+            ids = cut.ids
+            types = cut.type_ids if types is not None else None
+    return Encoding(ids, types)
 
 
 def _cut_start(
