@@ -20,7 +20,14 @@ from trt_async.http.errors import CORE_ERRORS, core_error_mapping
 def test_names_differing_only_in_per_name_options_share_a_runtime() -> None:
     base = ModelConfig(model_path="/m")
     same = ModelConfig(
-        model_path="/m", model_name="x", normalize=False, score_activation="none", truncate=False
+        model_path="/m",
+        model_name="x",
+        normalize=False,
+        score_activation="none",
+        truncate=False,
+        prompts={"query": "query: "},
+        default_prompt_name="query",
+        instruction="Find the answer",
     )
     assert base.runtime_key() == same.runtime_key()
     for changed in (
@@ -42,6 +49,8 @@ def _model(failures: int) -> ServedModel:
     runtime.task = None
     runtime.head_reducers = {}
     runtime.labels = {}
+    runtime.files = cast(Any, SimpleNamespace(manifest=None))  # no prompts, no template
+    runtime.tokenizer = cast(Any, None)
     config = ModelConfig(model_path="/m")
     return ServedModel("m", ModelKind.EMBEDDING, config, runtime, unhealthy_after=3)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
+from msgspec import UNSET, UnsetType
 
 from trt_async.backends import BackendName
 from trt_async.backends.base import Precision as Precision  # the engine build tool reads it here
@@ -124,6 +125,16 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     labels: dict[int, str] | None = None
     #: Truncate over-long inputs unless a request says otherwise (TEI's ``auto_truncate``).
     truncate: bool = True
+    #: Embedders: prompts by name, put before a request's texts when it names one
+    #: (``prompt_name``). They join the model's own sentence-transformers prompts (from
+    #: its export manifest), replacing those of the same name.
+    prompts: dict[str, str] | None = None
+    #: The prompt put before the texts of a request that names none. Default: the model's
+    #: own (sentence-transformers' ``default_prompt_name``); ``null`` for none at all.
+    default_prompt_name: str | UnsetType | None = UNSET
+    #: LLM rerankers: the instruction pairs are read with when a request gives none
+    #: (default: the template's own).
+    instruction: str | None = None
     intra_op_threads: Positive | None = None
     #: ONNX Runtime: batches run side by side under load, each on its share of the
     #: threads (default: one per thread; 1 runs every batch on all threads).
@@ -152,7 +163,7 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def runtime_key(self) -> bytes:
         """Equal for configs that can share one runtime (one backend, one queue): every
         option but those read per name (display name, normalisation, score activation,
-        truncation default, output budget) is the same."""
+        truncation default, output budget, prompts, instruction) is the same."""
         per_name_defaults = msgspec.structs.replace(
             self,
             model_name=None,
@@ -160,6 +171,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             score_activation="sigmoid",
             truncate=True,
             max_request_output_mib=512,
+            prompts=None,
+            default_prompt_name=UNSET,
+            instruction=None,
         )
         return msgspec.json.encode(per_name_defaults)
 

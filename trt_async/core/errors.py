@@ -35,6 +35,8 @@ class Part(enum.Enum):
     MODEL = "model"
     #: The name of one of the model's prompts (sentence-transformers' ``prompt_name``).
     PROMPT_NAME = "prompt_name"
+    #: A prompt's own text, sent with the request.
+    PROMPT = "prompt"
     #: The name a model is loaded under.
     NAME = "name"
     #: An LLM reranker's instruction.

@@ -18,7 +18,6 @@ from trt_async.core import heads
 from trt_async.core.config import ModelKind, ServerConfig
 from trt_async.core.errors import (
     EmptyInput,
-    InvalidInput,
     ModelNotFound,
     Part,
     TooManyInputs,
@@ -41,7 +40,7 @@ from trt_async.core.requests import (
     ZeroShotRequest,
     ZeroShotScores,
 )
-from trt_async.core.tasks import ServedModel
+from trt_async.core.tasks import Prompt, ServedModel
 
 T = TypeVar("T")
 
@@ -87,6 +86,8 @@ class Inference:
                 caps.require_head(name, head)
         elif isinstance(request, RerankRequest):
             caps.require_reranks(name)
+            if request.instruction is not None:
+                caps.require_instruction(name)
         elif isinstance(request, ClassifyRequest):
             caps.require_classifies(name)
         elif isinstance(request, ZeroShotRequest):
@@ -144,11 +145,16 @@ class Inference:
 
     async def _embed(self, model: ServedModel, request: EmbedRequest) -> Embeddings:
         self.check_items(len(request.inputs))
-        if request.prompt_name is not None:
-            raise InvalidInput(
-                f"model {model.name!r} has no prompts; prompt_name cannot be used",
-                part=Part.PROMPT_NAME,
-            )
+        prompt = Prompt(
+            model.capabilities.prompt(
+                model.name,
+                prompt_name=request.prompt_name,
+                prompt=request.prompt,
+                input_type=request.input_type,
+            ),
+            asked=request.prompt is not None or request.prompt_name is not None,
+            part=Part.PROMPT if request.prompt is not None else Part.PROMPT_NAME,
+        )
         inputs = request.inputs
         if request.max_tokens is not None:
             texts = [x for x in inputs if isinstance(x, str)]
@@ -161,6 +167,7 @@ class Inference:
             truncate=request.truncate,
             direction=request.direction,
             heads=request.heads,
+            prompt=prompt,
         )
         quantized = {
             kind: await model.quantize(
@@ -194,6 +201,7 @@ class Inference:
             raw_scores=request.raw_scores,
             truncate=request.truncate,
             max_tokens_per_doc=request.max_tokens_per_doc,
+            instruction=request.instruction,
         )
         order = best_first(result.scores, request.top_n)
         return Ranking(model.name, result.scores, order, result.tokens, result.timings)
@@ -236,14 +244,20 @@ class Inference:
     async def _similarity(self, model: ServedModel, request: SimilarityRequest) -> Similarities:
         texts = [request.source, *request.sentences]
         self.check_items(len(texts))
-        result = await model.embed(texts, normalize=True)
+        # Both sides as an embedding request that names no prompt: the model's default.
+        default = Prompt(model.capabilities.prompt(model.name))
+        result = await model.embed(texts, normalize=True, prompt=default)
         vectors = result.vectors.astype(np.float64)
         scores = vectors[1:] @ vectors[0]
         return Similarities(model.name, scores, result.tokens, result.timings)
 
     async def _tokenize(self, model: ServedModel, request: TokenizeRequest) -> Tokens:
         self.check_items(len(request.texts))
-        rows = await model.tokenize(request.texts, add_special_tokens=request.add_special_tokens)
+        # What the model reads: with the prompt /embed would put before the texts.
+        prompt = model.capabilities.prompt(model.name, prompt_name=request.prompt_name)
+        rows = await model.tokenize(
+            request.texts, add_special_tokens=request.add_special_tokens, prompt=prompt
+        )
         return Tokens(model.name, rows)
 
 

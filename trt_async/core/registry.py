@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trt_async.backends import BackendUnavailable
-from trt_async.backends.modelfiles import ModelDirError, ModelFiles
+from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core import hub
 from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
 from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound, Part
@@ -138,21 +138,25 @@ class ModelRegistry:
                 if self._timings_observer is not None
                 else None
             )
-            model = ServedModel(
-                name,
-                kind,
-                config,
-                runtime,
-                on_timings=on_timings,
-                unhealthy_after=self._unhealthy_after,
-            )
+            try:
+                # Checks what the config asks of the model (prompts, an instruction).
+                model = ServedModel(
+                    name,
+                    kind,
+                    config,
+                    runtime,
+                    on_timings=on_timings,
+                    unhealthy_after=self._unhealthy_after,
+                )
+            except BaseException:
+                await self._release(key)
+                raise
             model.state = ModelState.READY
             self._models[name] = model
             return model
 
     def _build_runtime(self, name: str, config: ModelConfig) -> ModelRuntime:
         files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
-        refuse_unserved_inputs(files)
         observer = self._observer_factory(name) if self._observer_factory else None
         return create_runtime(files, config, observer=observer, label=name)
 
@@ -166,18 +170,21 @@ class ModelRegistry:
         async with self._lock:
             model = self.get(name)
             model.state = ModelState.DRAINING
-            key = model.config.runtime_key()
-            runtime, refs = self._runtimes[key]
-            if refs > 1:
-                self._runtimes[key] = (runtime, refs - 1)
-            else:
-                await runtime.scheduler.drain()
-                await runtime.close()
-                del self._runtimes[key]
+            await self._release(model.config.runtime_key())
             model.state = ModelState.UNLOADED
             del self._models[name]
             if self._unload_observer is not None:
                 self._unload_observer(name)
+
+    async def _release(self, key: bytes) -> None:
+        """One name fewer on the runtime of ``key``: the last one drains and frees it."""
+        runtime, refs = self._runtimes[key]
+        if refs > 1:
+            self._runtimes[key] = (runtime, refs - 1)
+        else:
+            await runtime.scheduler.drain()
+            await runtime.close()
+            del self._runtimes[key]
 
     async def close(self, deadline_s: float = 0.0) -> None:
         """Drain everything for up to ``deadline_s``, fail what is left with 503, free all."""
@@ -204,26 +211,6 @@ class ModelRegistry:
 #: request at 700 and 0.03 ms at 10,000 (``perf/gc_pauses.py``). Only garbage in
 #: reference cycles waits longer to be freed.
 YOUNG_GC_THRESHOLD = 10_000
-
-
-def refuse_unserved_inputs(files: ModelFiles) -> None:
-    """Refuse a model whose inputs the request routes do not build yet: an LLM reranker
-    reads each pair in its template (``core.prompting.encode_llm_pairs``), and a model with
-    a default prompt gets it on every input (``core.prompting.encode_prompted``). Served
-    without them, its scores or vectors would look plausible and be wrong."""
-    manifest = files.manifest
-    if manifest is None:
-        return
-    if manifest.pair_template is not None:
-        raise ModelDirError(
-            f"{files.root}: an LLM reranker (template {manifest.pair_template.name}); this "
-            "server's rerank routes do not lay out its pairs yet, so it cannot be served"
-        )
-    if manifest.default_prompt_name is not None:
-        raise ModelDirError(
-            f"{files.root}: its default prompt ({manifest.default_prompt_name!r}) goes before "
-            "every input, which this server's embedding routes do not do yet"
-        )
 
 
 def settle_heap() -> None:

@@ -61,8 +61,13 @@ class EmbedRequest(msgspec.Struct, kw_only=True):
     heads: frozenset[Head] = frozenset()
     #: Quantised copies of the vectors wanted besides the floats.
     quantized: tuple[QuantizedType, ...] = ()
-    #: One of the model's named prompts, put before each text.
+    #: One of the model's named prompts, put before each text (None: the model's default).
     prompt_name: str | None = None
+    #: A prompt's own text, put before each text instead of a named one.
+    prompt: str | None = None
+    #: Cohere's ``input_type`` (``search_query``...): the model's prompt for that use, if
+    #: it has one (see :data:`~trt_async.core.templates.COHERE_INPUT_TYPES`).
+    input_type: str | None = None
     #: Also give each sparse weight's token text (FlagEmbedding's ``convert_id_to_token``).
     sparse_tokens: bool = False
 
@@ -80,6 +85,8 @@ class RerankRequest(msgspec.Struct, kw_only=True):
     max_tokens_per_doc: int | None = None
     #: Rank only the n best (default: all).
     top_n: int | None = None
+    #: An LLM reranker's instruction (None: the model's configured one, else its template's).
+    instruction: str | None = None
 
 
 class ClassifyRequest(msgspec.Struct, kw_only=True):
@@ -119,6 +126,8 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     texts: Sequence[str]
     model: str | None = None
     add_special_tokens: bool = True
+    #: One of the model's named prompts, put before each text as an embedding would.
+    prompt_name: str | None = None
 
 
 Request = (

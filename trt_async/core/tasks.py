@@ -18,8 +18,9 @@ from typing import TypeVar, cast
 
 import numpy as np
 
+from trt_async.backends.modelfiles import PairTemplate
 from trt_async.core import heads, quantize
-from trt_async.core.capabilities import Capabilities
+from trt_async.core.capabilities import Capabilities, model_prompts
 from trt_async.core.config import ModelConfig, ModelKind
 from trt_async.core.errors import (
     DimensionsOutOfRange,
@@ -33,10 +34,12 @@ from trt_async.core.errors import (
 )
 from trt_async.core.heads import finish_embeddings
 from trt_async.core.multivector import Head
+from trt_async.core.prompting import check_configured, encode_llm_pairs, encode_prompted
 from trt_async.core.requests import Timings
 from trt_async.core.runtime import TOKENIZE_POOL, ModelRuntime
 from trt_async.core.scheduler import Prepared, ScheduleResult, prepare
-from trt_async.core.tokenizer import Direction, TextInput, TokenInfo
+from trt_async.core.templates import PromptWithTokenIds
+from trt_async.core.tokenizer import Direction, Encoding, TextInput, TextTokenizer, TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,74 @@ class SharedPairs:
         return len(self.index)
 
 
+@dataclass(frozen=True, slots=True)
+class TemplatePairs:
+    """An LLM reranker's (query, document) pairs, each laid out in its template with an
+    instruction (see :func:`~trt_async.core.prompting.encode_llm_pairs`)."""
+
+    template: PairTemplate
+    query: str
+    documents: Sequence[str]
+    #: The request's instruction, and the model's configured one (used when it gives none).
+    instruction: str | None
+    configured_instruction: str | None
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def encode(self, tok: TextTokenizer, *, truncate: bool) -> list[Encoding]:
+        return encode_llm_pairs(
+            tok,
+            self.template,
+            self.query,
+            self.documents,
+            instruction=self.instruction,
+            configured_instruction=self.configured_instruction,
+            truncate=truncate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAndDocuments:
+    """A query and documents for an embedder to rerank by cosine, each with its own prompt
+    (the model's query and document prompts): item 0 is the query."""
+
+    query: str
+    query_prompt: str
+    documents: Sequence[str]
+    document_prompt: str
+
+    def __len__(self) -> int:
+        return 1 + len(self.documents)
+
+    def encode(self, tok: TextTokenizer, *, truncate: bool) -> list[Encoding]:
+        query = encode_prompted(tok, [self.query], self.query_prompt, truncate=truncate)
+        try:
+            documents = encode_prompted(
+                tok, self.documents, self.document_prompt, truncate=truncate
+            )
+        except InputTooLong as exc:  # numbered as in [query, *documents]
+            raise exc.about(exc.index + 1, Part.INPUTS, "") from None
+        return [*query, *documents]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The text put before each input of an embedding request, and where it came from."""
+
+    text: str
+    #: The request asked for a prompt (by name or text), not only the model's default.
+    asked: bool = False
+    part: Part = Part.PROMPT_NAME
+
+
+#: What a task hands :meth:`ServedModel._run`: texts (or pairs), token-id lists, or inputs
+#: laid out for one kind of model.
+ModelInputs = (
+    Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs | TemplatePairs | QueryAndDocuments
+)
+
+
 #: Characters all of one request's zero-shot hypotheses may hold together: a template with
 #: many ``{}`` fields and long labels would otherwise multiply a small body into megabytes.
 MAX_HYPOTHESES_CHARS = 1 << 20
@@ -150,13 +221,21 @@ class ServedModel:
         self.kind = kind
         self.config = config
         self.runtime = runtime
-        #: What it can do, decided once from its role and its graph.
+        manifest = runtime.files.manifest
+        prompts, default_prompt_name = model_prompts(name, config, manifest)
+        #: What it can do, decided once from its role, its graph and what goes around its
+        #: inputs (prompts, a pair template); a config it cannot take is refused here.
         self.capabilities = Capabilities.of(
             kind,
             gives_vectors=runtime.is_embedder,
             heads_available=frozenset(runtime.head_reducers),
             labels=runtime.labels,
+            prompts=prompts,
+            default_prompt_name=default_prompt_name,
+            pair_template=manifest.pair_template if manifest is not None else None,
+            instruction=config.instruction,
         )
+        check_configured(name, self.capabilities, config, runtime.tokenizer)
         #: The lifecycle state the registry sets; health is read from the runtime.
         self._state = ModelState.LOADING
         self._unhealthy_after = unhealthy_after
@@ -202,9 +281,10 @@ class ServedModel:
 
     async def _encode(
         self,
-        inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
+        inputs: ModelInputs,
         truncate: bool | None,
         direction: Direction,
+        prompt: Prompt | None = None,
     ) -> tuple[Prepared, float]:
         """The inputs tokenised and grouped for the scheduler, off the event loop."""
         if len(inputs) == 0:
@@ -213,6 +293,12 @@ class ServedModel:
         tok = self.runtime.tokenizer
         grid = self.runtime.grid
         start = time.perf_counter()
+        if isinstance(inputs, QueryAndDocuments | TemplatePairs):
+            laid_out = inputs
+            encodings = await self._off_loop(
+                lambda: prepare(laid_out.encode(tok, truncate=trunc), grid)
+            )
+            return encodings, time.perf_counter() - start
         if isinstance(inputs, SharedPairs):
             shared = inputs
             encodings = await self._off_loop(
@@ -237,10 +323,21 @@ class ServedModel:
                     next(i for i, x in enumerate(inputs) if not isinstance(x, str | tuple))
                 )
             texts = cast("Sequence[TextInput]", inputs)
-            encodings = await self.runtime.tokenize_queue.encode(
-                texts, truncate=trunc, direction=direction
-            )
+            if prompt is not None and prompt.text:
+                encodings = await self.runtime.tokenize_queue.encode(
+                    texts,
+                    truncate=trunc,
+                    direction=direction,
+                    prompt=prompt.text,
+                    prompt_part=prompt.part,
+                )
+            else:
+                encodings = await self.runtime.tokenize_queue.encode(
+                    texts, truncate=trunc, direction=direction
+                )
         else:
+            if prompt is not None and prompt.asked:
+                raise PromptWithTokenIds(prompt.part)
             id_lists: list[Sequence[int]] = []
             for i, x in enumerate(inputs):
                 if isinstance(x, str | tuple):
@@ -254,17 +351,18 @@ class ServedModel:
 
     async def _run(
         self,
-        inputs: Sequence[TextInput] | Sequence[Sequence[int]] | SharedPairs,
+        inputs: ModelInputs,
         truncate: bool | None,
         direction: Direction = "right",
         heads: Collection[Head] = (),
         unit: bool = False,
+        prompt: Prompt | None = None,
     ) -> tuple[ScheduleResult, Timings]:
         self._check_ready()
         # Refuse what cannot be queued before paying for its tokenisation.
         self.runtime.scheduler.admit(len(inputs))
         start = time.perf_counter()
-        encodings, tokenize_s = await self._encode(inputs, truncate, direction)
+        encodings, tokenize_s = await self._encode(inputs, truncate, direction, prompt)
         if heads:
             self._check_output_budget(encodings, heads)
         result = await self.runtime.scheduler.submit(encodings, heads, unit=unit)
@@ -303,12 +401,15 @@ class ServedModel:
         truncate: bool | None = None,
         direction: Direction = "right",
         heads: Collection[Head] = (),
+        prompt: Prompt | None = None,
     ) -> EmbedResult:
         """Embeddings, normalised unless told otherwise, cut to ``dimensions`` (Matryoshka).
 
         ``heads`` asks for token-level results from the same forward pass: bge-m3's
         ``sparse`` lexical weights and ``colbert`` vectors, or every token's vector
         (``tokens``); a model whose graph lacks one answers :class:`MissingHead`.
+        ``prompt`` goes before each text (token ids take none: :class:`PromptWithTokenIds`
+        when one was asked for); without it, texts go as sent.
         """
         self.capabilities.require_embeds(self.name)
         for head in heads:
@@ -319,7 +420,9 @@ class ServedModel:
         norm = self.config.normalize if normalize is None else normalize
         # Unit rows come normalised with their batch; anything else is finished here.
         unit = norm and dimensions is None
-        result, timings = await self._run(inputs, truncate, direction, heads, unit=unit)
+        result, timings = await self._run(
+            inputs, truncate, direction, heads, unit=unit, prompt=prompt
+        )
         vectors = (
             result.rows
             if unit
@@ -361,13 +464,17 @@ class ServedModel:
         raw_scores: bool = False,
         truncate: bool | None = None,
         max_tokens_per_doc: int | None = None,
+        instruction: str | None = None,
     ) -> ScoreResult:
         """Relevance of each document to ``query``.
 
         A cross-encoder scores (query, document) pairs (sigmoid of the logit unless raw
-        scores are asked for or configured); an embedding model scores the cosine of the
-        two vectors, so an embedder can rerank too. ``max_tokens_per_doc`` cuts each
-        document to that many tokens first (Cohere v2).
+        scores are asked for or configured); an LLM reranker does the same with each pair
+        laid out in its template, read with ``instruction`` (else the configured one, else
+        the template's); an embedding model scores the cosine of the two vectors, so an
+        embedder can rerank too (the query with its query prompt, the documents with its
+        document prompt, where it has them). ``max_tokens_per_doc`` cuts each document to
+        that many tokens first (Cohere v2).
         """
         if not documents:
             raise EmptyInput(Part.DOCUMENTS)
@@ -376,12 +483,27 @@ class ServedModel:
         empty = next((i for i, document in enumerate(documents) if not document), None)
         if empty is not None:
             raise EmptyInput(Part.DOCUMENTS, empty)
+        caps = self.capabilities
+        caps.require_reranks(self.name)
+        if instruction is not None:
+            caps.require_instruction(self.name)
         if max_tokens_per_doc is not None:
             documents = await self.clip(documents, max_tokens_per_doc)
-        self.capabilities.require_reranks(self.name)
-        if self.capabilities.embeds:
+        if caps.pair_template is not None:
+            return await self._rerank_in_template(
+                caps.pair_template, query, documents, raw_scores, truncate, instruction
+            )
+        if caps.embeds:
+            inputs: ModelInputs = [query, *documents]
+            if caps.prompts:
+                inputs = QueryAndDocuments(
+                    query,
+                    caps.prompt_for("search_query"),
+                    documents,
+                    caps.prompt_for("search_document"),
+                )
             try:
-                result, timings = await self._run([query, *documents], truncate)
+                result, timings = await self._run(inputs, truncate)
             except InputTooLong as exc:  # item 0 is the query, item i + 1 document i
                 if exc.index == 0:
                     raise exc.about(0, Part.QUERY, "query") from None
@@ -400,9 +522,32 @@ class ServedModel:
         except InputTooLong as exc:
             what = f"the query with document {exc.index}"
             raise exc.about(exc.index, Part.DOCUMENTS, what) from None
+        return self._scores(result, timings, raw_scores)
+
+    def _scores(self, result: ScheduleResult, timings: Timings, raw_scores: bool) -> ScoreResult:
         logits = result.rows[:, 0].astype(np.float64)
         activate = not raw_scores and self.config.score_activation == "sigmoid"
         return ScoreResult(heads.sigmoid(logits) if activate else logits, result.tokens, timings)
+
+    async def _rerank_in_template(
+        self,
+        template: PairTemplate,
+        query: str,
+        documents: Sequence[str],
+        raw_scores: bool,
+        truncate: bool | None,
+        instruction: str | None,
+    ) -> ScoreResult:
+        """An LLM reranker's scores: each pair laid out in ``template``; the graph's row per
+        pair is already its score's logit (see ``heads.make_score_reducer``)."""
+        configured = self.capabilities.instruction
+        pairs = TemplatePairs(template, query, documents, instruction, configured)
+        try:
+            result, timings = await self._run(pairs, truncate)
+        except InputTooLong as exc:
+            what = f"the query with document {exc.index}"
+            raise exc.about(exc.index, Part.DOCUMENTS, what) from None
+        return self._scores(result, timings, raw_scores)
 
     async def classify(
         self,
@@ -458,11 +603,17 @@ class ServedModel:
         return await self._off_loop(lambda: tok.clip(texts, max_tokens))
 
     async def tokenize(
-        self, texts: Sequence[str], *, add_special_tokens: bool = True
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, prompt: str = ""
     ) -> list[list[TokenInfo]]:
+        """Each text's tokens, with ``prompt`` before it (offsets are into the prompt and
+        the text joined, as the model reads them)."""
         if not texts:
             raise EmptyInput(Part.INPUTS)
+        empty = next((i for i, text in enumerate(texts) if not text), None)
+        if prompt and empty is not None:
+            raise EmptyInput(Part.INPUTS, empty)
         tok = self.runtime.tokenizer
+        joined = [prompt + text for text in texts] if prompt else texts
         return await self._off_loop(
-            lambda: tok.tokens(texts, add_special_tokens=add_special_tokens)
+            lambda: tok.tokens(joined, add_special_tokens=add_special_tokens)
         )

@@ -61,11 +61,12 @@ class PromptTooLong(InvalidInput):
         self.max_length = max_length
 
     def describe(self, name: Naming) -> str:
-        what = (
-            f"{name(Part.INSTRUCTION)} with the model's template"
-            if self.part is Part.INSTRUCTION
-            else "the prompt"
-        )
+        if self.part is Part.INSTRUCTION:
+            what = f"{name(Part.INSTRUCTION)} with the model's template"
+        elif self.part is Part.PROMPT:
+            what = f"{name(Part.PROMPT)} (the prompt's text)"
+        else:
+            what = f"the prompt named by {name(Part.PROMPT_NAME)}"
         return (
             f"{what} takes {self.tokens} tokens, leaving no room for the text in this "
             f"model's {self.max_length}; send a shorter one"
@@ -84,6 +85,56 @@ class InstructionNotTaken(InvalidInput):
             f"model {self.model!r} takes no {name(Part.INSTRUCTION)} (only LLM rerankers "
             "exported with a template do); leave it out"
         )
+
+
+class PromptsNotTaken(InvalidInput):
+    """A prompt (named, or its text) for a model that has none: one that does not embed,
+    or an embedder whose export and config name no prompts."""
+
+    def __init__(self, model: str, part: Part, *, embeds: bool = True) -> None:
+        super().__init__(part=part)
+        self.model = model
+        self.embeds = embeds
+
+    def describe(self, name: Naming) -> str:
+        field = name(self.part) if self.part is not None else "prompt"
+        if not self.embeds:
+            return (
+                f"model {self.model!r} takes no {field}: prompts go before texts to embed, "
+                "and it does not embed; leave it out"
+            )
+        return (
+            f"model {self.model!r} has no prompts, so it takes no {field}; leave it out (a "
+            "server can give a model prompts with `prompts` in its config)"
+        )
+
+
+class PromptWithTokenIds(InvalidInput):
+    """A prompt asked for with inputs sent as token ids, which are a model's whole input."""
+
+    def __init__(self, part: Part) -> None:
+        super().__init__(part=part)
+
+    def describe(self, name: Naming) -> str:
+        return (
+            f"{name(self.part or Part.PROMPT_NAME)} cannot go before token ids: token ids are "
+            f"the model's whole input. Send the {name(Part.INPUTS)} as text, or tokenise the "
+            "prompt with the text yourself"
+        )
+
+
+class NotTakenBy(InvalidInput):
+    """A part of a request that the task it asks for has no use for: an embedding prompt
+    with a rerank, an instruction with an embedding."""
+
+    def __init__(self, part: Part, task: str, use: str) -> None:
+        super().__init__(part=part)
+        self.task = task
+        self.use = use
+
+    def describe(self, name: Naming) -> str:
+        assert self.part is not None
+        return f"{name(self.part)} is not taken when {self.task}: it applies to {self.use}"
 
 
 # -- embedding prompts -------------------------------------------------------------------------

@@ -5,7 +5,8 @@ as much as tokenising it, and under load that hop was paid for every request. He
 wait in one queue per model; whenever fewer than ``hops`` hops are out, one takes every
 request waiting and tokenises their texts with one call per truncation setting. Alone, a
 request still gets a hop of its own at once; under load, the loop pays one hop for all the
-requests that arrived while the previous hop ran. The loop itself never tokenises.
+requests that arrived while the previous hop ran. The loop itself never tokenises. Requests
+with an embedding prompt share the hops too (one tokenizer call for all of them).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
-from trt_async.core.errors import InvalidInput
+from trt_async.core.errors import InvalidInput, Part
 from trt_async.core.fairpool import FairPool
+from trt_async.core.prompting import PromptedRequest, encode_each
 from trt_async.core.tokenizer import (
     Direction,
     Encoding,
@@ -25,6 +27,7 @@ from trt_async.core.tokenizer import (
 )
 
 T = TypeVar("T")
+AnyTextRequest = TextRequest | PromptedRequest
 
 #: Texts one hop takes at most: a hop's result must not wait for a flood behind it.
 MAX_TEXTS_PER_HOP = 4096
@@ -48,16 +51,32 @@ class TokenizeQueue(Generic[T]):
         self._owner = owner
         self._hops = hops
         self._out = 0
-        self._waiting: list[tuple[TextRequest, asyncio.Future[T]]] = []
+        self._waiting: list[tuple[AnyTextRequest, asyncio.Future[T]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def encode(
-        self, texts: Sequence[TextInput], *, truncate: bool, direction: Direction = "right"
+        self,
+        texts: Sequence[TextInput],
+        *,
+        truncate: bool,
+        direction: Direction = "right",
+        prompt: str = "",
+        prompt_part: Part = Part.PROMPT_NAME,
     ) -> T:
         """``texts`` tokenised (as :meth:`TextTokenizer.encode` does, with its errors), and
-        finished."""
+        finished. A ``prompt`` goes before each text (as
+        :func:`~trt_async.core.prompting.encode_prompted` puts it; ``prompt_part`` says
+        where it came from); such texts must be strings."""
+        request: AnyTextRequest
+        if prompt:
+            strings = [t for t in texts if isinstance(t, str)]
+            if len(strings) != len(texts):
+                raise TypeError("a prompt goes before single texts, not before pairs")
+            request = PromptedRequest(strings, prompt, truncate, direction, prompt_part)
+        else:
+            request = TextRequest(texts, truncate, direction)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append((TextRequest(texts, truncate, direction), future))
+        self._waiting.append((request, future))
         if self._out < self._hops:
             self._launch()
         return await future
@@ -74,7 +93,7 @@ class TokenizeQueue(Generic[T]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _hop(self, jobs: list[tuple[TextRequest, asyncio.Future[T]]]) -> None:
+    async def _hop(self, jobs: list[tuple[AnyTextRequest, asyncio.Future[T]]]) -> None:
         # A request cancelled while waiting (its client left) is not tokenised.
         live = [(request, future) for request, future in jobs if not future.done()]
         try:
@@ -84,7 +103,7 @@ class TokenizeQueue(Generic[T]):
             def work() -> list[T | InvalidInput]:
                 return [
                     r if isinstance(r, InvalidInput) else finish(r)
-                    for r in tokenizer.encode_each(requests)
+                    for r in encode_each(tokenizer, requests)
                 ]
 
             results = await self._pool.run(self._owner, work)

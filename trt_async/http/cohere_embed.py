@@ -4,9 +4,10 @@
 little-endian float32) at once; the quantised types are computed by
 :meth:`~trt_async.core.tasks.ServedModel.quantize` (sentence-transformers' arithmetic,
 int8/uint8 calibrated per model). ``output_dimension`` keeps the first dimensions
-(Matryoshka) and re-normalises. ``input_type`` is accepted and has no effect: the models
-served here use no prompts. v1 without ``embedding_types`` answers ``embeddings_floats``.
-Errors are Cohere's ``{"message"}`` body.
+(Matryoshka) and re-normalises. ``input_type`` picks the model's prompt for that use
+(``search_query``: its ``query`` prompt, ``search_document``: its ``document`` or
+``passage`` prompt...); a model without one embeds the texts as sent. v1 without
+``embedding_types`` answers ``embeddings_floats``. Errors are Cohere's ``{"message"}`` body.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def _request(data: CohereEmbedRequest, types: list[EmbeddingType]) -> EmbedReque
         direction="left" if data.truncate == "START" else "right",
         max_tokens=data.max_tokens,
         quantized=tuple(t for t in types if t in _QUANTIZED),
+        input_type=data.input_type,
     )
 
 

@@ -36,6 +36,32 @@ Truncate: TypeAlias = Annotated[
     ),
 ]
 
+#: An embedding request's prompt, by name or as text (TEI's ``prompt_name``, and ``prompt``).
+PromptName: TypeAlias = Annotated[
+    str | None,
+    Meta(
+        description="One of the model's prompts, put before each text (sentence-transformers' "
+        "`prompt_name`; `GET /info?model=...` lists them). Default: the model's default "
+        "prompt, if it has one. Refused for a model without prompts."
+    ),
+]
+PromptText: TypeAlias = Annotated[
+    str | None,
+    Meta(
+        description="A prompt's own text, put before each text instead of a named prompt "
+        "(for models with prompts). Truncation keeps it and cuts the text."
+    ),
+]
+#: An LLM reranker's instruction for one request.
+Instruction: TypeAlias = Annotated[
+    str | None,
+    Meta(
+        description="LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2): "
+        "the instruction the pairs are read with (default: the model's). Refused for other "
+        "models."
+    ),
+]
+
 
 def direction(value: DirectionName) -> Literal["left", "right"]:
     return "left" if value.lower() == "left" else "right"

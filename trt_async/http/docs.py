@@ -28,7 +28,8 @@ from litestar.params import Body, FromPath
 from litestar.routes import BaseRoute
 from litestar.static_files import create_static_files_router
 
-from trt_async.core.config import Config, ModelKind
+from trt_async.core.capabilities import declared_inputs
+from trt_async.core.config import Config, ModelConfig, ModelKind
 from trt_async.http.routes import ANSWER_OPT, BODY_OPT
 
 ASSETS_PATH = "/assets"
@@ -95,6 +96,7 @@ QUERY = "What is the capital of France?"
 DOCUMENTS = ["Paris is the capital of France.", "Bread is baked every morning."]
 PREMISE = "A man is playing a guitar on stage."
 HYPOTHESIS = "Someone is making music."
+INSTRUCTION = "Given a question, find the passages that answer it"
 
 Examples = dict[str, dict[str, Any]]
 
@@ -116,6 +118,7 @@ def request_examples(config: Config) -> dict[tuple[str, str], Examples]:
     reranker = _first(config, ModelKind.RERANKER, ModelKind.EMBEDDING)
     nli = _first(config, ModelKind.NLI)
     out: dict[tuple[str, str], Examples] = {}
+    models = {name: model for name, _, model in config.models()}
 
     def add(path: str, name: str, body: dict[str, Any] | None, method: str = "post") -> None:
         if body is not None:
@@ -149,6 +152,7 @@ def request_examples(config: Config) -> dict[tuple[str, str], Examples]:
         "rerank (Voyage: top_k)",
         when(reranker, lambda m: {"model": m, "query": QUERY, "documents": DOCUMENTS, "top_k": 1}),
     )
+    _add_prompt_examples(add, models, embedder, reranker)
     root = _first(config, *ModelKind)
     add("/", "the root model's task (TEI)", {"inputs": DOCUMENTS[0]} if root else None)
     add(
@@ -209,6 +213,29 @@ def request_examples(config: Config) -> dict[tuple[str, str], Examples]:
         {"premises": [PREMISE], "hypotheses": [HYPOTHESIS]} if nli else None,
     )
     return out
+
+
+def _add_prompt_examples(
+    add: Callable[[str, str, dict[str, Any] | None], None],
+    models: dict[str, ModelConfig],
+    embedder: str | None,
+    reranker: str | None,
+) -> None:
+    """Examples with the first embedder's prompt names and the first reranker's
+    instruction, where their folders declare them."""
+    if embedder is not None:
+        names = declared_inputs(models[embedder]).prompt_names
+        name = "query" if "query" in names else (names[0] if names else None)
+        if name is not None:
+            label = f"embed with a prompt (prompt_name; this model's: {', '.join(names)})"
+            body = {"model": embedder, "input": QUERY, "prompt_name": name}
+            add("/v1/embeddings", label, body)
+            add("/embed", label, {"model": embedder, "inputs": QUERY, "prompt_name": name})
+    if reranker is not None and declared_inputs(models[reranker]).pair_template is not None:
+        instructed = {"model": reranker, "query": QUERY, "documents": DOCUMENTS}
+        instructed["instruction"] = INSTRUCTION
+        for path in ("/v1/rerank", "/v2/rerank"):
+            add(path, "rerank with an instruction (LLM reranker)", instructed)
 
 
 def _operation(schema: OpenAPI, method: str, path: str) -> Operation | None:

@@ -85,15 +85,32 @@ FIELD_NAMES: Mapping[Dialect, Mapping[Part, str]] = {
         Part.INPUTS: "input",
         Part.LABELS: "candidate_labels",
         Part.TEMPLATE: "hypothesis_template",
+        # Extra body fields (the OpenAI SDK's ``extra_body``), named as TEI names them.
+        Part.PROMPT_NAME: "prompt_name",
+        Part.PROMPT: "prompt",
+        Part.INSTRUCTION: "instruction",
     },
-    Dialect.RERANK: {},
-    Dialect.TEI: {Part.INPUTS: "inputs", Part.DOCUMENTS: "texts"},
+    Dialect.RERANK: {Part.INSTRUCTION: "instruction"},
+    Dialect.TEI: {
+        Part.INPUTS: "inputs",
+        Part.DOCUMENTS: "texts",
+        Part.PROMPT_NAME: "prompt_name",
+        Part.PROMPT: "prompt",
+        Part.INSTRUCTION: "instruction",
+    },
     Dialect.COHERE: {
         Part.INPUTS: "texts",
         Part.DIMENSIONS: "output_dimension",
         Part.TRUNCATION: "truncate=END",
+        # Cohere's requests choose a prompt only through their input_type.
+        Part.PROMPT_NAME: "input_type",
+        Part.PROMPT: "input_type",
     },
-    Dialect.DETAIL: {},
+    Dialect.DETAIL: {
+        Part.PROMPT_NAME: "prompt_name",
+        Part.PROMPT: "prompt",
+        Part.INSTRUCTION: "instruction",
+    },
 }
 
 

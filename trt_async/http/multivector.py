@@ -15,7 +15,7 @@ from litestar import Router
 
 from trt_async.core.multivector import Head, SparseVector
 from trt_async.core.requests import Embeddings, EmbedRequest
-from trt_async.http.common import DirectionName, direction
+from trt_async.http.common import DirectionName, PromptName, PromptText, direction
 from trt_async.http.errors import Dialect, dialect_handlers
 from trt_async.http.openai_api import EmbeddingInput, split_input
 from trt_async.http.routes import Call, Translation, inference_route, vector_matrix
@@ -25,7 +25,8 @@ class TokenEmbedRequest(msgspec.Struct, kw_only=True):
     inputs: EmbeddingInput
     truncate: bool | None = None
     truncation_direction: DirectionName = "right"
-    prompt_name: str | None = None
+    prompt_name: PromptName = None
+    prompt: PromptText = None
     model: str | None = None
 
 
@@ -49,6 +50,7 @@ def _request(head: Head) -> Translation[TokenEmbedRequest]:
             direction=direction(data.truncation_direction),
             heads=frozenset((head,)),
             prompt_name=data.prompt_name,
+            prompt=data.prompt,
         )
 
     if head == "sparse":

@@ -3,6 +3,8 @@
 ``encoding_format="base64"`` (what the official SDK sends by default) is little-endian
 float32. A body with an extra ``query`` field, or one naming a reranker, is the seed's rerank
 route: ``data[i]`` then carries the raw score of document ``i`` as a one-element embedding.
+Extra body fields (the SDK's ``extra_body``) take an embedding prompt (``prompt_name``, as
+TEI names it, or ``prompt``) and, for the rerank form, an LLM reranker's ``instruction``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from litestar.params import FromPath
 from msgspec import Meta
 
 from trt_async.core.config import ModelKind
-from trt_async.core.errors import InvalidInput
+from trt_async.core.errors import InvalidInput, Part
 from trt_async.core.requests import Embeddings, EmbedRequest, Ranking, RerankRequest
-from trt_async.http.common import RegistryDep, Truncate, error_responses
+from trt_async.core.templates import NotTakenBy
+from trt_async.http.common import (
+    Instruction,
+    PromptName,
+    PromptText,
+    RegistryDep,
+    Truncate,
+    error_responses,
+)
 from trt_async.http.errors import Dialect, dialect_handlers
 from trt_async.http.routes import Call, Translation, inference_route, vector_rows
 
@@ -59,6 +69,9 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
         ),
     ] = None
     truncate: Truncate = None
+    prompt_name: PromptName = None
+    prompt: PromptText = None
+    instruction: Instruction = None
 
 
 class Embedding(msgspec.Struct):
@@ -163,8 +176,15 @@ def _to_request(
     inputs = split_input(data.input)
     model = call.inference.lookup(data.model)
     if data.query is None and model.capabilities.role is not ModelKind.RERANKER:
+        if data.instruction is not None:
+            raise NotTakenBy(Part.INSTRUCTION, "embedding", "reranking (send a `query`)")
         return EmbedRequest(
-            inputs=inputs, model=data.model, dimensions=data.dimensions, truncate=data.truncate
+            inputs=inputs,
+            model=data.model,
+            dimensions=data.dimensions,
+            truncate=data.truncate,
+            prompt_name=data.prompt_name,
+            prompt=data.prompt,
         )
     if data.query is None:
         raise InvalidInput(
@@ -172,6 +192,7 @@ def _to_request(
             "and the documents as `input`",
             field="query",
         )
+    refuse_prompts(data.prompt_name, data.prompt, "reranking")
     documents = [x for x in inputs if isinstance(x, str)]
     if len(documents) != len(inputs):
         raise InvalidInput("reranking takes documents as text, not token ids", field="input")
@@ -182,7 +203,15 @@ def _to_request(
         model=data.model,
         raw_scores=True,
         truncate=data.truncate,
+        instruction=data.instruction,
     )
+
+
+def refuse_prompts(prompt_name: str | None, prompt: str | None, task: str) -> None:
+    """Refuse an embedding prompt on a request that embeds nothing."""
+    if prompt_name is not None or prompt is not None:
+        part = Part.PROMPT_NAME if prompt_name is not None else Part.PROMPT
+        raise NotTakenBy(part, task, "embedding (leave out `query`)")
 
 
 def _to_answer(result: Embeddings | Ranking, data: EmbeddingRequest) -> _WireResponse:

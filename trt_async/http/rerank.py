@@ -2,8 +2,9 @@
 and TEI's (``/rerank`` with ``texts``: a bare array).
 
 Results are sorted by score, highest first, and cut to ``top_n``. A cross-encoder's score
-is the sigmoid of its logit (unless ``raw_scores``); an embedding model scores the cosine
-of query and document vectors.
+is the sigmoid of its logit (unless ``raw_scores``); an LLM reranker lays each pair out in
+its template (with the body's ``instruction``, else the model's) and scores it as its
+model card does; an embedding model scores the cosine of query and document vectors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from msgspec import UNSET, Meta, UnsetType
 from trt_async.core.errors import InvalidInput
 from trt_async.core.requests import Ranking
 from trt_async.core.requests import RerankRequest as CoreRerank
-from trt_async.http.common import DirectionName, Truncate
+from trt_async.http.common import DirectionName, Instruction, Truncate
 from trt_async.http.errors import DIALECT_STATE_KEY, Dialect, dialect_handlers
 from trt_async.http.routes import Call, Translation, inference_route
 
@@ -63,6 +64,7 @@ class _RerankFields(msgspec.Struct, kw_only=True):
     max_tokens_per_doc: MaxTokensPerDoc = None
     raw_scores: RawScores = False
     truncate: Truncate = None
+    instruction: Instruction = None
 
 
 class RerankRequest(_RerankFields, kw_only=True):
@@ -189,6 +191,7 @@ def _cohere_request(data: RerankRequest | AnyRerankRequest) -> CoreRerank:
         truncate=data.truncate,
         max_tokens_per_doc=data.max_tokens_per_doc,
         top_n=data.top_n,
+        instruction=data.instruction,
     )
 
 
@@ -275,6 +278,7 @@ def tei_rerank_request(data: AnyRerankRequest) -> CoreRerank:
         raw_scores=data.raw_scores,
         truncate=data.truncate,
         top_n=data.top_n,
+        instruction=data.instruction,
     )
 
 

@@ -24,8 +24,17 @@ from trt_async.core.requests import (
     Request,
     RerankRequest,
 )
-from trt_async.http.common import RegistryDep, Truncate, elapsed_ms
+from trt_async.core.templates import InstructionNotTaken, NotTakenBy
+from trt_async.http.common import (
+    Instruction,
+    PromptName,
+    PromptText,
+    RegistryDep,
+    Truncate,
+    elapsed_ms,
+)
 from trt_async.http.errors import Dialect, dialect_handlers
+from trt_async.http.openai_api import refuse_prompts
 from trt_async.http.routes import Call, Translation, inference_route, vector_matrix, vector_rows
 
 
@@ -70,6 +79,9 @@ class InferRequest(msgspec.Struct, kw_only=True):
         Literal["id", "token"],
         Meta(description="Key lexical weights by token id (a string) or by token text."),
     ] = "id"
+    prompt_name: PromptName = None
+    prompt: PromptText = None
+    instruction: Instruction = None
 
 
 class EmbedInferResponse(msgspec.Struct):
@@ -132,6 +144,9 @@ def _to_request(data: InferRequest, call: Call[InferRequest]) -> Request:
     name = call.path("model")
     served = call.inference.lookup(name)
     if served.capabilities.role is ModelKind.NLI:
+        refuse_prompts(data.prompt_name, data.prompt, "classifying")
+        if data.instruction is not None:
+            raise InstructionNotTaken(name)
         premises = _as_list(data.premises, "premises")
         hypotheses = _as_list(data.hypotheses, "hypotheses")
         if len(premises) != len(hypotheses):
@@ -153,10 +168,13 @@ def _to_request(data: InferRequest, call: Call[InferRequest]) -> Request:
             raise InvalidInput("query is required for a reranker", field="query")
         if not documents:
             raise EmptyInput(Part.DOCUMENTS)
+        refuse_prompts(data.prompt_name, data.prompt, "reranking")
         return RerankRequest(
             query=data.query, documents=documents, model=name, raw_scores=True,
-            truncate=data.truncate,
+            truncate=data.truncate, instruction=data.instruction,
         )  # fmt: skip
+    if data.instruction is not None:
+        raise NotTakenBy(Part.INSTRUCTION, "embedding", "reranking (send a `query`)")
     heads = _heads(data)
     if not heads and not data.return_dense:
         raise InvalidInput(
@@ -169,6 +187,8 @@ def _to_request(data: InferRequest, call: Call[InferRequest]) -> Request:
         truncate=data.truncate,
         heads=heads,
         sparse_tokens=data.sparse_keys == "token",
+        prompt_name=data.prompt_name,
+        prompt=data.prompt,
     )
 
 

@@ -29,6 +29,8 @@ from trt_async.core.tasks import ServedModel
 from trt_async.http.common import (
     AnyRequest,
     DirectionName,
+    PromptName,
+    PromptText,
     Truncate,
     direction,
     error_responses,
@@ -61,9 +63,8 @@ class EmbedRequest(msgspec.Struct, kw_only=True):
         ]
         | None
     ) = None
-    prompt_name: Annotated[
-        str | None, Meta(description="Refused: the served models define no prompts.")
-    ] = None
+    prompt_name: PromptName = None
+    prompt: PromptText = None
     model: Annotated[
         str | None,
         Meta(description="A served embedding model (default: the first one)."),
@@ -108,6 +109,7 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     add_special_tokens: Annotated[
         bool, Meta(description="Include the model's special tokens ([CLS], [SEP], ...).")
     ] = True
+    prompt_name: PromptName = None
     model: Annotated[str | None, Meta(description="A served model (default: the first one).")] = (
         None
     )
@@ -140,6 +142,12 @@ class Info(msgspec.Struct):
     model_sha: str | None = None
     sha: str | None = None
     docker_label: str | None = None
+    #: Not TEI's: the embedder's prompt names (``prompt_name``) and the one used when a
+    #: request names none.
+    prompt_names: list[str] | None = None
+    default_prompt_name: str | None = None
+    #: Not TEI's: an LLM reranker's template (it takes an ``instruction`` per request).
+    pair_template: str | None = None
 
 
 def _predict_inputs(value: PredictInput) -> tuple[list[str | tuple[str, str]], bool]:
@@ -164,10 +172,18 @@ def _predict_inputs(value: PredictInput) -> tuple[list[str | tuple[str, str]], b
     return items, True
 
 
+#: TEI's names for the poolings.
+_TEI_POOLING = {"cls": "cls", "mean": "mean", "last": "last_token"}
+
+
 def _model_type(model: ServedModel) -> dict[str, dict[str, Any]]:
     caps = model.capabilities
     if caps.embeds and caps.role is ModelKind.EMBEDDING:
-        return {"embedding": {"pooling": model.runtime.pooling}}
+        pooling: str = model.runtime.pooling
+        manifest = model.runtime.files.manifest
+        if pooling == "none" and manifest is not None and manifest.graph_pooling is not None:
+            pooling = manifest.graph_pooling  # pooled inside the graph at export
+        return {"embedding": {"pooling": _TEI_POOLING.get(pooling, pooling)}}
     labels = {str(i): name for i, name in sorted(caps.labels.items())} or {"0": "LABEL_0"}
     if caps.role is ModelKind.RERANKER:
         return {"reranker": {"id2label": labels}}
@@ -184,6 +200,7 @@ def embed_request(data: EmbedRequest, model: str | None) -> CoreEmbed:
         truncate=data.truncate,
         direction=direction(data.truncation_direction),
         prompt_name=data.prompt_name,
+        prompt=data.prompt,
     )
 
 
@@ -227,6 +244,7 @@ def _tokenize_request(data: TokenizeRequest, call: Call[TokenizeRequest]) -> Cor
         texts=texts,
         model=data.model or call.query("model"),
         add_special_tokens=data.add_special_tokens,
+        prompt_name=data.prompt_name,
     )
 
 
@@ -259,6 +277,11 @@ async def info(request: AnyRequest, model: FromQuery[str | None] = None) -> Info
         auto_truncate=cfg.truncate,
         tokenization_workers=2,
         version=__version__,
+        prompt_names=sorted(served.capabilities.prompts) or None,
+        default_prompt_name=served.capabilities.default_prompt_name,
+        pair_template=(
+            served.capabilities.pair_template.name if served.capabilities.pair_template else None
+        ),
     )
 
 
