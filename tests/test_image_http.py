@@ -315,7 +315,10 @@ async def test_both_towers_match_torch(
     assert [d["index"] for d in r.json()["data"]] == list(range(len(TEXTS) + len(IMAGES)))
     text_cos = check_parity(vectors[: len(TEXTS)], torch_texts(hf, TEXTS), f"{name} text")
     image_cos = check_parity(vectors[len(TEXTS) :], torch_images(hf, IMAGES), f"{name} image")
-    print(f"{name} over HTTP: least cosine to torch: text {text_cos:.9f}, image {image_cos:.9f}")
+    print(
+        f"{name} over HTTP: least cosine to torch: text 1 - {1 - text_cos:.1e}, "
+        f"image 1 - {1 - image_cos:.1e}"
+    )
     # The usage counts the texts' tokens.
     assert r.json()["usage"]["prompt_tokens"] > len(TEXTS)
 
