@@ -48,7 +48,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from perf.servers import REPO, Server, infinity, minimal, ours, running, tree_cpu_s
+from perf.servers import (
+    REPO,
+    Server,
+    infinity,
+    minimal,
+    ours,
+    running,
+    shown_command,
+    tree_cpu_s,
+)
 from trt_async.backends.modelfiles import MANIFEST_NAME
 
 MODEL_NAME = "tiny"
@@ -560,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     probe = point_bodies(1, count=1)[0]
     report: dict[str, Any] = {
-        "command": " ".join(["python -m perf.overhead", *(argv or sys.argv[1:])]),
+        "command": shown_command("python -m perf.overhead", argv or sys.argv[1:]),
         "targets": [s.name for s in servers],
         "rounds": {point: {} for point in points},
     }

@@ -39,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from perf.servers import infinity, ours, running
+from perf.servers import infinity, ours, running, shown_command
 from trt_async.backends.shapes import Bucket
 from trt_async.bench.bare import BareBackend
 from trt_async.bench.corpus import Corpus
@@ -639,8 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if not (args.target or args.serve) or args.out is None:
             p.error("--target or --serve, and --out, are required (or --render a table.json)")
-        command = "python -m perf.peer_table " + " ".join(
-            argv if argv is not None else sys.argv[1:]
+        command = shown_command(
+            "python -m perf.peer_table", argv if argv is not None else sys.argv[1:]
         )
         start_load = loadavg()
         with served(args) as urls:
