@@ -59,6 +59,7 @@ from perf.servers import (
     tree_cpu_s,
 )
 from trt_async.backends.modelfiles import MANIFEST_NAME
+from trt_async.tools.tiny_models import write_near_instant_embedder
 
 MODEL_NAME = "tiny"
 
@@ -78,36 +79,9 @@ def build_tiny_model(work: Path) -> Path:
     out = work / "tiny-export"
     if (out / MANIFEST_NAME).is_file():
         return out
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from trt_async.tools.embedded import package_model_dir
-
-    source = package_model_dir()
     hf = work / "tiny-hf"
     shutil.rmtree(hf, ignore_errors=True)
-    hf.mkdir(parents=True)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertModel(config).eval().save_pretrained(hf)
-    # The real model's tokenizer and sentence-transformers files: mean pooling, as served.
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.txt",
-        "modules.json",
-        "sentence_bert_config.json",
-    ):
-        shutil.copy(source / name, hf / name)
-    shutil.copytree(source / "1_Pooling", hf / "1_Pooling")
+    write_near_instant_embedder(hf)
     subprocess.run(
         [sys.executable, "-m", "trt_async", "export", str(hf), "--task", "embed", "-o", str(out)],
         check=True,

@@ -113,6 +113,43 @@ def corpus() -> list[str]:
     return lines
 
 
+def write_near_instant_embedder(out_dir: Path, seed: int = 0) -> Path:
+    """A 1-layer, width-32 BertModel with all-MiniLM-L6-v2's tokenizer and
+    sentence-transformers files (mean pooling): its forward pass costs microseconds while
+    its tokenisation is real, so serving it measures what the server itself costs a request
+    (``perf/overhead.py``)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from trt_async.tools.embedded import package_model_dir
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = package_model_dir()
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "modules.json",
+        "sentence_bert_config.json",
+    ):
+        shutil.copyfile(src / name, out_dir / name)
+    shutil.copytree(src / "1_Pooling", out_dir / "1_Pooling", dirs_exist_ok=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=HIDDEN_SIZE,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    model: Any = BertModel(config)
+    model.eval()
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
 def write_bert_classifier(
     out_dir: Path, num_labels: int = 1, id2label: dict[int, str] | None = None, seed: int = 0
 ) -> Path:
