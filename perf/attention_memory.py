@@ -3,7 +3,7 @@
 ``python -m perf.attention_memory [--shapes 1x512,1x2048,1x4096,2x2048,1x8192]``
 
 Builds a tiny random Qwen3 embedder with Qwen3-0.6B's head count (16 heads; 2 layers, 256
-wide) as the tests build them, exports it with ``--pool-in-graph``, and runs each
+wide) with :mod:`trt_async.tools.tiny_decoders`, exports it with ``--pool-in-graph``, and runs each
 ``rows x length`` batch once in a fresh process on a session with the server's options
 (2 threads), after an 8-token warm run. Each line gives the peak resident memory above
 that warm process's, against the ``rows x heads x length²`` float32 attention scores one
@@ -67,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.one is not None:  # the child process
         print(json.dumps(measure(Path(args.one[0]), int(args.one[1]), int(args.one[2]))))
         return 0
-    from tests.decoder_models import write_decoder_embedder
     from trt_async.tools.export import export_model
+    from trt_async.tools.tiny_decoders import write_decoder_embedder
 
     results = []
     with tempfile.TemporaryDirectory(prefix="attention-memory-") as tmp:

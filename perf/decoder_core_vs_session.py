@@ -4,9 +4,9 @@
 
 :mod:`perf.core_vs_session`'s comparison (the core path one text per call, against
 ``session.run`` on the very batches the core formed) run on tiny randomly initialised
-Qwen3 embedders built as the tests build them (``tests/decoder_models.py``: Qwen3's
-tokenizer pipeline appending ``<|endoftext|>``, last-token pooling), exported with
-``trt-async export``, and on all-MiniLM-L6-v2 in the same run for comparison:
+Qwen3 embedders built by :mod:`trt_async.tools.tiny_decoders` (Qwen3's tokenizer pipeline
+appending ``<|endoftext|>``, last-token pooling), exported with ``trt-async export``, and on
+all-MiniLM-L6-v2 in the same run for comparison:
 
 * ``qwen3-tiny``: 2 layers, 64 wide, 4 heads, per-token output pooled by the server;
 * ``qwen3-h256``: 2 layers, 256 wide, 16 heads (Qwen3-0.6B's head count), pooled in the
@@ -46,8 +46,8 @@ MODELS: dict[str, tuple[dict[str, Any], bool]] = {
 
 def build(root: Path) -> dict[str, Path]:
     """Each model of :data:`MODELS` written and exported under ``root``."""
-    from tests.decoder_models import write_decoder_embedder
     from trt_async.tools.export import export_model
+    from trt_async.tools.tiny_decoders import write_decoder_embedder
 
     out = {}
     for name, (sizes, pooled) in MODELS.items():

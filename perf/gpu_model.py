@@ -32,9 +32,11 @@ cuda-bindings 13, onnxruntime (CPU) and transformers, from a checkout:
 ``--all`` runs ``gpu_smoke.py`` first and ``gpu_check.py --random-model`` where TensorRT
 is installed, so that one command is the whole GPU check.
 
-``--fake`` runs the same code on the CPU against the fake CUDA runtime of the tests
-(PyTorch on the CPU, kernels queued on the fake streams); CI runs that. It has not yet run
-on a GPU. Exit status: 0 all checks passed, 1 a check failed, 2 nothing to run on.
+``--fake MODULE:NAME`` runs the same code on the CPU against a stand-in for
+``cuda.bindings.runtime`` that ``NAME()`` makes (PyTorch on the CPU, kernels queued on the
+stand-in's streams); the tests run it with their fake CUDA runtime
+(``--fake tests.fake_trt:FakeCudaRuntime``). The script has not yet run on a GPU. Exit
+status: 0 all checks passed, 1 a check failed, 2 nothing to run on.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import asyncio
 import ctypes
 import json
 import os
+import pkgutil
 import socket
 import subprocess
 import sys
@@ -328,10 +331,16 @@ def write_plan(model_dir: Path, hf_dir: Path, grid: Any) -> Path:
     return plan
 
 
+def fake_runtime(fake: str) -> Any:
+    """A CUDA runtime stand-in from its ``module:name`` (a class or factory called bare)."""
+    return pkgutil.resolve_name(fake)()
+
+
 def make_backend(
-    model_dir: Path, hf_dir: Path, grid: Any, fake: bool, cuda_runtime: Any | None = None
+    model_dir: Path, hf_dir: Path, grid: Any, fake: str | None, cuda_runtime: Any | None = None
 ) -> Any:
-    """A :class:`TensorRTBackend` over the stand-in engine for the exported folder."""
+    """A :class:`TensorRTBackend` over the stand-in engine for the exported folder, on the
+    CUDA runtime stand-in that ``fake`` names (see :func:`fake_runtime`) if given."""
     from trt_async.backends.base import BackendOptions
     from trt_async.backends.modelfiles import MANIFEST_NAME, ModelFiles, read_manifest
     from trt_async.backends.tensorrt import TensorRTBackend
@@ -339,9 +348,7 @@ def make_backend(
     manifest = read_manifest(model_dir / MANIFEST_NAME)
     plan = write_plan(model_dir, hf_dir, grid)
     if cuda_runtime is None and fake:
-        from tests.fake_trt import FakeCudaRuntime
-
-        cuda_runtime = FakeCudaRuntime()
+        cuda_runtime = fake_runtime(fake)
     compute = TorchCompute(hf_dir, manifest.pooling or "mean", "cpu" if fake else "cuda")
     trt = StandInTensorRT(compute, cuda_runtime if fake else None)
     files = ModelFiles.resolve(plan)
@@ -369,8 +376,7 @@ def create_server_app() -> Any:
         def factory(files: Any, options: Any) -> Any:
             return make_backend(model_dir, hf_dir, bucket_grid, s["fake"])
 
-        spec = backends._REGISTRY["tensorrt"][1]
-        backends._REGISTRY["tensorrt"] = (lambda: factory, spec)
+        backends.replace_backend("tensorrt", factory)
         path = str(write_plan(model_dir, hf_dir, bucket_grid))
         model = ModelConfig(model_path=path, backend="tensorrt", precision="fp32", **grid)
     else:
@@ -475,7 +481,7 @@ class Run:
     def __init__(self, args: argparse.Namespace, out: Any) -> None:
         self.args = args
         self.out = out
-        self.report: dict[str, Any] = {"fake": args.fake, "checks": {}}
+        self.report: dict[str, Any] = {"fake": bool(args.fake), "checks": {}}
         self.failed: list[str] = []
 
     def check(self, name: str, fn: Callable[[], str]) -> bool:
@@ -513,7 +519,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("serve", help="(internal) the server process")
     s.add_argument("--port", type=int, required=True)
-    p.add_argument("--fake", action="store_true", help="CPU run on the fake CUDA runtime")
+    p.add_argument(
+        "--fake",
+        metavar="MODULE:NAME",
+        help="CPU run on the CUDA runtime stand-in NAME() makes "
+        "(the tests': tests.fake_trt:FakeCudaRuntime)",
+    )
     p.add_argument("--tiny", action="store_true", help="hidden 32, 2 layers (CI)")
     p.add_argument("--hf-dir", type=Path, help="a real Hugging Face folder instead")
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
@@ -558,7 +569,7 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
     if args.command == "serve":
         return serve(args.port)
     out = out if out is not None else sys.stdout
-    why = _unavailable(args.fake)
+    why = _unavailable(bool(args.fake))
     if why is not None:
         out.write(f"gpu_model: {why}\n")
         return 2
@@ -573,11 +584,7 @@ def _others(args: argparse.Namespace, out: Any) -> int:
 
     from perf import gpu_check, gpu_smoke
 
-    runtime = None
-    if args.fake:
-        from tests.fake_trt import FakeCudaRuntime
-
-        runtime = FakeCudaRuntime()
+    runtime = fake_runtime(args.fake) if args.fake else None
     out.write("== gpu_smoke.py\n")
     failed = gpu_smoke.main([], runtime=runtime, out=out) != 0
     if importlib.util.find_spec("tensorrt") is None:

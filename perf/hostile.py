@@ -13,8 +13,8 @@ memory numbers are its own), runs one bounded attack against it and prints what 
   one large embedding request runs.
 
 The models are the embedded all-MiniLM-L6-v2 (``mini``) and a tiny random 2-layer BERT
-cross-encoder built and exported as the tests build it (``xrank``, 128 tokens), both on
-ONNX Runtime. Needs the export and test extras. Loopback only; every loop is bounded.
+cross-encoder from :mod:`trt_async.tools.tiny_models` (``xrank``, 128 tokens), both on
+ONNX Runtime. Needs the export and bench extras (httpx). Loopback only; every loop is bounded.
 
     python -m perf.hostile --workdir ./hostile-run idle rerank tokenize starve
 """
@@ -46,15 +46,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_models(workdir: Path) -> dict[str, Path]:
     """The exported MiniLM folder and a tiny BERT cross-encoder (cached in ``workdir``)."""
-    sys.path.insert(0, str(REPO))
-    from tests.models import export_hf, write_bert_classifier
     from trt_async.tools.embedded import embedded_model_dir
+    from trt_async.tools.export import export_model
+    from trt_async.tools.tiny_models import write_bert_classifier
 
     mini = embedded_model_dir(cache_dir=workdir / "cache", progress=False)
     rerank = workdir / "xrank" / "model"
     if not (rerank / "trt_async.json").is_file():
         hf = write_bert_classifier(workdir / "xrank" / "hf", num_labels=1)
-        export_hf(hf, "rerank", rerank)
+        export_model(hf, "rerank", rerank, progress=False)
     return {"mini": mini, "xrank": rerank}
 
 

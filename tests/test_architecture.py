@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -130,3 +131,107 @@ def test_core_and_backends_give_no_api_field_names() -> None:
                     if keyword.arg in ("field", "param") and not passed_on:
                         offenders.append(f"{path.relative_to(package)}:{node.lineno}")
     assert offenders == []
+
+
+def _private(name: str) -> bool:
+    """A leading underscore, not a dunder (``__version__``, ``__main__`` are public)."""
+    return name.startswith("_") and not name.endswith("__")
+
+
+def outside_public_api(source: str) -> list[str]:
+    """What a script takes from outside the package's public API, by line: any import of
+    ``tests`` (statements, or a literal handed to an import function), and names with a
+    leading underscore taken from ``trt_async``: imported, or read as an attribute of a name
+    imported from it. Attributes of objects made at run time cannot be traced here."""
+    found: list[str] = []
+    from_package: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        where = f"line {getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                root, *parts = alias.name.split(".")
+                if root == "tests":
+                    found.append(f"{where}: import {alias.name}")
+                elif root == "trt_async":
+                    from_package.add(alias.asname or root)
+                    if any(_private(p) for p in parts):
+                        found.append(f"{where}: import {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            root, *parts = node.module.split(".")
+            names = [alias.name for alias in node.names]
+            if root == "tests":
+                found.append(f"{where}: from {node.module} import {', '.join(names)}")
+            elif root == "trt_async":
+                from_package.update(alias.asname or alias.name for alias in node.names)
+                private = [n for n in names if _private(n)]
+                if any(_private(p) for p in parts) or private:
+                    found.append(f"{where}: from {node.module} import {', '.join(names)}")
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if (
+                called in ("import_module", "__import__", "resolve_name")
+                and isinstance(first, ast.Constant)
+                and str(first.value).split(".")[0].split(":")[0] == "tests"
+            ):
+                found.append(f"{where}: {called}({first.value!r})")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in from_package:
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_public_api_check_finds_each_kind_of_use() -> None:
+    source = """\
+import tests.models
+from tests.fake_trt import FakeCudaRuntime
+from trt_async.tools.embedded import _complete
+from trt_async.backends._private import thing
+import trt_async.core._hidden as hidden
+from trt_async import backends
+from trt_async.tools.embedded import package_model_dir
+import importlib
+backends._REGISTRY["tensorrt"] = None
+package_model_dir._cache
+importlib.import_module("tests.hub_mirror")
+"""
+    assert set(outside_public_api(source)) == {
+        "line 1: import tests.models",
+        "line 2: from tests.fake_trt import FakeCudaRuntime",
+        "line 3: from trt_async.tools.embedded import _complete",
+        "line 4: from trt_async.backends._private import thing",
+        "line 5: import trt_async.core._hidden",
+        "line 9: backends._REGISTRY",
+        "line 10: package_model_dir._cache",
+        "line 11: import_module('tests.hub_mirror')",
+    }
+    fine = """
+import trt_async
+from trt_async import __version__
+from trt_async.tools.tiny_models import corpus
+from perf.core_vs_session import compare
+from .minimal_app import app
+self._private = trt_async.backends.create_backend
+"""
+    assert outside_public_api(fine) == []
+
+
+def test_perf_scripts_use_only_the_public_api() -> None:
+    """The benchmark scripts run against the package as installed: nothing from the tests,
+    no private names. A script that needs a test's stand-in takes it as an argument (as
+    ``gpu_model.py --fake MODULE:NAME`` does); commands in its docs import no tests either."""
+    perf = Path(__file__).resolve().parents[1] / "perf"
+    offenders = {
+        path.name: found
+        for path in sorted(perf.glob("*.py"))
+        if (found := outside_public_api(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
+    for doc in sorted(perf.glob("*.md")):
+        text = doc.read_text(encoding="utf-8")
+        assert not re.search(r"\b(from|import)\s+tests\b", text), doc.name

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.fake_backend import EXECUTED, FAKE_SPEC, FakeBackend
-from trt_async.backends import BackendUnavailable, backend_spec, create_backend
+from trt_async.backends import BackendUnavailable, backend_spec, create_backend, replace_backend
 from trt_async.backends.base import Backend, BackendOptions, Lanes
 from trt_async.backends.modelfiles import ModelFiles
 from trt_async.backends.shapes import Bucket, BucketGrid
@@ -46,6 +46,32 @@ def test_unknown_backend_names_the_known_ones(minilm_model_dir: Path) -> None:
         BackendUnavailable, match="unknown backend 'cuda'; use onnxruntime, tensorrt"
     ):
         create_backend("cuda", files, BackendOptions())
+
+
+def test_a_replaced_backend_comes_from_its_factory_until_undone(tmp_path: Path) -> None:
+    """What perf/gpu_model.py does to serve a stand-in engine: the factory makes the backend,
+    the spec stays the backend's own, and the undo brings the real class back."""
+    from trt_async.backends.tensorrt import TensorRTBackend
+
+    files = ModelFiles(root=tmp_path, tokenizer=tmp_path / "tokenizer.json")
+    options = BackendOptions(intra_op_threads=1)
+    made: list[tuple[ModelFiles, BackendOptions]] = []
+
+    def factory(files: ModelFiles, options: BackendOptions) -> Backend:
+        made.append((files, options))
+        return FakeBackend()
+
+    spec = backend_spec("tensorrt")
+    undo = replace_backend("tensorrt", factory)
+    try:
+        assert isinstance(create_backend("tensorrt", files, options), FakeBackend)
+        assert made == [(files, options)]
+        assert backend_spec("tensorrt") is spec
+    finally:
+        undo()
+    assert isinstance(create_backend("tensorrt", files, options), TensorRTBackend)
+    with pytest.raises(BackendUnavailable, match="unknown backend 'cuda'"):
+        replace_backend("cuda", factory)
 
 
 def _runtime(model_dir: Path, backend: FakeBackend, **options: object) -> ModelRuntime:

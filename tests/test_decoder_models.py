@@ -1,6 +1,6 @@
 """Decoder embedders and LLM rerankers, exported and run through the server's runtime.
 
-Each family is a tiny randomly initialised transformers model (tests/decoder_models.py).
+Each family is a tiny randomly initialised transformers model (trt_async/tools/tiny_decoders.py).
 The references are independent of the code under test: sentence-transformers' own
 ``encode`` for the embedders (with and without prompts), and for the rerankers the model
 cards' and libraries' input building written out here with transformers' tokenizer, run

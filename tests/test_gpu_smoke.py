@@ -11,6 +11,9 @@ import pytest
 from perf import gpu_smoke
 from tests.fake_trt import FakeCudaRuntime
 
+#: gpu_model.py's --fake: the CUDA runtime stand-in it makes, by import path.
+FAKE = f"{FakeCudaRuntime.__module__}:{FakeCudaRuntime.__qualname__}"
+
 
 def test_gpu_smoke_passes_on_the_fake_runtime() -> None:
     out = io.StringIO()
@@ -52,7 +55,7 @@ def test_gpu_model_runs_the_real_model_through_the_cuda_path_on_the_fakes(tmp_pa
 
     out = io.StringIO()
     report = tmp_path / "report.json"
-    argv = ["--all", "--fake", "--tiny", "--batch-sizes", "1,2,64", "--lengths", "16,32",
+    argv = ["--all", "--fake", FAKE, "--tiny", "--batch-sizes", "1,2,64", "--lengths", "16,32",
             "--max-batch-tokens", "2048", "--seconds", "0.5", "-o", str(report)]  # fmt: skip
     assert gpu_model.main(argv, out=out) == 0, out.getvalue()
     text = out.getvalue()
@@ -82,7 +85,7 @@ def test_gpu_model_fails_on_wrong_vectors(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(gpu_model.TorchCompute, "__call__", shifted)
     out = io.StringIO()
-    argv = ["--fake", "--tiny", "--batch-sizes", "1,2", "--lengths", "16", "--seconds", "0.1",
+    argv = ["--fake", FAKE, "--tiny", "--batch-sizes", "1,2", "--lengths", "16", "--seconds", "0.1",
             "--max-batch-tokens", "64", "--no-server"]  # fmt: skip
     assert gpu_model.main(argv, out=out) == 1
     assert "[FAIL] vectors per bucket against ONNX Runtime" in out.getvalue()

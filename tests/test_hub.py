@@ -721,3 +721,26 @@ def test_a_restart_without_network_serves_from_the_caches(
         assert embed(url, "all-MiniLM-L6-v2", TEXTS).shape == (len(TEXTS), 384)
         assert rerank(url, "bert-rerank").shape == (len(DOCUMENTS),)
     assert mirror.take_requests() == []
+
+
+@pytest.mark.slow
+def test_the_mirror_runs_a_command_against_all_minilm(capfd: pytest.CaptureFixture[str]) -> None:
+    """``python -m tests.hub_mirror -- COMMAND``, the hub of perf/hub_start.py: the command
+    finds both repositories at ``HF_ENDPOINT`` (one with the graph, one without), and its
+    exit status is the launcher's."""
+    from tests import hub_mirror
+
+    script = (
+        "import os, sys\n"
+        "import huggingface_hub\n"
+        "api = huggingface_hub.HfApi(endpoint=os.environ['HF_ENDPOINT'])\n"
+        "for repo in sys.argv[1:]:\n"
+        "    print(repo, ' '.join(sorted(api.list_repo_files(repo))))\n"
+        "sys.exit(7)\n"
+    )
+    repos = [hub_mirror.MINILM_WITH_ONNX, hub_mirror.MINILM_WITHOUT_ONNX]
+    assert hub_mirror.main(["--", sys.executable, "-c", script, *repos]) == 7
+    with_graph, without = (line.split() for line in capfd.readouterr().out.splitlines())
+    assert with_graph[0] == repos[0] and {"onnx/model.onnx", "model.safetensors"} <= {*with_graph}
+    assert without[0] == repos[1] and "model.safetensors" in without
+    assert "onnx/model.onnx" not in without

@@ -580,13 +580,14 @@ async def test_peer_parity_reports_a_peer_that_cannot_embed(tmp_path: Path) -> N
 
 
 async def test_closed_loop_measures_a_server_slower_than_its_window_at_its_real_rate() -> None:
-    """A server that takes longer per answer than the phase lasts: 4 clients, 0.4 s an
-    answer, so 10 answers a second. Counting only requests sent after the warm-up and
-    waiting for them measured ~0 (the warm-up's requests ended after the deadline)."""
+    """A server that takes longer per answer than the phase lasts: 4 clients, 0.6 s an
+    answer, so 6.7 answers a second. Counting only requests sent after the warm-up and
+    waiting for them measured nothing (the warm-up's requests ended after the deadline)."""
     reqs = build_requests("short", TARGETS, 10, seed=1)
-    async with _serve(_answer(delay_s=0.4)) as client:
+    async with _serve(_answer(delay_s=0.6)) as client:
         result = await run_closed(
-            client, reqs, concurrency=4, duration_s=0.2, max_requests=10**6, warmup_s=0.1
+            client, reqs, concurrency=4, duration_s=0.3, max_requests=10**6, warmup_s=0.1
         )
+    assert result.wall_s > 0, result
     rate = len(result.records) / result.wall_s
-    assert 7.0 <= rate <= 12.0, (len(result.records), result.wall_s)
+    assert 5.5 <= rate <= 7.5, (len(result.records), result.wall_s)

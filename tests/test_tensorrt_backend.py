@@ -308,6 +308,11 @@ def test_scratch_fits_the_largest_bucket_not_the_profile_corner(
     assert tokens == 16384
     assert scratch == tokens * hidden * 16
     assert corner == 64 * max_length * hidden * 16 == ratio * scratch
+    # perf/RESULTS.md's table comes from these lines (pytest -s).
+    print(
+        f"\n{max_length} tokens, hidden {hidden}: scratch {scratch / 2**20:g} MiB for the largest "
+        f"bucket ({tokens} tokens), {corner / 2**20:g} MiB for the profile's corner"
+    )
 
 
 def test_close_releases_everything_and_is_idempotent(tmp_path: Path) -> None:

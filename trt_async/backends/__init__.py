@@ -34,6 +34,7 @@ __all__ = [
     "Progress",
     "backend_spec",
     "create_backend",
+    "replace_backend",
     "resolve_backend",
 ]
 
@@ -113,6 +114,18 @@ def _entry(name: str) -> tuple[Callable[[], BackendFactory], Callable[[], Backen
 def create_backend(name: str, files: ModelFiles, options: BackendOptions) -> Backend:
     """Instantiate backend ``name`` for a model; its library is imported only here."""
     return _entry(name)[0]()(files, options)
+
+
+def replace_backend(name: str, factory: BackendFactory) -> Callable[[], None]:
+    """Create backend ``name`` with ``factory`` from now on, in this process; its spec is
+    kept. For checks that run the whole server on a stand-in engine. Returns the undo."""
+    previous = _entry(name)
+    _REGISTRY[name] = (lambda: factory, previous[1])
+
+    def undo() -> None:
+        _REGISTRY[name] = previous
+
+    return undo
 
 
 def backend_spec(name: str) -> BackendSpec:

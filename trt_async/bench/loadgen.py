@@ -95,9 +95,10 @@ class PhaseResult:
     """Everything one load phase produced."""
 
     records: list[Record]
-    #: Seconds the phase's rates are computed over. Closed loop: the measurement window (see
-    #: ``run_closed``). Open loop: from the start of the arrival schedule to its end or to
-    #: the last answer, whichever is later (the drain counts).
+    #: Seconds the phase's rates are computed over. Closed loop with a warm-up: the answers'
+    #: summed time over the clients (Little's law, see ``run_closed``); without one, from the
+    #: first request sent to the last answer. Open loop: from the start of the arrival
+    #: schedule to its end or to the last answer, whichever is later (the drain counts).
     wall_s: float
     #: CPU seconds the generator's process used during the phase.
     client_cpu_s: float
@@ -246,7 +247,9 @@ async def run_closed(
     measured in its steady state, not while its first requests are still queued). It closes
     after ``duration_s`` (at least twice the slowest warm-up answer), or once
     ``max_requests`` requests sent in it have been answered. What counts is what was
-    *answered* inside the window, whenever it was sent: counting only requests sent inside
+    *answered* inside the window, whenever it was sent, and the rate is Little's law's
+    (clients over the mean answer time: ``wall_s`` is the answers' summed time over the
+    clients): counting only requests sent inside
     it, and waiting for them, made a server whose answers take longer than the window look
     many times slower than it is (infinity-emb on 32-text requests read 0.5-6 items/s that
     way). Requests still out when the window closes are awaited (so the next phase starts on
@@ -304,7 +307,11 @@ async def run_closed(
     counted = [r for r in answered if opens <= r.end <= closes]
     warmup = sum(1 for r in answered if r.start < opens)
     result = _result(counted, cpu0, warmup=warmup)
-    result.wall_s = max(closes - opens, 0.0) if counted else 0.0
+    # Little's law for a closed loop: answers per second = clients / mean answer time. A
+    # count over a fixed window rounds by a whole step when the clients' answers come in
+    # step (every client at once), which a server batching them all does.
+    busy = sum(r.end - r.start for r in counted)
+    result.wall_s = busy / concurrency if counted else 0.0
     return result
 
 

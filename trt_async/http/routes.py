@@ -10,7 +10,7 @@ answer with msgspec; add the timing headers.
 
 Litestar converts a handler's ``data`` parameter in lax mode, from a dict it decoded first
 (``"dimensions": "64"`` would pass); decoding here is msgspec's strict JSON decoding, once.
-The OpenAPI schema still documents every body (:func:`document_bodies`).
+The OpenAPI schema still documents every body and answer (``docs.add_bodies``).
 """
 
 from __future__ import annotations
@@ -274,7 +274,6 @@ def inference_route(
     """
     decoder = msgspec.json.Decoder(body)
     to_request, to_answer = translation.to_request, translation.to_answer
-
     invalid_body = translation.invalid_body
 
     async def handler(request: AnyRequest) -> ASGIApp:
@@ -282,8 +281,8 @@ def inference_route(
         try:
             data = decode(request, body, decoder)
         except ValidationException:
-            if invalid_body is not None and (dialect := invalid_body(body)) is not None:
-                request.state[DIALECT_STATE_KEY] = dialect
+            if invalid_body is not None and (decided := invalid_body(body)) is not None:
+                request.state[DIALECT_STATE_KEY] = decided
             raise
         inference = provide_inference(request.app.state)
         core_request = to_request(data, Call(inference, request))

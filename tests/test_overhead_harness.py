@@ -1,0 +1,77 @@
+"""``perf/overhead.py``: its profile reading, its table and ratios, and the minimal app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar.testing import TestClient
+
+from perf.minimal_app import create_minimal_app
+from perf.overhead import point_bodies, ratios, summarise, top_frames
+
+
+def test_top_frames_splits_the_loop_from_other_threads_and_drops_idle_samples(
+    tmp_path: Path,
+) -> None:
+    loop = 'process 1:"x";thread (11): MainThread;<module> (<frozen runpy>:88)'
+    worker = 'process 1:"x";thread (12): batch-0;Thread.run (threading.py:982)'
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "\n".join(
+            [
+                f"{loop};handler (trt_async/http/routes.py:1);decode (x.py:2) 30",
+                f"{loop};handler (trt_async/http/routes.py:1) 10",
+                f"{worker};run (onnxruntime.py:5) 40",
+                f"{worker};Condition.wait (threading.py:327) 500",  # idle: not counted
+            ]
+        )
+        + "\n"
+    )
+    frames = top_frames(raw)
+    loop_frames, other = frames["event loop"], frames["other threads"]
+    assert loop_frames["share_of_busy_samples"] == 50.0  # 40 of the 80 busy samples
+    assert loop_frames["self"][0] == ("decode (x.py:2)", 75.0)
+    assert ("handler (trt_async/http/routes.py:1)", 100.0) in loop_frames["inclusive"]
+    # Frames that only start processes and threads are not listed as inclusive cost.
+    assert not any("runpy" in f for f, _ in loop_frames["inclusive"])
+    assert other["self"] == [("run (onnxruntime.py:5)", 100.0)]
+
+
+def _run(rps: float, cpu_ms: float, per_item: float = 0.0) -> dict[str, Any]:
+    return {"requests_per_s": rps, "cpu_ms_per_request": cpu_ms, "cpu_us_per_item": per_item}
+
+
+def test_ratios_are_medians_of_per_round_ratios_and_the_table_shows_ranges() -> None:
+    report: dict[str, Any] = {
+        "targets": ["after", "before", "minimal"],
+        "rounds": {
+            "single-c64": {
+                "after": [_run(100, 0.20), _run(90, 0.30), _run(110, 0.25)],
+                "before": [_run(50, 0.40), _run(60, 0.40), _run(55, 0.50)],
+                "minimal": [_run(500, 0.10), _run(400, 0.10), _run(450, 0.10)],
+            }
+        },
+    }
+    got = ratios(report)
+    # Round by round: 0.5, 0.75, 0.5 -> median 0.5 (not 0.25 / 0.4333).
+    assert got["after CPU / before CPU"]["single-c64"] == 0.5
+    assert got["after CPU / minimal CPU"]["single-c64"] == 2.5
+    assert got["after req/s / before req/s"]["single-c64"] == 2.0
+    report["ratios"] = got
+    text = summarise(report)
+    assert "| 1 short text, 64 connections | 90–110 req/s; 0.200–0.300 ms CPU a request" in text
+
+
+def test_the_minimal_app_answers_the_openai_body_with_a_vector_per_input() -> None:
+    with TestClient(create_minimal_app()) as client:
+        for body in (point_bodies(1, count=1)[0], point_bodies(32, count=1)[0]):
+            answer = client.post(
+                "/v1/embeddings", content=body, headers={"content-type": "application/json"}
+            )
+            assert answer.status_code == 200
+            data = msgspec.json.decode(answer.content)["data"]
+            sent = msgspec.json.decode(body)["input"]
+            assert len(data) == (1 if isinstance(sent, str) else len(sent))
+            assert len(data[0]["embedding"]) == 32
