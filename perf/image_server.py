@@ -42,9 +42,9 @@ from PIL import Image
 
 from perf.image_costs import per_item_us
 from perf.servers import REPO, Server, free_port, running, tree_cpu_s
-from trt_async.tools.tiny_image_text import write_clip
 from trt_async.backends.modelfiles import read_image_text_manifest
 from trt_async.core.images import ImagePreprocessor
+from trt_async.tools.tiny_image_text import write_clip
 
 MODEL = "clip-b32"
 REQUEST_SIZES = (1, 2, 4, 8, 16)
