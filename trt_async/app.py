@@ -23,17 +23,21 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from trt_async import __version__
 from trt_async.core.config import CONFIG_ENV, LOG_LEVEL_ENV, Config, load_config
+from trt_async.core.image_inputs import ImageFetcher
 from trt_async.core.inference import Inference
 from trt_async.core.metrics import Metrics
 from trt_async.core.registry import ModelRegistry
 from trt_async.http import (
     cohere_embed,
+    embedding_proxy,
+    infinity,
     multivector,
     openai_api,
     rerank,
     seed,
     tei,
     tei_root,
+    triton_wrapper,
     zero_shot,
 )
 from trt_async.http.admin import HealthController, ManagementController
@@ -170,7 +174,11 @@ def log_level() -> int:
 TOKENIZERS_PARALLELISM_ENV = "TOKENIZERS_PARALLELISM"
 
 
-def create_app(config: Config | None = None) -> Litestar:
+def create_app(
+    config: Config | None = None, *, image_fetcher: ImageFetcher | None = None
+) -> Litestar:
+    """The app for ``config``; ``image_fetcher`` fetches image URLs instead of one made
+    from ``server.image_urls`` (tests reach a local server with it)."""
     config = resolve_config(config)
     os.environ.setdefault(TOKENIZERS_PARALLELISM_ENV, "false")
 
@@ -191,8 +199,11 @@ def create_app(config: Config | None = None) -> Litestar:
             # Free what did load; the exception stops start-up with its reason.
             await registry.close()
             raise
+        # One fetcher per server (it pools connections); none while URLs are off.
+        urls = config.server.image_urls
+        fetcher = image_fetcher or (ImageFetcher(urls) if urls.enabled else None)
         app.state[REGISTRY_KEY] = registry
-        app.state[INFERENCE_KEY] = Inference(registry)
+        app.state[INFERENCE_KEY] = Inference(registry, fetcher=fetcher, stats=metrics.inference)
         log.info("serving %d models: %s", len(registry), ", ".join(m.name for m in registry))
         drain = DrainDeadline(registry, config.server.drain_seconds)
         restore = chain_shutdown_signals(drain.start)
@@ -202,6 +213,8 @@ def create_app(config: Config | None = None) -> Litestar:
             restore()
             await drain.finish()
             await registry.close(deadline_s=config.server.drain_seconds)
+            if fetcher is not None:
+                await fetcher.aclose()
             # The worker process ends without running exit handlers: write what is queued.
             stop_log_writer()
 
@@ -218,12 +231,15 @@ def create_app(config: Config | None = None) -> Litestar:
             cohere_embed.router(),
             tei_root.router(),
             zero_shot.router(),
+            triton_wrapper.router(),
+            infinity.router(),
+            embedding_proxy.router(os.environ.get(embedding_proxy.MODEL_NAME_ENV) or None),
             HealthController,
             # Only these routes run the admin check (a guard costs a handler copy per call),
             # and only their bodies go through Litestar's own decoding (checked strictly).
             Router(
                 path="/",
-                route_handlers=[ManagementController],
+                route_handlers=[ManagementController, triton_wrapper.TritonWrapperManagement],
                 guards=[make_admin_guard(config.server.admin_api_key)],
                 before_request=strict_body,
             ),

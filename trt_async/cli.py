@@ -23,8 +23,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from trt_async.bench.cli import add_bench_parser
-    from trt_async.http.serve import add_serve_parser
+    from trt_async.http.serve import DefaultModel, add_serve_parser
     from trt_async.tools.build_engine import add_build_parser
+    from trt_async.tools.embedded import EMBEDDED_MODEL, embedded_embedding_size
     from trt_async.tools.export import add_export_parser
     from trt_async.tools.hub import TorchExporter, add_pull_parser
 
@@ -39,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the command line exports hub repositories without ONNX (torch, once per commit).
-    add_serve_parser(subparsers, exporter=TorchExporter())
+    add_serve_parser(
+        subparsers,
+        exporter=TorchExporter(),
+        default=DefaultModel(EMBEDDED_MODEL, embedded_embedding_size),
+    )
     add_pull_parser(subparsers)
     add_export_parser(subparsers)
     add_build_parser(subparsers)

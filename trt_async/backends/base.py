@@ -27,8 +27,15 @@ Progress = Callable[[int, int, str], None]
 Precision = Literal["fp32", "fp16", "bf16"]
 
 #: Input tensor names a graph may take, and output names the heads know, in preference order.
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-KNOWN_OUTPUTS = ("sentence_embedding", "logits", "last_hidden_state", "token_embeddings")
+#: ``pixel_values`` is a vision tower's only input (see :attr:`ModelIO.item_shape`).
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+KNOWN_OUTPUTS = (
+    "sentence_embedding",
+    "logits",
+    "last_hidden_state",
+    "token_embeddings",
+    "image_embeds",
+)
 #: Further outputs a graph may carry besides the one every batch reads: bge-m3's sparse
 #: weights and ColBERT vectors (``trt-async export`` of a folder with FlagEmbedding's heads),
 #: and per-token hidden states.
@@ -129,16 +136,21 @@ class ModelIO:
     """What the graph takes and gives, by tensor name.
 
     ``inputs`` is a subset of ``input_ids``, ``attention_mask``, ``token_type_ids`` in the
-    graph's order; ``output`` is the output every batch reads (``last_hidden_state``,
-    ``sentence_embedding`` or ``logits``); ``extra_outputs`` are further outputs of the same
-    graph (bge-m3's sparse weights and ColBERT vectors, token vectors) that a batch reads
-    only when one of its requests asks for them.
+    graph's order, or a vision tower's ``pixel_values`` alone; ``output`` is the output
+    every batch reads (``last_hidden_state``, ``sentence_embedding``, ``logits`` or
+    ``image_embeds``); ``extra_outputs`` are further outputs of the same graph (bge-m3's
+    sparse weights and ColBERT vectors, token vectors) that a batch reads only when one of
+    its requests asks for them.
     """
 
     inputs: tuple[str, ...]
     output: str
     input_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.int64))
     extra_outputs: tuple[str, ...] = ()
+    #: The shape of one item of a fixed-shape input (a vision tower's ``(3, H, W)``), or
+    #: None for token inputs. A fixed-shape input's buckets vary in batch size only: their
+    #: ``length`` is 1, and :meth:`Backend.inputs` gives ``(batch, *item_shape)`` arrays.
+    item_shape: tuple[int, ...] | None = None
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -180,7 +192,7 @@ class Backend(Protocol):
 
     def inputs(self, bucket: Bucket, lane: int = 0) -> Mapping[str, np.ndarray]:
         """Writable input arrays of exactly ``(bucket.batch, bucket.length)`` for ``bucket``
-        on ``lane``.
+        on ``lane`` (``(bucket.batch, *io.item_shape)`` for a fixed-shape input).
 
         The caller fills them in place and then calls :meth:`execute`; on the GPU these are
         the pinned host buffers the bucket's CUDA graph copies from.

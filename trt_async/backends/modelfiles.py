@@ -514,3 +514,23 @@ class ImageTextFiles:
             vision_onnx=onnx if onnx.is_file() else None,
             vision_plan=plans[0] if plans else None,
         )
+
+    def vision(self) -> ModelFiles:
+        """The vision tower as a backend reads a model folder: its graph (or plan). It has
+        no tokenizer of its own; the text tower's is named and never read."""
+        return ModelFiles(
+            root=self.root / VISION_TOWER_DIR,
+            tokenizer=self.text.tokenizer,
+            onnx=self.vision_onnx,
+            plan=self.vision_plan,
+        )
+
+
+def resolve_model_folder(
+    model_path: str | Path, tokenizer_path: str | Path | None = None
+) -> ModelFiles | ImageTextFiles:
+    """The files of a served model: an image-text folder (both towers), else one graph."""
+    path = Path(model_path)
+    if path.is_dir() and read_image_text_manifest(path) is not None:
+        return ImageTextFiles.resolve(path)
+    return ModelFiles.resolve(path, tokenizer_path)

@@ -33,9 +33,11 @@ from trt_async.backends.shapes import Bucket, BucketGrid
 
 log = logging.getLogger(__name__)
 
-_ORT_INT_TYPES: dict[str, np.dtype] = {
+_ORT_INPUT_TYPES: dict[str, np.dtype] = {
     "tensor(int64)": np.dtype(np.int64),
     "tensor(int32)": np.dtype(np.int32),
+    # A vision tower's pixel values.
+    "tensor(float)": np.dtype(np.float32),
 }
 
 #: Fine-grained lengths and every batch size: ONNX Runtime takes any shape, so padding (whose
@@ -157,8 +159,17 @@ class OnnxRuntimeBackend:
                 f"({', '.join(KNOWN_OUTPUTS)}); re-export with trt-async export"
             )
         extra = tuple(n for n in outputs if n != output and n in EXTRA_OUTPUTS)
-        dtype = _ORT_INT_TYPES.get(inputs[0].type, np.dtype(np.int64))
-        self._io = ModelIO(tuple(i.name for i in inputs), output, dtype, extra)
+        first = inputs[0]
+        dtype = _ORT_INPUT_TYPES.get(first.type, np.dtype(np.int64))
+        item_shape = _item_shape(files, inputs) if dtype.kind == "f" else None
+        #: A token graph whose sequence axis is fixed (SigLIP's text tower: 64): it is
+        #: probed at that length only.
+        self._static_length: int | None = None
+        if item_shape is None and len(first.shape) >= 2 and isinstance(first.shape[1], int):
+            self._static_length = int(first.shape[1])
+        self._io = ModelIO(
+            tuple(i.name for i in inputs), output, dtype, extra, item_shape=item_shape
+        )
         #: Per lane: input and output buffers at the largest bucket's size.
         self._in_arena: list[dict[str, np.ndarray]] = []
         self._out_arena: list[dict[str, np.ndarray]] = []
@@ -196,27 +207,55 @@ class OnnxRuntimeBackend:
         return {}
 
     def _probe(self, length: int) -> dict[str, tuple[int, ...]]:
-        feeds = {n: np.ones((1, length), dtype=self._io.input_dtype) for n in self._io.inputs}
+        io = self._io
+        if io.item_shape is not None:
+            feeds = {n: np.zeros((1, *io.item_shape), dtype=io.input_dtype) for n in io.inputs}
+        else:
+            feeds = {n: np.ones((1, length), dtype=io.input_dtype) for n in io.inputs}
         if "token_type_ids" in feeds:
             feeds["token_type_ids"][:] = 0
-        names = list(self._io.outputs)
+        names = list(io.outputs)
         outputs = self._sessions[0].run(names, feeds)
         return {n: tuple(o.shape) for n, o in zip(names, outputs, strict=True)}
 
-    def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
+    def _output_shapes(self) -> None:
+        """Each output's trailing shape, and whether its second axis is the length."""
+        if self._io.item_shape is not None:
+            # One row per item: nothing varies but the batch.
+            for name, shape in self._probe(1).items():
+                self._shapes[name] = (False, shape[1:])
+            return
+        if self._static_length is not None:
+            length = self._static_length
+            for name, shape in self._probe(length).items():
+                per_token = len(shape) >= 3 and shape[1] == length
+                self._shapes[name] = (per_token, shape[2:] if per_token else shape[1:])
+            return
         # Two probes tell each output's length axis (it changes with the input's length)
         # from its feature axes (hidden size, labels).
         short, longer = self._probe(2), self._probe(3)
         for name in self._io.outputs:
             per_token = len(short[name]) >= 2 and (short[name][1], longer[name][1]) == (2, 3)
             self._shapes[name] = (per_token, short[name][2:] if per_token else short[name][1:])
+
+    def prepare(self, grid: BucketGrid, progress: Progress | None = None) -> None:
+        if self._static_length is not None and set(grid.lengths) != {self._static_length}:
+            raise ModelDirError(
+                f"{self._path}: the graph takes exactly {self._static_length} tokens per row; "
+                f"serve it with lengths: [{self._static_length}] (the grid has "
+                f"{list(grid.lengths)})"
+            )
+        self._output_shapes()
         most_tokens = max(b.tokens for b in grid.buckets())
         most_rows = max(b.batch for b in grid.buckets())
         self._shrink_from = max(most_tokens // 4, 1)
         dtype = self._io.input_dtype
+        item_shape = self._io.item_shape
+        # Per lane, each input at the largest bucket's size: tokens, or fixed-shape items.
+        in_size = most_rows * int(np.prod(item_shape)) if item_shape is not None else most_tokens
         for _ in range(self._lanes.count):
             self._in_arena.append(
-                {name: np.zeros(most_tokens, dtype=dtype) for name in self._io.inputs}
+                {name: np.zeros(in_size, dtype=dtype) for name in self._io.inputs}
             )
             outs = {}
             for name, (per_token, features) in self._shapes.items():
@@ -242,11 +281,10 @@ class OnnxRuntimeBackend:
             raise RuntimeError("prepare() must run before the first bucket")
         if not 0 <= lane < self._lanes.count:
             raise ValueError(f"lane {lane} is not one of this backend's {self._lanes.count}")
-        n = bucket.tokens
-        views = {
-            name: arena[:n].reshape(bucket.batch, bucket.length)
-            for name, arena in self._in_arena[lane].items()
-        }
+        item_shape = self._io.item_shape
+        fed = (bucket.batch, *item_shape) if item_shape else (bucket.batch, bucket.length)
+        size = int(np.prod(fed))
+        views = {name: arena[:size].reshape(fed) for name, arena in self._in_arena[lane].items()}
         binding = self._sessions[lane].io_binding()
         for name, view in views.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(view))
@@ -299,3 +337,17 @@ class OnnxRuntimeBackend:
         self._bound.clear()
         self._in_arena = []
         self._out_arena = []
+
+
+def _item_shape(files: ModelFiles, inputs: Sequence[ort.NodeArg]) -> tuple[int, ...]:
+    """The per-item shape of a graph's float input (a vision tower's ``pixel_values``):
+    one input, every axis but the batch fixed."""
+    first = inputs[0]
+    dims = tuple(first.shape[1:])
+    if len(inputs) != 1 or not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        raise ModelDirError(
+            f"{files.onnx}: inputs {[(i.name, i.shape) for i in inputs]}: a float input must "
+            "be the graph's only input, fixed in every axis but the batch (a vision tower's "
+            "pixel_values); re-export with trt-async export"
+        )
+    return tuple(int(d) for d in dims)

@@ -57,6 +57,9 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     pair_template: PairTemplate | None = None
     #: The instruction its pairs are read with when a request gives none (the config's).
     instruction: str | None = None
+    #: An image-text model (CLIP, SigLIP): it embeds images into the space of its texts,
+    #: and so classifies images zero-shot against candidate labels.
+    embeds_images: bool = False
 
     @classmethod
     def of(
@@ -70,10 +73,11 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
         default_prompt_name: str | None = None,
         pair_template: PairTemplate | None = None,
         instruction: str | None = None,
+        embeds_images: bool = False,
     ) -> Capabilities:
         """From the role, whether the graph gives vectors (else logits), the heads its
-        outputs allow, its label map, and what goes around its inputs (an embedder's
-        prompts, an LLM reranker's template)."""
+        outputs allow, its label map, what goes around its inputs (an embedder's prompts,
+        an LLM reranker's template), and whether an image tower sits beside it."""
         template = None if gives_vectors else pair_template
         return cls(
             role=role,
@@ -90,6 +94,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
             default_prompt_name=default_prompt_name if gives_vectors else None,
             pair_template=template,
             instruction=instruction if template is not None else None,
+            embeds_images=embeds_images and gives_vectors,
         )
 
     @property
@@ -178,9 +183,25 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
                 name, self.role.value, "it gives embeddings; use an embedding route"
             )
 
+    def require_embeds_images(self, name: str) -> None:
+        if not self.embeds_images:
+            raise WrongModelKind(
+                name,
+                self.role.value,
+                "it has no image tower; images need an image-text model (a CLIP or SigLIP "
+                "folder made by trt-async export)",
+            )
+
     def require_zero_shot(self, name: str) -> None:
         if self.pair_template is not None:
             raise WrongModelKind(name, self.role.value, self._pairs_only())
+        if self.embeds_images:
+            raise WrongModelKind(
+                name,
+                self.role.value,
+                "it classifies images zero-shot, not texts: send the images (texts need "
+                "an NLI model)",
+            )
         if not self.classifies:
             raise WrongModelKind(name, self.role.value, "zero-shot needs an NLI model")
         if not self.entails:

@@ -30,6 +30,7 @@ import base64
 import binascii
 import ipaddress
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -137,8 +138,14 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
     resolved once, every address must pass ``policy``, and the socket is opened to one of
     those addresses (never to the name, which a second lookup could change)."""
 
-    def __init__(self, policy: AddressPolicy, resolve: Resolver) -> None:
-        self._inner = httpcore.AnyIOBackend()
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        resolve: Resolver,
+        network: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        #: What opens the checked connections (httpcore's own, unless a test's).
+        self._inner = network if network is not None else httpcore.AnyIOBackend()
         self._policy = policy
         self._resolve = resolve
 
@@ -219,7 +226,8 @@ class ImageFetcher:
 
     ``policy`` decides which addresses may be connected to (default: public ones only)
     and ``resolve`` turns names into addresses (default: the system resolver); tests
-    replace them to reach a local server.
+    replace them to reach a local server, and may give the ``ssl_context`` that verifies
+    it and the ``network`` backend that opens its (checked) connections.
     """
 
     def __init__(
@@ -228,10 +236,13 @@ class ImageFetcher:
         *,
         policy: AddressPolicy = is_public_address,
         resolve: Resolver = resolve_host,
+        ssl_context: ssl.SSLContext | None = None,
+        network: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self.config = config
         self._pool = httpcore.AsyncConnectionPool(
-            network_backend=PinnedBackend(policy, resolve),
+            ssl_context=ssl_context,
+            network_backend=PinnedBackend(policy, resolve, network),
             max_connections=64,
             keepalive_expiry=5.0,
             retries=0,

@@ -9,12 +9,13 @@ quantised copies) so that a dialect only encodes it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TypeVar, overload
 
 import numpy as np
 
-from trt_async.core import heads
+from trt_async.core import heads, image_text
 from trt_async.core.config import ModelKind, ServerConfig
 from trt_async.core.errors import (
     EmptyInput,
@@ -22,6 +23,8 @@ from trt_async.core.errors import (
     Part,
     TooManyInputs,
 )
+from trt_async.core.image_inputs import ImageFetcher
+from trt_async.core.inference_stats import InferenceStats, Tower
 from trt_async.core.multivector import SparseVector
 from trt_async.core.registry import ModelRegistry
 from trt_async.core.requests import (
@@ -29,6 +32,9 @@ from trt_async.core.requests import (
     ClassifyRequest,
     Embeddings,
     EmbedRequest,
+    ImageTextEmbeddings,
+    ImageTextEmbedRequest,
+    ImageZeroShotRequest,
     Ranking,
     Request,
     RerankRequest,
@@ -52,6 +58,9 @@ DEFAULT_ROLES: dict[type[Request], tuple[ModelKind, ...]] = {
     ZeroShotRequest: (ModelKind.NLI,),
     SimilarityRequest: (ModelKind.EMBEDDING,),
     TokenizeRequest: (ModelKind.EMBEDDING, ModelKind.RERANKER, ModelKind.NLI),
+    # Requests with images default to the first model with an image tower instead.
+    ImageTextEmbedRequest: (ModelKind.EMBEDDING,),
+    ImageZeroShotRequest: (ModelKind.EMBEDDING,),
 }
 
 
@@ -62,12 +71,24 @@ def best_first(scores: np.ndarray, top_n: int | None = None) -> list[int]:
 
 
 class Inference:
-    """Runs requests against the served models of a registry."""
+    """Runs requests against the served models of a registry.
 
-    __slots__ = ("registry",)
+    ``fetcher`` fetches the image URLs of requests (None: URLs are refused); ``stats``
+    counts each model's requests in Triton's shape.
+    """
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    __slots__ = ("fetcher", "registry", "stats")
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        fetcher: ImageFetcher | None = None,
+        stats: InferenceStats | None = None,
+    ) -> None:
         self.registry = registry
+        self.fetcher = fetcher
+        self.stats = stats if stats is not None else InferenceStats()
 
     @property
     def server(self) -> ServerConfig:
@@ -78,6 +99,8 @@ class Inference:
     def model(self, request: Request) -> ServedModel:
         """The model ``request`` names, else its task's default, checked to be able to do
         the task."""
+        if isinstance(request, ImageTextEmbedRequest | ImageZeroShotRequest):
+            return self._image_model(request)
         model = self.lookup(request.model, DEFAULT_ROLES[type(request)])
         caps, name = model.capabilities, model.name
         if isinstance(request, EmbedRequest):
@@ -108,6 +131,22 @@ class Inference:
         wanted = " or ".join(role.value for role in roles) or "any"
         raise ModelNotFound(f"<default {wanted} model>", (m.name for m in self.registry))
 
+    def _image_model(self, request: ImageTextEmbedRequest | ImageZeroShotRequest) -> ServedModel:
+        """The model named, else the first with an image tower; checked to take images (or,
+        for texts alone, to embed)."""
+        if request.model:
+            model = self.registry.get(request.model)
+        else:
+            found = next((m for m in self.registry if m.capabilities.embeds_images), None)
+            if found is None:
+                raise ModelNotFound("<default image-text model>", (m.name for m in self.registry))
+            model = found
+        if isinstance(request, ImageTextEmbedRequest) and not request.images:
+            model.capabilities.require_embeds(model.name)
+        else:
+            model.capabilities.require_embeds_images(model.name)
+        return model
+
     def check_items(self, count: int, part: Part = Part.INPUTS) -> None:
         """Refuse a request of more items than the server takes in one request."""
         limit = self.server.max_client_batch_size
@@ -128,9 +167,42 @@ class Inference:
     async def run(self, model: ServedModel, request: SimilarityRequest) -> Similarities: ...
     @overload
     async def run(self, model: ServedModel, request: TokenizeRequest) -> Tokens: ...
+    @overload
+    async def run(
+        self, model: ServedModel, request: ImageTextEmbedRequest
+    ) -> ImageTextEmbeddings: ...
+    @overload
+    async def run(self, model: ServedModel, request: ImageZeroShotRequest) -> ZeroShotScores: ...
+    @overload
+    async def run(self, model: ServedModel, request: Request) -> Result: ...
 
     async def run(self, model: ServedModel, request: Request) -> Result:
-        """``request`` on ``model`` (as :meth:`model` returned it)."""
+        """``request`` on ``model`` (as :meth:`model` returned it), counted in
+        :attr:`stats`."""
+        start = time.perf_counter()
+        try:
+            result = await self._run(model, request)
+        except Exception:
+            tower: Tower = (
+                "image"
+                if isinstance(request, ImageZeroShotRequest)
+                or (isinstance(request, ImageTextEmbedRequest) and request.images)
+                else "text"
+            )
+            self.stats.failed(model.name, tower, time.perf_counter() - start)
+            raise
+        # Requests with images count each tower's part themselves.
+        if not isinstance(result, Tokens) and not isinstance(
+            request, ImageTextEmbedRequest | ImageZeroShotRequest
+        ):
+            self.stats.answered(model.name, "text", result.timings)
+        return result
+
+    async def _run(self, model: ServedModel, request: Request) -> Result:
+        if isinstance(request, ImageTextEmbedRequest):
+            return await self._image_text_embed(model, request)
+        if isinstance(request, ImageZeroShotRequest):
+            return await self._image_zero_shot(model, request)
         if isinstance(request, EmbedRequest):
             return await self._embed(model, request)
         if isinstance(request, RerankRequest):
@@ -250,6 +322,62 @@ class Inference:
         vectors = result.vectors.astype(np.float64)
         scores = vectors[1:] @ vectors[0]
         return Similarities(model.name, scores, result.tokens, result.timings)
+
+    async def _image_text_embed(
+        self, model: ServedModel, request: ImageTextEmbedRequest
+    ) -> ImageTextEmbeddings:
+        self.check_items(len(request.texts) + len(request.images))
+        start = time.perf_counter()
+        (
+            texts,
+            images,
+            tokens,
+            text_timings,
+            image_timings,
+        ) = await image_text.embed_texts_and_images(
+            model,
+            request.texts,
+            request.images,
+            self.fetcher,
+            text_positions=request.text_positions,
+            image_positions=request.image_positions,
+            normalize=request.normalize,
+            dimensions=request.dimensions,
+            truncate=request.truncate,
+        )
+        if request.texts:
+            self.stats.answered(model.name, "text", text_timings)
+        if request.images:
+            self.stats.answered(model.name, "image", image_timings)
+        timings = image_text.merged_timings(
+            text_timings, image_timings, total_s=time.perf_counter() - start
+        )
+        return ImageTextEmbeddings(
+            model.name,
+            texts,
+            images,
+            tokens,
+            timings,
+            text_positions=request.text_positions,
+            image_positions=request.image_positions,
+        )
+
+    async def _image_zero_shot(
+        self, model: ServedModel, request: ImageZeroShotRequest
+    ) -> ZeroShotScores:
+        self.check_items(len(request.images), Part.IMAGES)
+        self.check_items(len(request.labels), Part.LABELS)
+        start = time.perf_counter()
+        scores, tokens, text_timings, image_timings = await image_text.zero_shot_images(
+            model, request.images, request.labels, self.fetcher, template=request.template
+        )
+        self.stats.answered(model.name, "text", text_timings)
+        self.stats.answered(model.name, "image", image_timings)
+        timings = image_text.merged_timings(
+            text_timings, image_timings, total_s=time.perf_counter() - start
+        )
+        order = [best_first(row) for row in scores]
+        return ZeroShotScores(model.name, scores, order, tokens, timings)
 
     async def _tokenize(self, model: ServedModel, request: TokenizeRequest) -> Tokens:
         self.check_items(len(request.texts))

@@ -30,6 +30,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from trt_async.backends.shapes import Bucket
+from trt_async.core.inference_stats import InferenceStats, Statistics
+from trt_async.core.vision import image_series
 
 if TYPE_CHECKING:
     from trt_async.core.requests import Timings
@@ -171,6 +173,9 @@ class Metrics:
         )  # fmt: skip
         self.registry.register(_SeriesCollector(self._families))
         self.registry.register(_SchedulerCollector(models))
+        #: Each model's requests in Triton's shape (the JSON form of ``GET /metrics``).
+        self.inference = InferenceStats()
+        self._models = models
         #: The series a request observes, by (route, model, status) and by model: looking
         #: a series up by its labels costs more than the observation itself.
         self._request_series: dict[tuple[str, str, int], tuple[Series, Series]] = {}
@@ -191,13 +196,16 @@ class Metrics:
         series[1].observe(seconds)
 
     def forget_model(self, model: str) -> None:
-        """Drop every series labelled with ``model`` (it was unloaded)."""
+        """Drop every series labelled with ``model`` (it was unloaded), its image batches'
+        too."""
         self._request_series = {
             key: value for key, value in self._request_series.items() if key[1] != model
         }
         self._timing_series.pop(model, None)
-        for family in self._families:
-            family.forget(model)
+        self.inference.forget(model)
+        for name in (model, image_series(model)):
+            for family in self._families:
+                family.forget(name)
 
     def observe_timings(self, model: str, timings: Timings) -> None:
         series = self._timing_series.get(model)
@@ -211,6 +219,12 @@ class Metrics:
         series[0].observe(timings.queue_s)
         series[1].observe(timings.tokenize_s)
         series[2].observe(timings.inference_s)
+
+    def statistics(self) -> Statistics:
+        """Every served model's inference statistics, in Triton's shape."""
+        return self.inference.statistics(
+            (m.name, m.capabilities.embeds_images) for m in self._models()
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

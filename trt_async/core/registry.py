@@ -13,21 +13,22 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from trt_async.backends import BackendUnavailable
-from trt_async.backends.modelfiles import ModelFiles
 from trt_async.core import hub
 from trt_async.core.config import Config, ConfigError, ModelConfig, ModelKind, model_name_problem
 from trt_async.core.errors import Conflict, InvalidInput, ModelNotFound, Part
+from trt_async.core.image_text import load_runtime
 from trt_async.core.requests import Timings
-from trt_async.core.runtime import ModelRuntime, create_runtime
+from trt_async.core.runtime import ModelRuntime
 from trt_async.core.scheduler import BatchObserver
 from trt_async.core.tasks import ModelState, ServedModel
+from trt_async.core.vision import image_series
 
 log = logging.getLogger(__name__)
 
 ObserverFactory = Callable[[str], BatchObserver]
+
 TimingsObserver = Callable[[str, Timings], None]
 #: Told the name of each model unloaded (metrics drop its series).
 UnloadObserver = Callable[[str], None]
@@ -156,9 +157,14 @@ class ModelRegistry:
             return model
 
     def _build_runtime(self, name: str, config: ModelConfig) -> ModelRuntime:
-        files = ModelFiles.resolve(Path(config.model_path), config.tokenizer_path)
-        observer = self._observer_factory(name) if self._observer_factory else None
-        return create_runtime(files, config, observer=observer, label=name)
+        factory = self._observer_factory
+        return load_runtime(
+            config,
+            observer=factory(name) if factory else None,
+            image_observer=factory(image_series(name)) if factory else None,
+            label=name,
+            max_image_pixels=self.config.server.max_image_pixels,
+        )
 
     async def unload(self, name: str) -> None:
         """Stop taking requests for ``name``, let its queue drain, then free its runtime."""
@@ -182,7 +188,7 @@ class ModelRegistry:
         if refs > 1:
             self._runtimes[key] = (runtime, refs - 1)
         else:
-            await runtime.scheduler.drain()
+            await runtime.drain()
             await runtime.close()
             del self._runtimes[key]
 
@@ -192,7 +198,7 @@ class ModelRegistry:
             model.state = ModelState.DRAINING
         runtimes = [rt for rt, _ in self._runtimes.values()]
         if deadline_s > 0 and runtimes:
-            waits = [asyncio.ensure_future(rt.scheduler.drain()) for rt in runtimes]
+            waits = [asyncio.ensure_future(rt.drain()) for rt in runtimes]
             _, pending = await asyncio.wait(waits, timeout=deadline_s)
             for fut in pending:
                 fut.cancel()

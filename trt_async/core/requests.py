@@ -130,6 +130,38 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     prompt_name: str | None = None
 
 
+class ImageTextEmbedRequest(msgspec.Struct, kw_only=True):
+    """Vectors for texts and images in one space (an image-text model: CLIP, SigLIP).
+
+    Each image is an http(s) URL, a ``data:`` URI or base64 (see
+    :func:`~trt_async.core.image_inputs.load_images`).
+    """
+
+    texts: Sequence[str] = ()
+    images: Sequence[str] = ()
+    #: Where each text and each image sits among the request's items as sent: errors name
+    #: that index, and :meth:`ImageTextEmbeddings.in_order` puts each vector there. None:
+    #: the item's index in its own list (texts and images sent apart).
+    text_positions: Sequence[int] | None = None
+    image_positions: Sequence[int] | None = None
+    model: str | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    truncate: bool | None = None
+
+
+class ImageZeroShotRequest(msgspec.Struct, kw_only=True):
+    """Each candidate label's score for each image, from an image-text model, as
+    transformers' zero-shot-image-classification pipeline scores them."""
+
+    images: Sequence[str]
+    labels: Sequence[str]
+    model: str | None = None
+    #: The text for each label (``{}`` is the label); None: the model's, transformers'
+    #: "This is a photo of {}.".
+    template: str | None = None
+
+
 Request = (
     EmbedRequest
     | RerankRequest
@@ -137,6 +169,8 @@ Request = (
     | ZeroShotRequest
     | SimilarityRequest
     | TokenizeRequest
+    | ImageTextEmbedRequest
+    | ImageZeroShotRequest
 )
 
 
@@ -226,4 +260,43 @@ class Tokens:
     tokens: list[list[TokenInfo]]
 
 
-Result = Embeddings | Ranking | Classification | ZeroShotScores | Similarities | Tokens
+@dataclass(frozen=True, slots=True)
+class ImageTextEmbeddings:
+    """Text and image vectors of one request, in one space."""
+
+    model: str
+    #: ``(texts, dimensions)`` and ``(images, dimensions)`` float32, finished as asked.
+    texts: np.ndarray
+    images: np.ndarray
+    #: Tokens of the texts.
+    tokens: int
+    timings: Timings
+    text_positions: Sequence[int] | None = None
+    image_positions: Sequence[int] | None = None
+
+    def in_order(self) -> np.ndarray:
+        """Every vector at its item's position in the request (texts first, then images,
+        where the request gave no positions)."""
+        n_texts, n_images = len(self.texts), len(self.images)
+        dim = (self.texts if n_texts else self.images).shape[-1] if n_texts + n_images else 0
+        out = np.empty((n_texts + n_images, dim), dtype=np.float32)
+        texts_at = self.text_positions if self.text_positions is not None else range(n_texts)
+        images_at = (
+            self.image_positions
+            if self.image_positions is not None
+            else range(n_texts, n_texts + n_images)
+        )
+        out[list(texts_at)] = self.texts
+        out[list(images_at)] = self.images
+        return out
+
+
+Result = (
+    Embeddings
+    | Ranking
+    | Classification
+    | ZeroShotScores
+    | Similarities
+    | Tokens
+    | ImageTextEmbeddings
+)

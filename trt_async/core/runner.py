@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -29,6 +29,13 @@ from trt_async.core.multivector import Head, HeadReducer
 from trt_async.core.tokenizer import Encoding
 
 T = TypeVar("T")
+
+#: One item of a batch: a text's tokens, or one item of a fixed-shape input (an image's
+#: ``(3, H, W)`` pixel values, a row of its request's array).
+Item = Encoding | np.ndarray
+#: ``pack(buffers, items, pad_id) -> mask``: writes a batch's items into its bucket's inputs
+#: and gives the mask the reducers read (:func:`pack` for tokens).
+Packer = Callable[[Mapping[str, np.ndarray], Sequence[Item], int], np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,12 @@ def pack(buffers: Mapping[str, np.ndarray], items: Sequence[Encoding], pad_id: i
             type_ids[row, :n] = item.type_ids
     mask[len(items) :, 0] = 1
     return mask
+
+
+def _pack_tokens(
+    buffers: Mapping[str, np.ndarray], items: Sequence[Item], pad_id: int
+) -> np.ndarray:
+    return pack(buffers, cast("Sequence[Encoding]", items), pad_id)
 
 
 class BatchAbandoned(Exception):
@@ -149,9 +162,12 @@ class BatchRunner:
         head_reducers: Mapping[Head, tuple[str, HeadReducer]] | None = None,
         *,
         units: bool = False,
+        pack: Packer | None = None,
     ) -> None:
         self.backend = backend
         self._reduce = reduce
+        #: How a batch's items go into its inputs: token ids by default.
+        self._pack = _pack_tokens if pack is None else pack
         #: Whether each batch's rows are also given L2-normalised (vectors, not logits): the
         #: worker thread normalises a whole batch in one operation, the event loop would
         #: pay for one per request.
@@ -171,7 +187,7 @@ class BatchRunner:
     async def run(
         self,
         bucket: Bucket,
-        items: Sequence[Encoding],
+        items: Sequence[Item],
         heads: Collection[Head] = (),
         abandoned: Callable[[], bool] | None = None,
         solo: bool = False,
@@ -202,7 +218,7 @@ class BatchRunner:
     def _job(
         self,
         bucket: Bucket,
-        items: Sequence[Encoding],
+        items: Sequence[Item],
         heads: Collection[Head],
         abandoned: Callable[[], bool] | None,
         lane: int,
@@ -210,7 +226,7 @@ class BatchRunner:
         if abandoned is not None and abandoned():
             raise BatchAbandoned
         buffers = self.backend.inputs(bucket, lane)
-        mask = pack(buffers, items, self._pad_id)
+        mask = self._pack(buffers, items, self._pad_id)
         wanted = [(head, *self._heads[head]) for head in heads]
         start = time.perf_counter()
         outputs = self.backend.execute(bucket, [name for _, name, _ in wanted], lane)
@@ -218,8 +234,12 @@ class BatchRunner:
         n = len(items)
         # Reducers copy out of the bucket's output buffers, which the next run reuses.
         rows = self._reduce(outputs[self.backend.io.output][:n], mask[:n])
-        ids = buffers["input_ids"][:n]
-        extras = {head: reduce(outputs[name][:n], ids, mask[:n]) for head, name, reduce in wanted}
+        extras = {}
+        if wanted:  # token-level heads read the ids (fixed-shape inputs have none)
+            ids = buffers["input_ids"][:n]
+            extras = {
+                head: reduce(outputs[name][:n], ids, mask[:n]) for head, name, reduce in wanted
+            }
         units = l2_normalize(rows) if self._units else None
         return BatchOutput(rows, execute_s, extras, units)
 

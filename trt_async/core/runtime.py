@@ -23,6 +23,7 @@ from trt_async.backends.base import (
     BackendSpec,
 )
 from trt_async.backends.modelfiles import (
+    ImageTextManifest,
     ModelDirError,
     ModelFiles,
     default_max_length,
@@ -37,6 +38,7 @@ from trt_async.core.runner import BatchRunner
 from trt_async.core.scheduler import BatchObserver, QueueLimits, Scheduler, prepare
 from trt_async.core.tokenize_queue import TokenizeQueue
 from trt_async.core.tokenizer import TextTokenizer
+from trt_async.core.vision import VisionRuntime
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,12 @@ class ModelRuntime:
     Built by :func:`create_runtime`; ``start()`` prepares every bucket and runs one real
     item through, ``close()`` frees the backend.
     """
+
+    #: Image-text models (CLIP, SigLIP): this runtime is the text tower, ``vision`` the
+    #: image tower beside it, and ``image_text`` the folder's manifest (set by
+    #: :func:`~trt_async.core.image_text.create_image_text_runtime`).
+    vision: VisionRuntime | None = None
+    image_text: ImageTextManifest | None = None
 
     def __init__(
         self,
@@ -212,7 +220,7 @@ class ModelRuntime:
         failures = self.scheduler.stats.consecutive_failures
         if failures >= after:
             return f"{failures} consecutive batches failed; see the server log"
-        return None
+        return self.vision.failing(after) if self.vision is not None else None
 
     async def start(self) -> None:
         """Prepare every bucket on a backend thread, then run one real item as a check."""
@@ -220,6 +228,19 @@ class ModelRuntime:
         probe = self.tokenizer.encode(["warm up"], truncate=True)
         result = await self.scheduler.submit(probe)
         self.output_dim = int(result.rows.shape[-1])
+        if self.vision is not None:
+            await self.vision.start()
+            if self.vision.output_dim != self.output_dim:
+                raise ModelDirError(
+                    f"{self.files.root.parent}: the text tower gives {self.output_dim} "
+                    f"dimensions and the vision tower {self.vision.output_dim}; re-export"
+                )
+
+    async def drain(self) -> None:
+        """Wait until every queued and running item is done (both towers)."""
+        await self.scheduler.drain()
+        if self.vision is not None:
+            await self.vision.scheduler.drain()
 
     async def calibration(self) -> np.ndarray:
         """Raw vectors of :data:`~trt_async.core.quantize.CALIBRATION_TEXTS` for int8/uint8
@@ -244,6 +265,8 @@ class ModelRuntime:
             return vectors
 
     async def close(self, reason: str = "the model was unloaded") -> None:
+        if self.vision is not None:
+            await self.vision.close(reason)
         self.scheduler.close(reason)
         # Batches already on a lane finish; those waiting for one see the close and stop.
         await self.runner.drain()

@@ -42,7 +42,7 @@ from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.core.errors import BackendFailure, OverCapacity, Overloaded, Unavailable
 from trt_async.core.heads import l2_normalize
 from trt_async.core.multivector import Head
-from trt_async.core.runner import BatchAbandoned, BatchOutput
+from trt_async.core.runner import BatchAbandoned, BatchOutput, Item
 from trt_async.core.tokenizer import Encoding
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Runner(Protocol):
     async def run(
         self,
         bucket: Bucket,
-        items: Sequence[Encoding],
+        items: Sequence[Item],
         heads: Collection[Head] = (),
         abandoned: Callable[[], bool] | None = None,
         solo: bool = False,
@@ -117,7 +117,7 @@ class Prepared(NamedTuple):
     indices grouped by padded length. Made off the event loop where the items are made
     (:func:`prepare`), so the loop's work for a request is per length, not per item."""
 
-    encodings: Sequence[Encoding]
+    encodings: Sequence[Item]
     sizes: list[int]
     tokens: int
     #: ``(padded length, item indices, their token counts)`` per length the items span.
@@ -167,7 +167,7 @@ class _Request:
     def __init__(
         self,
         future: asyncio.Future[None],
-        encodings: Sequence[Encoding],
+        encodings: Sequence[Item],
         tokens: int,
         now: float,
         heads: frozenset[Head] = frozenset(),
@@ -234,7 +234,7 @@ class _Part(NamedTuple):
     tokens: int
 
 
-class BatchItems(Sequence[Encoding]):
+class BatchItems(Sequence[Item]):
     """A batch's items as the runner packs them, gathered from its parts on the worker
     thread (the loop only slices index lists)."""
 
@@ -247,18 +247,18 @@ class BatchItems(Sequence[Encoding]):
     def __len__(self) -> int:
         return self._count
 
-    def __iter__(self) -> Iterator[Encoding]:
+    def __iter__(self) -> Iterator[Item]:
         for request, indices, _ in self._parts:
             encodings = request.encodings
             for i in indices:
                 yield encodings[i]
 
     @overload
-    def __getitem__(self, index: int) -> Encoding: ...
+    def __getitem__(self, index: int) -> Item: ...
     @overload
-    def __getitem__(self, index: slice) -> Sequence[Encoding]: ...
+    def __getitem__(self, index: slice) -> Sequence[Item]: ...
 
-    def __getitem__(self, index: int | slice) -> Encoding | Sequence[Encoding]:
+    def __getitem__(self, index: int | slice) -> Item | Sequence[Item]:
         items = list(self)
         return items[index]
 

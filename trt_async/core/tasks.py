@@ -234,6 +234,7 @@ class ServedModel:
             default_prompt_name=default_prompt_name,
             pair_template=manifest.pair_template if manifest is not None else None,
             instruction=config.instruction,
+            embeds_images=runtime.vision is not None,
         )
         check_configured(name, self.capabilities, config, runtime.tokenizer)
         #: The lifecycle state the registry sets; health is read from the runtime.

@@ -19,9 +19,16 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from litestar import Router
 
-from trt_async.core.errors import InvalidInput
-from trt_async.core.requests import Embeddings, EmbedRequest, QuantizedType
+from trt_async.core.errors import InvalidInput, Part
+from trt_async.core.requests import (
+    Embeddings,
+    EmbedRequest,
+    ImageTextEmbeddings,
+    ImageTextEmbedRequest,
+    QuantizedType,
+)
 from trt_async.http.errors import Dialect, dialect_handlers
+from trt_async.http.image_requests import CohereInput, cohere_items
 from trt_async.http.routes import Call, Translation, inference_route, vector_rows
 
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
@@ -30,7 +37,11 @@ Truncate = Literal["NONE", "START", "END"]
 
 
 class CohereEmbedRequest(msgspec.Struct, kw_only=True):
-    texts: list[str]
+    texts: list[str] | None = None
+    #: v2, image-text models: images (data: URIs, base64 or allowed URLs), or inputs of
+    #: one text or image content part each (see image_requests).
+    images: list[str] | None = None
+    inputs: list[CohereInput] | None = None
     model: str | None = None
     input_type: InputType | None = None
     embedding_types: list[str] | None = None
@@ -94,7 +105,24 @@ def _types(requested: list[str] | None, default: list[str]) -> list[EmbeddingTyp
     return [t for t in allowed if t in names]
 
 
-def _request(data: CohereEmbedRequest, types: list[EmbeddingType]) -> EmbedRequest:
+def _request(
+    data: CohereEmbedRequest, types: list[EmbeddingType]
+) -> EmbedRequest | ImageTextEmbedRequest:
+    if (data.texts is not None) + (data.images is not None) + (data.inputs is not None) != 1:
+        raise InvalidInput("send exactly one of texts, images and inputs", field="texts")
+    items = cohere_items(data.images, data.inputs)
+    if items is not None:
+        bad = [t for t in types if t not in ("float", "base64")]
+        if bad:
+            raise InvalidInput(
+                f"embedding_types {bad} are given for texts only; ask for float or base64 "
+                "with images and inputs",
+                field="embedding_types",
+            )
+        return items.request(
+            data.model, dimensions=data.output_dimension, truncate=data.truncate != "NONE"
+        )
+    assert data.texts is not None
     return EmbedRequest(
         inputs=data.texts,
         model=data.model,
@@ -111,15 +139,16 @@ def _request(data: CohereEmbedRequest, types: list[EmbeddingType]) -> EmbedReque
 _QUANTIZED: tuple[QuantizedType, ...] = ("int8", "uint8", "binary", "ubinary")
 
 
-def _by_type(result: Embeddings, types: list[EmbeddingType]) -> _WireByType:
+def _by_type(result: Embeddings | ImageTextEmbeddings, types: list[EmbeddingType]) -> _WireByType:
     out = _WireByType()
+    vectors = result.in_order() if isinstance(result, ImageTextEmbeddings) else result.vectors
     for kind in types:
         if kind == "float":
-            out.float_ = vector_rows(result.vectors)
+            out.float_ = vector_rows(vectors)
         elif kind == "base64":
-            rows = result.vectors.astype("<f4", copy=False)
+            rows = vectors.astype("<f4", copy=False)
             out.base64 = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-        else:
+        elif isinstance(result, Embeddings):
             setattr(out, kind, result.quantized[kind].tolist())
     return out
 
@@ -128,32 +157,40 @@ def _meta(version: str, tokens: int) -> EmbedMeta:
     return EmbedMeta(ApiVersion(version), BilledUnits(tokens))
 
 
-def _v2_request(data: CohereEmbedRequest, call: Call[CohereEmbedRequest]) -> EmbedRequest:
+def _v2_request(
+    data: CohereEmbedRequest, call: Call[CohereEmbedRequest]
+) -> EmbedRequest | ImageTextEmbedRequest:
     return _request(data, _types(data.embedding_types, ["float"]))
 
 
-def _v2_answer(result: Embeddings, data: CohereEmbedRequest) -> _WireByTypeResponse:
+def _v2_answer(
+    result: Embeddings | ImageTextEmbeddings, data: CohereEmbedRequest
+) -> _WireByTypeResponse:
     return _WireByTypeResponse(
         id=str(uuid.uuid4()),
         embeddings=_by_type(result, _types(data.embedding_types, ["float"])),
-        texts=data.texts,
+        texts=data.texts or [],
         meta=_meta("2", result.tokens),
     )
 
 
-def _v1_request(data: CohereEmbedRequest, call: Call[CohereEmbedRequest]) -> EmbedRequest:
+def _v1_request(
+    data: CohereEmbedRequest, call: Call[CohereEmbedRequest]
+) -> EmbedRequest | ImageTextEmbedRequest:
     types = [] if data.embedding_types is None else _types(data.embedding_types, [])
     return _request(data, types)
 
 
 def _v1_answer(
-    result: Embeddings, data: CohereEmbedRequest
+    result: Embeddings | ImageTextEmbeddings, data: CohereEmbedRequest
 ) -> _WireByTypeResponse | _WireFloatsResponse:
     meta = _meta("1", result.tokens)
+    texts = data.texts or []
     if data.embedding_types is None:
-        return _WireFloatsResponse(str(uuid.uuid4()), vector_rows(result.vectors), data.texts, meta)
+        rows = result.in_order() if isinstance(result, ImageTextEmbeddings) else result.vectors
+        return _WireFloatsResponse(str(uuid.uuid4()), vector_rows(rows), texts, meta)
     by_type = _by_type(result, _types(data.embedding_types, []))
-    return _WireByTypeResponse(str(uuid.uuid4()), by_type, data.texts, meta)
+    return _WireByTypeResponse(str(uuid.uuid4()), by_type, texts, meta)
 
 
 class _WireByType(msgspec.Struct, omit_defaults=True, rename={"float_": "float"}):
@@ -183,20 +220,25 @@ class _WireFloatsResponse(msgspec.Struct):
     response_type: Literal["embeddings_floats"] = "embeddings_floats"
 
 
+#: Images are counted among ``images`` or ``inputs`` (whichever the body used: both
+#: number items from 0 the same way).
+_IMAGE_FIELDS = {Part.IMAGES: "images"}
+
+
 def router() -> Router:
     """Cohere's embed routes, answering errors in Cohere's shape."""
     v2 = inference_route(
         "/v2/embed",
         body=CohereEmbedRequest,
-        translation=Translation(_v2_request, _v2_answer),
+        translation=Translation(_v2_request, _v2_answer, field_names=_IMAGE_FIELDS),
         dialect=Dialect.COHERE,
         answers=EmbedByTypeResponse,
-        summary="Embed texts, as float and quantised types (Cohere v2)",
+        summary="Embed texts, as float and quantised types, or images (Cohere v2)",
     )
     v1 = inference_route(
         "/v1/embed",
         body=CohereEmbedRequest,
-        translation=Translation(_v1_request, _v1_answer),
+        translation=Translation(_v1_request, _v1_answer, field_names=_IMAGE_FIELDS),
         dialect=Dialect.COHERE,
         answers=EmbedByTypeResponse | EmbedFloatsResponse,
         summary="Embed texts (Cohere v1): floats, or by type with embedding_types",

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, NamedTuple, TextIO
 
+import msgspec
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, HTTPException
@@ -384,22 +385,44 @@ def access_record(entry: AccessEntry) -> logging.LogRecord:
     opt={PUBLIC_OPT: True},
     sync_to_thread=False,
     tags=["probes"],
-    summary="Prometheus metrics (OpenMetrics when the Accept header asks for it)",
+    summary="Prometheus metrics (OpenMetrics, or per-model JSON statistics, on request)",
     description=(
         "Requests, queue, batch and time-split histograms per model. The format follows "
-        "the `Accept` header: `application/openmetrics-text` gets OpenMetrics 1.0, anything "
-        "else the Prometheus text format 0.0.4. Never needs the API key."
+        "the `Accept` header: `application/openmetrics-text` gets OpenMetrics 1.0, "
+        "`application/json` each model's inference statistics in Triton's shape "
+        '(`{"model_stats": [...]}`), anything else the Prometheus text format 0.0.4. Never '
+        "needs the API key."
     ),
     media_type="text/plain",
-    response_description="The metrics in the negotiated text format",
+    response_description="The metrics in the negotiated format",
 )
-def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[str]:
+def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
     metrics: Metrics = request.app.state[METRICS_STATE_KEY]
-    body, content_type = metrics.negotiate(request.headers.get("accept"))
+    accept = request.headers.get("accept")
+    if accept is not None and wants_json(accept):
+        return Response(msgspec.json.encode(metrics.statistics()), media_type="application/json")
+    body, content_type = metrics.negotiate(accept)
     if content_type.startswith("text/"):
         # Litestar appends "; charset=utf-8" to every text/ type itself.
         content_type = content_type.replace("; charset=utf-8", "")
     return Response(body.decode(), media_type=content_type)
+
+
+def wants_json(accept: str) -> bool:
+    """Whether an ``Accept`` header lists ``application/json`` (with a q above 0)."""
+    for item in accept.split(","):
+        media, *params = item.split(";")
+        if media.strip().lower() != "application/json":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
 
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

@@ -20,7 +20,14 @@ from msgspec import Meta
 
 from trt_async.core.config import ModelKind
 from trt_async.core.errors import InvalidInput, Part
-from trt_async.core.requests import Embeddings, EmbedRequest, Ranking, RerankRequest
+from trt_async.core.requests import (
+    Embeddings,
+    EmbedRequest,
+    ImageTextEmbeddings,
+    ImageTextEmbedRequest,
+    Ranking,
+    RerankRequest,
+)
 from trt_async.core.templates import NotTakenBy
 from trt_async.http.common import (
     Instruction,
@@ -31,23 +38,35 @@ from trt_async.http.common import (
     error_responses,
 )
 from trt_async.http.errors import Dialect, dialect_handlers
+from trt_async.http.image_requests import (
+    ChatMessage,
+    InputObject,
+    Items,
+    image_list,
+    jina_items,
+    message_items,
+)
 from trt_async.http.routes import Call, Translation, inference_route, vector_rows
 
 #: A text, a list of texts, one token-id list, or a list of token-id lists. msgspec allows a
 #: single array type in a union, so lists are checked for consistency after decoding.
 EmbeddingInput = str | list[str | int | list[int]]
+#: OpenAI's route also takes Jina's image objects among the texts (see image_requests).
+OpenAIInput = str | list[str | int | list[int] | InputObject]
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
     """OpenAI's embeddings request."""
 
     input: Annotated[
-        EmbeddingInput,
+        OpenAIInput | None,
         Meta(
             description="A text, a list of texts, or token ids made by this model's own "
-            "tokenizer (one list, or a list of lists)."
+            "tokenizer (one list, or a list of lists). Image-text models (CLIP, SigLIP) also "
+            'take `{"text": ...}` and `{"image": ...}` objects (Jina), or images with '
+            "`modality: image` (infinity). Required unless `messages` is sent."
         ),
-    ]
+    ] = None
     model: Annotated[str, Meta(description="A served model's name (`GET /v1/models`).")]
     encoding_format: Annotated[
         Literal["float", "base64"],
@@ -72,6 +91,17 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     prompt_name: PromptName = None
     prompt: PromptText = None
     instruction: Instruction = None
+    modality: Annotated[
+        Literal["text", "image"],
+        Meta(description="infinity's switch: `image` makes every `input` an image."),
+    ] = "text"
+    messages: Annotated[
+        list[ChatMessage] | None,
+        Meta(
+            description="vLLM's chat form instead of `input`: one text or image_url part, "
+            "embedded as one vector."
+        ),
+    ] = None
 
 
 class Embedding(msgspec.Struct):
@@ -172,8 +202,33 @@ def embedding_answer(
 
 def _to_request(
     data: EmbeddingRequest, call: Call[EmbeddingRequest]
-) -> EmbedRequest | RerankRequest:
-    inputs = split_input(data.input)
+) -> EmbedRequest | RerankRequest | ImageTextEmbedRequest:
+    items = _image_items(data)
+    inputs: list[str] | list[list[int]] = []
+    if items is None:
+        if data.input is None:
+            raise InvalidInput("send `input` (or vLLM's `messages`)", field="input")
+        try:
+            inputs = split_input(cast("EmbeddingInput", data.input))
+        except InvalidInput:
+            if not isinstance(data.input, list) or not any(
+                isinstance(x, InputObject) for x in data.input
+            ):
+                raise
+            # Jina's image objects among the texts.
+            items = jina_items(data.input)
+    if items is not None:
+        if data.query is not None:
+            raise InvalidInput("rerank (`query`) takes texts as `input`", field="query")
+        if data.instruction is not None:
+            raise NotTakenBy(Part.INSTRUCTION, "embedding", "reranking (send a `query`)")
+        return items.request(
+            data.model,
+            dimensions=data.dimensions,
+            truncate=data.truncate,
+            prompt_name=data.prompt_name,
+            prompt=data.prompt,
+        )
     model = call.inference.lookup(data.model)
     if data.query is None and model.capabilities.role is not ModelKind.RERANKER:
         if data.instruction is not None:
@@ -207,6 +262,19 @@ def _to_request(
     )
 
 
+def _image_items(data: EmbeddingRequest) -> Items | None:
+    """The body's items when it holds images or messages (infinity's modality, vLLM's
+    messages); None for texts and token ids (Jina's objects are found when the plain
+    forms do not decode, see ``_to_request``)."""
+    if data.messages is not None:
+        if data.input is not None:
+            raise InvalidInput("send `input` or `messages`, not both", field="messages")
+        return message_items(data.messages)
+    if data.modality == "image" and data.input is not None:
+        return image_list(data.input, "input")
+    return None
+
+
 def refuse_prompts(prompt_name: str | None, prompt: str | None, task: str) -> None:
     """Refuse an embedding prompt on a request that embeds nothing."""
     if prompt_name is not None or prompt is not None:
@@ -214,9 +282,13 @@ def refuse_prompts(prompt_name: str | None, prompt: str | None, task: str) -> No
         raise NotTakenBy(part, task, "embedding (leave out `query`)")
 
 
-def _to_answer(result: Embeddings | Ranking, data: EmbeddingRequest) -> _WireResponse:
+def _to_answer(
+    result: Embeddings | Ranking | ImageTextEmbeddings, data: EmbeddingRequest
+) -> _WireResponse:
     if isinstance(result, Ranking):
         rows = result.scores.astype(np.float32).reshape(-1, 1)
+    elif isinstance(result, ImageTextEmbeddings):
+        rows = result.in_order()
     else:
         rows = result.vectors
     return embedding_answer(rows, result.model, result.tokens, data.encoding_format)
@@ -240,9 +312,10 @@ async def get_model(registry: RegistryDep, model_id: FromPath[str]) -> ModelCard
 def router() -> Router:
     """OpenAI's routes, answering errors in OpenAI's shape."""
     embeddings = inference_route(
-        "/v1/embeddings",
+        # Without /v1 as well: infinity's and TEI's path for the same route.
+        ["/v1/embeddings", "/embeddings"],
         body=EmbeddingRequest,
-        translation=Translation(_to_request, _to_answer),
+        translation=Translation(_to_request, _to_answer, field_names={Part.IMAGES: "input"}),
         dialect=Dialect.OPENAI,
         answers=EmbeddingResponse,
         summary="Create embeddings (OpenAI)",

@@ -16,14 +16,20 @@ import re
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
 import msgspec
 import yaml
 
-from trt_async.backends.modelfiles import ModelDirError, ModelFiles, Task
+from trt_async.backends.modelfiles import (
+    ImageTextFiles,
+    ModelDirError,
+    Task,
+    resolve_model_folder,
+)
 from trt_async.core.config import (
     CONFIG_ENV,
     LOG_LEVEL_ENV,
@@ -38,6 +44,7 @@ from trt_async.core.config import (
     model_name_problem,
 )
 from trt_async.core.hub import Exporter, HubError, fetch, parse_ref
+from trt_async.http.embedding_proxy import EMBEDDING_SIZE_ENV, MODEL_NAME_ENV, SERVER_PORT_ENV
 
 API_KEY_ENV = "TRT_ASYNC_API_KEY"
 FACTORY = "trt_async.app:create_app"
@@ -67,7 +74,7 @@ def check_model_files(config: Config, source: Path | None) -> None:
     for name, kind, model in config.models():
         where = f"{source or '--model'}: model {name!r} ({kind.section})"
         try:
-            ModelFiles.resolve(Path(model.model_path), model.tokenizer_path)
+            resolve_model_folder(Path(model.model_path), model.tokenizer_path)
         except ModelDirError as exc:
             raw = written.get((kind.section, name), "")
             if _HUB_ID.match(raw) and not Path(model.model_path).exists():
@@ -138,6 +145,90 @@ def _written_model_paths(source: Path) -> dict[tuple[str, str], str]:
     return out
 
 
+def env_port(environ: Mapping[str, str]) -> int | None:
+    """The port ``SERVER_PORT`` names (the Triton proxy's setting), or None when unset."""
+    raw = environ.get(SERVER_PORT_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise StartupError(f"{SERVER_PORT_ENV}={raw!r} is not a port number (1 to 65535)")
+    return int(raw)
+
+
+def embedding_size(model_path: str, tokenizer_path: str | None = None) -> int | None:
+    """The size of the vectors a model folder gives, as its files declare it (read without
+    loading the graph): an image-text export's, else its export's hidden size, else its
+    config.json's (graphs end at the transformer or its pooling: a sentence-transformers
+    Dense layer is not exported)."""
+    files = resolve_model_folder(Path(model_path), tokenizer_path)
+    if isinstance(files, ImageTextFiles):
+        return files.manifest.embedding_size
+    manifest = files.manifest
+    if manifest is not None and manifest.hidden_size:
+        return manifest.hidden_size
+    for key in ("hidden_size", "d_model"):
+        value = files.hf_config.get(key)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    """The model served without a config (the embedded default), as the start-up checks
+    need it: its name, and its vector size read from its files."""
+
+    name: str
+    embedding_size: Callable[[], int | None]
+
+
+def check_proxy_settings(
+    config: Config | None, environ: Mapping[str, str], default: DefaultModel | None = None
+) -> None:
+    """The Triton proxy's ``MODEL_NAME`` must name a served model and its
+    ``EMBEDDING_SIZE`` (when set) that model's vector size (the first embedding model's
+    without ``MODEL_NAME``): the server does not start otherwise. Without a config the
+    model is ``default``."""
+    wanted = environ.get(MODEL_NAME_ENV, "").strip() or None
+    raw_size = environ.get(EMBEDDING_SIZE_ENV, "").strip()
+    if wanted is None and not raw_size:
+        return
+    models = config.models() if config is not None else []
+    names = [n for n, _, _ in models] if config is not None else []
+    if config is None and default is not None:
+        names = [default.name]
+    if wanted is not None and wanted not in names:
+        raise StartupError(
+            f"{MODEL_NAME_ENV}={wanted!r} names no served model (served: "
+            f"{', '.join(names) or 'none'}); set it to one of them or unset it"
+        )
+    if not raw_size:
+        return
+    if not raw_size.isdigit():
+        raise StartupError(f"{EMBEDDING_SIZE_ENV}={raw_size!r} is not a whole number")
+    embedders = [n for n, kind, _ in models if kind is ModelKind.EMBEDDING]
+    name = wanted or (embedders[0] if embedders else (names[0] if names else ""))
+    found = next((m for n, _, m in models if n == name), None)
+    if found is not None:
+        size = embedding_size(found.model_path, found.tokenizer_path)
+    elif config is None and default is not None:
+        size = default.embedding_size()
+    else:
+        raise StartupError(
+            f"{EMBEDDING_SIZE_ENV}={raw_size} is set but no embedding model is served"
+        )
+    if size is None:
+        raise StartupError(
+            f"{EMBEDDING_SIZE_ENV}={raw_size}: model {name!r} does not declare its embedding "
+            "size (no hidden_size in its export or config.json); unset EMBEDDING_SIZE"
+        )
+    if size != int(raw_size):
+        raise StartupError(
+            f"{EMBEDDING_SIZE_ENV}={raw_size}, but model {name!r} gives {size}-dimensional "
+            f"vectors; set {EMBEDDING_SIZE_ENV}={size} or serve another model"
+        )
+
+
 def check_port_free(host: str, port: int) -> None:
     """Refuse a port another process listens on.
 
@@ -189,8 +280,11 @@ class _ModelOption(argparse.Action):
         setattr(models[-1], self.dest, value)
 
 
-def add_serve_parser(subparsers: Any, exporter: Exporter | None = None) -> argparse.ArgumentParser:
-    """Register ``trt-async serve``; ``exporter`` exports hub repositories without ONNX."""
+def add_serve_parser(
+    subparsers: Any, exporter: Exporter | None = None, default: DefaultModel | None = None
+) -> argparse.ArgumentParser:
+    """Register ``trt-async serve``; ``exporter`` exports hub repositories without ONNX;
+    ``default`` is the model served without a config."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
         help="serve the configured models over HTTP",
@@ -227,18 +321,26 @@ def add_serve_parser(subparsers: Any, exporter: Exporter | None = None) -> argpa
         help="the name clients use for the --model before it (default: NAME)",
     )
     parser.add_argument("--host", help="address to bind (default: server.host, 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="port to bind (default: server.port, 8887)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"port to bind (default: ${SERVER_PORT_ENV}, else server.port, 8887)",
+    )
     parser.add_argument(
         "--api-key",
         help=(
             f"require 'Authorization: Bearer <key>' (also ${API_KEY_ENV}; default: server.api_key)"
         ),
     )
-    parser.set_defaults(func=functools.partial(run_serve, exporter=exporter))
+    parser.set_defaults(func=functools.partial(run_serve, exporter=exporter, default=default))
     return parser
 
 
-def run_serve(args: argparse.Namespace, exporter: Exporter | None = None) -> int:
+def run_serve(
+    args: argparse.Namespace,
+    exporter: Exporter | None = None,
+    default: DefaultModel | None = None,
+) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -259,7 +361,8 @@ def run_serve(args: argparse.Namespace, exporter: Exporter | None = None) -> int
         if config is not None:
             server = config.server
         host = args.host or server.host
-        port = args.port if args.port is not None else server.port
+        from_env = env_port(os.environ)
+        port = args.port if args.port is not None else from_env or server.port
         if config is not None:
             if hub_models or any(is_hub_ref(m.model_path) for _, _, m in config.models()):
                 check_port_free(host, port)  # before a download that may take minutes
@@ -267,6 +370,8 @@ def run_serve(args: argparse.Namespace, exporter: Exporter | None = None) -> int
                 # The worker reads the folders served, not the hub references.
                 worker_config = _write_worker_config(config)
             check_model_files(config, config_path)
+        check_proxy_settings(config, os.environ, default)
+        if config is not None:
             if worker_config is not None:
                 os.environ[CONFIG_ENV] = str(worker_config)
             elif config_path is not None:

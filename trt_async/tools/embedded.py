@@ -142,6 +142,17 @@ def package_model() -> tuple[Path, str]:
     return hf_dir, version
 
 
+def embedded_embedding_size() -> int | None:
+    """The embedded model's vector size, from the package's config.json (its hidden size:
+    mean pooling keeps it)."""
+    try:
+        config = json.loads((package_model_dir() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, EmbeddedModelError):
+        return None
+    size = config.get("hidden_size") if isinstance(config, dict) else None
+    return size if isinstance(size, int) else None
+
+
 def embedded_config_yaml(model_dir: str | Path) -> str:
     """``configs/default.yaml`` with the exported folder filled in."""
     # A JSON string is a valid YAML scalar and survives any character in the path.

@@ -132,6 +132,10 @@ def write_siglip_tokenizer(out_dir: Path) -> dict[str, int]:
         "pad_token": "</s>",
         "unk_token": "<unk>",
         "model_max_length": SIGLIP_MAX_POSITIONS,
+        # As Google's converted checkpoints save it (transformers' convert_siglip_to_hf.py):
+        # no attention mask, since the original model takes none; transformers' pipeline
+        # then feeds the model none.
+        "model_input_names": ["input_ids"],
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return {"eos": eos, "pad": eos, "vocab": tok.get_vocab_size()}

@@ -228,6 +228,14 @@ class PlanLoader:
     ) -> ModelIO:
         """``readable``: outputs whose type numpy can hold (bf16 cannot): only those can
         be offered as extra outputs; the others are bound on the device and never read."""
+        if "pixel_values" in inputs:
+            # A vision tower's engine needs a profile over batch sizes of one fixed image
+            # shape, which neither the build nor the bucket contexts make yet.
+            raise TensorRTError(
+                f"engine inputs {inputs}: a vision tower (pixel_values); the TensorRT backend "
+                "serves token inputs only so far: serve the image-text model with backend: "
+                "auto (its vision tower then runs on ONNX Runtime) or onnxruntime"
+            )
         unknown = [n for n in inputs if n not in KNOWN_INPUTS]
         if unknown or "input_ids" not in inputs or dtype is None:
             raise TensorRTError(
