@@ -228,7 +228,7 @@ async def test_tensorrt_serves_the_vision_tower_like_onnxruntime(
     from trt_async.backends.modelfiles import ImageTextFiles
     from trt_async.backends.onnxruntime import OnnxRuntimeBackend
     from trt_async.backends.tensorrt import TensorRTBackend
-    from trt_async.backends.tensorrt.build import build_model
+    from trt_async.backends.tensorrt.build import BuildError, build_model
     from trt_async.backends.tensorrt.cuda import Cuda
     from trt_async.core.image_text import create_image_text_runtime
     from trt_async.core.runtime import backend_options
@@ -238,6 +238,8 @@ async def test_tensorrt_serves_the_vision_tower_like_onnxruntime(
     cuda = FakeCudaRuntime()
     trt = FakeTensorRT(cuda, version=version)
     log = io.StringIO()
+    with pytest.raises(BuildError, match=r"beside each tower's model\.onnx"):
+        build_model(folder, output_dir=tmp_path / "elsewhere", trt_module=trt, cuda=Cuda(cuda))
     results = build_model(
         folder, batch_sizes=[1, 2, 4], precision=precision, progress=False,
         trt_module=trt, cuda=Cuda(cuda), log=log,
@@ -322,3 +324,110 @@ def test_tensorrt_reads_a_vision_engine_io_and_refuses_what_it_cannot_serve() ->
         loader._make_item_io(
             ["pixel_values", "input_ids"], ["e"], ((-1, 3, 8, 8), DataType.FLOAT), set()
         )
+
+
+def mean_pixels_graph(path: Path, *, height: int | str = 4, width: int | str = 4) -> Path:
+    """A graph of ``pixel_values`` (batch, 3, height, width) float32 -> ``image_embeds``
+    (batch, 3): each channel's mean, which a test computes with numpy on its own."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ReduceMean", ["pixel_values"], ["image_embeds"], keepdims=0)
+    node.attribute.append(helper.make_attribute("axes", [2, 3]))
+    graph = helper.make_graph(
+        [node],
+        "mean",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["b", 3, height, width])],
+        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["b", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fake_tensorrt_refuses_what_tensorrt_refuses_for_an_image_engine(tmp_path: Path) -> None:
+    """The fake's rules for a fixed-shape input, each as TensorRT has it: ``set_input_shape``
+    returns False for another rank or a shape outside the profile (the item dims are a
+    one-point range), and an enqueue whose bound input is smaller than volume x element
+    size (a buffer sized for another dtype) is refused rather than read past its end."""
+    from tests.fake_trt import EngineSpec, FakeCudaRuntime, FakeTensorRT, write_plan
+    from trt_async.backends.modelfiles import ModelFiles
+    from trt_async.backends.tensorrt import TensorRTBackend
+
+    graph = mean_pixels_graph(tmp_path / "vision" / "model.onnx")
+    spec = EngineSpec(
+        inputs=["pixel_values"], output="image_embeds", input_dtype="float32", hidden=3,
+        profile_min=[1, 3, 4, 4], profile_opt=[2, 3, 4, 4], profile_max=[4, 3, 4, 4],
+        item_shape=[3, 4, 4], graph=str(graph),
+    )  # fmt: skip
+    cuda = FakeCudaRuntime()
+    trt = FakeTensorRT(cuda)
+    plan = write_plan(tmp_path / "vision" / "model.trt", spec)
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(plan.read_bytes())
+    context = engine.create_execution_context()
+    assert not context.set_input_shape("pixel_values", (2, 48))  # a token shape
+    assert not context.set_input_shape("pixel_values", (8, 3, 4, 4))  # batch past the profile
+    assert not context.set_input_shape("pixel_values", (2, 3, 8, 8))  # another image size
+    assert context.set_input_shape("pixel_values", (2, 3, 4, 4))
+    assert context.get_tensor_shape("image_embeds") == (2, 3)
+    _, stream = cuda.cudaStreamCreateWithFlags(0)
+    _, small = cuda.cudaMalloc(2 * 3 * 4 * 4 * 2)  # sized for fp16 pixels
+    _, out = cuda.cudaMalloc(2 * 3 * 4)
+    assert context.set_tensor_address("pixel_values", small)
+    assert context.set_tensor_address("image_embeds", out)
+    assert not context.execute_async_v3(int(stream))
+
+    # The backend sizes and binds it right: its pinned inputs are (batch, 3, 4, 4) float32
+    # and the vectors are each image's channel means, computed here with numpy.
+    files = ModelFiles(root=tmp_path / "vision", tokenizer=tmp_path / "t.json", plan=plan)
+    backend = TensorRTBackend(
+        files, ModelConfig(model_path=str(plan), backend="tensorrt"),  # type: ignore[arg-type]
+        trt_module=trt, cuda_runtime=cuda,
+    )  # fmt: skip
+    grid = BucketGrid([1, 2, 4], [1], 4)
+    backend.prepare(grid)
+    rng = np.random.default_rng(3)
+    try:
+        assert backend.io.item_shape == (3, 4, 4)
+        for bucket in grid.buckets():
+            pixels = backend.inputs(bucket)["pixel_values"]
+            assert pixels.shape == (bucket.batch, 3, 4, 4) and pixels.dtype == np.float32
+            pixels[...] = rng.standard_normal(pixels.shape)
+            want = pixels.mean(axis=(2, 3))
+            np.testing.assert_allclose(backend.execute(bucket)["image_embeds"], want, rtol=1e-6)
+        assert backend.replays == 3 and not trt.violations
+        with pytest.raises(Exception, match="outside the engine's optimisation profile"):
+            other = TensorRTBackend(
+                files, ModelConfig(model_path=str(plan), backend="tensorrt"),  # type: ignore[arg-type]
+                trt_module=trt, cuda_runtime=cuda,
+            )  # fmt: skip
+            other.prepare(BucketGrid([1, 8], [1], 8))
+    finally:
+        backend.close()
+
+
+def test_build_of_images_needs_a_fixed_image_size(tmp_path: Path) -> None:
+    """Only the batch axis of an image input may vary: a graph of any image size is refused
+    with the fix; the profile of a fixed size spans batch sizes only."""
+    from tests.fake_trt import FakeCudaRuntime, FakeTensorRT
+    from trt_async.backends.tensorrt.build import BuildError, build_engine
+    from trt_async.backends.tensorrt.cuda import Cuda
+
+    cuda = FakeCudaRuntime()
+    trt = FakeTensorRT(cuda)
+    folder = mean_pixels_graph(tmp_path / "any" / "model.onnx", height="h", width="w").parent
+    with pytest.raises(BuildError, match="only the batch axis may vary"):
+        build_engine(
+            folder, batch_sizes=[1, 2], lengths=[1], output_dir=tmp_path / "out",
+            progress=False, trt_module=trt, cuda=Cuda(cuda), log=io.StringIO(),
+        )  # fmt: skip
+    fixed = mean_pixels_graph(tmp_path / "fixed" / "model.onnx").parent
+    result = build_engine(
+        fixed, batch_sizes=[1, 2, 8], lengths=[16, 32], output_dir=tmp_path / "out",
+        progress=False, trt_module=trt, cuda=Cuda(cuda), log=io.StringIO(),
+    )  # fmt: skip
+    assert result.manifest.lengths == [1]
+    assert (result.manifest.profile_min, result.manifest.profile_max) == ([1, 1], [8, 1])
+    assert trt.builds[-1]["profile"] == ((1, 3, 4, 4), (2, 3, 4, 4), (8, 3, 4, 4))
