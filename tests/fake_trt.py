@@ -29,6 +29,9 @@ They follow the documented behaviour the backend relies on:
   ``update_device_memory_size_for_shapes`` sized it for its current shapes. Its "network"
   is an embedding lookup: ``last_hidden_state`` = ``table[ids] * mask``,
   ``sentence_embedding`` = masked mean of that, ``logits`` = the masked mean times a matrix.
+  An engine of one fixed-shape input (a vision tower's ``pixel_values``, ``(batch, 3, H,
+  W)``) has a profile over batch sizes of that item shape, and its network is the ONNX
+  graph its plan was built from, run by ONNX Runtime on the bytes bound to the input.
 * A graph depends on its execution context's state at capture: replaying it after that
   context's shapes, addresses or scratch memory changed is undefined in TensorRT; here it
   records a violation and writes NaN, so a test sees it.
