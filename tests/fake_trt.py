@@ -29,6 +29,9 @@ They follow the documented behaviour the backend relies on:
   ``update_device_memory_size_for_shapes`` sized it for its current shapes. Its "network"
   is an embedding lookup: ``last_hidden_state`` = ``table[ids] * mask``,
   ``sentence_embedding`` = masked mean of that, ``logits`` = the masked mean times a matrix.
+  An engine of one fixed-shape input (a vision tower's ``pixel_values``, ``(batch, 3, H,
+  W)``) has a profile over batch sizes of that item shape, and its network is the ONNX
+  graph its plan was built from, run by ONNX Runtime on the bytes bound to the input.
 * A graph depends on its execution context's state at capture: replaying it after that
   context's shapes, addresses or scratch memory changed is undefined in TensorRT; here it
   records a violation and writes NaN, so a test sees it.
@@ -662,6 +665,18 @@ class EngineSpec:
     #: The float type the kernel's two stages run in, as the build chose: ``tokens`` (the
     #: table lookup and mask) and ``reduce`` (the sums of the masked mean).
     compute_dtypes: dict[str, str] = field(default_factory=dict)
+    #: A fixed-shape input's item shape (a vision tower's ``(3, H, W)``), else None. Such an
+    #: engine's profile shapes are ``(batch, *item_shape)`` and its "network" is the ONNX
+    #: graph it was built from (``graph``), run by ONNX Runtime on the bound input's bytes.
+    item_shape: list[int] | None = None
+    graph: str | None = None
+
+    def units(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(batch, length) of an input shape; an item counts as one row of
+        ``prod(item_shape)`` units, for the scratch rule and the capture bookkeeping."""
+        if self.item_shape is None:
+            return int(shape[0]), int(shape[1])
+        return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
 
     def scratch_bytes(self, batch: int, length: int) -> int:
         """The fake's rule for an engine's activation scratch at one shape: linear in the
@@ -716,6 +731,7 @@ class FakeEngine:
         #: either by the builder or on deserialization" (TensorRT developer guide, FAQ on
         #: multiple GPUs): the device current on the deserialising thread.
         self.device = device
+        self._session: Any = None
 
     @property
     def num_io_tensors(self) -> int:
@@ -726,7 +742,7 @@ class FakeEngine:
         return 1
 
     def _activation_bytes(self) -> int:
-        b, n = self.spec.profile_max
+        b, n = self.spec.units(tuple(self.spec.profile_max))
         return self.spec.scratch_bytes(b, n)
 
     @property
@@ -758,7 +774,7 @@ class FakeEngine:
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name in self.spec.inputs:
-            return (-1, -1)
+            return (-1, *self.spec.item_shape) if self.spec.item_shape else (-1, -1)
         return self.output_shape(name, -1, -1)
 
     def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
@@ -772,6 +788,18 @@ class FakeEngine:
         strategy: ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy.STATIC,
     ) -> FakeContext:
         return FakeContext(self, strategy)
+
+    def run_graph(self, name: str, items: np.ndarray) -> np.ndarray:
+        """A fixed-shape input's network: the ONNX graph the plan was built from."""
+        if self._session is None:
+            import onnxruntime
+
+            assert self.spec.graph is not None
+            self._session = onnxruntime.InferenceSession(
+                self.spec.graph, providers=["CPUExecutionProvider"]
+            )
+        (out,) = self._session.run([name], {self.spec.inputs[0]: items})
+        return np.asarray(out, np.float32)
 
     def compute(self, name: str, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """The network's outputs, each stage rounded to the type the build ran it in: fp16
@@ -796,13 +824,13 @@ class FakeContext:
     def __init__(self, engine: FakeEngine, strategy: ExecutionContextAllocationStrategy) -> None:
         self.engine = engine
         self.strategy = strategy
-        self.shapes: dict[str, tuple[int, int]] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.device_memory: tuple[int, int] | None = None
         #: Scratch bytes the context's activation partition needs: the profile maximum
         #: until update_device_memory_size_for_shapes sizes it for the current shapes.
         self.partition = engine.get_device_memory_size_for_profile_v2(0)
-        self._warm: tuple[tuple[str, tuple[int, int]], ...] | None = None
+        self._warm: tuple[tuple[str, tuple[int, ...]], ...] | None = None
         #: Bumped by every change of a shape or an address: a graph captured at one
         #: generation must not be replayed at another.
         self.generation = 0
@@ -810,12 +838,15 @@ class FakeContext:
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         s = self.engine.spec
-        if name not in s.inputs or len(shape) != 2:
+        # IExecutionContext::setInputShape returns false for a rank other than the input's
+        # and for dimensions outside the optimisation profile (a fixed-shape input's item
+        # dimensions are a one-point range in its profile).
+        if name not in s.inputs or len(shape) != len(s.profile_min):
             return False
         bounds = zip(s.profile_min, shape, s.profile_max, strict=True)
         if not all(lo <= d <= hi for lo, d, hi in bounds):
             return False  # TensorRT logs an error and refuses shapes outside the profile
-        new = (int(shape[0]), int(shape[1]))
+        new = tuple(int(d) for d in shape)
         if self.shapes.get(name) != new:
             self.generation += 1
             # A partition sized for other shapes no longer holds.
@@ -833,7 +864,7 @@ class FakeContext:
         if set(self.shapes) != set(spec.inputs):
             self.partition = self.engine.get_device_memory_size_for_profile_v2(0)
             return 0
-        b, n = self.shapes[spec.inputs[0]]
+        b, n = spec.units(self.shapes[spec.inputs[0]])
         self.partition = spec.scratch_bytes(b, n)
         return self.partition
 
@@ -842,7 +873,7 @@ class FakeContext:
             return self.shapes.get(name, (-1, -1))
         if len(self.shapes) < len(self.engine.spec.inputs):
             return self.engine.get_tensor_shape(name)
-        b, n = self.shapes[self.engine.spec.inputs[0]]
+        b, n = self.engine.spec.units(self.shapes[self.engine.spec.inputs[0]])
         return self.engine.output_shape(name, b, n)
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
@@ -906,14 +937,17 @@ class FakeContext:
         ):
             return False  # no scratch, or less than the current shapes need
         shapes = tuple(sorted(self.shapes.items()))
-        b, n = self.shapes[spec.inputs[0]]
+        b, n = spec.units(self.shapes[spec.inputs[0]])
+        item = spec.item_shape
+        # Bookkeeping by bucket: an item engine's buckets have length 1.
+        key_n = 1 if item is not None else n
         if stream.capture is not None:
             if shapes != self._warm:
                 cuda.invalidate_capture(stream)  # set-up work of a new shape is not capturable
                 return False
             if module.on_capture is not None:
-                module.on_capture(b, n)
-            mode = module.fail_capture.get((b, n))
+                module.on_capture(b, key_n)
+            mode = module.fail_capture.get((b, key_n))
             if mode == "raise":
                 raise RuntimeError(f"enqueue of {b}x{n} raised during capture")
             if mode == "enqueue":
@@ -926,6 +960,9 @@ class FakeContext:
         in_ptrs = {name: self.addresses[name] for name in spec.inputs}
         out_ptrs = {name: self.addresses[name] for name in self.engine.outputs}
         for ptr in in_ptrs.values():
+            # TensorRT reads volume x element size bytes from the bound address whatever
+            # the caller allocated there: a buffer sized for another dtype or shape is an
+            # out-of-bounds access (cudaErrorIllegalAddress on a GPU); refused here.
             if not cuda.check_device_range(ptr, b * n * itemsize, device):
                 return False
         out_shapes = {name: self.engine.output_shape(name, b, n) for name in out_ptrs}
@@ -950,14 +987,21 @@ class FakeContext:
             stale = capturing and self.generation != generation
             if stale:
                 module.violations.append(f"graph {b}x{n} replayed after its context changed")
-            ids = view(in_ptrs["input_ids"], (b, n), spec.input_dtype)
-            mask = (
-                view(in_ptrs["attention_mask"], (b, n), spec.input_dtype)
-                if "attention_mask" in in_ptrs
-                else None
-            )
+            if item is not None:
+                pixels = view(in_ptrs[spec.inputs[0]], (b, *item), spec.input_dtype).copy()
+            else:
+                ids = view(in_ptrs["input_ids"], (b, n), spec.input_dtype)
+                mask = (
+                    view(in_ptrs["attention_mask"], (b, n), spec.input_dtype)
+                    if "attention_mask" in in_ptrs
+                    else None
+                )
             for name, ptr in out_ptrs.items():
-                values = engine.compute(name, ids, mask)
+                values = (
+                    engine.run_graph(name, pixels)
+                    if item is not None
+                    else engine.compute(name, ids, mask)
+                )
                 if stale:
                     values = np.full_like(values, np.nan)
                 if out_types[name] == "bfloat16":
@@ -965,14 +1009,14 @@ class FakeContext:
                     view(ptr, out_shapes[name], np.uint16)[...] = bits.astype(np.uint16)
                 else:
                     view(ptr, out_shapes[name], out_types[name])[...] = values
-            module.kernel_runs[(b, n)] += 1
+            module.kernel_runs[(b, key_n)] += 1
 
         err = cuda.submit(stream, kernel)
         if err != _OK:
             return False
         if stream.capture is None:
             self._warm = shapes
-        module.enqueues[(b, n)] += 1
+        module.enqueues[(b, key_n)] += 1
         return True
 
 
@@ -1021,6 +1065,8 @@ class LayerType(enum.Enum):
     SQUEEZE = 17
     UNSQUEEZE = 18
     CUMULATIVE = 19
+    CONVOLUTION = 20
+    TOPK = 21
 
 
 class UnaryOperation(enum.Enum):
@@ -1051,6 +1097,7 @@ class ElementWiseOperation(enum.Enum):
     EQUAL = 9
     GREATER = 10
     LESS = 11
+    FLOOR_DIV = 12
 
 
 _E, _U = ElementWiseOperation, UnaryOperation
@@ -1074,6 +1121,8 @@ _ONNX_LAYERS: dict[str, tuple[LayerType, Any]] = {
             ("Less", _E.LESS),
             ("LessOrEqual", _E.LESS),
             ("GreaterOrEqual", _E.GREATER),
+            # onnx-tensorrt imports an integer Mod as a - floor_div(a, b) * b.
+            ("Mod", _E.FLOOR_DIV),
         ]
     },
     **{
@@ -1115,6 +1164,11 @@ _ONNX_LAYERS: dict[str, tuple[LayerType, Any]] = {
     "Concat": (LayerType.CONCATENATION, None),
     "Slice": (LayerType.SLICE, None),
     "Expand": (LayerType.SLICE, None),
+    # onnx-tensorrt imports Tile as a slice layer in wrap mode.
+    "Tile": (LayerType.SLICE, None),
+    "Conv": (LayerType.CONVOLUTION, None),
+    # onnx-tensorrt imports ArgMax as a TopK layer (k = 1) and takes its indices.
+    "ArgMax": (LayerType.TOPK, None),
     "Split": (LayerType.SLICE, None),
     "Where": (LayerType.SELECT, None),
     "Shape": (LayerType.SHAPE, None),
@@ -1205,6 +1259,8 @@ class FakeNetwork:
         self.layers: list[ILayer] = []
         self.table: np.ndarray | None = None
         self.weight_types: set[str] = set()
+        #: The ONNX file parsed into this network.
+        self.source: str | None = None
         #: Layers whose precision or output type was set (by name).
         self.precision_calls: list[str] = []
 
@@ -1276,6 +1332,7 @@ class FakeOnnxParser:
             )
             return FakeTensor(v.name, dims, elem[v.type.tensor_type.elem_type])
 
+        self.network.source = path
         inits = {i.name for i in model.graph.initializer}
         self.network.inputs = [tensor(v) for v in model.graph.input if v.name not in inits]
         self.network.outputs = [tensor(v) for v in model.graph.output]
@@ -1529,6 +1586,9 @@ class FakeBuilder:
         compute = {"tokens": _lowest(table_layers), "reduce": _lowest(reduce_layers)}
         first = profile.shapes[network.inputs[0].name]
         out = network.outputs[0]
+        # A single input of rank > 2 is a batch of fixed-shape items (images).
+        rank = len(network.inputs[0].shape)
+        item = list(network.inputs[0].shape[1:]) if rank > 2 else None
         weights = sorted(network.weight_types) or ["float32"]
         hidden = out.shape[-1]
         spec = EngineSpec(
@@ -1545,6 +1605,8 @@ class FakeBuilder:
             extra_outputs=[t.name for t in network.outputs[1:]],
             weight_types=weights,
             compute_dtypes=compute,
+            item_shape=item,
+            graph=network.source if item is not None else None,
         )
         self.module.builds.append(
             {

@@ -86,16 +86,11 @@ def tensorrt_available() -> bool:
     return int(err) == 0 and count > 0
 
 
-def resolve_backend(name: str, files: ModelFiles, *, fixed_shape_input: bool = False) -> str:
-    """The concrete backend for ``name``; ``auto`` is TensorRT for a plan or a usable GPU.
-
-    ``fixed_shape_input``: the graph takes one fixed-shape input (a vision tower's pixel
-    values), which only ONNX Runtime runs so far; TensorRT refuses it with the reason.
-    """
+def resolve_backend(name: str, files: ModelFiles) -> str:
+    """The concrete backend for ``name``; ``auto`` is TensorRT for a plan or a usable GPU,
+    for any graph both backends run (token inputs, or a vision tower's pixel values)."""
     if name != "auto":
         return name
-    if fixed_shape_input:
-        return "onnxruntime"
     if files.plan is not None and files.onnx is None:
         return "tensorrt"
     if files.manifest is not None and files.manifest.quantization is not None:

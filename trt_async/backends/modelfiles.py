@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -202,6 +202,9 @@ class ModelFiles:
     st_pooling: Pooling | None = None
     #: sentence-transformers' truncation length (sentence_bert_config.json), if any.
     st_max_length: int | None = None
+    #: Where a backend that builds plans keeps them (and looks for them); None: its own
+    #: default. An image-text model's towers keep theirs beside each tower's graph.
+    plans_dir: Path | None = None
 
     @classmethod
     def resolve(
@@ -486,7 +489,8 @@ class ImageTextFiles:
     #: The text tower as an ordinary model folder (graph, tokenizer.json, manifest).
     text: ModelFiles
     vision_onnx: Path | None
-    #: TensorRT plans beside ``vision/model.onnx``, if one was built.
+    #: TensorRT plans beside ``vision/model.onnx``, if one was built (``trt-async build``
+    #: of the folder writes one beside each tower's graph).
     vision_plan: Path | None
 
     @classmethod
@@ -510,7 +514,9 @@ class ImageTextFiles:
         return cls(
             root=folder,
             manifest=manifest,
-            text=ModelFiles.resolve(folder / TEXT_TOWER_DIR),
+            text=replace(
+                ModelFiles.resolve(folder / TEXT_TOWER_DIR), plans_dir=folder / TEXT_TOWER_DIR
+            ),
             vision_onnx=onnx if onnx.is_file() else None,
             vision_plan=plans[0] if plans else None,
         )
@@ -523,6 +529,7 @@ class ImageTextFiles:
             tokenizer=self.text.tokenizer,
             onnx=self.vision_onnx,
             plan=self.vision_plan,
+            plans_dir=self.root / VISION_TOWER_DIR,
         )
 
 

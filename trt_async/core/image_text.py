@@ -85,9 +85,10 @@ def create_image_text_runtime(
 ) -> ModelRuntime:
     """Both towers of an image-text folder, not started yet.
 
-    The text tower runs at the lengths its graph takes: SigLIP's exactly
-    ``pad_to_length`` (64) tokens per row, so its grid's only length is that. The vision
-    tower runs on a backend that takes images (``backend: auto`` picks one)."""
+        The text tower runs at the lengths its graph takes: SigLIP's exactly
+        ``pad_to_length`` (64) tokens per row, so its grid's only length is that. The vision
+        tower runs on the same backend as the text tower would (``backend: auto`` picks TensorRT
+    where it has a plan or a GPU, each tower with its own engine)."""
     manifest = files.manifest
     pad_to = manifest.text.pad_to_length
     text_config = config
@@ -106,7 +107,7 @@ def create_image_text_runtime(
     runtime = create_runtime(files.text, text_config, observer=observer, label=label)
     try:
         vision_files = files.vision()
-        name = resolve_backend(config.backend, vision_files, fixed_shape_input=True)
+        name = resolve_backend(config.backend, vision_files)
         backend = create_backend(name, vision_files, backend_options(config))
         runtime.vision = VisionRuntime(
             backend,

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trt_async.backends.modelfiles import ModelDirError
 from trt_async.backends.tensorrt import build
 
 
@@ -30,7 +31,8 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``build`` on an ``argparse`` subparsers object; ``args.func(args)`` runs it."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "build",
-        help="build a TensorRT plan from an exported model folder",
+        help="build a TensorRT plan from an exported model folder (one per tower of an "
+        "image-text model, beside each tower's model.onnx)",
         description=build.__doc__,
     )
     p.add_argument("model", type=Path, help="model folder from `trt-async export` (or a .onnx)")
@@ -46,7 +48,7 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_int_list,
         default=None,
         help="comma-separated padded lengths in tokens (default: the server's default "
-        "lengths up to the model's max length)",
+        "lengths up to the model's max length; an image-text model's text tower only)",
     )
     p.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit")
     p.add_argument(
@@ -64,7 +66,7 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_build(args: argparse.Namespace) -> int:
     try:
-        build.build_engine(
+        build.build_model(
             args.model,
             precision=args.precision,
             batch_sizes=args.batch_sizes,
@@ -74,7 +76,7 @@ def run_build(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
-    except (build.BuildError, ImportError, RuntimeError) as exc:
+    except (build.BuildError, ModelDirError, ImportError, RuntimeError) as exc:
         sys.stderr.write(f"trt-async build: {exc}\n")
         return 1
     return 0

@@ -32,9 +32,12 @@ from trt_async.backends.base import Precision
 from trt_async.backends.modelfiles import (
     MANIFEST_NAME,
     ONNX_NAME,
+    TEXT_TOWER_DIR,
+    VISION_TOWER_DIR,
     ModelDirError,
     ModelFiles,
     default_max_length,
+    read_image_text_manifest,
     read_manifest,
 )
 from trt_async.backends.tensorrt.cuda import Cuda, DeviceInfo
@@ -442,6 +445,31 @@ def _profile_shapes(
     return lo, opt, hi
 
 
+def fixed_item_shape(onnx: Path, network: Any) -> tuple[int, ...] | None:
+    """The item shape of a graph whose one input is a batch of fixed-shape items (a vision
+    tower's ``pixel_values``, float32 ``(batch, 3, height, width)``), else None.
+
+    Its profile spans batch sizes only: TensorRT's ``set_shape`` raises ValueError where a
+    dimension the network fixes differs between min and max, so the item dims must be the
+    graph's own; a dynamic one is refused here with the fix."""
+    if network.num_inputs != 1:
+        return None
+    t = network.get_input(0)
+    shape = dims(t.shape)
+    if len(shape) < 3:
+        return None
+    if dtype_name(t.dtype) != "float32":
+        raise BuildError(
+            f"{onnx}: input {t.name} is {dtype_name(t.dtype)}; an image input must be float32"
+        )
+    if any(d <= 0 for d in shape[1:]):
+        raise BuildError(
+            f"{onnx}: input {t.name} has shape {shape}; only the batch axis may vary (export "
+            "the vision tower with a fixed image size)"
+        )
+    return shape[1:]
+
+
 def build_engine(
     model: str | Path,
     *,
@@ -493,16 +521,26 @@ def build_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"{onnx}: TensorRT cannot parse the graph: {errors or 'no details'}")
 
+    item_shape = fixed_item_shape(onnx, network)
+    if item_shape is not None:
+        lengths = [1]  # images: the buckets are batch sizes only
     lo, opt, hi = optimisation_profile(batch_sizes, lengths)
     profile = builder.create_optimization_profile()
     inputs: list[TensorSpec] = []
     for i in range(network.num_inputs):
         t = network.get_input(i)
         shape = dims(t.shape)
-        if len(shape) != 2:
-            raise BuildError(f"{onnx}: input {t.name} has shape {shape}; expected (batch, length)")
+        if item_shape is not None:
+            shapes = tuple((b, *item_shape) for b in (lo[0], opt[0], hi[0]))
+        elif len(shape) != 2:
+            raise BuildError(
+                f"{onnx}: input {t.name} has shape {shape}; expected (batch, length), or one "
+                "input of images (batch, 3, height, width) with a fixed image size"
+            )
+        else:
+            shapes = _profile_shapes(onnx, t.name, shape, (lo, opt, hi))
         try:
-            profile.set_shape(t.name, *_profile_shapes(onnx, t.name, shape, (lo, opt, hi)))
+            profile.set_shape(t.name, *shapes)
         except ValueError as exc:
             raise BuildError(f"{onnx}: TensorRT refused the profile for {t.name}: {exc}") from None
         inputs.append(TensorSpec(t.name, dtype_name(t.dtype), list(shape)))
@@ -530,9 +568,14 @@ def build_engine(
     how = " (graph converted to fp16)" if convert else ""
     if pinned:
         how += f" ({pinned} layers pinned to fp32)"
+    shown = (
+        f"{lo[0]} / {opt[0]} / {hi[0]} (batch, of images {'x'.join(map(str, item_shape))})"
+        if item_shape is not None
+        else f"{lo[0]}x{lo[1]} / {opt[0]}x{opt[1]} / {hi[0]}x{hi[1]} (batch x length)"
+    )
     out.write(
         f"building {onnx} for {gpu.name} (sm {gpu.compute_capability}), {precision}{how}, "
-        f"profile {lo[0]}x{lo[1]} / {opt[0]}x{opt[1]} / {hi[0]}x{hi[1]} (batch x length)\n"
+        f"profile {shown}\n"
     )
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -573,3 +616,39 @@ def build_engine(
     out.write(f"built {plan_path} ({size_mib:.1f} MiB) in {seconds:.1f} s\n")
     out.flush()
     return BuildResult(plan_path, manifest_path, manifest, seconds)
+
+
+def build_model(
+    model: str | Path,
+    *,
+    batch_sizes: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
+    output_dir: str | Path | None = None,
+    **options: Any,
+) -> list[BuildResult]:
+    """``trt-async build``: one plan for a model folder, or one per tower for an image-text
+    folder (CLIP, SigLIP), each written beside its tower's ``model.onnx`` where the server
+    looks for it. ``lengths`` apply to the text tower; the vision tower's profile spans
+    ``batch_sizes`` of its one image shape. ``options`` are :func:`build_engine`'s."""
+    folder = Path(model)
+    manifest = read_image_text_manifest(folder) if folder.is_dir() else None
+    if manifest is None:
+        return [
+            build_engine(
+                model, batch_sizes=batch_sizes, lengths=lengths, output_dir=output_dir, **options
+            )
+        ]
+    if output_dir is not None:
+        raise BuildError(
+            f"{folder}: an image-text model's plans go beside each tower's model.onnx, where "
+            "the server finds them; leave out the output folder"
+        )
+    pad_to = manifest.text.pad_to_length
+    text_lengths = lengths if lengths is not None else ([pad_to] if pad_to is not None else None)
+    text, vision = folder / TEXT_TOWER_DIR, folder / VISION_TOWER_DIR
+    return [
+        build_engine(text, batch_sizes=batch_sizes, lengths=text_lengths, output_dir=text,
+                     **options),
+        build_engine(vision, batch_sizes=list(batch_sizes or TENSORRT_SPEC.batch_sizes),
+                     lengths=[1], output_dir=vision, **options),
+    ]  # fmt: skip

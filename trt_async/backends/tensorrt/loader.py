@@ -37,11 +37,16 @@ from trt_async.backends.tensorrt.plan import (
 from trt_async.backends.tensorrt.trt_api import (
     ICudaEngine,
     IRuntime,
+    dims,
+    dtype_name,
     io_mode_is_input,
     numpy_dtype,
 )
 
 log = logging.getLogger(__name__)
+
+#: A vision tower's one input: float32 images of one fixed shape (see ``ModelIO.item_shape``).
+PIXEL_INPUT = "pixel_values"
 
 
 class TensorRTError(RuntimeError):
@@ -217,7 +222,56 @@ class PlanLoader:
             else None
         )
         readable = {n for n in outputs if numpy_can_hold(engine.get_tensor_dtype(n), n)}
+        if PIXEL_INPUT in inputs:
+            pixels = (
+                dims(engine.get_tensor_shape(PIXEL_INPUT)),
+                engine.get_tensor_dtype(PIXEL_INPUT),
+            )
+            return self._make_item_io(inputs, outputs, pixels, readable)
         return self._make_io(inputs, outputs, dtype, readable)
+
+    def _output(self, outputs: list[str]) -> str:
+        preferred = self.files.manifest.output if self.files.manifest is not None else None
+        candidates = [preferred] if preferred else []
+        candidates += [n for n in KNOWN_OUTPUTS if n != preferred]
+        output = next((n for n in candidates if n in outputs), outputs[0] if outputs else None)
+        if output is None:
+            raise TensorRTError("engine has no output tensor")
+        return output
+
+    def _make_item_io(
+        self,
+        inputs: list[str],
+        outputs: list[str],
+        pixels: tuple[tuple[int, ...], Any],
+        readable: set[str],
+    ) -> ModelIO:
+        """A vision tower's IO: ``pixel_values`` alone, float32 ``(batch, *item_shape)``
+        with every dimension but the batch fixed in the graph, so that its buckets are
+        batch sizes only (``trt-async export`` writes such a graph)."""
+        shape, dtype = pixels
+        if inputs != [PIXEL_INPUT]:
+            raise TensorRTError(f"engine inputs {inputs}: a vision tower takes {PIXEL_INPUT} alone")
+        if host_dtype(dtype, PIXEL_INPUT) != np.dtype(np.float32):
+            raise TensorRTError(
+                f"{PIXEL_INPUT} is {dtype_name(dtype)}; expected float32 (export the vision "
+                "tower with float32 inputs; reduced precision inside the graph only)"
+            )
+        item = shape[1:]
+        if len(shape) < 2 or any(d <= 0 for d in item):
+            raise TensorRTError(
+                f"{PIXEL_INPUT} has shape {shape}: only its batch axis may vary; re-export "
+                "the vision tower with a fixed image size"
+            )
+        output = self._output(outputs)
+        extra = tuple(n for n in outputs if n != output and n in EXTRA_OUTPUTS and n in readable)
+        return ModelIO(
+            inputs=(PIXEL_INPUT,),
+            output=output,
+            input_dtype=np.dtype(np.float32),
+            extra_outputs=extra,
+            item_shape=item,
+        )
 
     def _make_io(
         self,
@@ -228,26 +282,13 @@ class PlanLoader:
     ) -> ModelIO:
         """``readable``: outputs whose type numpy can hold (bf16 cannot): only those can
         be offered as extra outputs; the others are bound on the device and never read."""
-        if "pixel_values" in inputs:
-            # A vision tower's engine needs a profile over batch sizes of one fixed image
-            # shape, which neither the build nor the bucket contexts make yet.
-            raise TensorRTError(
-                f"engine inputs {inputs}: a vision tower (pixel_values); the TensorRT backend "
-                "serves token inputs only so far: serve the image-text model with backend: "
-                "auto (its vision tower then runs on ONNX Runtime) or onnxruntime"
-            )
         unknown = [n for n in inputs if n not in KNOWN_INPUTS]
         if unknown or "input_ids" not in inputs or dtype is None:
             raise TensorRTError(
                 f"engine inputs {inputs}: expected input_ids plus any of attention_mask, "
                 "token_type_ids"
             )
-        preferred = self.files.manifest.output if self.files.manifest is not None else None
-        candidates = [preferred] if preferred else []
-        candidates += [n for n in KNOWN_OUTPUTS if n != preferred]
-        output = next((n for n in candidates if n in outputs), outputs[0] if outputs else None)
-        if output is None:
-            raise TensorRTError("engine has no output tensor")
+        output = self._output(outputs)
         if dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
             raise TensorRTError(f"input_ids is {dtype}; expected int32 or int64")
         ordered = tuple(n for n in KNOWN_INPUTS if n in inputs)
@@ -288,4 +329,7 @@ class PlanLoader:
             host_dtype(tensors["input_ids"].dtype, "input_ids") if "input_ids" in tensors else None
         )
         readable = {t.name for t in outs if numpy_can_hold(t.dtype, t.name)}
+        if PIXEL_INPUT in tensors:
+            pixels = (dims(tensors[PIXEL_INPUT].shape), tensors[PIXEL_INPUT].dtype)
+            return self._make_item_io(list(tensors), [t.name for t in outs], pixels, readable)
         return self._make_io(list(tensors), [t.name for t in outs], dtype, readable)

@@ -10,6 +10,10 @@ first enqueue after a shape change, which must not be captured), then captures H
 ``execute_async_v3`` + D2H copies into a CUDA graph. ``execute`` replays the graph and waits
 on an event in the calling worker thread; nothing is re-bound between replays.
 
+A vision tower's engine takes ``pixel_values`` of one fixed image shape: its buckets are
+batch sizes only (length 1) and its inputs ``(batch, *item_shape)`` float32; everything
+else (a context and a graph per bucket, every tensor bound) is as for token inputs.
+
 Why a context per bucket: a captured graph depends on the context's internal state as it
 was at capture; NVIDIA's developer guide says a later shape change or an enqueue with other
 shapes on the same context makes the graph's replay undefined, and recommends one context
@@ -151,7 +155,9 @@ class TensorRTBackend:
         self.loader = PlanLoader(
             files,
             config,
-            plans_dir=Path(plans_dir) if plans_dir is not None else graphs_dir() / files.root.name,
+            plans_dir=Path(plans_dir)
+            if plans_dir is not None
+            else files.plans_dir or graphs_dir() / files.root.name,
             trt=lambda: self.trt,
             cuda=lambda: self.cuda,
             gpu=self._gpu_info,
@@ -239,16 +245,7 @@ class TensorRTBackend:
         self._ensure_thread_device()
         self._gpu_info()
         engine, io = self.loader.load(grid)
-        plan = self.loader.plan_path
-
-        lo, _, hi = (dims(d) for d in engine.get_tensor_profile_shape("input_ids", 0))
-        outside = grid_outside_profile(grid, (lo[0], lo[1]), (hi[0], hi[1]))
-        if outside:
-            raise TensorRTError(
-                f"{plan}: buckets {', '.join(outside)} (batch x length) fall outside the "
-                f"engine's optimisation profile {lo[0]}x{lo[1]}..{hi[0]}x{hi[1]}; keep "
-                "batch_sizes/lengths within it or rebuild the plan for this grid"
-            )
+        self._check_profile(engine, io, grid)
 
         # One context per bucket, all USER_MANAGED so that they share one activation scratch
         # that we allocate and account for (TensorRT >= 10.1).
@@ -329,6 +326,29 @@ class TensorRTBackend:
             self._memory["total_device"] / _GIB,
         )
 
+    def _check_profile(self, engine: Any, io: ModelIO, grid: BucketGrid) -> None:
+        """Every bucket of ``grid`` must lie inside the engine's optimisation profile: a
+        shape outside it is refused by ``set_input_shape``, with a less helpful message."""
+        plan = self.loader.plan_path
+        first = io.inputs[0]
+        lo, _, hi = (dims(d) for d in engine.get_tensor_profile_shape(first, 0))
+        if io.item_shape is not None:
+            # A fixed-shape input: its profile varies the batch only, over one item shape.
+            if lo[1:] != io.item_shape or hi[1:] != io.item_shape:
+                raise TensorRTError(
+                    f"{plan}: the profile of {first} ({lo}..{hi}) is not over items of "
+                    f"shape {io.item_shape}; rebuild the plan with trt-async build"
+                )
+            lo, hi = (lo[0], 1), (hi[0], 1)
+        outside = grid_outside_profile(grid, (lo[0], lo[1]), (hi[0], hi[1]))
+        if outside:
+            what = "batch" if io.item_shape is not None else "batch x length"
+            raise TensorRTError(
+                f"{plan}: buckets {', '.join(outside)} ({what}) fall outside the "
+                f"engine's optimisation profile {lo[0]}x{lo[1]}..{hi[0]}x{hi[1]}; keep "
+                "batch_sizes/lengths within it or rebuild the plan for this grid"
+            )
+
     def _check_budget(self) -> None:
         budget = self.config.gpu_memory_budget_gib
         need = self._memory["total_device"]
@@ -354,11 +374,12 @@ class TensorRTBackend:
         arrays: dict[str, np.ndarray] = {}
         ptrs: dict[str, int] = {}
         sizes: dict[str, int] = {}
+        shape = self._input_shape(b)
         for n, dt in in_dtypes.items():
-            sizes[n] = b.tokens * dt.itemsize
+            sizes[n] = _volume(shape) * dt.itemsize
             ptrs[n] = cu.host_alloc(sizes[n])
             self._dev.pinned.append(ptrs[n])
-            arrays[n] = host_array(ptrs[n], (b.batch, b.length), dt)
+            arrays[n] = host_array(ptrs[n], shape, dt)
             # Warm-up content: a live mask everywhere avoids 0/0 in pooled graphs.
             arrays[n].fill(1 if n == "attention_mask" else 0)
         output, out_ptr, out_nbytes = self._pinned_output(out_shape, out_dtype)
@@ -376,16 +397,23 @@ class TensorRTBackend:
         self, context: IExecutionContext, b: Bucket, inputs: tuple[str, ...]
     ) -> dict[str, tuple[int, ...]]:
         """Bind ``b``'s input shapes on ``context``; the shape of every I/O tensor."""
+        shape = self._input_shape(b)
         for n in inputs:
-            if not context.set_input_shape(n, (b.batch, b.length)):
-                raise TensorRTError(f"TensorRT refused shape {b.batch}x{b.length} for {n}")
-        shapes: dict[str, tuple[int, ...]] = {n: (b.batch, b.length) for n in inputs}
+            if not context.set_input_shape(n, shape):
+                raise TensorRTError(f"TensorRT refused shape {shape} for {n}")
+        shapes: dict[str, tuple[int, ...]] = {n: shape for n in inputs}
         for n in self.loader.outputs:
             shape = dims(context.get_tensor_shape(n))
             if any(d < 0 for d in shape):
                 raise TensorRTError(f"output {n} shape {shape} unresolved for {b}")
             shapes[n] = shape
         return shapes
+
+    def _input_shape(self, b: Bucket) -> tuple[int, ...]:
+        """Every input's shape in bucket ``b``: ``(batch, length)`` of tokens, or
+        ``(batch, *item_shape)`` for a fixed-shape input (whose buckets have length 1)."""
+        item = self.io.item_shape
+        return (b.batch, b.length) if item is None else (b.batch, *item)
 
     def _bind_addresses(self, st: _BucketState, scratch: int) -> None:
         """Scratch memory and the address of every I/O tensor, read or not (TensorRT
