@@ -85,10 +85,10 @@ def create_image_text_runtime(
 ) -> ModelRuntime:
     """Both towers of an image-text folder, not started yet.
 
-        The text tower runs at the lengths its graph takes: SigLIP's exactly
-        ``pad_to_length`` (64) tokens per row, so its grid's only length is that. The vision
-        tower runs on the same backend as the text tower would (``backend: auto`` picks TensorRT
-    where it has a plan or a GPU, each tower with its own engine)."""
+    The text tower runs at the lengths its graph takes: SigLIP's exactly
+    ``pad_to_length`` (64) tokens per row, so its grid's only length is that. The vision
+    tower runs on the backend the same rule picks for it (``backend: auto``: TensorRT where
+    it has a plan or a GPU, each tower with its own engine)."""
     manifest = files.manifest
     pad_to = manifest.text.pad_to_length
     text_config = config
