@@ -1,23 +1,20 @@
-"""Tokenisation of many requests in one thread hop.
+"""Tokenisation of many requests in one thread hop (:mod:`trt_async.core.shared_hops`).
 
-Handing a short text to a tokenizer thread and its result back costs the event loop about
-as much as tokenising it, and under load that hop was paid for every request. Here requests
-wait in one queue per model; whenever fewer than ``hops`` hops are out, one takes every
-request waiting and tokenises their texts with one call per truncation setting. Alone, a
-request still gets a hop of its own at once; under load, the loop pays one hop for all the
-requests that arrived while the previous hop ran. The loop itself never tokenises. Requests
-with an embedding prompt share the hops too (one tokenizer call for all of them).
+Requests wait in one queue per model, and one hop on the tokenizer pool tokenises every
+waiting request's texts with one call per truncation setting. Requests with an embedding
+prompt share the hops too (one tokenizer call for all of them). The loop itself never
+tokenises.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from trt_async.core.errors import InvalidInput, Part
 from trt_async.core.fairpool import FairPool
 from trt_async.core.prompting import PromptedRequest, encode_each
+from trt_async.core.shared_hops import SharedHops, Wanted
 from trt_async.core.tokenizer import (
     Direction,
     Encoding,
@@ -47,12 +44,14 @@ class TokenizeQueue(Generic[T]):
         self._tokenizer = tokenizer
         #: What each request's encodings become on the thread (grouped for the scheduler).
         self._finish = finish
-        self._pool = pool
-        self._owner = owner
-        self._hops = hops
-        self._out = 0
-        self._waiting: list[tuple[AnyTextRequest, asyncio.Future[T]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._hops: SharedHops[AnyTextRequest, T] = SharedHops(
+            pool,
+            owner,
+            self._work,
+            size=lambda request: len(request.texts),
+            max_per_hop=MAX_TEXTS_PER_HOP,
+            hops=hops,
+        )
 
     async def encode(
         self,
@@ -75,55 +74,12 @@ class TokenizeQueue(Generic[T]):
             request = PromptedRequest(strings, prompt, truncate, direction, prompt_part)
         else:
             request = TextRequest(texts, truncate, direction)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, future))
-        if self._out < self._hops:
-            self._launch()
-        return await future
+        return await self._hops.run(request)
 
-    def _launch(self) -> None:
-        taken, count = 0, 0
-        waiting = self._waiting
-        while taken < len(waiting) and (count == 0 or count < MAX_TEXTS_PER_HOP):
-            count += len(waiting[taken][0].texts)
-            taken += 1
-        jobs, self._waiting = waiting[:taken], waiting[taken:]
-        self._out += 1
-        task = asyncio.ensure_future(self._hop(jobs))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _hop(self, jobs: list[tuple[AnyTextRequest, asyncio.Future[T]]]) -> None:
-        # A request cancelled while waiting (its client left) is not tokenised.
-        live = [(request, future) for request, future in jobs if not future.done()]
-        try:
-            tokenizer, finish = self._tokenizer, self._finish
-            requests = [request for request, _ in live]
-
-            def work() -> list[T | InvalidInput]:
-                return [
-                    r if isinstance(r, InvalidInput) else finish(r)
-                    for r in encode_each(tokenizer, requests)
-                ]
-
-            results = await self._pool.run(self._owner, work)
-        except asyncio.CancelledError:
-            for _, future in live:
-                future.cancel()
-            raise
-        except Exception as exc:
-            for _, future in live:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for (_, future), result in zip(live, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, InvalidInput):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-        finally:
-            self._out -= 1
-            if self._waiting and self._out < self._hops:
-                self._launch()
+    def _work(self, requests: Sequence[AnyTextRequest], wanted: Wanted) -> list[T | InvalidInput]:
+        # One tokenizer call for the whole hop: a request that left meanwhile costs its texts.
+        finish = self._finish
+        return [
+            r if isinstance(r, InvalidInput) else finish(r)
+            for r in encode_each(self._tokenizer, requests)
+        ]

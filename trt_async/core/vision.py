@@ -16,7 +16,6 @@ at the default pixel cap decodes to 192 MiB).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import overload
 
@@ -38,6 +37,7 @@ from trt_async.core.scheduler import (
     Scheduler,
     ScheduleResult,
 )
+from trt_async.core.shared_hops import SharedHops, Wanted
 
 #: One pool for every model's image decoding and preprocessing (Pillow releases the GIL while
 #: it decodes and resizes); its threads are also the bound on images decoded at once.
@@ -109,18 +109,20 @@ _Job = tuple[Sequence[bytes], Sequence[int] | None, Part]
 
 class ImageQueue:
     """The images of one model's requests, decoded and preprocessed in shared hops on
-    ``pool`` (as :class:`~trt_async.core.tokenize_queue.TokenizeQueue` tokenises)."""
+    ``pool`` (:class:`~trt_async.core.shared_hops.SharedHops`, as tokenisation runs)."""
 
     def __init__(
         self, preprocessor: ImagePreprocessor, pool: FairPool, owner: Hashable, hops: int = 2
     ) -> None:
         self._preprocessor = preprocessor
-        self._pool = pool
-        self._owner = owner
-        self._hops = hops
-        self._out = 0
-        self._waiting: list[tuple[_Job, asyncio.Future[Prepared]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._hops: SharedHops[_Job, Prepared] = SharedHops(
+            pool,
+            owner,
+            self._work,
+            size=lambda job: len(job[0]),
+            max_per_hop=MAX_IMAGES_PER_HOP,
+            hops=hops,
+        )
 
     async def prepare(
         self,
@@ -131,63 +133,20 @@ class ImageQueue:
         """``images`` (encoded) as one ``pixel_values`` array grouped for the scheduler; a
         bad image raises its :class:`~trt_async.core.errors.InvalidImage` naming
         ``indices[i]`` (default ``i``), where it sits in the request."""
-        future: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
-        self._waiting.append(((images, indices, part), future))
-        if self._out < self._hops:
-            self._launch()
-        return await future
+        return await self._hops.run((images, indices, part))
 
-    def _launch(self) -> None:
-        taken, count = 0, 0
-        waiting = self._waiting
-        while taken < len(waiting) and (count == 0 or count < MAX_IMAGES_PER_HOP):
-            count += len(waiting[taken][0][0])
-            taken += 1
-        jobs, self._waiting = waiting[:taken], waiting[taken:]
-        self._out += 1
-        task = asyncio.ensure_future(self._hop(jobs))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _hop(self, jobs: list[tuple[_Job, asyncio.Future[Prepared]]]) -> None:
-        # A request cancelled while waiting (its client left) is not decoded.
-        live = [(job, future) for job, future in jobs if not future.done()]
-        preprocessor = self._preprocessor
-
-        def work() -> list[Prepared | InvalidInput | None]:
-            out: list[Prepared | InvalidInput | None] = []
-            for (images, indices, part), future in live:
-                if future.done():  # cancelled meanwhile: a stale read only costs the work
-                    out.append(None)
-                    continue
-                try:
-                    out.append(prepare_rows(preprocessor.pixels(images, indices, part)))
-                except InvalidInput as exc:
-                    out.append(exc)
-            return out
-
-        try:
-            results = await self._pool.run(self._owner, work)
-        except asyncio.CancelledError:
-            for _, future in live:
-                future.cancel()
-            raise
-        except Exception as exc:
-            for _, future in live:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for (_, future), result in zip(live, results, strict=True):
-                if future.done() or result is None:
-                    continue
-                if isinstance(result, InvalidInput):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-        finally:
-            self._out -= 1
-            if self._waiting and self._out < self._hops:
-                self._launch()
+    def _work(self, jobs: Sequence[_Job], wanted: Wanted) -> list[Prepared | InvalidInput | None]:
+        # Request by request: an image costs milliseconds, so one whose client left is skipped.
+        out: list[Prepared | InvalidInput | None] = []
+        for i, (images, indices, part) in enumerate(jobs):
+            if not wanted(i):
+                out.append(None)
+                continue
+            try:
+                out.append(prepare_rows(self._preprocessor.pixels(images, indices, part)))
+            except InvalidInput as exc:
+                out.append(exc)
+        return out
 
 
 class VisionRuntime:
