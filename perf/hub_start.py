@@ -38,6 +38,9 @@ WITH_ONNX = "sentence-transformers/all-MiniLM-L6-v2"
 #: The tests' mirror's name for these weights without the graph (on a real hub, name another
 #: repository with ``--without-onnx``).
 WITHOUT_ONNX = "mirror-no-onnx/all-MiniLM-L6-v2"
+#: A sitecustomize that logs every attempt to import or look up torch, in any process that
+#: starts with it on its path (granian's worker included), and lets the import go on (the
+#: hub tests use it too).
 WATCH_TORCH = """\
 import os, sys
 

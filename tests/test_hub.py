@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
+from perf.hub_start import WATCH_TORCH
 from tests.http_fixtures import REPO, assert_error, free_port, hf_logits, stop
 from tests.hub_mirror import HubMirror, MirrorRepo, hf_folder, hub_env, sentence_transformers_repo
 from tests.models import ExportedModel, write_bert_classifier
@@ -52,20 +53,6 @@ DOCUMENTS = ["Paris is the capital of France.", "Bread is baked daily.", "今天
 
 # -- a process of its own -----------------------------------------------------------------------
 
-#: Logs every attempt to import or look up torch, in any process that starts with it on its
-#: path (granian's worker included), and lets the import go on.
-_WATCH_TORCH = """\
-import os, sys
-
-class _WatchTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            with open(os.environ["IMPORT_WATCH_LOG"], "a") as log:
-                log.write(f"{os.getpid()} {name}\\n")
-        return None
-
-sys.meta_path.insert(0, _WatchTorch())
-"""
 
 #: As if these were not installed: ``import`` fails and ``find_spec`` finds nothing.
 _HIDE = "import sys\nfor name in {names!r}:\n    sys.modules[name] = None\n"
@@ -573,7 +560,7 @@ def test_a_repository_with_onnx_serves_without_torch_as_its_local_folder_does(
     env = hub_env(
         mirror.url,
         tmp_path,
-        site=site_dir(tmp_path / "site", _WATCH_TORCH),
+        site=site_dir(tmp_path / "site", WATCH_TORCH),
         IMPORT_WATCH_LOG=str(watch),
     )
     config = tmp_path / "server.yaml"
