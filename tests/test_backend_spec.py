@@ -4,6 +4,7 @@ metrics export the counters a backend declares, with no backend named above ``ba
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tests.fake_backend import EXECUTED, FAKE_SPEC, FakeBackend
 from trt_async.backends import BackendUnavailable, backend_spec, create_backend, replace_backend
 from trt_async.backends.base import Backend, BackendOptions, Lanes
 from trt_async.backends.modelfiles import ModelFiles
+from trt_async.backends.onnxruntime import threads_pay
 from trt_async.backends.shapes import Bucket, BucketGrid
 from trt_async.backends.tensorrt.spec import TENSORRT_SPEC
 from trt_async.core.config import ModelConfig, ModelKind
@@ -224,6 +226,50 @@ def test_onnxruntime_lanes_follow_threads_and_parallel_batches(
     details = backend.info().details
     assert details["parallel_batches"] == lanes.parallel
     assert details["threads_per_parallel_batch"] == max(1, threads // lanes.parallel)
+    backend.close()
+
+
+def test_intra_op_threads_pay_only_when_every_thread_runs_a_lone_batch_clearly_faster() -> None:
+    assert threads_pay(0.0070, 0.0055)  # all-MiniLM-L6-v2 at 32 tokens on two threads
+    assert not threads_pay(0.00007, 0.00014)  # a 1-layer, 32-wide BERT: threads cost it
+    assert not threads_pay(0.0010, 0.00095)  # within noise of each other: one thread
+    assert threads_pay(0.030, 0.0)  # slow on one thread: threads pay, no race run
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one thread either way")
+def test_a_model_too_small_for_threads_runs_one_batch_at_a_time_on_one_thread(
+    bert_rerank_dir: Path,
+) -> None:
+    # A 1-layer BERT's operators take less than the threads' meeting at each of them: by
+    # default the backend races a lone batch on one thread against every thread, and
+    # keeps one thread and one lane when threads do not pay (see threads_pay).
+    files = ModelFiles.resolve(Path(bert_rerank_dir))
+    backend = create_backend("onnxruntime", files, BackendOptions())
+    details = backend.info().details
+    probe = details["lone_batch_ms"]
+    assert isinstance(probe, dict)
+    assert not threads_pay(probe["one_thread"], probe["all_threads"]), details
+    assert backend.lanes() == Lanes(1)
+    assert (details["intra_op_threads"], details["solo_lane"]) == (1, False)
+    backend.close()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one thread either way")
+def test_a_real_model_keeps_its_lanes_when_threads_pay(minilm_model_dir: Path) -> None:
+    threads = os.cpu_count() or 1
+    files = ModelFiles.resolve(minilm_model_dir)
+    backend = create_backend("onnxruntime", files, BackendOptions())
+    probe = backend.info().details["lone_batch_ms"]
+    assert isinstance(probe, dict)
+    pays = threads_pay(probe["one_thread"], probe["all_threads"])
+    # MiniLM runs a 32-token text ~1.3x faster on two threads than on one here.
+    assert backend.lanes() == (Lanes(threads, solo=True) if pays else Lanes(1)), probe
+    backend.close()
+    # Threads or lanes set in the config are kept as set (a solo lane with every thread
+    # beside one-thread lanes): nothing is raced.
+    backend = create_backend("onnxruntime", files, BackendOptions(parallel_batches=threads))
+    assert "lone_batch_ms" not in backend.info().details
+    assert backend.lanes() == Lanes(threads, solo=True)
     backend.close()
 
 

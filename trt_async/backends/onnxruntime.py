@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from trt_async.backends.base import (
     ModelIO,
     Progress,
 )
-from trt_async.backends.modelfiles import ModelDirError, ModelFiles
+from trt_async.backends.modelfiles import ModelDirError, ModelFiles, default_max_length
 from trt_async.backends.shapes import Bucket, BucketGrid
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,57 @@ def session_options(threads: int) -> ort.SessionOptions:
     return settings
 
 
+#: Tokens of the probe that decides whether intra-op threads pay (at most the model's
+#: longest input): a short text, where they pay least.
+PROBE_LENGTH = 32
+#: A lone batch this slow on one thread has enough work per operator for threads to pay:
+#: no probe races it against every thread (a large model's probe would cost seconds).
+SLOW_LONE_BATCH_S = 0.02
+#: How much faster every thread must run a lone batch than one thread for threads to pay.
+THREADS_PAY_FROM = 1.1
+
+
+def lone_batch_seconds(
+    one: ort.InferenceSession, full: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
+) -> tuple[float, float]:
+    """The fastest of a few runs of ``feeds`` on a one-thread and an every-thread session,
+    alternated (the first run of each, which pays one-off costs, is not timed)."""
+    one.run(None, dict(feeds))
+    start = time.perf_counter()
+    one.run(None, dict(feeds))
+    one_s = time.perf_counter() - start
+    if one_s >= SLOW_LONE_BATCH_S:
+        return one_s, 0.0
+    full.run(None, dict(feeds))
+    full_s = float("inf")
+    for _ in range(3):
+        for session in (one, full):
+            start = time.perf_counter()
+            session.run(None, dict(feeds))
+            took = time.perf_counter() - start
+            if session is one:
+                one_s = min(one_s, took)
+            else:
+                full_s = min(full_s, took)
+    return one_s, full_s
+
+
+def threads_pay(one_thread_s: float, all_threads_s: float) -> bool:
+    """Whether a model's batches are worth more than one intra-op thread, from a lone short
+    batch on one thread and on every thread.
+
+    Threads meet at every operator; a near-instant model's operators are shorter than that
+    meeting (a 1-layer, 32-wide BERT ran a 32-token text in ~0.1 ms on one thread and
+    ~0.12-0.14 ms on two here), and its batches are shorter than the per-batch cost of
+    running two side by side (smaller batches, a thread woken for each, a solo lane's pool
+    thread woken for a lone one). Such a model runs one batch at a time on one thread: with
+    the near-instant model at 64 clients that took a median 0.87x (0.79-0.98 over six
+    alternating rounds) the server CPU a request of the default lanes. A real model
+    (all-MiniLM-L6-v2: ~9.5 ms on one thread, ~6.3 ms on two) keeps its lanes.
+    """
+    return all_threads_s * THREADS_PAY_FROM < one_thread_s
+
+
 class OnnxRuntimeBackend:
     """Runs an exported ``model.onnx`` with the CPU execution provider.
 
@@ -127,6 +179,10 @@ class OnnxRuntimeBackend:
     1.10x (1.06-1.36) with a thread standing in for the event loop: the threads of one
     batch wait for each other at every operator, which a one-thread batch never does,
     while a single batch (one client) is ~1.5x faster on two threads than on one.
+
+    Unless the config sets threads or lanes, that holds only for a model whose lone short
+    batch runs faster on every thread than on one (:func:`threads_pay`, raced once at
+    load); any other runs one batch at a time on one thread.
     """
 
     def __init__(self, files: ModelFiles, options: BackendOptions) -> None:
@@ -139,14 +195,9 @@ class OnnxRuntimeBackend:
         threads = options.intra_op_threads or (os.cpu_count() or 1)
         parallel = options.parallel_batches or threads
         per_lane = max(1, threads // parallel)
-        self._threads = threads
-        self._per_lane = per_lane
-        self._lanes = Lanes(parallel, solo=parallel > 1 and threads > per_lane)
         shared = self._session(files, per_lane)
-        #: The session each lane runs on: parallel lanes share one.
-        self._sessions = [shared] * parallel
-        if self._lanes.solo:
-            self._sessions.append(self._session(files, threads))
+        solo = parallel > 1 and threads > per_lane
+        full = self._session(files, threads) if solo else None
         inputs = shared.get_inputs()
         outputs = [o.name for o in shared.get_outputs()]
         wanted = files.manifest.output if files.manifest is not None else None
@@ -170,6 +221,28 @@ class OnnxRuntimeBackend:
         self._io = ModelIO(
             tuple(i.name for i in inputs), output, dtype, extra, item_shape=item_shape
         )
+        #: A lone short batch on one thread and on every thread (the automatic choice's
+        #: evidence), in seconds.
+        self._lone_batch_s: tuple[float, float] | None = None
+        if (
+            full is not None
+            and options.intra_op_threads is None
+            and options.parallel_batches is None
+        ):
+            probe = self._probe_feeds(min(PROBE_LENGTH, default_max_length(files)))
+            self._lone_batch_s = lone_batch_seconds(shared, full, probe)
+            if not threads_pay(*self._lone_batch_s):
+                # Too little work per operator for threads to meet over: one batch at a time
+                # on one thread (see threads_pay).
+                threads = parallel = per_lane = 1
+                solo, full = False, None
+        self._threads = threads
+        self._per_lane = per_lane
+        self._lanes = Lanes(parallel, solo=solo)
+        #: The session each lane runs on: parallel lanes share one; the solo lane has its own.
+        self._sessions = [shared] * parallel
+        if full is not None:
+            self._sessions.append(full)
         #: Per lane: input and output buffers at the largest bucket's size.
         self._in_arena: list[dict[str, np.ndarray]] = []
         self._out_arena: list[dict[str, np.ndarray]] = []
@@ -206,16 +279,22 @@ class OnnxRuntimeBackend:
     def counters(self) -> dict[CounterSpec, int]:
         return {}
 
-    def _probe(self, length: int) -> dict[str, tuple[int, ...]]:
+    def _probe_feeds(self, length: int) -> dict[str, np.ndarray]:
+        """Inputs of one item: ``length`` tokens (the graph's own length where it is fixed),
+        or one fixed-shape item."""
         io = self._io
         if io.item_shape is not None:
             feeds = {n: np.zeros((1, *io.item_shape), dtype=io.input_dtype) for n in io.inputs}
         else:
+            length = self._static_length or length
             feeds = {n: np.ones((1, length), dtype=io.input_dtype) for n in io.inputs}
         if "token_type_ids" in feeds:
             feeds["token_type_ids"][:] = 0
-        names = list(io.outputs)
-        outputs = self._sessions[0].run(names, feeds)
+        return feeds
+
+    def _probe(self, length: int) -> dict[str, tuple[int, ...]]:
+        names = list(self._io.outputs)
+        outputs = self._sessions[0].run(names, self._probe_feeds(length))
         return {n: tuple(o.shape) for n, o in zip(names, outputs, strict=True)}
 
     def _output_shapes(self) -> None:
@@ -327,6 +406,16 @@ class OnnxRuntimeBackend:
                 "parallel_batches": self._lanes.parallel,
                 "threads_per_parallel_batch": self._per_lane,
                 "solo_lane": self._lanes.solo,
+                **(
+                    {}
+                    if self._lone_batch_s is None
+                    else {
+                        "lone_batch_ms": {
+                            "one_thread": round(self._lone_batch_s[0] * 1e3, 3),
+                            "all_threads": round(self._lone_batch_s[1] * 1e3, 3),
+                        }
+                    }
+                ),
                 "onnx": self._path.name,
                 "output": self._io.output,
                 "extra_outputs": list(self._io.extra_outputs),
