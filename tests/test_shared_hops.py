@@ -109,3 +109,36 @@ async def test_a_failing_hop_fails_its_requests_and_the_next_hop_runs() -> None:
     with pytest.raises(RuntimeError, match="tokenizer crashed"):
         await hops.run(1)
     assert await hops.run(2) == 2
+
+
+async def test_a_second_hop_starts_beside_a_running_one_only_for_enough_work() -> None:
+    gate = threading.Event()
+    seen: list[list[list[int]]] = []
+
+    def work(jobs: Sequence[list[int]], wanted: Wanted) -> list[list[int]]:
+        if [1] in jobs:
+            gate.wait(timeout=5)  # the first hop stays out until the test opens the gate
+        seen.append(list(jobs))
+        return [[2 * x for x in job] for job in jobs]
+
+    hops: SharedHops[list[int], list[int]] = SharedHops(
+        FairPool(2, "test"), "m", work, size=len, max_per_hop=100, hops=2, spread_from=3
+    )
+    first = asyncio.ensure_future(hops.run([1]))
+    await asyncio.sleep(0.05)
+    small = [asyncio.ensure_future(hops.run([n])) for n in (2, 3)]
+    await asyncio.sleep(0.05)
+    # Two units wait: less than spread_from, so no hop beside the running one.
+    assert seen == [] and not any(t.done() for t in small)
+    large = asyncio.ensure_future(hops.run([4]))
+    await asyncio.sleep(0.05)
+    # Three units now: a second hop takes all three requests while the first still runs.
+    assert seen == [[[2], [3], [4]]]
+    assert [await t for t in small] == [[4], [6]] and await large == [8]
+    # Below spread_from, a request waits for the running hop and goes with the next.
+    late = asyncio.ensure_future(hops.run([5]))
+    await asyncio.sleep(0.05)
+    assert not late.done()
+    gate.set()
+    assert await first == [2] and await late == [10]
+    assert seen == [[[2], [3], [4]], [[1]], [[5]]]

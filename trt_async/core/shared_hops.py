@@ -2,11 +2,12 @@
 
 Handing a short piece of work to a thread and its result back costs the event loop about as
 much as the work itself, and under load that hop was paid for every request. Here requests
-wait in one queue per model; whenever fewer than ``hops`` hops are out, one takes every
-request waiting (up to ``max_per_hop`` units of work, and at least one request) and runs
-them with one call on the pool. Alone, a request still gets a hop of its own at once; under
-load, the loop pays one hop for all the requests that arrived while the previous hop ran.
-The loop itself never does the work.
+wait in one queue per model; when no hop is out, or fewer than ``hops`` are and at least
+``spread_from`` units of work wait, one takes every request waiting (up to ``max_per_hop``
+units of work, and at least one request) and runs them with one call on the pool. Alone, a
+request still gets a hop of its own at once; under load, the loop pays one hop for all the
+requests that arrived while the previous hop ran, and a little work waits for that hop
+rather than paying a hop beside it. The loop itself never does the work.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class SharedHops(Generic[J, R]):
         size: Callable[[J], int],
         max_per_hop: int,
         hops: int = 2,
+        spread_from: int = 1,
     ) -> None:
         self._pool = pool
         self._owner = owner
@@ -48,8 +50,12 @@ class SharedHops(Generic[J, R]):
         self._size = size
         self._max_per_hop = max_per_hop
         self._hops = hops
+        #: Units of work waiting that pay for a hop beside one already out: less waits for
+        #: that hop to end and goes with the next, so short jobs share hops.
+        self._spread_from = spread_from
         self._out = 0
         self._waiting: list[tuple[J, asyncio.Future[R]]] = []
+        self._waiting_size = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, job: J) -> R:
@@ -57,9 +63,16 @@ class SharedHops(Generic[J, R]):
         :class:`~trt_async.core.errors.InvalidInput` is raised here."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((job, future))
-        if self._out < self._hops:
+        self._waiting_size += self._size(job)
+        if self._room():
             self._launch()
         return await future
+
+    def _room(self) -> bool:
+        """Whether a hop may start now: none is out, or another pays for what waits."""
+        return self._out == 0 or (
+            self._out < self._hops and self._waiting_size >= self._spread_from
+        )
 
     def _launch(self) -> None:
         taken, count = 0, 0
@@ -68,6 +81,7 @@ class SharedHops(Generic[J, R]):
             count += self._size(waiting[taken][0])
             taken += 1
         jobs, self._waiting = waiting[:taken], waiting[taken:]
+        self._waiting_size -= count
         self._out += 1
         task = asyncio.ensure_future(self._hop(jobs))
         self._tasks.add(task)
@@ -103,5 +117,5 @@ class SharedHops(Generic[J, R]):
                     future.set_result(result)
         finally:
             self._out -= 1
-            if self._waiting and self._out < self._hops:
+            if self._waiting and self._room():
                 self._launch()
