@@ -230,8 +230,17 @@ class OnnxRuntimeBackend:
             and options.parallel_batches is None
         ):
             probe = self._probe_feeds(min(PROBE_LENGTH, default_max_length(files)))
-            self._lone_batch_s = lone_batch_seconds(shared, full, probe)
-            if not threads_pay(*self._lone_batch_s):
+            self._lone_batch_s = one_s, all_s = lone_batch_seconds(shared, full, probe)
+            pays = threads_pay(one_s, all_s)
+            log.info(
+                "%s: a lone batch ran in %.3f ms on one thread and %.3f ms on %d: %s",
+                files.onnx.name,
+                one_s * 1e3,
+                all_s * 1e3,
+                threads,
+                "threads pay" if pays else "one batch at a time on one thread",
+            )
+            if not pays:
                 # Too little work per operator for threads to meet over: one batch at a time
                 # on one thread (see threads_pay).
                 threads = parallel = per_lane = 1
