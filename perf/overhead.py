@@ -18,7 +18,11 @@ that cost on a CPU with a model whose forward pass costs next to nothing:
 5. measures the per-item floor of the 32-text point in this process: the bare tokenisation
    of the same texts with the model's tokenizer and the bare ONNX Runtime run of the batch
    (one thread), to which the minimal app's cost an item is added;
-6. writes ``overhead.json`` and ``overhead.md`` under ``--out`` and, with ``--results``, the
+6. with ``--syscalls``, counts each target's system calls and context switches a request
+   under each point's load (the kernel's own counters, read by ``perf stat``): on a VM where
+   a thread handoff costs more than the work handed over, they say where CPU goes that no
+   Python profile shows;
+7. writes ``overhead.json`` and ``overhead.md`` under ``--out`` and, with ``--results``, the
    table into ``perf/RESULTS.md``.
 
     python -m perf.overhead --rounds 3 --seconds 10 --before ../checkout-at-old-commit \\
@@ -54,6 +58,7 @@ from perf.servers import (
     infinity,
     minimal,
     ours,
+    process_tree,
     running,
     shown_command,
     tree_cpu_s,
@@ -269,12 +274,113 @@ def item_floor(model: Path, bodies: Sequence[bytes], repeats: int = 200) -> dict
     }
 
 
+# -- system calls ------------------------------------------------------------------------------
+
+#: What ``perf stat`` counts: every system call entered, and every context switch, of the
+#: server's processes (all their threads).
+KERNEL_EVENTS = ("raw_syscalls:sys_enter", "context-switches")
+
+
+def syscall_run(server: Server, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    """System calls and context switches a request, counted by the kernel over the middle of
+    a wrk run at ``connections`` (from 0.5 s after its start to 0.5 s before its end: the
+    requests of that window are estimated from the run's steady rate)."""
+    assert server.process is not None
+    pids = ",".join(str(pid) for pid in process_tree(server.process.pid))
+    load = subprocess.Popen(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            server.url + "/v1/embeddings",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(0.5)
+    window = seconds - 1.0
+    stat = subprocess.run(
+        [
+            "perf",
+            "stat",
+            "-x,",
+            "-e",
+            ",".join(KERNEL_EVENTS),
+            "-p",
+            pids,
+            "--",
+            "sleep",
+            f"{window:g}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out, _ = load.communicate(timeout=seconds + 60)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    wrk_seconds = float(re.search(r"requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    requests = total / wrk_seconds * window
+    counts = kernel_counts(stat.stderr)
+    return {
+        "requests_per_s": total / wrk_seconds,
+        "syscalls_per_request": counts["raw_syscalls:sys_enter"] / requests,
+        "context_switches_per_request": counts["context-switches"] / requests,
+    }
+
+
+def kernel_counts(perf_stat_csv: str) -> dict[str, int]:
+    """Each of :data:`KERNEL_EVENTS`'s counts from ``perf stat -x,``'s output (``count,unit,
+    event,...`` a line); an event missing, or counted as ``<not supported>``, is an error."""
+    counts = {}
+    for line in perf_stat_csv.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in KERNEL_EVENTS and fields[0].isdigit():
+            counts[fields[2]] = int(fields[0])
+    if set(counts) != set(KERNEL_EVENTS):
+        raise RuntimeError(
+            f"perf stat counted {sorted(counts)}, not {KERNEL_EVENTS}:\n{perf_stat_csv}"
+        )
+    return counts
+
+
+def syscalls_text(report: dict[str, Any]) -> str:
+    """The kernel counters' table, per point and target, as Markdown."""
+    counted: dict[str, dict[str, dict[str, float]]] = report.get("syscalls", {})
+    if not counted:
+        return ""
+    names = [n for n in report["targets"] if any(n in per for per in counted.values())]
+    lines = [
+        "| system calls / context switches a request (one run each, after the rounds) | "
+        + " | ".join(names)
+        + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for point, per_target in counted.items():
+        cells = [
+            (
+                f"{per_target[n]['syscalls_per_request']:.1f} / "
+                f"{per_target[n]['context_switches_per_request']:.2f}"
+                if n in per_target
+                else "–"
+            )
+            for n in names
+        ]
+        lines.append(f"| {POINT_TITLES[point]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # -- profiles ----------------------------------------------------------------------------------
 
 
 def profile_run(
     server: Server, script: Path, connections: int, seconds: float, items: int, out: Path
-) -> dict[str, list[tuple[str, float]]]:
+) -> dict[str, Any]:
     """Load ``server`` as a measured run does while ``py-spy`` samples every thread of its
     processes (native frames off, idle samples off); the top frames, self and inclusive."""
     assert server.process is not None
@@ -545,7 +651,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="*",
         help="after the rounds, sample these targets under each point's load with py-spy",
     )
+    p.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="after the rounds, count each target's system calls and context switches a "
+        "request with perf stat (Debian: apt install linux-perf)",
+    )
     args = p.parse_args(argv)
+    if args.syscalls and shutil.which("perf") is None:
+        print("--syscalls needs perf on the PATH (Debian: apt install linux-perf)", file=sys.stderr)
+        return 2
     if shutil.which("wrk") is None:
         print("perf.overhead needs wrk on the PATH (Debian: apt install wrk)", file=sys.stderr)
         return 2
@@ -586,6 +701,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" ms, p99 {got.latency_ms.get('99', 0):.2f} ms",
                         flush=True,
                     )
+        if args.syscalls:
+            for point in points:
+                for server in servers:
+                    counted = syscall_run(server, scripts[point], POINTS[point][1], args.seconds)
+                    report.setdefault("syscalls", {}).setdefault(point, {})[server.name] = counted
+                    print(
+                        f"kernel counters {point} {server.name}: "
+                        f"{counted['syscalls_per_request']:.1f} system calls, "
+                        f"{counted['context_switches_per_request']:.2f} context switches a "
+                        "request",
+                        flush=True,
+                    )
         for server in servers:
             if server.name not in (args.profile or ()):
                 continue
@@ -614,6 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
     report["ratios"] = ratios(report)
     table = summarise(report)
+    if "syscalls" in report:
+        table += "\n\n" + syscalls_text(report)
     print(table)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

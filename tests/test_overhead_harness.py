@@ -6,10 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from litestar.testing import TestClient
 
 from perf.minimal_app import create_minimal_app
-from perf.overhead import point_bodies, ratios, summarise, top_frames
+from perf.overhead import (
+    kernel_counts,
+    point_bodies,
+    ratios,
+    summarise,
+    syscalls_text,
+    top_frames,
+)
 
 
 def test_top_frames_splits_the_loop_from_other_threads_and_drops_idle_samples(
@@ -75,3 +83,22 @@ def test_the_minimal_app_answers_the_openai_body_with_a_vector_per_input() -> No
             sent = msgspec.json.decode(body)["input"]
             assert len(data) == (1 if isinstance(sent, str) else len(sent))
             assert len(data[0]["embedding"]) == 32
+
+
+def test_kernel_counts_read_perf_stat_csv_and_refuse_what_it_could_not_count() -> None:
+    # As perf stat -x, writes them (count, unit, event, run time, share of it counted, ...).
+    csv = "109,,raw_syscalls:sys_enter,1440197,100.00,,\n1,,context-switches,1440197,100.00,,\n"
+    assert kernel_counts(csv) == {"raw_syscalls:sys_enter": 109, "context-switches": 1}
+    # A VM without the tracepoint says so in the count's place: no figure is made up.
+    with pytest.raises(RuntimeError, match="perf stat counted"):
+        kernel_counts("<not supported>,,raw_syscalls:sys_enter,0,100.00,,\n" + csv.split("\n")[1])
+    report = {
+        "targets": ["after", "minimal"],
+        "syscalls": {
+            "single-c64": {
+                "after": {"syscalls_per_request": 18.14, "context_switches_per_request": 5.351},
+                "minimal": {"syscalls_per_request": 6.1, "context_switches_per_request": 2.02},
+            }
+        },
+    }
+    assert "| 1 short text, 64 connections | 18.1 / 5.35 | 6.1 / 2.02 |" in syscalls_text(report)
