@@ -164,6 +164,22 @@ class RunResult:
     latency_ms: dict[str, float]
 
 
+def wrk_command(server: Server, script: Path, connections: int, seconds: float) -> list[str]:
+    """wrk with one thread, ``connections`` connections and ``script``'s bodies against
+    ``server``'s embeddings route for ``seconds``."""
+    return [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        server.url + "/v1/embeddings",
+    ]
+
+
 def run_wrk(
     server: Server, script: Path, connections: int, seconds: float, items: int
 ) -> RunResult:
@@ -172,18 +188,7 @@ def run_wrk(
     before_client = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds:g}s",
-            "--timeout",
-            "30s",
-            "--latency",
-            "-s",
-            str(script),
-            server.url + "/v1/embeddings",
-        ],
+        [*wrk_command(server, script, connections, seconds), "--latency"],
         check=True,
         capture_output=True,
         text=True,
@@ -288,17 +293,7 @@ def syscall_run(server: Server, script: Path, connections: int, seconds: float) 
     assert server.process is not None
     pids = ",".join(str(pid) for pid in process_tree(server.process.pid))
     load = subprocess.Popen(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds:g}s",
-            "--timeout",
-            "30s",
-            "-s",
-            str(script),
-            server.url + "/v1/embeddings",
-        ],
+        wrk_command(server, script, connections, seconds),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
