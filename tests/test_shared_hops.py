@@ -122,7 +122,14 @@ async def test_a_second_hop_starts_beside_a_running_one_only_for_enough_work() -
         return [[2 * x for x in job] for job in jobs]
 
     hops: SharedHops[list[int], list[int]] = SharedHops(
-        FairPool(2, "test"), "m", work, size=len, max_per_hop=100, hops=2, spread_from=3
+        FairPool(2, "test"),
+        "m",
+        work,
+        size=len,
+        max_per_hop=100,
+        hops=2,
+        spread_from=3,
+        spread_after_s=10.0,
     )
     first = asyncio.ensure_future(hops.run([1]))
     await asyncio.sleep(0.05)
@@ -142,3 +149,32 @@ async def test_a_second_hop_starts_beside_a_running_one_only_for_enough_work() -
     gate.set()
     assert await first == [2] and await late == [10]
     assert seen == [[[2], [3], [4]], [[1]], [[5]]]
+
+
+async def test_little_work_waits_for_a_long_hop_at_most_spread_after_s() -> None:
+    gate = threading.Event()
+
+    def work(jobs: Sequence[int], wanted: Wanted) -> list[int]:
+        if 1 in jobs:
+            gate.wait(timeout=5)  # a long hop: a flood's tokenisation
+        return [2 * job for job in jobs]
+
+    hops: SharedHops[int, int] = SharedHops(
+        FairPool(2, "test"),
+        "m",
+        work,
+        size=lambda _: 1,
+        max_per_hop=100,
+        hops=2,
+        spread_from=32,
+        spread_after_s=0.05,
+    )
+    long = asyncio.ensure_future(hops.run(1))
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    # One unit is less than spread_from: it waits, but only spread_after_s, not for the hop.
+    assert await hops.run(2) == 4
+    assert 0.04 <= loop.time() - start < 1.0 and not long.done()
+    gate.set()
+    assert await long == 2

@@ -7,7 +7,8 @@ wait in one queue per model; when no hop is out, or fewer than ``hops`` are and 
 units of work, and at least one request) and runs them with one call on the pool. Alone, a
 request still gets a hop of its own at once; under load, the loop pays one hop for all the
 requests that arrived while the previous hop ran, and a little work waits for that hop
-rather than paying a hop beside it. The loop itself never does the work.
+rather than paying a hop beside it, for ``spread_after_s`` at most (a long hop, a flood's
+tokenisation, does not hold a short query back). The loop itself never does the work.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SharedHops(Generic[J, R]):
         max_per_hop: int,
         hops: int = 2,
         spread_from: int = 1,
+        spread_after_s: float = 0.002,
     ) -> None:
         self._pool = pool
         self._owner = owner
@@ -53,6 +55,10 @@ class SharedHops(Generic[J, R]):
         #: Units of work waiting that pay for a hop beside one already out: less waits for
         #: that hop to end and goes with the next, so short jobs share hops.
         self._spread_from = spread_from
+        #: The longest that less work waits for a running hop before it gets a hop beside
+        #: it: a one-text query must not wait for a flood's tokenisation.
+        self._spread_after_s = spread_after_s
+        self._spread_timer: asyncio.TimerHandle | None = None
         self._out = 0
         self._waiting: list[tuple[J, asyncio.Future[R]]] = []
         self._waiting_size = 0
@@ -66,6 +72,8 @@ class SharedHops(Generic[J, R]):
         self._waiting_size += self._size(job)
         if self._room():
             self._launch()
+        else:
+            self._spread_later()
         return await future
 
     def _room(self) -> bool:
@@ -74,7 +82,23 @@ class SharedHops(Generic[J, R]):
             self._out < self._hops and self._waiting_size >= self._spread_from
         )
 
+    def _spread_later(self) -> None:
+        """Give what waits a hop of its own ``spread_after_s`` from now, if it still waits
+        then and there is room beside the running hops."""
+        if self._spread_timer is None and self._out < self._hops:
+            self._spread_timer = asyncio.get_running_loop().call_later(
+                self._spread_after_s, self._spread_now
+            )
+
+    def _spread_now(self) -> None:
+        self._spread_timer = None
+        if self._waiting and self._out < self._hops:
+            self._launch()
+
     def _launch(self) -> None:
+        if self._spread_timer is not None:
+            self._spread_timer.cancel()
+            self._spread_timer = None
         taken, count = 0, 0
         waiting = self._waiting
         while taken < len(waiting) and (count == 0 or count < self._max_per_hop):
@@ -117,5 +141,8 @@ class SharedHops(Generic[J, R]):
                     future.set_result(result)
         finally:
             self._out -= 1
-            if self._waiting and self._room():
-                self._launch()
+            if self._waiting:
+                if self._room():
+                    self._launch()
+                else:
+                    self._spread_later()
