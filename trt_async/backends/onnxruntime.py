@@ -160,9 +160,11 @@ def threads_pay(one_thread_s: float, all_threads_s: float) -> bool:
     ~0.12-0.14 ms on two here), and its batches are shorter than the per-batch cost of
     running two side by side (smaller batches, a thread woken for each, a solo lane's pool
     thread woken for a lone one). Such a model runs one batch at a time on one thread: with
-    the near-instant model at 64 clients that took a median 0.87x (0.79-0.98 over six
-    alternating rounds) the server CPU a request of the default lanes. A real model
-    (all-MiniLM-L6-v2: ~9.5 ms on one thread, ~6.3 ms on two) keeps its lanes.
+    the near-instant model at 64 clients, hand-run alternating rounds put the server's CPU
+    a request at 0.79-0.98x the default lanes', and the overhead harness (this change and
+    shared tokenisation hops together, perf/RESULTS.md) at 0.96x, within its noise, with
+    5.4 context switches a request against 7.4. A real model (all-MiniLM-L6-v2: ~9.5 ms on
+    one thread, ~6.3 ms on two) keeps its lanes.
     """
     return all_threads_s * THREADS_PAY_FROM < one_thread_s
 
