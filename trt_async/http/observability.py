@@ -1,10 +1,10 @@
 """Per-request plumbing: request ids, access logs, Prometheus metrics, client disconnects.
 
 A client that goes away while its request waits must not cost a batch slot, and neither
-granian nor Litestar cancels a handler on disconnect. So once the body has been read, the
-next ``receive()`` (which then only yields ``http.disconnect``) cancels the handler's task
-when it completes; the scheduler removes that request's queued items as the cancellation
-passes through it.
+granian nor Litestar cancels a handler on disconnect. So once the body has been read and the
+request is still running :data:`WATCH_DISCONNECT_AFTER_S` later, the next ``receive()``
+(which then only yields ``http.disconnect``) cancels the handler's task when it completes;
+the scheduler removes that request's queued items as the cancellation passes through it.
 
 Log records are formatted and written by a thread of their own, in batches: the event loop
 only appends a record to a queue.
@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple, TextIO
 
 import msgspec
@@ -41,6 +42,12 @@ METRICS_STATE_KEY = "metrics"
 MODEL_STATE_KEY = "model"
 #: nginx's status for "client closed the request", used in logs and metrics only.
 CLIENT_CLOSED = 499
+#: How long after its body arrived a request still running starts watching for its client's
+#: disconnect. Watching costs granian a future on its I/O thread and a wakeup there for every
+#: request (about a tenth of the server's CPU a request on the near-instant model); a request
+#: answered sooner would have had its work done by the time a disconnect was seen anyway,
+#: and one that waits in a queue under load is still dropped from it, this much later.
+WATCH_DISCONNECT_AFTER_S = 0.05
 
 
 class BodyEndedEarly(ClientException):
@@ -77,13 +84,21 @@ class RequestContextMiddleware:
     for every request, so it keeps to one timer, no task and no event per request.
     """
 
-    __slots__ = ("_deadlines", "_ids", "app", "body_timeout_s", "metrics")
+    __slots__ = ("_deadlines", "_ids", "_watches", "app", "body_timeout_s", "metrics")
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, body_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        body_timeout_s: float = 30.0,
+        watch_after_s: float = WATCH_DISCONNECT_AFTER_S,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.body_timeout_s = body_timeout_s
-        self._deadlines = BodyDeadlines(body_timeout_s)
+        self._deadlines = DelayedCalls(body_timeout_s, _Exchange.body_late)
+        self._watches = DelayedCalls(watch_after_s, _Exchange.watch_disconnect)
         self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,7 +118,11 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         exchange = _Exchange(
-            receive, send, request_id, asyncio.current_task(), scope.get("method") == "POST"
+            receive,
+            send,
+            request_id,
+            asyncio.current_task(),
+            self._watches if scope.get("method") == "POST" else None,
         )
         if exchange.task is not None:
             exchange.arm_body_deadline(self._deadlines)
@@ -133,27 +152,29 @@ class RequestContextMiddleware:
                 )
 
 
-class BodyDeadlines:
-    """The body deadlines of the requests still reading their bodies, with one timer.
+class DelayedCalls:
+    """One call on each of many exchanges, ``delay_s`` after it was added (unless it was
+    removed first), with one timer.
 
-    Every body has the same time to arrive, so deadlines come in arrival order and the
+    Every exchange waits as long, so calls fall due in the order they were added and the
     timer is armed for the oldest only: a timer per request cost the loop a timer's start
-    and cancel for every request.
+    and cancel for every request. The body deadlines and the disconnect watches use it.
     """
 
-    __slots__ = ("_timer", "_waiting", "timeout_s")
+    __slots__ = ("_call", "_timer", "_waiting", "delay_s")
 
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
+    def __init__(self, delay_s: float, call: Callable[[_Exchange], None]) -> None:
+        self.delay_s = delay_s
+        self._call = call
         self._waiting: dict[_Exchange, float] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, exchange: _Exchange) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        self._waiting[exchange] = deadline
+        due = loop.time() + self.delay_s
+        self._waiting[exchange] = due
         if self._timer is None:
-            self._timer = loop.call_at(deadline, self._fire)
+            self._timer = loop.call_at(due, self._fire)
 
     def remove(self, exchange: _Exchange) -> None:
         self._waiting.pop(exchange, None)
@@ -163,12 +184,12 @@ class BodyDeadlines:
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._waiting:
-            exchange, deadline = next(iter(self._waiting.items()))
-            if deadline > now:
-                self._timer = loop.call_at(deadline, self._fire)
+            exchange, due = next(iter(self._waiting.items()))
+            if due > now:
+                self._timer = loop.call_at(due, self._fire)
                 return
             del self._waiting[exchange]
-            exchange.body_late()
+            self._call(exchange)
 
 
 class _Exchange:
@@ -177,11 +198,12 @@ class _Exchange:
     Until the body has arrived, ``receive`` runs under the body deadline (one timer for the
     whole body: when it fires, the task is cancelled and the waiting ``receive`` answers
     408). Once it has arrived, a POST's next ``receive()`` can only yield
-    ``http.disconnect``: it is left pending with a callback that cancels the handler's task
-    (granian hands back a future, so this costs no task; other servers' coroutines are
-    wrapped in one). Neither granian nor Litestar cancels a handler on disconnect, and a
-    client gone while its request waits must not cost a batch slot: the scheduler drops the
-    request's queued items as the cancellation passes through it.
+    ``http.disconnect``: if the request still runs ``watches.delay_s`` later, that
+    ``receive()`` is left pending with a callback that cancels the handler's task (granian
+    hands back a future, so this costs no task; other servers' coroutines are wrapped in
+    one). Neither granian nor Litestar cancels a handler on disconnect, and a client gone
+    while its request waits must not cost a batch slot: the scheduler drops the request's
+    queued items as the cancellation passes through it.
     """
 
     __slots__ = (
@@ -192,7 +214,7 @@ class _Exchange:
         "_receiving",
         "_send",
         "_timed_out",
-        "_watch",
+        "_watches",
         "body_read",
         "hung_up",
         "request_id",
@@ -207,13 +229,15 @@ class _Exchange:
         send: Send,
         request_id: str,
         task: asyncio.Task[Any] | None,
-        watch: bool,
+        watches: DelayedCalls | None,
     ) -> None:
         self._receive = receive
         self._send = send
         self.request_id = request_id
         self.task = task
-        self._watch = watch
+        #: Where the exchange waits, once its body has arrived, to watch for a disconnect
+        #: (None: not watched).
+        self._watches = watches
         self.status = 500
         self.hung_up = False
         self.body_read = False
@@ -221,11 +245,11 @@ class _Exchange:
         self._timed_out = False
         self._late = False
         self._receiving = False
-        self._deadlines: BodyDeadlines | None = None
+        self._deadlines: DelayedCalls | None = None
         self._disconnect: asyncio.Future[Any] | None = None
 
-    def arm_body_deadline(self, deadlines: BodyDeadlines) -> None:
-        self.timeout_s = deadlines.timeout_s
+    def arm_body_deadline(self, deadlines: DelayedCalls) -> None:
+        self.timeout_s = deadlines.delay_s
         self._deadlines = deadlines
         deadlines.add(self)
 
@@ -271,12 +295,17 @@ class _Exchange:
         if not message.get("more_body", False):
             self.body_read = True
             self._stop_deadline()
-            if self._watch:
-                waiter = self._receive()
-                future = waiter if asyncio.isfuture(waiter) else asyncio.ensure_future(waiter)
-                future.add_done_callback(self._disconnected)
-                self._disconnect = future
+            if self._watches is not None:
+                self._watches.add(self)
         return message
+
+    def watch_disconnect(self) -> None:
+        """Cancel the handler's task when the client disconnects (the body has arrived, so
+        the next ``receive()`` yields only that)."""
+        waiter = self._receive()
+        future = waiter if asyncio.isfuture(waiter) else asyncio.ensure_future(waiter)
+        future.add_done_callback(self._disconnected)
+        self._disconnect = future
 
     def _disconnected(self, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -301,6 +330,9 @@ class _Exchange:
 
     def close(self) -> None:
         self._stop_deadline()
+        if self._watches is not None:
+            self._watches.remove(self)
+            self._watches = None
         if self._disconnect is not None:
             self._disconnect.remove_done_callback(self._disconnected)
             self._disconnect.cancel()
