@@ -78,7 +78,7 @@ async def one_round(
         prompt = "" if way.startswith("plain") else QUERY_PROMPT
 
         async def shared(text: str) -> Any:
-            return await queue.encode([text], truncate=True, prompt=prompt)
+            return await queue.run(queue.request([text], truncate=True, prompt=prompt))
 
         async def own_hop(text: str) -> Any:
             return await pool.run(

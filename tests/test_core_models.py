@@ -85,6 +85,38 @@ async def test_bucket_padding_never_changes_a_vector(minilm_model_dir) -> None:
     assert cosine_rows(alone, batched).min() >= 0.99999
 
 
+async def test_a_lone_request_takes_one_handoff_and_matches_the_queued_path(
+    minilm_model_dir, st_reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that finds nothing waiting or running is tokenised on the lane's thread
+    and run there: the tokenizer pool is not used. Its vector is sentence-transformers'
+    and the one the same text gets when requests queue and share hops and batches."""
+    from trt_async.core.runtime import TOKENIZE_POOL
+
+    hops: list[object] = []
+    pool_run = TOKENIZE_POOL.run
+
+    def counted(owner: object, fn: object) -> object:
+        hops.append(owner)
+        return pool_run(owner, fn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TOKENIZE_POOL, "run", counted)
+    async for model in served(minilm_model_dir, max_length=256):
+        stats = model.runtime.scheduler.stats
+        batches, items = sum(stats.batches.values()), stats.items_run  # the load's probe
+        lone = await model.embed([TEXTS[1]])
+        assert hops == []
+        assert (sum(stats.batches.values()) - batches, stats.items_run - items) == (1, 1)
+        assert lone.timings.tokenize_s > 0
+        assert cosine_rows(lone.vectors, st_reference[1:2]).min() >= 0.9999
+        # Seven requests at once: the first goes alone, the rest queue behind it.
+        burst = await asyncio.gather(*(model.embed([text]) for text in TEXTS))
+        assert hops, "requests that queued behind another were tokenised in the pool"
+        queued = np.stack([r.vectors[0] for r in burst])
+        assert cosine_rows(queued, st_reference).min() >= 0.9999
+        assert np.allclose(queued[1], lone.vectors[0], atol=1e-5)
+
+
 async def test_matryoshka_dimensions_renormalise(minilm_model_dir) -> None:
     async for model in served(minilm_model_dir):
         full = (await model.embed(TEXTS[:3], normalize=False)).vectors

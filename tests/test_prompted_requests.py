@@ -228,7 +228,7 @@ async def test_prompted_and_plain_requests_share_the_tokenisation_hops(
         (["x y"], ""),
     ]
     results = await asyncio.gather(
-        *(queue.encode(texts, truncate=True, prompt=prompt) for texts, prompt in asked),
+        *(queue.run(queue.request(texts, truncate=True, prompt=prompt)) for texts, prompt in asked),
         return_exceptions=True,
     )
     # The first request's hop starts at once; the rest, fewer texts than pay for a hop
@@ -240,4 +240,4 @@ async def test_prompted_and_plain_requests_share_the_tokenisation_hops(
         else:
             assert result == encode_prompted(tok, texts, prompt, truncate=True)
     with pytest.raises(TypeError, match="not before pairs"):
-        await queue.encode([("a", "b")], truncate=True, prompt="q: ")
+        queue.request([("a", "b")], truncate=True, prompt="q: ")

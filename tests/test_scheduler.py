@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 
@@ -12,11 +13,11 @@ import pytest
 from tests.fake_backend import FakeBackend
 from trt_async.backends.base import Lanes
 from trt_async.backends.shapes import Bucket, BucketGrid
-from trt_async.core.errors import BackendFailure, Overloaded, Unavailable
+from trt_async.core.errors import BackendFailure, EmptyInput, Overloaded, Part, Unavailable
 from trt_async.core.heads import make_reducer
 from trt_async.core.multivector import Head
 from trt_async.core.runner import BatchOutput, BatchRunner
-from trt_async.core.scheduler import QueueLimits, Scheduler
+from trt_async.core.scheduler import Prepared, QueueLimits, Scheduler, prepare
 from trt_async.core.tokenizer import Encoding
 
 GRID = BucketGrid([1, 2, 4, 8], [8, 16, 32, 64], max_batch_tokens=128)
@@ -475,3 +476,92 @@ async def test_work_arriving_during_a_solo_batch_waits_for_it() -> None:
     assert backend.executed_lanes[0] == 2
     # What waited was more than one batch: it ran on the parallel lanes.
     assert len(backend.executed_lanes) == 3 and set(backend.executed_lanes[1:]) <= {0, 1}
+
+
+# -- a request that arrives when nothing waits or runs -----------------------------------------
+
+
+def made_on(thread_names: list[str], items: list[Encoding]) -> Callable[[], Prepared]:
+    """A ``make`` that records the thread it ran on."""
+
+    def make_items() -> Prepared:
+        thread_names.append(threading.current_thread().name)
+        return prepare(items, GRID)
+
+    return make_items
+
+
+async def test_a_request_alone_is_made_and_run_on_the_lane_with_one_handoff() -> None:
+    scheduler, backend = make_lanes()
+    assert scheduler.alone()
+    threads: list[str] = []
+    alone = await asyncio.wait_for(
+        scheduler.run_alone(made_on(threads, [item(7, 5)]), unit=False), timeout=2
+    )
+    assert alone.result is not None
+    assert tuple(alone.result.rows[0, :2]) == expected_row(item(7, 5))
+    assert alone.result.tokens == 5 and alone.made_s >= 0
+    # Made on the solo lane's thread, and run there: the lane a batch alone gets.
+    assert threads == ["batch-test-solo-0"]
+    assert backend.executed_lanes == [2]
+    assert [(b.batch, b.length) for b, _ in backend.executed] == [(1, 8)]
+    stats = scheduler.stats
+    assert (stats.items_run, stats.real_tokens, stats.padded_tokens) == (1, 5, 8)
+    assert stats.batches == {Bucket(1, 8): 1}
+    assert scheduler.alone() and stats.running_batches == 0
+
+
+async def test_items_alone_merge_as_the_queue_would_or_come_back_unrun() -> None:
+    scheduler, backend = make()
+    # 5 and 12 tokens pad to 8 and 16: within 2x, one batch at 16, rows in input order.
+    pair = [item(1, 12), item(2, 5)]
+    alone = await scheduler.run_alone(made_on([], pair))
+    assert alone.result is not None
+    assert [(b.batch, b.length) for b, _ in backend.executed] == [(2, 16)]
+    for i, enc in enumerate(pair):
+        assert tuple(alone.result.rows[i, :2]) == expected_row(enc)
+    # 5 and 40 tokens pad to 8 and 64: the queue would not merge them, nor does this.
+    backend.executed.clear()
+    apart = [item(3, 40), item(4, 5)]
+    unrun = await scheduler.run_alone(made_on([], apart))
+    assert unrun.result is None and backend.executed == []
+    assert scheduler.alone()
+    result = await scheduler.submit(unrun.prepared)
+    for i, enc in enumerate(apart):
+        assert tuple(result.rows[i, :2]) == expected_row(enc)
+
+
+async def test_a_requests_own_error_alone_is_raised_as_is_and_a_backend_failure_as_one() -> None:
+    backend = FakeBackend(fail_when=lambda ids: bool((ids[:, 0] == 666).any()))
+    scheduler, backend = make(backend=backend)
+
+    def bad_text() -> Prepared:
+        raise EmptyInput(Part.INPUTS, 0)
+
+    with pytest.raises(EmptyInput):
+        await scheduler.run_alone(bad_text)
+    assert scheduler.stats.failed_batches == 0 and backend.executed == []
+    with pytest.raises(BackendFailure):
+        await scheduler.run_alone(made_on([], [item(666, 5)]))
+    assert scheduler.stats.failed_batches == 1
+    assert scheduler.alone()
+    good = await scheduler.run_alone(made_on([], [item(5, 3)]))
+    assert good.result is not None and scheduler.stats.consecutive_failures == 0
+
+
+async def test_work_arriving_while_a_request_runs_alone_queues_behind_it() -> None:
+    scheduler, backend = make_lanes()
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.run_alone(made_on([], [item(1, 3)])))
+    await wait_started(backend)
+    assert not scheduler.alone()
+    later = [asyncio.ensure_future(scheduler.submit([item(i, 60)])) for i in (2, 3, 4)]
+    await asyncio.sleep(0.02)
+    assert scheduler.stats.queued_items == 3 and backend.most_at_once == 1
+    backend.gate.set()
+    done = await asyncio.wait_for(asyncio.gather(first, *later), timeout=5)
+    for i, result in zip((2, 3, 4), done[1:], strict=True):
+        assert tuple(result.rows[0, :2]) == expected_row(item(i, 60))
+    assert backend.executed_lanes[0] == 2 and set(backend.executed_lanes[1:]) <= {0, 1}
+    await scheduler.drain()
+    assert scheduler.alone()

@@ -29,6 +29,7 @@ from trt_async.core.multivector import Head, HeadReducer
 from trt_async.core.tokenizer import Encoding
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 #: One item of a batch: a text's tokens, or one item of a fixed-shape input (an image's
 #: ``(3, H, W)`` pixel values, a row of its request's array).
@@ -198,18 +199,45 @@ class BatchRunner:
         A batch picked ahead waits for a lane; ``abandoned`` is asked when a worker
         reaches it, and a True answer raises :class:`BatchAbandoned` instead of running
         it."""
-        # A parallel lane is known only on the thread that takes the job.
+        return await self._hand(solo, lambda lane: self._job(bucket, items, heads, abandoned, lane))
+
+    async def _hand(self, solo: bool, call: Callable[[int], T]) -> T:
+        """``call(lane)`` on the solo lane's thread (``solo``, if the backend has one) or
+        the next free parallel lane's (a parallel lane is known only on the thread that
+        takes the job)."""
         threads = self._solo if solo and self._solo is not None else self._parallel
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await threads.submit(
-                lambda lane: self._job(bucket, items, heads, abandoned, lane)
-            )
+            return await threads.submit(call)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    async def run_made(
+        self,
+        make: Callable[[], M],
+        batch_of: Callable[[M], tuple[Bucket, Sequence[Item]] | None],
+        solo: bool = False,
+    ) -> tuple[M, BatchOutput | None, float]:
+        """``make()`` on a lane's thread, then the batch ``batch_of`` finds in what it made,
+        run at once on that thread: one thread handoff for what otherwise takes two (a
+        tokenisation hop, then a batch). Gives what was made, the batch's output (None when
+        ``batch_of`` found no batch) and the seconds ``make`` took; what ``make`` raises is
+        raised here."""
+
+        def job(lane: int) -> tuple[M, BatchOutput | None, float]:
+            start = time.perf_counter()
+            made = make()
+            made_s = time.perf_counter() - start
+            batch = batch_of(made)
+            if batch is None:
+                return made, None, made_s
+            bucket, items = batch
+            return made, self._job(bucket, items, (), None, lane), made_s
+
+        return await self._hand(solo, job)
 
     async def drain(self) -> None:
         """Wait until no batch is running or waiting for a lane."""

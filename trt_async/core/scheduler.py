@@ -3,7 +3,9 @@
 Requests become items (one per text or pair). Items wait in one FIFO per padded length of
 the bucket grid. Whenever a lane of the backend is free a batch starts at once: no fixed
 batching delay, so a lone request runs as batch 1 (on the solo lane, where the backend has
-one). While the lanes are busy items accumulate, and
+one), and one that finds nothing waiting or running is even tokenised on that lane's thread
+(:meth:`Scheduler.run_alone`: one thread handoff instead of two). While the lanes are busy
+items accumulate, and
 the next batch is the one with the most real tokens per unit of cost (a per-batch
 overhead plus its padded tokens, under ``max_batch_tokens``), merging sparse neighbouring
 length queues when that pays. A batch is padded to the smallest grid batch size that holds
@@ -33,7 +35,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, overload
+from typing import NamedTuple, Protocol, TypeVar, overload
 
 import numpy as np
 
@@ -48,6 +50,9 @@ from trt_async.core.tokenizer import Encoding
 log = logging.getLogger(__name__)
 
 
+M = TypeVar("M")
+
+
 class Runner(Protocol):
     lanes: Lanes
 
@@ -59,6 +64,13 @@ class Runner(Protocol):
         abandoned: Callable[[], bool] | None = None,
         solo: bool = False,
     ) -> BatchOutput: ...
+
+    async def run_made(
+        self,
+        make: Callable[[], M],
+        batch_of: Callable[[M], tuple[Bucket, Sequence[Item]] | None],
+        solo: bool = False,
+    ) -> tuple[M, BatchOutput | None, float]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +155,16 @@ def prepare(encodings: Sequence[Encoding], grid: BucketGrid) -> Prepared:
             found[1].append(size)
         groups = [(length, found[0], found[1]) for length, found in by_length.items()]
     return Prepared(encodings, sizes, sum(sizes), groups)
+
+
+class Alone(NamedTuple):
+    """What :meth:`Scheduler.run_alone` made of a request, and its rows if it ran."""
+
+    prepared: Prepared
+    #: Seconds making the items took (tokenising), on the lane's thread.
+    made_s: float
+    #: None when the items did not fit one batch: :meth:`Scheduler.submit` ``prepared``.
+    result: ScheduleResult | None
 
 
 class _Request:
@@ -413,6 +435,85 @@ class Scheduler:
             inference_s=request.last_end - start,
             heads=request.extras,
         )
+
+    def alone(self) -> bool:
+        """Whether nothing waits or runs: a request now would be a batch of its own, at once
+        (then :meth:`run_alone` spares it a thread handoff)."""
+        stats = self.stats
+        return not stats.queued_items and not stats.running_batches and self._closed is None
+
+    async def run_alone(self, make: Callable[[], Prepared], *, unit: bool = False) -> Alone:
+        """A request that arrived when :meth:`alone`: its items made by ``make`` (tokenised)
+        and, if they fit one batch as :meth:`submit` would have run them, run at once, all
+        with one handoff to the lane's thread where a tokenisation hop and a batch take
+        two. It runs as a batch that runs alone does (on the solo lane, if the runner has
+        one; what arrives meanwhile queues behind it), and is counted as one. What ``make``
+        raises (the request's 4xx) is raised here; items that do not fit one batch come
+        back unrun, to :meth:`submit`.
+        """
+        stats = self.stats
+        solo = self._lanes.solo
+        stats.running_batches += 1
+        self._on_solo += solo
+        self._idle.clear()
+        made = False
+
+        def making() -> Prepared:
+            nonlocal made
+            prepared = make()
+            made = True  # read on the loop once the job's result is back
+            return prepared
+
+        start = time.perf_counter()
+        try:
+            prepared, output, made_s = await self._runner.run_made(
+                making, self._one_batch, solo=solo
+            )
+        except Exception as exc:
+            if not made:
+                raise  # the request's own error, as a tokenisation hop raises it
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("batch run alone failed: error_id=%s", error_id)
+            stats.failed_batches += 1
+            stats.consecutive_failures += 1
+            raise BackendFailure(error_id) from exc
+        finally:
+            stats.running_batches -= 1
+            self._on_solo -= solo
+            self._dispatch()
+        if output is None:
+            return Alone(prepared, made_s, None)
+        end = time.perf_counter()
+        stats.consecutive_failures = 0
+        batch = self._one_batch(prepared)
+        assert batch is not None  # it ran, so its items made one batch
+        bucket, items = batch
+        stats.batches[bucket] += 1
+        stats.items_run += len(items)
+        stats.real_tokens += prepared.tokens
+        stats.padded_tokens += bucket.tokens
+        if self._observer is not None:
+            self._observer.batch_done(bucket, len(items), prepared.tokens, end - start, True)
+        rows = output.rows
+        if unit:
+            rows = output.units if output.units is not None else l2_normalize(rows)
+        inference_s = end - start - made_s
+        result = ScheduleResult(rows, prepared.tokens, 0.0, inference_s, {})
+        return Alone(prepared, made_s, result)
+
+    def _one_batch(self, prepared: Prepared) -> tuple[Bucket, Sequence[Item]] | None:
+        """The batch ``prepared``'s items make on their own, in input order: at the
+        longest padded length they span, if the shortest is at least half of it (the
+        scheduler merges queues that far) and they fit one batch there. Read on the lane's
+        thread: it reads only the grid."""
+        lengths = [length for length, _, _ in prepared.groups]
+        if not lengths:
+            return None
+        target = max(lengths)
+        count = len(prepared.sizes)
+        if min(lengths) < 0 or min(lengths) * 2 < target or count > self._capacity[target]:
+            return None
+        return Bucket(self.grid.batch_for(count), target), prepared.encodings
 
     def _enqueue(self, chunk: _Chunk) -> None:
         chunk.request.chunks.append(chunk)

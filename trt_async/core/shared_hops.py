@@ -76,6 +76,11 @@ class SharedHops(Generic[J, R]):
             self._spread_later()
         return await future
 
+    @property
+    def idle(self) -> bool:
+        """No job waits and no hop is out."""
+        return self._out == 0 and not self._waiting
+
     def _room(self) -> bool:
         """Whether a hop may start now: none is out, or another pays for what waits."""
         return self._out == 0 or (

@@ -39,6 +39,7 @@ from trt_async.core.requests import Timings
 from trt_async.core.runtime import TOKENIZE_POOL, ModelRuntime
 from trt_async.core.scheduler import Prepared, ScheduleResult, prepare
 from trt_async.core.templates import PromptWithTokenIds
+from trt_async.core.tokenize_queue import AnyTextRequest
 from trt_async.core.tokenizer import Direction, Encoding, TextInput, TextTokenizer, TokenInfo
 
 log = logging.getLogger(__name__)
@@ -280,29 +281,28 @@ class ServedModel:
     async def _off_loop(self, fn: Callable[[], T]) -> T:
         return await TOKENIZE_POOL.run(self.runtime, fn)
 
-    async def _encode(
+    def _making(
         self,
         inputs: ModelInputs,
         truncate: bool | None,
         direction: Direction,
         prompt: Prompt | None = None,
-    ) -> tuple[Prepared, float]:
-        """The inputs tokenised and grouped for the scheduler, off the event loop."""
+    ) -> tuple[Callable[[], Prepared], AnyTextRequest | None]:
+        """How the inputs become the scheduler's items: a call that makes them on any
+        thread but the event loop's and, for texts, the request the model's shared
+        tokenisation hops take instead. Raises the inputs' own errors found without
+        tokenising."""
         if len(inputs) == 0:
             raise EmptyInput(Part.INPUTS)
         trunc = self.config.truncate if truncate is None else truncate
         tok = self.runtime.tokenizer
         grid = self.runtime.grid
-        start = time.perf_counter()
         if isinstance(inputs, QueryAndDocuments | TemplatePairs):
             laid_out = inputs
-            encodings = await self._off_loop(
-                lambda: prepare(laid_out.encode(tok, truncate=trunc), grid)
-            )
-            return encodings, time.perf_counter() - start
+            return lambda: prepare(laid_out.encode(tok, truncate=trunc), grid), None
         if isinstance(inputs, SharedPairs):
             shared = inputs
-            encodings = await self._off_loop(
+            return (
                 lambda: prepare(
                     tok.encode_pairs(
                         shared.firsts,
@@ -312,9 +312,9 @@ class ServedModel:
                         parts=shared.parts,
                     ),
                     grid,
-                )
+                ),
+                None,
             )
-            return encodings, time.perf_counter() - start
         first = inputs[0]
         if isinstance(first, str | tuple):
             # One pass in C over the items' types; a mixed list is searched only to name
@@ -323,32 +323,27 @@ class ServedModel:
                 raise MixedInputs(
                     next(i for i, x in enumerate(inputs) if not isinstance(x, str | tuple))
                 )
-            texts = cast("Sequence[TextInput]", inputs)
-            if prompt is not None and prompt.text:
-                encodings = await self.runtime.tokenize_queue.encode(
-                    texts,
-                    truncate=trunc,
-                    direction=direction,
-                    prompt=prompt.text,
-                    prompt_part=prompt.part,
-                )
-            else:
-                encodings = await self.runtime.tokenize_queue.encode(
-                    texts, truncate=trunc, direction=direction
-                )
-        else:
-            if prompt is not None and prompt.asked:
-                raise PromptWithTokenIds(prompt.part)
-            id_lists: list[Sequence[int]] = []
-            for i, x in enumerate(inputs):
-                if isinstance(x, str | tuple):
-                    raise MixedInputs(i)
-                id_lists.append(x)
-            # Checking up to millions of ids against the vocabulary is Python work: off the loop.
-            encodings = await self._off_loop(
-                lambda: prepare(tok.encode_ids(id_lists, truncate=trunc, direction=direction), grid)
+            queue = self.runtime.tokenize_queue
+            request = queue.request(
+                cast("Sequence[TextInput]", inputs),
+                truncate=trunc,
+                direction=direction,
+                prompt=prompt.text if prompt is not None else "",
+                prompt_part=prompt.part if prompt is not None else Part.PROMPT_NAME,
             )
-        return encodings, time.perf_counter() - start
+            return lambda: queue.encode_now(request), request
+        if prompt is not None and prompt.asked:
+            raise PromptWithTokenIds(prompt.part)
+        id_lists: list[Sequence[int]] = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, str | tuple):
+                raise MixedInputs(i)
+            id_lists.append(x)
+        # Checking up to millions of ids against the vocabulary is Python work: off the loop.
+        return (
+            lambda: prepare(tok.encode_ids(id_lists, truncate=trunc, direction=direction), grid),
+            None,
+        )
 
     async def _run(
         self,
@@ -360,13 +355,32 @@ class ServedModel:
         prompt: Prompt | None = None,
     ) -> tuple[ScheduleResult, Timings]:
         self._check_ready()
+        scheduler = self.runtime.scheduler
         # Refuse what cannot be queued before paying for its tokenisation.
-        self.runtime.scheduler.admit(len(inputs))
+        scheduler.admit(len(inputs))
         start = time.perf_counter()
-        encodings, tokenize_s = await self._encode(inputs, truncate, direction, prompt)
+        make, texts = self._making(inputs, truncate, direction, prompt)
+        queue = self.runtime.tokenize_queue
+        # Nothing else to share a tokenisation hop or a batch with: the request is made and
+        # run on the lane's thread with one handoff (token-level heads take the queue, whose
+        # budget check comes between the two).
+        if (
+            not heads
+            and len(inputs) <= scheduler.grid.max_batch
+            and queue.idle
+            and scheduler.alone()
+        ):
+            alone = await scheduler.run_alone(make, unit=unit)
+            encodings, tokenize_s = alone.prepared, alone.made_s
+            found = alone.result
+        else:
+            made_at = time.perf_counter()
+            encodings = await (queue.run(texts) if texts is not None else self._off_loop(make))
+            tokenize_s = time.perf_counter() - made_at
+            found = None
         if heads:
             self._check_output_budget(encodings, heads)
-        result = await self.runtime.scheduler.submit(encodings, heads, unit=unit)
+        result = found if found is not None else await scheduler.submit(encodings, heads, unit=unit)
         timings = Timings(
             tokenize_s=tokenize_s,
             queue_s=result.queue_s,

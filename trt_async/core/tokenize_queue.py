@@ -2,8 +2,9 @@
 
 Requests wait in one queue per model, and one hop on the tokenizer pool tokenises every
 waiting request's texts with one call per truncation setting. Requests with an embedding
-prompt share the hops too (one tokenizer call for all of them). The loop itself never
-tokenises.
+prompt share the hops too (one tokenizer call for all of them). A request with nothing to
+share a hop or a batch with is tokenised on its batch's thread instead (:meth:`encode_now`,
+:meth:`~trt_async.core.scheduler.Scheduler.run_alone`). The loop itself never tokenises.
 """
 
 from __future__ import annotations
@@ -58,28 +59,42 @@ class TokenizeQueue(Generic[T]):
             spread_from=TEXTS_TO_SPREAD,
         )
 
-    async def encode(
-        self,
+    @staticmethod
+    def request(
         texts: Sequence[TextInput],
         *,
         truncate: bool,
         direction: Direction = "right",
         prompt: str = "",
         prompt_part: Part = Part.PROMPT_NAME,
-    ) -> T:
-        """``texts`` tokenised (as :meth:`TextTokenizer.encode` does, with its errors), and
-        finished. A ``prompt`` goes before each text (as
-        :func:`~trt_async.core.prompting.encode_prompted` puts it; ``prompt_part`` says
+    ) -> AnyTextRequest:
+        """One request's texts as the queue takes them. A ``prompt`` goes before each text
+        (as :func:`~trt_async.core.prompting.encode_prompted` puts it; ``prompt_part`` says
         where it came from); such texts must be strings."""
-        request: AnyTextRequest
         if prompt:
             strings = [t for t in texts if isinstance(t, str)]
             if len(strings) != len(texts):
                 raise TypeError("a prompt goes before single texts, not before pairs")
-            request = PromptedRequest(strings, prompt, truncate, direction, prompt_part)
-        else:
-            request = TextRequest(texts, truncate, direction)
+            return PromptedRequest(strings, prompt, truncate, direction, prompt_part)
+        return TextRequest(texts, truncate, direction)
+
+    async def run(self, request: AnyTextRequest) -> T:
+        """``request`` tokenised and finished in the next shared hop; its own
+        :class:`~trt_async.core.errors.InvalidInput` is raised here."""
         return await self._hops.run(request)
+
+    def encode_now(self, request: AnyTextRequest) -> T:
+        """``request`` tokenised and finished on the calling thread (never the event loop's),
+        as a hop would; its own :class:`~trt_async.core.errors.InvalidInput` is raised."""
+        (result,) = self._work([request], _always)
+        if isinstance(result, InvalidInput):
+            raise result
+        return result
+
+    @property
+    def idle(self) -> bool:
+        """No request waits for a hop and none is out."""
+        return self._hops.idle
 
     def _work(self, requests: Sequence[AnyTextRequest], wanted: Wanted) -> list[T | InvalidInput]:
         # One tokenizer call for the whole hop: a request that left meanwhile costs its texts.
@@ -88,3 +103,7 @@ class TokenizeQueue(Generic[T]):
             r if isinstance(r, InvalidInput) else finish(r)
             for r in encode_each(self._tokenizer, requests)
         ]
+
+
+def _always(index: int) -> bool:
+    return True
