@@ -565,3 +565,23 @@ async def test_work_arriving_while_a_request_runs_alone_queues_behind_it() -> No
     assert backend.executed_lanes[0] == 2 and set(backend.executed_lanes[1:]) <= {0, 1}
     await scheduler.drain()
     assert scheduler.alone()
+
+
+async def test_a_request_cancelled_while_alone_leaves_its_batch_counted_until_it_ends() -> None:
+    scheduler, backend = make_lanes()
+    backend.gate.clear()
+    first = asyncio.ensure_future(scheduler.run_alone(made_on([], [item(1, 3)])))
+    await wait_started(backend)
+    first.cancel()  # the client left: its batch is already on the solo lane
+    await asyncio.sleep(0.01)
+    assert scheduler.stats.running_batches == 1 and not scheduler.alone()
+    late = asyncio.ensure_future(scheduler.submit([item(2, 60)]))
+    await asyncio.sleep(0.02)
+    assert scheduler.stats.queued_items == 1 and backend.most_at_once == 1
+    backend.gate.set()
+    result = await asyncio.wait_for(late, timeout=5)
+    assert tuple(result.rows[0, :2]) == expected_row(item(2, 60))
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert backend.most_at_once == 1  # the later batch waited for the cancelled one's
+    assert scheduler.stats.items_run == 2 and scheduler.alone()

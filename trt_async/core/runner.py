@@ -201,31 +201,33 @@ class BatchRunner:
         it."""
         return await self._hand(solo, lambda lane: self._job(bucket, items, heads, abandoned, lane))
 
-    async def _hand(self, solo: bool, call: Callable[[int], T]) -> T:
+    def _hand(self, solo: bool, call: Callable[[int], T]) -> asyncio.Future[T]:
         """``call(lane)`` on the solo lane's thread (``solo``, if the backend has one) or
         the next free parallel lane's (a parallel lane is known only on the thread that
         takes the job)."""
         threads = self._solo if solo and self._solo is not None else self._parallel
         self._in_flight += 1
         self._idle.clear()
-        try:
-            return await threads.submit(call)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        future = threads.submit(call)
+        future.add_done_callback(self._handed_back)
+        return future
 
-    async def run_made(
+    def _handed_back(self, future: asyncio.Future[Any]) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    def run_made(
         self,
         make: Callable[[], M],
         batch_of: Callable[[M], tuple[Bucket, Sequence[Item]] | None],
         solo: bool = False,
-    ) -> tuple[M, BatchOutput | None, float]:
+    ) -> asyncio.Future[tuple[M, BatchOutput | None, float]]:
         """``make()`` on a lane's thread, then the batch ``batch_of`` finds in what it made,
         run at once on that thread: one thread handoff for what otherwise takes two (a
-        tokenisation hop, then a batch). Gives what was made, the batch's output (None when
-        ``batch_of`` found no batch) and the seconds ``make`` took; what ``make`` raises is
-        raised here."""
+        tokenisation hop, then a batch). Its future gives what was made, the batch's output
+        (None when ``batch_of`` found no batch) and the seconds ``make`` took, or what
+        ``make`` or the batch raised."""
 
         def job(lane: int) -> tuple[M, BatchOutput | None, float]:
             start = time.perf_counter()
@@ -237,7 +239,7 @@ class BatchRunner:
             bucket, items = batch
             return made, self._job(bucket, items, (), None, lane), made_s
 
-        return await self._hand(solo, job)
+        return self._hand(solo, job)
 
     async def drain(self) -> None:
         """Wait until no batch is running or waiting for a lane."""

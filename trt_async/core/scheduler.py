@@ -65,12 +65,12 @@ class Runner(Protocol):
         solo: bool = False,
     ) -> BatchOutput: ...
 
-    async def run_made(
+    def run_made(
         self,
         make: Callable[[], M],
         batch_of: Callable[[M], tuple[Bucket, Sequence[Item]] | None],
         solo: bool = False,
-    ) -> tuple[M, BatchOutput | None, float]: ...
+    ) -> asyncio.Future[tuple[M, BatchOutput | None, float]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +165,25 @@ class Alone(NamedTuple):
     made_s: float
     #: None when the items did not fit one batch: :meth:`Scheduler.submit` ``prepared``.
     result: ScheduleResult | None
+
+
+class _AloneJob:
+    """One :meth:`Scheduler.run_alone` job, as its lane's thread and the loop see it."""
+
+    __slots__ = ("_make", "error_id", "made", "seconds", "start")
+
+    def __init__(self, make: Callable[[], Prepared], start: float) -> None:
+        self._make = make
+        self.start = start
+        #: Whether the items were made: an error after that is the batch's, not the request's.
+        self.made = False
+        self.seconds = 0.0
+        self.error_id: str | None = None
+
+    def make(self) -> Prepared:
+        prepared = self._make()
+        self.made = True  # read on the loop once the job's result is back
+        return prepared
 
 
 class _Request:
@@ -447,59 +466,65 @@ class Scheduler:
         and, if they fit one batch as :meth:`submit` would have run them, run at once, all
         with one handoff to the lane's thread where a tokenisation hop and a batch take
         two. It runs as a batch that runs alone does (on the solo lane, if the runner has
-        one; what arrives meanwhile queues behind it), and is counted as one. What ``make``
-        raises (the request's 4xx) is raised here; items that do not fit one batch come
-        back unrun, to :meth:`submit`.
+        one; what arrives meanwhile queues behind it), and is counted as one until it ends,
+        even if its request is cancelled meanwhile. What ``make`` raises (the request's 4xx)
+        is raised here; items that do not fit one batch come back unrun, to :meth:`submit`.
         """
         stats = self.stats
         solo = self._lanes.solo
         stats.running_batches += 1
         self._on_solo += solo
         self._idle.clear()
-        made = False
-
-        def making() -> Prepared:
-            nonlocal made
-            prepared = make()
-            made = True  # read on the loop once the job's result is back
-            return prepared
-
-        start = time.perf_counter()
+        job = _AloneJob(make, time.perf_counter())
+        running = self._runner.run_made(job.make, self._one_batch, solo=solo)
+        running.add_done_callback(lambda done: self._alone_ended(job, done, solo))
         try:
-            prepared, output, made_s = await self._runner.run_made(
-                making, self._one_batch, solo=solo
-            )
+            # Shielded: a cancelled request leaves the batch running, counted until it ends.
+            prepared, output, made_s = await asyncio.shield(running)
         except Exception as exc:
-            if not made:
-                raise  # the request's own error, as a tokenisation hop raises it
-            error_id = uuid.uuid4().hex[:12]
-            log.exception("batch run alone failed: error_id=%s", error_id)
-            stats.failed_batches += 1
-            stats.consecutive_failures += 1
-            raise BackendFailure(error_id) from exc
-        finally:
-            stats.running_batches -= 1
-            self._on_solo -= solo
-            self._dispatch()
+            if job.error_id is None:
+                raise  # the request's own error, from make, as a tokenisation hop raises it
+            raise BackendFailure(job.error_id) from exc
         if output is None:
             return Alone(prepared, made_s, None)
-        end = time.perf_counter()
-        stats.consecutive_failures = 0
-        batch = self._one_batch(prepared)
-        assert batch is not None  # it ran, so its items made one batch
-        bucket, items = batch
-        stats.batches[bucket] += 1
-        stats.items_run += len(items)
-        stats.real_tokens += prepared.tokens
-        stats.padded_tokens += bucket.tokens
-        if self._observer is not None:
-            self._observer.batch_done(bucket, len(items), prepared.tokens, end - start, True)
         rows = output.rows
         if unit:
             rows = output.units if output.units is not None else l2_normalize(rows)
-        inference_s = end - start - made_s
-        result = ScheduleResult(rows, prepared.tokens, 0.0, inference_s, {})
-        return Alone(prepared, made_s, result)
+        inference_s = job.seconds - made_s
+        return Alone(prepared, made_s, ScheduleResult(rows, prepared.tokens, 0.0, inference_s, {}))
+
+    def _alone_ended(
+        self,
+        job: _AloneJob,
+        done: asyncio.Future[tuple[Prepared, BatchOutput | None, float]],
+        solo: bool,
+    ) -> None:
+        """The end of :meth:`run_alone`'s job: counted, and the next batch picked."""
+        stats = self.stats
+        stats.running_batches -= 1
+        self._on_solo -= solo
+        job.seconds = time.perf_counter() - job.start
+        error = None if done.cancelled() else done.exception()
+        if error is not None and job.made:
+            job.error_id = uuid.uuid4().hex[:12]
+            log.error("batch run alone failed: error_id=%s", job.error_id, exc_info=error)
+            stats.failed_batches += 1
+            stats.consecutive_failures += 1
+        elif error is None and not done.cancelled():
+            prepared, output, _ = done.result()
+            batch = self._one_batch(prepared) if output is not None else None
+            if batch is not None:
+                bucket, items = batch
+                stats.consecutive_failures = 0
+                stats.batches[bucket] += 1
+                stats.items_run += len(items)
+                stats.real_tokens += prepared.tokens
+                stats.padded_tokens += bucket.tokens
+                if self._observer is not None:
+                    self._observer.batch_done(
+                        bucket, len(items), prepared.tokens, job.seconds, True
+                    )
+        self._dispatch()
 
     def _one_batch(self, prepared: Prepared) -> tuple[Bucket, Sequence[Item]] | None:
         """The batch ``prepared``'s items make on their own, in input order: at the
