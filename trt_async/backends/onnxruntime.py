@@ -244,12 +244,16 @@ class OnnxRuntimeBackend:
             probe = self._probe_feeds(min(PROBE_LENGTH, default_max_length(files)))
             self._lone_batch_s = one_s, all_s = lone_batch_seconds(shared, full, probe)
             pays = threads_pay(one_s, all_s)
+            raced = (
+                f"{all_s * 1e3:.3f} ms on {threads}"
+                if all_s
+                else f"not raced on {threads} (over {RACE_BELOW_S * 1e3:g} ms on one)"
+            )
             log.info(
-                "%s: a lone batch ran in %.3f ms on one thread and %.3f ms on %d: %s",
+                "%s: a lone batch ran in %.3f ms on one thread and %s: %s",
                 files.onnx.name,
                 one_s * 1e3,
-                all_s * 1e3,
-                threads,
+                raced,
                 "threads pay" if pays else "one batch at a time on one thread",
             )
             if not pays:
