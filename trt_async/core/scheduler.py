@@ -170,20 +170,26 @@ class Alone(NamedTuple):
 class _AloneJob:
     """One :meth:`Scheduler.run_alone` job, as its lane's thread and the loop see it."""
 
-    __slots__ = ("_make", "error_id", "made", "seconds", "start")
+    __slots__ = ("_one_batch", "batch", "error_id", "seconds", "start", "tokens")
 
-    def __init__(self, make: Callable[[], Prepared], start: float) -> None:
-        self._make = make
+    def __init__(
+        self,
+        one_batch: Callable[[Prepared], tuple[Bucket, Sequence[Item]] | None],
+        start: float,
+    ) -> None:
+        self._one_batch = one_batch
         self.start = start
-        #: Whether the items were made: an error after that is the batch's, not the request's.
-        self.made = False
+        #: The batch its items made (set on the lane's thread, read on the loop once the
+        #: job's result is back): None while unmade, or when they did not fit one.
+        self.batch: tuple[Bucket, Sequence[Item]] | None = None
+        self.tokens = 0
         self.seconds = 0.0
         self.error_id: str | None = None
 
-    def make(self) -> Prepared:
-        prepared = self._make()
-        self.made = True  # read on the loop once the job's result is back
-        return prepared
+    def batch_of(self, prepared: Prepared) -> tuple[Bucket, Sequence[Item]] | None:
+        self.batch = self._one_batch(prepared)
+        self.tokens = prepared.tokens
+        return self.batch
 
 
 class _Request:
@@ -475,8 +481,8 @@ class Scheduler:
         stats.running_batches += 1
         self._on_solo += solo
         self._idle.clear()
-        job = _AloneJob(make, time.perf_counter())
-        running = self._runner.run_made(job.make, self._one_batch, solo=solo)
+        job = _AloneJob(self._one_batch, time.perf_counter())
+        running = self._runner.run_made(make, job.batch_of, solo=solo)
         running.add_done_callback(lambda done: self._alone_ended(job, done, solo))
         try:
             # Shielded: a cancelled request leaves the batch running, counted until it ends.
@@ -504,27 +510,40 @@ class Scheduler:
         stats.running_batches -= 1
         self._on_solo -= solo
         job.seconds = time.perf_counter() - job.start
-        error = None if done.cancelled() else done.exception()
-        if error is not None and job.made:
-            job.error_id = uuid.uuid4().hex[:12]
-            log.error("batch run alone failed: error_id=%s", job.error_id, exc_info=error)
-            stats.failed_batches += 1
-            stats.consecutive_failures += 1
-        elif error is None and not done.cancelled():
-            prepared, output, _ = done.result()
-            batch = self._one_batch(prepared) if output is not None else None
-            if batch is not None:
-                bucket, items = batch
+        error = None if done.cancelled() else done.exception()  # retrieved, whoever waits
+        # A batch was found (its items made) unless make failed or they did not fit one.
+        if job.batch is not None and not done.cancelled():
+            bucket, items = job.batch
+            if error is not None:
+                job.error_id = self._batch_failed(bucket, len(items), error)
+            else:
                 stats.consecutive_failures = 0
-                stats.batches[bucket] += 1
-                stats.items_run += len(items)
-                stats.real_tokens += prepared.tokens
-                stats.padded_tokens += bucket.tokens
-                if self._observer is not None:
-                    self._observer.batch_done(
-                        bucket, len(items), prepared.tokens, job.seconds, True
-                    )
+            self._batch_ran(bucket, len(items), job.tokens, job.seconds, ok=error is None)
         self._dispatch()
+
+    def _batch_failed(self, bucket: Bucket, count: int, error: BaseException) -> str:
+        """Log and count a batch that raised; its error id, for the requests' answers."""
+        error_id = uuid.uuid4().hex[:12]
+        log.error(
+            "batch failed: error_id=%s bucket=%dx%d items=%d",
+            error_id,
+            bucket.batch,
+            bucket.length,
+            count,
+            exc_info=error,
+        )
+        self.stats.failed_batches += 1
+        self.stats.consecutive_failures += 1
+        return error_id
+
+    def _batch_ran(self, bucket: Bucket, count: int, real: int, seconds: float, ok: bool) -> None:
+        stats = self.stats
+        stats.batches[bucket] += 1
+        stats.items_run += count
+        stats.real_tokens += real
+        stats.padded_tokens += bucket.tokens
+        if self._observer is not None:
+            self._observer.batch_done(bucket, count, real, seconds, ok)
 
     def _one_batch(self, prepared: Prepared) -> tuple[Bucket, Sequence[Item]] | None:
         """The batch ``prepared``'s items make on their own, in input order: at the
@@ -732,18 +751,9 @@ class Scheduler:
         except BatchAbandoned:
             for part in parts:
                 self._end(part.request, Unavailable(self._closed or "the model was closed"))
-        except Exception:
+        except Exception as exc:
             ran = True
-            error_id = uuid.uuid4().hex[:12]
-            log.exception(
-                "batch failed: error_id=%s bucket=%dx%d items=%d",
-                error_id,
-                bucket.batch,
-                bucket.length,
-                count,
-            )
-            stats.failed_batches += 1
-            stats.consecutive_failures += 1
+            error_id = self._batch_failed(bucket, count, exc)
             for part in parts:
                 self._end(part.request, BackendFailure(error_id))
         else:
@@ -783,12 +793,7 @@ class Scheduler:
             stats.running_batches -= 1
             self._on_solo -= solo
             if ran:
-                stats.batches[bucket] += 1
-                stats.items_run += count
-                stats.real_tokens += real
-                stats.padded_tokens += bucket.tokens
-                if self._observer is not None:
-                    self._observer.batch_done(bucket, count, real, seconds, ok)
+                self._batch_ran(bucket, count, real, seconds, ok)
             self._dispatch()
 
     def _arm_expiry(self, when: float) -> None:
