@@ -15,14 +15,19 @@ that cost on a CPU with a model whose forward pass costs next to nothing:
    a request from 64 connections, and 32 short texts a request from 16;
 4. reads each server's CPU (all its processes and threads, from ``/proc``) over the run and
    divides by the requests served;
-5. measures the per-item floor of the 32-text point in this process: the bare tokenisation
-   of the same texts with the model's tokenizer and the bare ONNX Runtime run of the batch
-   (one thread), to which the minimal app's cost an item is added;
-6. with ``--syscalls``, counts each target's system calls and context switches a request
+5. measures the per-item floor of the 32-text point in this process, in every round right
+   after that round's runs (the machine's speed drifts within minutes): the bare
+   tokenisation of the same texts with the model's tokenizer and the bare ONNX Runtime run
+   of the batch (one thread), to which the minimal app's cost an item in that round is
+   added;
+6. with ``--control``, serves a second instance of this checkout (``after-again``): two
+   servers of the same code differ by the noise of the run, and their ratio, round by round,
+   is the band no other ratio of the run resolves;
+7. with ``--syscalls``, counts each target's system calls and context switches a request
    under each point's load (the kernel's own counters, read by ``perf stat``): on a VM where
    a thread handoff costs more than the work handed over, they say where CPU goes that no
    Python profile shows;
-7. writes ``overhead.json`` and ``overhead.md`` under ``--out`` and, with ``--results``, the
+8. writes ``overhead.json`` and ``overhead.md`` under ``--out`` and, with ``--results``, the
    table into ``perf/RESULTS.md``.
 
     python -m perf.overhead --rounds 3 --seconds 10 --before ../checkout-at-old-commit \\
@@ -530,16 +535,15 @@ def summarise(report: dict[str, Any]) -> str:
             "other work on the machine moves absolute figures; compare within a round)."
         )
         lines.append("")
-    floor = report.get("floor")
-    if floor:
-        lines.append(
-            "Per-item floor of the 32-text point (CPU µs an item): tokenisation "
-            f"{floor['tokenize_one_by_one_us']:.1f} one by one, {floor['tokenize_batch_us']:.1f} "
-            f"with encode_batch; ONNX Runtime {floor['onnxruntime_us']:.1f} (one thread); the "
-            f"minimal app {floor.get('minimal_us', float('nan')):.1f}; total "
-            f"{floor.get('total_us', float('nan')):.1f}."
-        )
-    return "\n".join(lines)
+    floors = report.get("floors")
+    if floors:
+        lines.append(floor_text(floors))
+        lines.append("")
+    control = control_text(report)
+    if control:
+        lines.append(control)
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
 
 
 def profiles_text(report: dict[str, Any]) -> str:
@@ -559,9 +563,10 @@ def profiles_text(report: dict[str, Any]) -> str:
 
 
 def ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Medians over rounds of: after's CPU a request over the minimal app's and over
-    before's; after's req/s over infinity's and over before's; after's CPU an item over the
-    floor (32-text point)."""
+    """Medians over rounds of: after's CPU a request over the minimal app's, over before's
+    and over the control's (``after-again``); after's req/s over infinity's and over
+    before's; after's CPU an item over the floor measured in the same round (32-text
+    point)."""
     rounds = report["rounds"]
     out: dict[str, dict[str, float | None]] = {}
 
@@ -591,19 +596,73 @@ def ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         out["after req/s / infinity req/s"] = {
             p: per_round(p, "after", "infinity", "requests_per_s") for p in rounds
         }
-    floor = report.get("floor")
-    if floor and "total_us" in floor:
-        runs = rounds.get("docs32-c16", {}).get("after", [])
-        if runs:
-            out["after CPU an item / floor"] = {
-                p: (
-                    _median([r["cpu_us_per_item"] for r in runs]) / floor["total_us"]
-                    if p == "docs32-c16"
-                    else None
-                )
-                for p in rounds
-            }
+    if "after-again" in targets:
+        out["after CPU / after-again CPU"] = {
+            p: per_round(p, "after", "after-again", "cpu_ms_per_request") for p in rounds
+        }
+    floors = [f for f in report.get("floors", []) if "total_us" in f]
+    runs = rounds.get("docs32-c16", {}).get("after", [])
+    if floors and runs:
+        # Each round's CPU an item over the floor measured right after that round.
+        value = _median(
+            [r["cpu_us_per_item"] / f["total_us"] for r, f in zip(runs, floors, strict=False)]
+        )
+        out["after CPU an item / floor"] = {p: value if p == "docs32-c16" else None for p in rounds}
     return out
+
+
+def round_floor(
+    model: Path, bodies: Sequence[bytes], minimal_runs: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """The per-item floor measured now, with the minimal app's CPU an item of the round
+    just run (the last of ``minimal_runs``) added when it ran."""
+    floor = item_floor(model, bodies)
+    if minimal_runs:
+        floor["minimal_us"] = minimal_runs[-1]["cpu_us_per_item"]
+        floor["total_us"] = (
+            min(floor["tokenize_one_by_one_us"], floor["tokenize_batch_us"])
+            + floor["onnxruntime_us"]
+            + floor["minimal_us"]
+        )
+    return floor
+
+
+def floor_text(floors: Sequence[dict[str, float]]) -> str:
+    """The floors of the rounds, each part as its range over rounds."""
+
+    def part(key: str) -> str:
+        values = [f[key] for f in floors if key in f]
+        return _span(values, ".1f") if values else "–"
+
+    return (
+        f"Per-item floor of the 32-text point, measured after each round (CPU µs an item): "
+        f"tokenisation {part('tokenize_one_by_one_us')} one by one, "
+        f"{part('tokenize_batch_us')} with encode_batch; ONNX Runtime {part('onnxruntime_us')}"
+        f" (one thread); the minimal app {part('minimal_us')}; total {part('total_us')}."
+    )
+
+
+def control_text(report: dict[str, Any]) -> str:
+    """The control's ratios round by round: how far two instances of the same code differ
+    in this run."""
+    rounds = report["rounds"]
+    lines = []
+    for point, per_target in rounds.items():
+        a, b = per_target.get("after"), per_target.get("after-again")
+        if not a or not b:
+            continue
+        values = ", ".join(
+            f"{x['cpu_ms_per_request'] / y['cpu_ms_per_request']:.2f}"
+            for x, y in zip(a, b, strict=False)
+        )
+        lines.append(f"{POINT_TITLES[point]}: {values}")
+    if not lines:
+        return ""
+    return (
+        "Control (two instances of this checkout, `after` over `after-again`, CPU a request "
+        "by round): " + "; ".join(lines) + ". Ratios of the run within that spread of 1.00 "
+        "are not resolved by it."
+    )
 
 
 def write_results(path: Path, table: str, command: str) -> None:
@@ -625,6 +684,8 @@ def write_results(path: Path, table: str, command: str) -> None:
 
 def make_servers(args: argparse.Namespace, config: Path, model: Path, work: Path) -> list[Server]:
     servers = [ours("after", config)]
+    if args.control:
+        servers.append(ours("after-again", config))
     if args.before is not None:
         servers.append(ours("before", config, args.before))
     servers.append(minimal())
@@ -642,6 +703,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each run")
     p.add_argument("--before", type=Path, help="a checkout of an earlier commit to serve too")
     p.add_argument("--infinity", type=Path, help="infinity-emb's infinity_emb executable")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="serve a second instance of this checkout: the run's noise between equals",
+    )
     p.add_argument("--points", default=",".join(POINTS), help="comma-separated points")
     p.add_argument("--only", nargs="*", help="serve only these targets")
     p.add_argument("--work", type=Path, help="folder for the model and logs (default: temp)")
@@ -702,6 +768,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" ms, p99 {got.latency_ms.get('99', 0):.2f} ms",
                         flush=True,
                     )
+                if point == "docs32-c16":
+                    floor = round_floor(
+                        model, point_bodies(32), report["rounds"][point].get("minimal", [])
+                    )
+                    report.setdefault("floors", []).append(floor)
+                    print(f"round {r + 1} floor: {floor}", flush=True)
         if args.syscalls:
             for point in points:
                 for server in servers:
@@ -728,17 +800,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for kind in ("self", "inclusive"):
                         for frame, share in tables[kind]:
                             print(f"  {kind:9s} {share:5.1f} %  {frame}", flush=True)
-    if "docs32-c16" in points:
-        floor = item_floor(model, point_bodies(32))
-        minimal = report["rounds"]["docs32-c16"].get("minimal")
-        if minimal:
-            floor["minimal_us"] = _median([r["cpu_us_per_item"] for r in minimal])
-            floor["total_us"] = (
-                min(floor["tokenize_one_by_one_us"], floor["tokenize_batch_us"])
-                + floor["onnxruntime_us"]
-                + floor["minimal_us"]
-            )
-        report["floor"] = floor
     report["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
     report["ratios"] = ratios(report)
     table = summarise(report)

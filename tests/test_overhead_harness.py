@@ -11,6 +11,7 @@ from litestar.testing import TestClient
 
 from perf.minimal_app import create_minimal_app
 from perf.overhead import (
+    control_text,
     kernel_counts,
     point_bodies,
     ratios,
@@ -70,6 +71,49 @@ def test_ratios_are_medians_of_per_round_ratios_and_the_table_shows_ranges() -> 
     report["ratios"] = got
     text = summarise(report)
     assert "| 1 short text, 64 connections | 90–110 req/s; 0.200–0.300 ms CPU a request" in text
+
+
+def test_the_floor_ratio_pairs_each_round_with_the_floor_measured_after_it() -> None:
+    floor = {"tokenize_one_by_one_us": 30.0, "tokenize_batch_us": 28.0, "onnxruntime_us": 7.0}
+    report: dict[str, Any] = {
+        "targets": ["after", "minimal"],
+        "rounds": {
+            "docs32-c16": {
+                "after": [_run(10, 2.0, 60.0), _run(10, 2.0, 80.0), _run(10, 2.0, 70.0)],
+                "minimal": [_run(10, 0.2, 5.0)] * 3,
+            }
+        },
+        # The machine slowed in the last round: its floor too.
+        "floors": [
+            {**floor, "minimal_us": 5.0, "total_us": 40.0},
+            {**floor, "minimal_us": 5.0, "total_us": 40.0},
+            {**floor, "minimal_us": 5.0, "total_us": 50.0},
+        ],
+    }
+    got = ratios(report)
+    # Round by round 1.5, 2.0, 1.4 -> 1.5; a floor apart from its round's run would not
+    # give it (the median run over the median floor is 70 / 40 = 1.75).
+    assert got["after CPU an item / floor"]["docs32-c16"] == 1.5
+    report["ratios"] = got
+    assert "total 40.0–50.0." in summarise(report)
+
+
+def test_the_control_is_two_instances_of_the_same_code_round_by_round() -> None:
+    report: dict[str, Any] = {
+        "targets": ["after", "after-again"],
+        "rounds": {
+            "single-c64": {
+                "after": [_run(100, 0.26), _run(100, 0.30), _run(100, 0.24)],
+                "after-again": [_run(100, 0.20), _run(100, 0.30), _run(100, 0.30)],
+            }
+        },
+    }
+    got = ratios(report)
+    assert got["after CPU / after-again CPU"]["single-c64"] == 1.0  # 1.3, 1.0, 0.8
+    text = control_text(report)
+    assert "1 short text, 64 connections: 1.30, 1.00, 0.80" in text
+    report["ratios"] = got
+    assert text in summarise(report)
 
 
 def test_the_minimal_app_answers_the_openai_body_with_a_vector_per_input() -> None:
