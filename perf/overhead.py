@@ -384,6 +384,15 @@ def syscalls_text(report: dict[str, Any]) -> str:
 # -- profiles ----------------------------------------------------------------------------------
 
 
+def py_spy() -> Path | None:
+    """py-spy's executable: on the PATH, or beside this Python's (a venv not activated)."""
+    found = shutil.which("py-spy")
+    if found is not None:
+        return Path(found)
+    beside = Path(sys.executable).with_name("py-spy")
+    return beside if beside.exists() else None
+
+
 def profile_run(
     server: Server, script: Path, connections: int, seconds: float, items: int, out: Path
 ) -> dict[str, Any]:
@@ -392,7 +401,7 @@ def profile_run(
     assert server.process is not None
     spy = subprocess.Popen(
         [
-            "py-spy",
+            str(py_spy()),
             "record",
             "--pid",
             str(server.process.pid),
@@ -727,6 +736,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.syscalls and shutil.which("perf") is None:
         print("--syscalls needs perf on the PATH (Debian: apt install linux-perf)", file=sys.stderr)
+        return 2
+    if args.profile and py_spy() is None:
+        print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return 2
     if shutil.which("wrk") is None:
         print("perf.overhead needs wrk on the PATH (Debian: apt install wrk)", file=sys.stderr)
