@@ -22,7 +22,8 @@ that cost on a CPU with a model whose forward pass costs next to nothing:
    added;
 6. with ``--control``, serves a second instance of this checkout (``after-again``): two
    servers of the same code differ by the noise of the run, and their ratio, round by round,
-   is the band no other ratio of the run resolves;
+   is the band no other ratio of the run resolves; with ``--fresh``, every target is
+   started anew for each round;
 7. with ``--syscalls``, counts each target's system calls and context switches a request
    under each point's load (the kernel's own counters, read by ``perf stat``): on a VM where
    a thread handoff costs more than the work handed over, they say where CPU goes that no
@@ -717,6 +718,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="serve a second instance of this checkout: the run's noise between equals",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start every target anew for each round (and once more for --syscalls/--profile)",
+    )
     p.add_argument("--points", default=",".join(POINTS), help="comma-separated points")
     p.add_argument("--only", nargs="*", help="serve only these targets")
     p.add_argument("--work", type=Path, help="folder for the model and logs (default: temp)")
@@ -762,30 +768,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": [s.name for s in servers],
         "rounds": {point: {} for point in points},
     }
-    with running(servers, work, probe):
-        for r in range(args.rounds):
-            order = servers if r % 2 == 0 else servers[::-1]
-            for point in points:
-                items, connections = POINTS[point]
-                for server in order:
-                    if args.warmup > 0:
-                        run_wrk(server, scripts[point], connections, args.warmup, items)
-                    got = run_wrk(server, scripts[point], connections, args.seconds, items)
-                    report["rounds"][point].setdefault(server.name, []).append(asdict(got))
-                    print(
-                        f"round {r + 1} {point} {server.name}: {got.requests_per_s:,.0f} req/s, "
-                        f"{got.cpu_ms_per_request:.3f} ms CPU a request "
-                        f"({got.cpu_us_per_item:.1f} µs an item), server {got.server_cores:.2f} "
-                        f"cores, wrk {got.client_cores:.2f}, p50 {got.latency_ms.get('50', 0):.2f}"
-                        f" ms, p99 {got.latency_ms.get('99', 0):.2f} ms",
-                        flush=True,
-                    )
-                if point == "docs32-c16":
-                    floor = round_floor(
-                        model, point_bodies(32), report["rounds"][point].get("minimal", [])
-                    )
-                    report.setdefault("floors", []).append(floor)
-                    print(f"round {r + 1} floor: {floor}", flush=True)
+
+    def one_round(r: int) -> None:
+        order = servers if r % 2 == 0 else servers[::-1]
+        for point in points:
+            items, connections = POINTS[point]
+            for server in order:
+                if args.warmup > 0:
+                    run_wrk(server, scripts[point], connections, args.warmup, items)
+                got = run_wrk(server, scripts[point], connections, args.seconds, items)
+                report["rounds"][point].setdefault(server.name, []).append(asdict(got))
+                print(
+                    f"round {r + 1} {point} {server.name}: {got.requests_per_s:,.0f} req/s, "
+                    f"{got.cpu_ms_per_request:.3f} ms CPU a request "
+                    f"({got.cpu_us_per_item:.1f} µs an item), server {got.server_cores:.2f} "
+                    f"cores, wrk {got.client_cores:.2f}, p50 {got.latency_ms.get('50', 0):.2f}"
+                    f" ms, p99 {got.latency_ms.get('99', 0):.2f} ms",
+                    flush=True,
+                )
+            if point == "docs32-c16":
+                floor = round_floor(
+                    model, point_bodies(32), report["rounds"][point].get("minimal", [])
+                )
+                report.setdefault("floors", []).append(floor)
+                print(f"round {r + 1} floor: {floor}", flush=True)
+
+    def counters_and_profiles() -> None:
         if args.syscalls:
             for point in points:
                 for server in servers:
@@ -812,6 +820,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for kind in ("self", "inclusive"):
                         for frame, share in tables[kind]:
                             print(f"  {kind:9s} {share:5.1f} %  {frame}", flush=True)
+
+    if args.fresh:
+        # Every round on newly started servers: what one process happened to be (its memory
+        # layout, its threads' cores) is not carried from round to round.
+        for r in range(args.rounds):
+            with running(servers, work, probe):
+                one_round(r)
+        if args.syscalls or args.profile:
+            with running(servers, work, probe):
+                counters_and_profiles()
+    else:
+        with running(servers, work, probe):
+            for r in range(args.rounds):
+                one_round(r)
+            counters_and_profiles()
     report["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
     report["ratios"] = ratios(report)
     table = summarise(report)
